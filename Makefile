@@ -1,0 +1,53 @@
+# synth-pipelines. `make demo` and `make test` each set up the venv first when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-complete
+DOMAIN ?= api_development
+TARGET_COUNT ?= 16
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export CMAKE_BUILD_PARALLEL_LEVEL := 2
+
+.PHONY: setup demo test test-fast dev lint format clean-warehouse
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: on these machines that pin takes the local CPU wheel instead of GBs of CUDA.
+# llama-cpp-python compiles from source (~5-10 min on 2 cores); pip caches the wheel afterwards.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	touch $(STAMP)
+
+demo: setup
+	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m synth_pipelines.runner --domain $(DOMAIN) --target-count $(TARGET_COUNT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+dev: setup
+	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml
+
+lint: setup
+	$(BIN)/ruff format --check synth_pipelines tests
+	$(BIN)/ruff check synth_pipelines tests
+	$(BIN)/mypy synth_pipelines
+
+format: setup
+	$(BIN)/ruff format synth_pipelines tests
+	$(BIN)/ruff check --fix synth_pipelines tests
+
+clean-warehouse:
+	rm -rf warehouse

@@ -1,0 +1,97 @@
+"""Helpers the asset modules share: loading the materialized spec, metadata formatting, failures."""
+
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from synth_pipelines.llm.types import UsageTotals
+from synth_pipelines.spec import DomainSpec
+from synth_pipelines.storage import Warehouse
+
+SPEC_FILE = "domain_schema/domain={domain}/spec.json"
+
+
+def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:
+    """The spec as ``domain_schema`` last validated it (downstream assets never re-read the YAML)."""
+    path = warehouse.root / SPEC_FILE.format(domain=domain)
+    if not path.is_file():
+        raise dg.Failure(
+            description=f"domain_schema has not been materialized for {domain!r} (no {path}). "
+            "Materialize domain_schema for this partition first."
+        )
+    payload = json.loads(path.read_text())
+    return DomainSpec.model_validate(payload["spec"])
+
+
+def require_upstream(warehouse: Warehouse, asset: str, domain: str) -> Any:
+    table = warehouse.read_partition(asset, domain)
+    if table is None:
+        raise dg.Failure(
+            description=f"{asset} has no data for domain {domain!r} under {warehouse.root}. "
+            f"Materialize {asset} for this partition first."
+        )
+    return table
+
+
+def _cell(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, limit: int = 5,
+                   width: int = 60) -> dg.MetadataValue:
+    if not rows:
+        return dg.MetadataValue.md("_no rows_")
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "\n".join("| " + " | ".join(_cell(r.get(c), width) for c in columns) + " |" for r in rows[:limit])
+    return dg.MetadataValue.md(head + body)
+
+
+def histogram_markdown(values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0) -> dg.MetadataValue:
+    """A text histogram that renders in the UI's Markdown metadata."""
+    if not values:
+        return dg.MetadataValue.md("_no values_")
+    counts = [0] * bins
+    for v in values:
+        i = min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))
+        counts[i] += 1
+    peak = max(counts)
+    lines = ["| range | count | |", "|---|---|---|"]
+    for i, c in enumerate(counts):
+        a, b = lo + (hi - lo) * i / bins, lo + (hi - lo) * (i + 1) / bins
+        lines.append(f"| {a:.1f}–{b:.1f} | {c} | {'█' * round(20 * c / peak) if peak else ''} |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def usage_metadata(totals: UsageTotals) -> dict[str, Any]:
+    per_model = [
+        {"model": m, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()}}
+        for m, stats in sorted(totals.per_model.items())
+    ]
+    return {
+        "llm_calls": totals.calls,
+        "model_calls": totals.model_calls,
+        "cache_hits": totals.cache_hits,
+        "failed_calls": totals.failures,
+        "prompt_tokens": totals.prompt_tokens,
+        "completion_tokens": totals.completion_tokens,
+        "total_tokens": totals.prompt_tokens + totals.completion_tokens,
+        "cost_usd": dg.MetadataValue.float(round(totals.cost_usd, 6)),
+        "llm_latency_s": dg.MetadataValue.float(round(totals.latency_s, 3)),
+        "models_used": dg.MetadataValue.text(", ".join(sorted(totals.per_model)) or "none"),
+        "usage_by_model": markdown_table(
+            per_model,
+            ["model", "calls", "model_calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd",
+             "latency_s"],
+            limit=50,
+        ),
+    }
+
+
+def provider_failure(context_msg: str, error: BaseException) -> dg.Failure:
+    """Wrap a provider error into an actionable Failure (the message never holds a key)."""
+    return dg.Failure(description=f"{context_msg}: {error}")

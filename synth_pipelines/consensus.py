@@ -1,0 +1,143 @@
+"""Multi-model validation: several weighted judges score each example; the weighted mean is the consensus.
+
+Judges run in descending weight order and stop early once the remaining judges could not change the
+outcome (the skipped calls are counted). A judge whose reply cannot be parsed is left out of that
+example's consensus, with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from synth_pipelines import prompts
+from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.config import WeightedModel
+from synth_pipelines.llm.types import ChatMessage
+from synth_pipelines.spec import DomainSpec, json_schema_for_model
+from synth_pipelines.textutil import stable_int
+
+SCALE = (1, 2, 3, 4, 5)
+MAX_REASON_CHARS = 120
+JUDGE_MAX_TOKENS = 96
+
+
+class JudgeScore(BaseModel):
+    model: str
+    weight: float
+    scores: dict[str, float] = Field(default_factory=dict)  # criterion -> 0..1
+    score: float | None = None  # mean over criteria, 0..1
+    reason: str = ""
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    model_calls: int = 0
+
+
+class Consensus(BaseModel):
+    consensus: float | None
+    passed: bool
+    spread: float | None
+    judges: list[JudgeScore]
+    skipped_calls: int
+    reason: str | None = None
+
+
+def verdict_model(criteria: list[str]) -> type[BaseModel]:
+    """Structured verdict: a short reason, then an integer 1-5 per criterion (all bounded for tiny models).
+
+    The reason comes first on purpose: a model that has written its critique scores more consistently.
+    """
+    fields: dict[str, Any] = {"reason": (str, Field(min_length=1, max_length=MAX_REASON_CHARS))}
+    fields.update({c: (Literal[SCALE], Field(description=f"{c}, 1-5")) for c in criteria})  # type: ignore[valid-type]
+    return create_model("Verdict", **fields)  # type: ignore[call-overload]
+
+
+def resolve_judges(spec: DomainSpec, client: LLMClient) -> list[WeightedModel]:
+    """The spec's validators if it names any (each must exist in the profile), else the profile's."""
+    if not spec.validation.validators:
+        judges = list(client.profile.roles.validators)
+    else:
+        unknown = [v.model for v in spec.validation.validators if v.model not in client.profile.models]
+        if unknown:
+            raise ValueError(
+                f"validation.validators in the {spec.domain!r} spec names models {unknown} that the provider "
+                f"profile {client.profile.name!r} does not define; defined: {sorted(client.profile.models)}"
+            )
+        judges = [WeightedModel(model=v.model, weight=v.weight) for v in spec.validation.validators]
+    return sorted(judges, key=lambda j: -j.weight)
+
+
+def weighted_mean(judges: list[JudgeScore]) -> float | None:
+    scored = [j for j in judges if j.score is not None]
+    total = sum(j.weight for j in scored)
+    if not scored or total <= 0:
+        return None
+    return sum(j.weight * (j.score or 0.0) for j in scored) / total
+
+
+def outcome_decided(done: list[JudgeScore], remaining_weight: float, threshold: float) -> bool:
+    """True when no scores from the remaining judges could move the consensus across ``threshold``."""
+    scored = [j for j in done if j.score is not None]
+    w = sum(j.weight for j in scored)
+    if w <= 0 or remaining_weight <= 0:
+        return remaining_weight <= 0
+    s = sum(j.weight * (j.score or 0.0) for j in scored)
+    worst = s / (w + remaining_weight)
+    best = (s + remaining_weight) / (w + remaining_weight)
+    return worst >= threshold or best < threshold
+
+
+def judge_messages(spec: DomainSpec, problem: str, example: dict[str, Any]) -> list[ChatMessage]:
+    return [
+        ChatMessage(role="system", content=prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
+        ChatMessage(role="user", content=prompts.VALIDATE_USER.format(
+            description=spec.description, problem=problem,
+            example=json.dumps(example, ensure_ascii=False), criteria=", ".join(spec.validation.criteria))),
+    ]
+
+
+def judge_one(client: LLMClient, judge: WeightedModel, spec: DomainSpec, messages: list[ChatMessage],
+              example_id: str) -> JudgeScore:
+    model_cls = verdict_model(spec.validation.criteria)
+    result = client.structured([judge.model], messages, model_cls, json_schema=json_schema_for_model(model_cls),
+                               temperature=0.0, max_tokens=JUDGE_MAX_TOKENS,
+                               seed=stable_int(example_id, judge.model))
+    rec = result.record
+    base = JudgeScore(model=judge.model, weight=judge.weight, prompt_tokens=rec.prompt_tokens,
+                      completion_tokens=rec.completion_tokens, cost_usd=rec.cost_usd, model_calls=rec.model_calls)
+    if result.value is None:
+        base.error = result.error
+        return base
+    data = result.value.model_dump()
+    base.scores = {c: (int(data[c]) - 1) / (len(SCALE) - 1) for c in spec.validation.criteria}
+    base.score = sum(base.scores.values()) / len(base.scores)
+    base.reason = str(data["reason"])
+    return base
+
+
+def judge_example(client: LLMClient, spec: DomainSpec, judges: list[WeightedModel], *, example_id: str,
+                  problem: str, example: dict[str, Any], early_stop: bool = True) -> Consensus:
+    threshold = spec.validation.consensus_threshold
+    messages = judge_messages(spec, problem, example)
+    done: list[JudgeScore] = []
+    for i, judge in enumerate(judges):
+        remaining = sum(j.weight for j in judges[i:])
+        if early_stop and done and outcome_decided(done, remaining, threshold):
+            break
+        done.append(judge_one(client, judge, spec, messages, example_id))
+    skipped = len(judges) - len(done)
+    consensus = weighted_mean(done)
+    scores = [j.score for j in done if j.score is not None]
+    spread = (max(scores) - min(scores)) if len(scores) >= 2 else (0.0 if scores else None)
+    if consensus is None:
+        return Consensus(consensus=None, passed=False, spread=None, judges=done, skipped_calls=skipped,
+                         reason="no validator could score the example: "
+                                + "; ".join(j.error or "" for j in done))
+    passed = consensus >= threshold
+    reason = None if passed else f"consensus {consensus:.2f} below threshold {threshold:.2f}"
+    return Consensus(consensus=consensus, passed=passed, spread=spread, judges=done, skipped_calls=skipped,
+                     reason=reason)

@@ -1,0 +1,13 @@
+"""Jobs: the whole per-domain graph as one partitioned job (what sensors and the CLI launch)."""
+
+import dagster as dg
+
+from synth_pipelines.assets import PIPELINE_ASSETS
+from synth_pipelines.partitions import domain_partitions
+
+synth_domain_job = dg.define_asset_job(
+    name="synth_domain",
+    selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),
+    partitions_def=domain_partitions,
+    description="Materialize the whole graph, schema to compiled program, for one domain partition.",
+)

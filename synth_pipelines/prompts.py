@@ -1,0 +1,46 @@
+"""Prompt templates. Constants only: changing one changes every affected prompt hash (and so the cache key).
+
+Prompts are short on purpose: the embedded models have 135M-270M parameters and a 2k context.
+"""
+
+from __future__ import annotations
+
+SEED_SYSTEM = (
+    "You write short, concrete problem statements for building training data. "
+    "Each problem is one sentence a practitioner could actually face."
+)
+
+SEED_USER = (
+    "Domain: {domain}\n"
+    "About: {description}\n"
+    "Write {n} different problems in this domain.{style}"
+)
+
+GENERATE_SYSTEM = (
+    "You create one training example for the domain '{domain}' ({spec_type}). "
+    "{description} Reply with JSON only.{style}"
+)
+
+GENERATE_USER = (
+    "Problem: {problem}\n"
+    "Conditions: {conditions}\n"
+    "Complexity: {complexity}\n"
+    "Fields to fill:\n{field_guide}\n"
+    "{example_block}"
+    "Write the example for this problem."
+)
+
+EXAMPLE_BLOCK = "A good example looks like:\n{example}\n"
+
+VALIDATE_SYSTEM = (
+    "You are a strict reviewer of training data for the domain '{domain}'. "
+    "First write a one-sentence reason, then rate the example on each criterion: "
+    "1 = wrong or nonsense, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent."
+)
+
+VALIDATE_USER = (
+    "Task: {description}\n"
+    "Problem: {problem}\n"
+    "Example:\n{example}\n"
+    "Criteria: {criteria}."
+)

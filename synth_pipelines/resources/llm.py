@@ -1,0 +1,41 @@
+"""The model provider resource: every LLM call in an asset goes through the client it builds."""
+
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.config import ProviderProfile, load_profile
+from synth_pipelines.llm.factory import build_client
+
+
+class LLMResource(dg.ConfigurableResource):
+    """Model providers, roles (generator chain, weighted validators, program model), cache and budget.
+
+    ``profile`` names a bundled profile (``local``: the embedded GGUF models; ``openai``: any
+    OpenAI-compatible endpoint) or a path to a profile YAML. ``api_key`` is bound from
+    ``dg.EnvVar`` and never logged or stored.
+    """
+
+    profile: str = "local"
+    api_key: str | None = Field(default=None, description="API key for OpenAI-compatible models (secret).")
+    budget_usd: float | None = Field(default=None, description="Stop cleanly once a run has spent this much.")
+    budget_tokens: int | None = Field(default=None, description="Stop cleanly after this many tokens.")
+    parse_attempts: int = Field(default=2, ge=1, description="Tries per model for a malformed reply.")
+    use_cache: bool = Field(default=True, description="Content-addressed response cache under the warehouse.")
+
+    def load_profile(self) -> ProviderProfile:
+        return load_profile(self.profile)
+
+    def client(self, cache_path: str | Path) -> LLMClient:
+        """A client for one asset execution (fresh usage totals; backends and cache are shared)."""
+        return build_client(
+            self.load_profile(),
+            cache_path if self.use_cache else None,
+            api_key=self.api_key,
+            budget_usd=self.budget_usd,
+            budget_tokens=self.budget_tokens,
+            parse_attempts=self.parse_attempts,
+        )

@@ -1,0 +1,138 @@
+"""Run the whole graph for one domain outside the UI (``make demo``) and summarize what it produced."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from synth_pipelines.assets import PIPELINE_ASSETS
+from synth_pipelines.definitions import default_resources
+from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
+from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
+from synth_pipelines.storage import Warehouse
+
+
+def run_config_for(target_count: int | None, seed_count: int | None = None,
+                   log_level: str = "INFO") -> dict[str, Any]:
+    ops: dict[str, Any] = {}
+    if target_count is not None:
+        ops["problem_matrix"] = {"config": {"target_count": target_count}}
+    if seed_count is not None:
+        ops["seed_problems"] = {"config": {"count": seed_count}}
+    return {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
+
+
+def materialize_domain(domain: str, *, instance: dg.DagsterInstance, target_count: int | None = None,
+                       resources: dict[str, Any] | None = None, raise_on_error: bool = False) -> dg.ExecuteInJobResult:
+    """Add the partition if needed and materialize all seven assets for it in-process."""
+    validate_domain_name(domain)
+    if not instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
+        instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
+    return dg.materialize(
+        PIPELINE_ASSETS,
+        partition_key=domain,
+        instance=instance,
+        resources=resources or default_resources(),
+        run_config=run_config_for(target_count),
+        raise_on_error=raise_on_error,
+    )
+
+
+def _meta_value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def materialization_metadata(result: dg.ExecuteInJobResult) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        out[mat.asset_key.to_user_string()] = {k: _meta_value(v) for k, v in mat.metadata.items()}
+    return out
+
+
+def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, elapsed_s: float) -> str:
+    meta = materialization_metadata(result)
+    lines = [f"\n=== synth-pipelines: {domain} ({'succeeded' if result.success else 'FAILED'} in {elapsed_s:.0f}s) ==="]
+    order = ["domain_schema", "seed_problems", "problem_matrix", "raw_generations", "validated_examples",
+             "example_embeddings", "compiled_program"]
+    model_calls = cache_hits = 0
+    for name in order:
+        m = meta.get(name)
+        if m is None:
+            lines.append(f"  {name:<20} not materialized")
+            continue
+        model_calls += int(m.get("model_calls", 0) or 0)
+        cache_hits += int(m.get("cache_hits", 0) or 0)
+        detail = {
+            "domain_schema": lambda m: f"spec v{m.get('version')} ({m.get('fields')} fields)",
+            "seed_problems": lambda m: f"{m.get('rows')} seeds ({m.get('source')})",
+            "problem_matrix": lambda m: f"{m.get('cells')} cells, total target {m.get('total_target')}",
+            "raw_generations": lambda m: f"{m.get('rows')} rows ({m.get('ok')} ok, {m.get('failed')} failed)",
+            "validated_examples": lambda m: (
+                f"{m.get('rows')} accepted of {m.get('input_rows')} "
+                f"(pass rate {float(m.get('overall_pass_rate') or 0):.0%}, mean consensus "
+                f"{float(m.get('mean_consensus') or 0):.2f})"),
+            "example_embeddings": lambda m: (
+                f"{m.get('rows')} vectors, diversity (mean pairwise cosine distance) "
+                f"{float(m.get('mean_pairwise_cosine_distance') or 0):.3f}"),
+            "compiled_program": lambda m: (
+                f"held-out {m.get('metric')} score {float(m.get('score') or 0):.3f} "
+                f"(train {m.get('n_train')}, test {m.get('n_test')})"),
+        }[name](m)
+        lines.append(f"  {name:<20} {detail}")
+    lines.append(f"  model calls: {model_calls}, cache hits: {cache_hits}"
+                 + ("  (nothing changed: zero model calls)" if model_calls == 0 and cache_hits else ""))
+    root = warehouse.root
+    try:
+        rel = root.relative_to(Path.cwd())
+    except ValueError:
+        rel = root
+    lines += [
+        f"  parquet:  {rel}/<asset>/domain={domain}/part-0.parquet",
+        f"  duckdb:   {rel}/synth.duckdb (tables validated_examples, rejected_examples, example_embeddings, "
+        "agent_performance)",
+        f"  program:  {rel}/programs/domain={domain}/program.json",
+        "  query:    duckdb -c \"select example_id, consensus, example_json from read_parquet("
+        f"'{rel}/validated_examples/*/*.parquet', hive_partitioning=true) where domain='{domain}' limit 5\"",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Materialize the whole synth graph for one domain.")
+    parser.add_argument("--domain", default="api_development")
+    parser.add_argument("--target-count", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        validate_domain_name(args.domain)
+    except UnsafeDomainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    resources = default_resources()
+    warehouse = resources["warehouse"].get()  # type: ignore[attr-defined]
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    started = time.perf_counter()
+    result = materialize_domain(args.domain, instance=instance, target_count=args.target_count, resources=resources)
+    print(summarize(args.domain, result, warehouse, time.perf_counter() - started))
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                data = event.step_failure_data
+                print(f"\nerror in {event.step_key}: {data.error.message if data.error else ''}"
+                      f"{(data.user_failure_data.description or '') if data.user_failure_data else ''}",
+                      file=sys.stderr)
+        return 1
+    print(json.dumps({"domain": args.domain, "ok": True}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

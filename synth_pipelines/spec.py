@@ -1,0 +1,434 @@
+"""Domain specs: parsing, validation with precise errors, and compilation to a pydantic model.
+
+A spec lives in ``schemas/<domain>.yaml``. Its ``fields`` compile to one pydantic model, which is the
+single source for three things: the JSON schema sent to the model (structured output / grammar), the
+rule-based schema-compliance check, and the Arrow/Parquet column types of the example payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
+
+FieldType = Literal["string", "number", "integer", "boolean", "array", "object"]
+SpecType = Literal[
+    "reasoning-memory",
+    "skill-demonstration",
+    "api-example",
+    "code-snippet",
+    "conversation",
+    "test-case",
+]
+TrainingFormat = Literal["sft", "dpo", "qa", "grpo-verifiable", "raw"]
+
+# Tiny local models never stop on their own under an unbounded grammar (endless digits, endless
+# strings). Every string, array and number that reaches the JSON schema gets a bound, even when the
+# spec author forgot one.
+DEFAULT_MAX_STRING = 300
+DEFAULT_MAX_ITEMS = 5
+DEFAULT_INTEGER_RANGE = (-1_000_000, 1_000_000)
+DEFAULT_NUMBER_RANGE = (-1_000_000.0, 1_000_000.0)
+
+
+class SpecError(ValueError):
+    """A spec that does not validate. The message names the file, the field path and what was expected."""
+
+    def __init__(self, path: str | Path, problems: list[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = problems
+        lines = [f"invalid domain spec {self.path}:"]
+        lines += [f"  - {loc or '<root>'}: {msg}" for loc, msg in problems]
+        lines.append("Fix the spec and re-run; nothing downstream was generated.")
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    """One field of an example, as written in the spec."""
+
+    type: FieldType
+    description: str = ""
+    required: bool = True
+    min_length: int | None = Field(default=None, ge=0)
+    max_length: int | None = Field(default=None, ge=1)
+    min: float | None = None
+    max: float | None = None
+    enum: list[str | int | float] | None = None
+    pattern: str | None = None
+    min_items: int | None = Field(default=None, ge=0)
+    max_items: int | None = Field(default=None, ge=1)
+    items: FieldSpec | None = None
+    properties: dict[str, FieldSpec] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        if self.type == "array" and self.items is None:
+            raise ValueError("an array field needs 'items' (the type of its elements)")
+        if self.type == "object" and not self.properties:
+            raise ValueError("an object field needs 'properties'")
+        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError("min_length is greater than max_length")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is greater than max")
+        if self.min_items is not None and self.max_items is not None and self.min_items > self.max_items:
+            raise ValueError("min_items is greater than max_items")
+        if self.enum is not None and len(self.enum) == 0:
+            raise ValueError("enum must list at least one value")
+        return self
+
+
+class Constraints(_Strict):
+    uniqueness: list[str] = Field(default_factory=list)
+
+
+class Hints(_Strict):
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+    style: str = ""
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+
+
+class MatrixSpec(_Strict):
+    dimensions: dict[str, list[str]] = Field(default_factory=dict)
+    complexity: dict[str, float] = Field(
+        default_factory=lambda: {"simple": 0.3, "medium": 0.5, "complex": 0.2}
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MatrixSpec:
+        for name, values in self.dimensions.items():
+            if not values:
+                raise ValueError(f"dimension {name!r} lists no values")
+            if len(set(values)) != len(values):
+                raise ValueError(f"dimension {name!r} repeats a value")
+        if not self.complexity:
+            raise ValueError("complexity needs at least one level, e.g. {medium: 1.0}")
+        if any(w < 0 for w in self.complexity.values()) or sum(self.complexity.values()) <= 0:
+            raise ValueError("complexity weights must be non-negative and sum to more than 0")
+        return self
+
+
+class ValidatorSpec(_Strict):
+    """A validator model and its weight in the consensus. ``model`` names a model in the provider config."""
+
+    model: str
+    weight: float = Field(default=1.0, gt=0)
+
+
+class ValidationSpec(_Strict):
+    consensus_threshold: float = Field(default=0.75, ge=0, le=1)
+    min_pass_rate: float = Field(default=0.85, ge=0, le=1)
+    diversity_threshold: float = Field(default=0.7, ge=0, le=2)
+    criteria: list[str] = Field(default_factory=lambda: ["coherence", "accuracy", "relevance"], min_length=1)
+    validators: list[ValidatorSpec] = Field(default_factory=list)
+
+
+class ProgramSpec(_Strict):
+    inputs: list[str] = Field(min_length=1)
+    outputs: list[str] = Field(min_length=1)
+    metric: Literal["semantic_similarity", "exact_match", "llm_judge"] = "semantic_similarity"
+    optimizer: Literal["labeled_few_shot", "bootstrap_few_shot", "miprov2"] = "labeled_few_shot"
+    train_fraction: float = Field(default=0.7, gt=0, lt=1)
+    max_demos: int = Field(default=3, ge=0, le=16)
+
+
+class Privacy(_Strict):
+    no_pii: bool = False
+
+
+class DomainSpec(_Strict):
+    """A parsed, validated domain spec."""
+
+    name: str = Field(min_length=1)
+    version: str | int | float
+    domain: str
+    type: SpecType
+    description: str = Field(min_length=1)
+    fields: dict[str, FieldSpec] = Field(min_length=1)
+    constraints: Constraints = Field(default_factory=Constraints)
+    hints: Hints = Field(default_factory=Hints)
+    matrix: MatrixSpec = Field(default_factory=MatrixSpec)
+    seed_problems: list[str] = Field(default_factory=list)
+    target_count: int = Field(default=20, ge=1, le=1_000_000)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    program: ProgramSpec | None = None
+    training_format: TrainingFormat = "sft"
+    privacy: Privacy = Field(default_factory=Privacy)
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> DomainSpec:
+        try:
+            validate_domain_name(self.domain)
+        except UnsafeDomainError as e:
+            raise ValueError(str(e)) from None
+        for name in self.fields:
+            if not name.isidentifier() or name.startswith("_"):
+                raise ValueError(f"field name {name!r} must be a Python identifier not starting with '_'")
+        unknown = [f for f in self.constraints.uniqueness if f not in self.fields]
+        if unknown:
+            raise ValueError(f"constraints.uniqueness names unknown fields {unknown}; known: {list(self.fields)}")
+        if self.program is not None:
+            for role in ("inputs", "outputs"):
+                missing = [f for f in getattr(self.program, role) if f not in self.fields]
+                if missing:
+                    raise ValueError(f"program.{role} names unknown fields {missing}; known: {list(self.fields)}")
+            both = set(self.program.inputs) & set(self.program.outputs)
+            if both:
+                raise ValueError(f"program inputs and outputs overlap: {sorted(both)}")
+        return self
+
+    @property
+    def version_str(self) -> str:
+        return str(self.version)
+
+    def program_or_default(self) -> ProgramSpec:
+        """The spec's program, or: first field in, the remaining fields out."""
+        if self.program is not None:
+            return self.program
+        names = list(self.fields)
+        if len(names) == 1:
+            return ProgramSpec(inputs=names, outputs=names)
+        return ProgramSpec(inputs=names[:1], outputs=names[1:])
+
+    def uniqueness_fields(self) -> list[str]:
+        return list(self.constraints.uniqueness) or list(self.fields)
+
+
+class LoadedSpec(BaseModel):
+    """A spec together with where it came from and the hash of its bytes (its data version)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    file_hash: str
+    spec: DomainSpec
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-after")))
+
+
+def _explain(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    msg = str(error.get("msg", ""))
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"got {error.get('input')!r}, expected one of {expected}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see the spec format in README)"
+    return msg.removeprefix("Value error, ")
+
+
+def parse_spec(data: Any, *, path: str | Path = "<memory>") -> DomainSpec:
+    """Validate already-loaded YAML data; raise :class:`SpecError` naming the path of every problem."""
+    if not isinstance(data, dict):
+        raise SpecError(path, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    try:
+        return DomainSpec.model_validate(data)
+    except ValidationError as e:
+        problems = [(_format_loc(err["loc"]), _explain(dict(err))) for err in e.errors()]
+        raise SpecError(path, problems) from None
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate ``schemas/<domain>.yaml``. The file stem must equal the spec's ``domain``."""
+    p = Path(path)
+    stem = p.stem
+    try:
+        validate_domain_name(stem, source=str(p))
+    except UnsafeDomainError as e:
+        raise SpecError(p, [("<file name>", str(e))]) from None
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise SpecError(p, [("", f"cannot read the file: {e.strerror}")]) from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(p, [("", f"malformed YAML at {where}: {getattr(e, 'problem', e)}")]) from None
+    spec = parse_spec(data, path=p)
+    if spec.domain != stem:
+        raise SpecError(
+            p, [("domain", f"is {spec.domain!r} but the file is named {p.name}; rename one so they match")]
+        )
+    return LoadedSpec(path=str(p), file_hash=hashlib.sha256(raw).hexdigest(), spec=spec)
+
+
+def discover_specs(schemas_dir: str | Path) -> dict[str, Path]:
+    """Map domain -> spec path for every ``*.yaml`` directly in ``schemas_dir`` (templates excluded)."""
+    d = Path(schemas_dir)
+    if not d.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(d.glob("*.yaml")) if p.is_file()}
+
+
+def spec_path_for(schemas_dir: str | Path, domain: str) -> Path:
+    validate_domain_name(domain)
+    p = Path(schemas_dir) / f"{domain}.yaml"
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"no spec for domain {domain!r}: expected {p}. Create it (see `synth schema templates`) "
+            "or pick an existing domain."
+        )
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# Compilation: spec fields -> pydantic model -> JSON schema / Arrow schema
+# --------------------------------------------------------------------------------------------------
+
+
+def _python_type(name: str, field: FieldSpec) -> tuple[Any, dict[str, Any]]:
+    """Python annotation and pydantic Field kwargs for one spec field (bounds always applied)."""
+    kwargs: dict[str, Any] = {"description": field.description or None}
+    if field.enum is not None:
+        return Literal[tuple(field.enum)], kwargs  # type: ignore[valid-type]
+    if field.type == "string":
+        kwargs["max_length"] = field.max_length or DEFAULT_MAX_STRING
+        kwargs["min_length"] = field.min_length if field.min_length is not None else 1
+        if field.pattern:
+            kwargs["pattern"] = field.pattern
+        return str, kwargs
+    if field.type == "integer":
+        lo, hi = DEFAULT_INTEGER_RANGE
+        kwargs["ge"] = int(field.min) if field.min is not None else lo
+        kwargs["le"] = int(field.max) if field.max is not None else hi
+        return int, kwargs
+    if field.type == "number":
+        lo_f, hi_f = DEFAULT_NUMBER_RANGE
+        kwargs["ge"] = field.min if field.min is not None else lo_f
+        kwargs["le"] = field.max if field.max is not None else hi_f
+        return float, kwargs
+    if field.type == "boolean":
+        return bool, kwargs
+    if field.type == "array":
+        assert field.items is not None
+        item_type, item_kwargs = _python_type(f"{name}_item", field.items)
+        item_kwargs = {k: v for k, v in item_kwargs.items() if k != "description" and v is not None}
+        from typing import Annotated
+
+        annotated_item = Annotated[item_type, Field(**item_kwargs)] if item_kwargs else item_type
+        kwargs["min_length"] = field.min_items if field.min_items is not None else 1
+        kwargs["max_length"] = field.max_items or DEFAULT_MAX_ITEMS
+        return list[annotated_item], kwargs  # type: ignore[valid-type]
+    if field.type == "object":
+        assert field.properties is not None
+        return _build_model(f"{name.title().replace('_', '')}Object", field.properties), kwargs
+    raise AssertionError(f"unhandled field type {field.type}")
+
+
+def _build_model(model_name: str, fields: dict[str, FieldSpec]) -> type[BaseModel]:
+    definitions: dict[str, Any] = {}
+    for fname, fspec in fields.items():
+        annotation, kwargs = _python_type(fname, fspec)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if fspec.required:
+            definitions[fname] = (annotation, Field(**kwargs))
+        else:
+            definitions[fname] = (annotation | None, Field(default=None, **kwargs))
+    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **definitions)  # type: ignore[call-overload]
+
+
+@cache
+def _example_model_cached(spec_json: str) -> type[BaseModel]:
+    spec = DomainSpec.model_validate_json(spec_json)
+    name = "".join(part.title() for part in spec.domain.split("_")) + "Example"
+    return _build_model(name, spec.fields)
+
+
+def example_model(spec: DomainSpec) -> type[BaseModel]:
+    """The pydantic model of one example of this domain (cached per spec content)."""
+    return _example_model_cached(spec.model_dump_json())
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Inline ``$defs`` references so every grammar converter (llama.cpp's included) accepts the schema."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                ref = node["$ref"].split("/")[-1]
+                return walk(defs[ref])
+            return {k: walk(v) for k, v in node.items() if k not in ("$defs", "title")}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def _drop_nullable(node: Any) -> Any:
+    """Turn ``anyOf: [X, null]`` (optional fields) into X: models should fill optional fields too."""
+    if isinstance(node, dict):
+        any_of = node.get("anyOf")
+        if isinstance(any_of, list) and len(any_of) == 2 and {"type": "null"} in any_of:
+            inner = next(s for s in any_of if s != {"type": "null"})
+            merged = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
+            merged.update(inner)
+            return _drop_nullable(merged)
+        return {k: _drop_nullable(v) for k, v in node.items() if not (k == "default" and v is None)}
+    if isinstance(node, list):
+        return [_drop_nullable(v) for v in node]
+    return node
+
+
+def json_schema_for_model(model: type[BaseModel]) -> dict[str, Any]:
+    """A self-contained, bounded JSON schema for structured output."""
+    return _drop_nullable(_inline_refs(model.model_json_schema()))
+
+
+def example_json_schema(spec: DomainSpec) -> dict[str, Any]:
+    return json_schema_for_model(example_model(spec))
+
+
+def _arrow_type(field: FieldSpec) -> pa.DataType:
+    if field.enum is not None:
+        kinds = {type(v) for v in field.enum}
+        if kinds == {int}:
+            return pa.int64()
+        if kinds <= {int, float}:
+            return pa.float64()
+        return pa.string()
+    if field.type == "string":
+        return pa.string()
+    if field.type == "integer":
+        return pa.int64()
+    if field.type == "number":
+        return pa.float64()
+    if field.type == "boolean":
+        return pa.bool_()
+    if field.type == "array":
+        assert field.items is not None
+        return pa.list_(_arrow_type(field.items))
+    assert field.properties is not None
+    return pa.struct([pa.field(n, _arrow_type(f), nullable=not f.required) for n, f in field.properties.items()])
+
+
+def example_arrow_schema(spec: DomainSpec) -> pa.Schema:
+    """Arrow schema of the typed example columns, derived from the same field list as the pydantic model."""
+    return pa.schema([pa.field(n, _arrow_type(f), nullable=not f.required) for n, f in spec.fields.items()])
+
+
+def spec_digest(spec: DomainSpec) -> str:
+    """Stable hash of the parsed spec (what prompts and cache keys depend on)."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMAS = REPO / "schemas"
+
+
+@pytest.fixture
+def schemas_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS, d)
+    return d
+
+
+@pytest.fixture
+def warehouse_root(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse"
+
+
+@pytest.fixture
+def scripted_backends(monkeypatch: pytest.MonkeyPatch):
+    """Route every backend the factory builds to a ScriptedBackend (one per model name)."""
+    from synth_pipelines.llm import factory
+    from tests.scripted import ScriptedBackend
+
+    made: dict[str, ScriptedBackend] = {}
+
+    def backend_for(name, config, api_key=None):
+        if name not in made:
+            made[name] = ScriptedBackend(name, judge_score=5 if "judge" in name else None)
+        return made[name]
+
+    monkeypatch.setattr(factory, "backend_for", backend_for)
+    return made

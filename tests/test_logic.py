@@ -1,0 +1,123 @@
+"""Tier 2: pure logic — matrix targets, rule checks, dedup keys, consensus math, diversity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synth_pipelines.consensus import JudgeScore, outcome_decided, weighted_mean
+from synth_pipelines.embeddings import distinct_n, mean_pairwise_cosine_distance
+from synth_pipelines.matrix import build_matrix, largest_remainder
+from synth_pipelines.quality import dedup_key, degenerate_reasons, pii_reasons, repetition_ratio, rule_check
+from synth_pipelines.spec import parse_spec
+
+
+def spec_with(**over):
+    base = {
+        "name": "t", "version": 1, "domain": "demo", "type": "api-example", "description": "d",
+        "fields": {"q": {"type": "string", "max_length": 200}, "a": {"type": "string", "max_length": 200}},
+        "matrix": {"dimensions": {"size": ["s", "l"], "quality": ["clean", "messy"]},
+                   "complexity": {"simple": 0.3, "medium": 0.5, "complex": 0.2}},
+        "target_count": 20,
+    }
+    base.update(over)
+    return parse_spec(base)
+
+
+def test_largest_remainder_sums_exactly() -> None:
+    for total in (0, 1, 7, 20, 101):
+        parts = largest_remainder(total, [0.3, 0.5, 0.2])
+        assert sum(parts) == total
+    assert largest_remainder(10, [0.3, 0.5, 0.2]) == [3, 5, 2]
+
+
+def test_matrix_is_cartesian_product_with_complexity_distribution() -> None:
+    spec = spec_with()
+    cells = build_matrix(spec, ["s1", "s2"])
+    assert len(cells) == 2 * 2 * 3
+    assert len({c.cell_id for c in cells}) == len(cells)
+    assert sum(c.target for c in cells) == 20
+    by_level = {lvl: sum(c.target for c in cells if c.complexity == lvl) for lvl in ("simple", "medium", "complex")}
+    assert by_level == {"simple": 6, "medium": 10, "complex": 4}
+    assert {c.seed_id for c in cells} == {"s1", "s2"}
+
+
+def test_matrix_is_deterministic_and_target_override() -> None:
+    spec = spec_with()
+    assert build_matrix(spec, ["s1"]) == build_matrix(spec, ["s1"])
+    assert sum(c.target for c in build_matrix(spec, ["s1"], target_count=5)) == 5
+
+
+def test_weak_cells_get_more() -> None:
+    spec = spec_with()
+    cells = build_matrix(spec, ["s1"])
+    weak = [cells[0].cell_id, cells[1].cell_id]
+    boosted = {c.cell_id: c for c in build_matrix(spec, ["s1"], weak_cells=weak)}
+    for cid in weak:
+        before = next(c.target for c in cells if c.cell_id == cid)
+        assert boosted[cid].target > before
+        assert boosted[cid].weak
+    assert sum(c.target for c in boosted.values()) > 20
+
+
+def test_rule_check_compliance_and_degenerate() -> None:
+    spec = spec_with()
+    ok, reasons = rule_check(spec, '{"q": "How do I list invoices?", "a": "Call GET /invoices with a filter."}')
+    assert ok is not None and reasons == []
+    bad, reasons = rule_check(spec, '{"q": "x"}')
+    assert bad is None and reasons[0].startswith("schema: a")
+    _, reasons = rule_check(spec, '{"q": "1234567890123456789", "a": "aaaaaaaaaaaaaaaa"}')
+    assert any("digit run" in r for r in reasons) and any("repeated-character" in r for r in reasons)
+    _, reasons = rule_check(spec, '{"q": "n/a", "a": "fine answer here"}')
+    assert any("boilerplate" in r for r in reasons)
+
+
+def test_repetition_and_echo() -> None:
+    assert repetition_ratio("the cat sat " * 10) > 0.5
+    assert repetition_ratio("a quick brown fox jumps over the lazy dog today") == 0.0
+    prompt = "List the invoices of a customer for the current month please"
+    reasons = degenerate_reasons({"q": "list the invoices of a customer for the current month"}, prompt_text=prompt)
+    assert any("echoes the prompt" in r for r in reasons)
+
+
+def test_pii_detection() -> None:
+    assert pii_reasons({"a": "mail bob@example.com"}) == ["contains email"]
+    assert "contains ip_address" in pii_reasons({"a": "host 10.1.2.3"})
+    assert pii_reasons({"a": "nothing personal"}) == []
+
+
+def test_dedup_key_normalizes_whitespace_and_case() -> None:
+    spec = spec_with(constraints={"uniqueness": ["q"]})
+    assert dedup_key(spec, {"q": "Hello  World", "a": "x"}) == dedup_key(spec, {"q": "hello world", "a": "y"})
+    assert dedup_key(spec, {"q": "hello", "a": "x"}) != dedup_key(spec, {"q": "bye", "a": "x"})
+
+
+def test_weighted_consensus_and_early_decision() -> None:
+    a = JudgeScore(model="a", weight=2.0, score=1.0)
+    b = JudgeScore(model="b", weight=1.0, score=0.25)
+    assert weighted_mean([a, b]) == pytest.approx(0.75)
+    assert weighted_mean([JudgeScore(model="x", weight=1.0, error="bad")]) is None
+    # After a=1.0 (w=2), the remaining w=1 cannot pull it below 0.6: decided.
+    assert outcome_decided([a], 1.0, 0.6)
+    # After a=1.0 (w=2) the remaining w=1 could pull it to 0.67 < 0.75: undecided.
+    assert not outcome_decided([a], 1.0, 0.75)
+    low = JudgeScore(model="c", weight=2.0, score=0.0)
+    assert outcome_decided([low], 1.0, 0.75)  # best case 0.33 < 0.75
+
+
+def test_mean_pairwise_cosine_distance_matches_bruteforce() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sims = x @ x.T
+    n = len(x)
+    brute = 1 - (sims.sum() - np.trace(sims)) / (n * (n - 1))
+    assert mean_pairwise_cosine_distance(x) == pytest.approx(float(brute), abs=1e-5)
+    same = np.repeat(x[:1], 5, axis=0)
+    assert mean_pairwise_cosine_distance(same) == pytest.approx(0.0, abs=1e-6)
+    assert mean_pairwise_cosine_distance(x[:1]) is None
+
+
+def test_distinct_n() -> None:
+    assert distinct_n(["a b c", "a b c"], 1) == pytest.approx(0.5)
+    assert distinct_n(["a b", "c d"], 2) == 1.0
