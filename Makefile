@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev lint format clean-warehouse
+.PHONY: setup demo test test-fast dev partitions lint format clean-warehouse
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test-fast: setup
 dev: setup
 	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
+
+# Register a `domain` partition for every valid spec in schemas/ (the sensor does this too).
+partitions: setup
+	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m synth_pipelines.runner --sync-partitions
 
 lint: setup
 	$(BIN)/ruff format --check synth_pipelines tests

@@ -52,8 +52,8 @@ def verdict_model(criteria: list[str]) -> type[BaseModel]:
     The reason comes first on purpose: a model that has written its critique scores more consistently.
     """
     fields: dict[str, Any] = {"reason": (str, Field(min_length=1, max_length=MAX_REASON_CHARS))}
-    fields.update({c: (Literal[SCALE], Field(description=f"{c}, 1-5")) for c in criteria})  # type: ignore[valid-type]
-    return create_model("Verdict", **fields)  # type: ignore[call-overload]
+    fields.update({c: (Literal[SCALE], Field(description=f"{c}, 1-5")) for c in criteria})
+    return create_model("Verdict", **fields)
 
 
 def resolve_judges(spec: DomainSpec, client: LLMClient) -> list[WeightedModel]:
@@ -94,21 +94,40 @@ def outcome_decided(done: list[JudgeScore], remaining_weight: float, threshold: 
 def judge_messages(spec: DomainSpec, problem: str, example: dict[str, Any]) -> list[ChatMessage]:
     return [
         ChatMessage(role="system", content=prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
-        ChatMessage(role="user", content=prompts.VALIDATE_USER.format(
-            description=spec.description, problem=problem,
-            example=json.dumps(example, ensure_ascii=False), criteria=", ".join(spec.validation.criteria))),
+        ChatMessage(
+            role="user",
+            content=prompts.VALIDATE_USER.format(
+                description=spec.description,
+                problem=problem,
+                example=json.dumps(example, ensure_ascii=False),
+                criteria=", ".join(spec.validation.criteria),
+            ),
+        ),
     ]
 
 
-def judge_one(client: LLMClient, judge: WeightedModel, spec: DomainSpec, messages: list[ChatMessage],
-              example_id: str) -> JudgeScore:
+def judge_one(
+    client: LLMClient, judge: WeightedModel, spec: DomainSpec, messages: list[ChatMessage], example_id: str
+) -> JudgeScore:
     model_cls = verdict_model(spec.validation.criteria)
-    result = client.structured([judge.model], messages, model_cls, json_schema=json_schema_for_model(model_cls),
-                               temperature=0.0, max_tokens=JUDGE_MAX_TOKENS,
-                               seed=stable_int(example_id, judge.model))
+    result = client.structured(
+        [judge.model],
+        messages,
+        model_cls,
+        json_schema=json_schema_for_model(model_cls),
+        temperature=0.0,
+        max_tokens=JUDGE_MAX_TOKENS,
+        seed=stable_int(example_id, judge.model),
+    )
     rec = result.record
-    base = JudgeScore(model=judge.model, weight=judge.weight, prompt_tokens=rec.prompt_tokens,
-                      completion_tokens=rec.completion_tokens, cost_usd=rec.cost_usd, model_calls=rec.model_calls)
+    base = JudgeScore(
+        model=judge.model,
+        weight=judge.weight,
+        prompt_tokens=rec.prompt_tokens,
+        completion_tokens=rec.completion_tokens,
+        cost_usd=rec.cost_usd,
+        model_calls=rec.model_calls,
+    )
     if result.value is None:
         base.error = result.error
         return base
@@ -119,8 +138,16 @@ def judge_one(client: LLMClient, judge: WeightedModel, spec: DomainSpec, message
     return base
 
 
-def judge_example(client: LLMClient, spec: DomainSpec, judges: list[WeightedModel], *, example_id: str,
-                  problem: str, example: dict[str, Any], early_stop: bool = True) -> Consensus:
+def judge_example(
+    client: LLMClient,
+    spec: DomainSpec,
+    judges: list[WeightedModel],
+    *,
+    example_id: str,
+    problem: str,
+    example: dict[str, Any],
+    early_stop: bool = True,
+) -> Consensus:
     threshold = spec.validation.consensus_threshold
     messages = judge_messages(spec, problem, example)
     done: list[JudgeScore] = []
@@ -134,10 +161,17 @@ def judge_example(client: LLMClient, spec: DomainSpec, judges: list[WeightedMode
     scores = [j.score for j in done if j.score is not None]
     spread = (max(scores) - min(scores)) if len(scores) >= 2 else (0.0 if scores else None)
     if consensus is None:
-        return Consensus(consensus=None, passed=False, spread=None, judges=done, skipped_calls=skipped,
-                         reason="no validator could score the example: "
-                                + "; ".join(j.error or "" for j in done))
-    passed = consensus >= threshold
+        return Consensus(
+            consensus=None,
+            passed=False,
+            spread=None,
+            judges=done,
+            skipped_calls=skipped,
+            reason="no validator could score the example: " + "; ".join(j.error or "" for j in done),
+        )
+    # Rounded so that a weighted mean equal to the threshold is not lost to float error.
+    passed = round(consensus, 9) >= threshold
     reason = None if passed else f"consensus {consensus:.2f} below threshold {threshold:.2f}"
-    return Consensus(consensus=consensus, passed=passed, spread=spread, judges=done, skipped_calls=skipped,
-                     reason=reason)
+    return Consensus(
+        consensus=consensus, passed=passed, spread=spread, judges=done, skipped_calls=skipped, reason=reason
+    )

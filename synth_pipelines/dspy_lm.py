@@ -29,8 +29,11 @@ def bound_schema(schema: dict[str, Any], field_schemas: dict[str, dict[str, Any]
     def bound(node: Any) -> Any:
         if not isinstance(node, dict):
             return node
-        node = {k: bound(v) if k in ("items", "properties") or isinstance(v, dict) else v
-                for k, v in node.items() if k not in ("title", "$defs")}
+        node = {
+            k: bound(v) if k in ("items", "properties") or isinstance(v, dict) else v
+            for k, v in node.items()
+            if k not in ("title", "$defs")
+        }
         if "properties" in node:
             node["properties"] = {k: bound(v) for k, v in node["properties"].items()}
         if node.get("type") == "string" and "enum" not in node:
@@ -63,10 +66,23 @@ class ProviderLM(dspy.BaseLM):
     supported_params = frozenset({"response_format", "temperature", "max_tokens", "seed"})
     supports_response_schema = True
 
-    def __init__(self, client: LLMClient, model: str, *, field_schemas: dict[str, dict[str, Any]],
-                 output_fields: list[str], temperature: float = 0.0, max_tokens: int = 384):
-        super().__init__(model=f"synth/{model}", model_type="chat", temperature=temperature,
-                         max_tokens=max_tokens, cache=False)
+    def __init__(
+        self,
+        client: LLMClient,
+        model: str,
+        *,
+        field_schemas: dict[str, dict[str, Any]],
+        output_fields: list[str],
+        temperature: float = 0.0,
+        max_tokens: int = 384,
+    ):
+        super().__init__(
+            model=f"synth/{model}",
+            model_type="chat",
+            temperature=temperature,
+            max_tokens=max_tokens,
+            cache=False,
+        )
         self.client = client
         self.provider_model = model
         self.field_schemas = field_schemas
@@ -84,13 +100,16 @@ class ProviderLM(dspy.BaseLM):
             "additionalProperties": False,
         }
 
-    def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any
+    ) -> Any:
         merged = {**self.kwargs, **kwargs}
         msgs = messages or [{"role": "user", "content": prompt or ""}]
         request = CompletionRequest(
             model=self.provider_model,
-            messages=tuple(ChatMessage(role=m.get("role", "user"), content=_content_text(m.get("content")))
-                           for m in msgs),
+            messages=tuple(
+                ChatMessage(role=m.get("role", "user"), content=_content_text(m.get("content"))) for m in msgs
+            ),
             json_schema=self._schema_for(merged.get("response_format")),
             temperature=float(merged.get("temperature") or 0.0),
             max_tokens=int(merged.get("max_tokens") or 384),
@@ -99,11 +118,17 @@ class ProviderLM(dspy.BaseLM):
         raw, record = self.client.complete(request)
         self.client._record(record, failed=False)
         self.calls += 1
-        usage = SimpleNamespace(prompt_tokens=raw.prompt_tokens, completion_tokens=raw.completion_tokens,
-                                total_tokens=raw.prompt_tokens + raw.completion_tokens)
+        usage = SimpleNamespace(
+            prompt_tokens=raw.prompt_tokens,
+            completion_tokens=raw.completion_tokens,
+            total_tokens=raw.prompt_tokens + raw.completion_tokens,
+        )
         usage_dict = vars(usage)
-        choice = SimpleNamespace(message=SimpleNamespace(content=raw.text, tool_calls=None),
-                                 finish_reason=raw.finish_reason, logprobs=None)
+        choice = SimpleNamespace(
+            message=SimpleNamespace(content=raw.text, tool_calls=None),
+            finish_reason=raw.finish_reason,
+            logprobs=None,
+        )
         return _Response(choices=[choice], usage=usage_dict, model=self.provider_model)
 
 

@@ -57,8 +57,13 @@ def embed_texts(texts: list[str], *, model_dir: str | None = None, batch_size: i
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     with _LOCK:
         model = _load(model_dir or str(bundled_model_dir()))
-        vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False)
+        vectors = model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
     return np.asarray(vectors, dtype=np.float32)
 
 

@@ -79,11 +79,18 @@ def plan_items(cells: list[MatrixCell], seeds: list[SeedProblem], domain: str) -
             raise ValueError(f"matrix cell {cell.cell_id} refers to unknown seed {cell.seed_id}")
         for k in range(cell.target):
             eid = f"{cell.cell_id}_{k:04d}"
-            items.append(PlannedItem(
-                example_id=eid, cell_id=cell.cell_id, seed_id=seed.seed_id, problem=seed.problem,
-                conditions=cell.conditions, complexity=cell.complexity, sample_index=k,
-                seed=stable_int(domain, eid),
-            ))
+            items.append(
+                PlannedItem(
+                    example_id=eid,
+                    cell_id=cell.cell_id,
+                    seed_id=seed.seed_id,
+                    problem=seed.problem,
+                    conditions=cell.conditions,
+                    complexity=cell.complexity,
+                    sample_index=k,
+                    seed=stable_int(domain, eid),
+                )
+            )
     return items
 
 
@@ -108,7 +115,7 @@ def _max_chars(node: dict[str, Any]) -> int:
 def field_guide(spec: DomainSpec) -> str:
     lines = []
     for name, f in spec.fields.items():
-        bits = [f.type]
+        bits: list[str] = [f.type]
         if f.enum:
             bits.append("one of " + ", ".join(map(str, f.enum)))
         if f.max_length:
@@ -125,11 +132,22 @@ def build_messages(spec: DomainSpec, item: PlannedItem) -> list[ChatMessage]:
         example_block = prompts.EXAMPLE_BLOCK.format(example=json.dumps(shown, ensure_ascii=False))
     conditions = ", ".join(f"{k}={v}" for k, v in sorted(item.conditions.items())) or "none"
     return [
-        ChatMessage(role="system", content=prompts.GENERATE_SYSTEM.format(
-            domain=spec.domain, spec_type=spec.type, description=spec.description, style=style)),
-        ChatMessage(role="user", content=prompts.GENERATE_USER.format(
-            problem=item.problem, conditions=conditions, complexity=item.complexity,
-            field_guide=field_guide(spec), example_block=example_block)),
+        ChatMessage(
+            role="system",
+            content=prompts.GENERATE_SYSTEM.format(
+                domain=spec.domain, spec_type=spec.type, description=spec.description, style=style
+            ),
+        ),
+        ChatMessage(
+            role="user",
+            content=prompts.GENERATE_USER.format(
+                problem=item.problem,
+                conditions=conditions,
+                complexity=item.complexity,
+                field_guide=field_guide(spec),
+                example_block=example_block,
+            ),
+        ),
     ]
 
 
@@ -172,8 +190,14 @@ class GenerationOutcome(BaseModel):
     stopped_reason: str | None = None
 
 
-def generate_examples(spec: DomainSpec, items: list[PlannedItem], client: LLMClient, journal: Journal,
-                      *, temperature: float | None = None) -> GenerationOutcome:
+def generate_examples(
+    spec: DomainSpec,
+    items: list[PlannedItem],
+    client: LLMClient,
+    journal: Journal,
+    *,
+    temperature: float | None = None,
+) -> GenerationOutcome:
     """Generate every planned item not already in the journal. Failures become rows, never exceptions."""
     model_cls = example_model(spec)
     schema = example_json_schema(spec)
@@ -192,22 +216,40 @@ def generate_examples(spec: DomainSpec, items: list[PlannedItem], client: LLMCli
         if stop.is_set():
             return None
         try:
-            result = client.structured(chain, messages, model_cls, json_schema=schema, temperature=temp,
-                                       max_tokens=max_tokens, seed=item.seed)
+            result = client.structured(
+                chain,
+                messages,
+                model_cls,
+                json_schema=schema,
+                temperature=temp,
+                max_tokens=max_tokens,
+                seed=item.seed,
+            )
         except BudgetExhausted as e:
             stop.set()
             stop_reason.append(str(e))
             return None
         row = RawGeneration(
-            example_id=item.example_id, cell_id=item.cell_id, seed_id=item.seed_id, problem=item.problem,
-            complexity=item.complexity, conditions_json=json.dumps(item.conditions, sort_keys=True),
+            example_id=item.example_id,
+            cell_id=item.cell_id,
+            seed_id=item.seed_id,
+            problem=item.problem,
+            complexity=item.complexity,
+            conditions_json=json.dumps(item.conditions, sort_keys=True),
             status="ok" if result.ok else "failed",
             example_json=result.value.model_dump_json() if result.value is not None else None,
-            error=result.error, raw_text=None if result.ok else result.raw_text[:2000],
-            generator_model=result.record.model, prompt_hash=phash, temperature=temp, seed=item.seed,
-            prompt_tokens=result.record.prompt_tokens, completion_tokens=result.record.completion_tokens,
-            cost_usd=result.record.cost_usd, latency_s=round(result.record.latency_s, 4),
-            attempt=result.record.attempts, cache_hit=result.record.model_calls == 0,
+            error=result.error,
+            raw_text=None if result.ok else result.raw_text[:2000],
+            generator_model=result.record.model,
+            prompt_hash=phash,
+            temperature=temp,
+            seed=item.seed,
+            prompt_tokens=result.record.prompt_tokens,
+            completion_tokens=result.record.completion_tokens,
+            cost_usd=result.record.cost_usd,
+            latency_s=round(result.record.latency_s, 4),
+            attempt=result.record.attempts,
+            cache_hit=result.record.model_calls == 0,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         journal.append(row)
@@ -217,5 +259,9 @@ def generate_examples(spec: DomainSpec, items: list[PlannedItem], client: LLMCli
     rows = [r for r in results if r is not None]
     journaled = {id(v) for v in done.values()}
     resumed = sum(1 for r in rows if id(r) in journaled)
-    return GenerationOutcome(rows=rows, resumed=resumed, generated=len(rows) - resumed,
-                             stopped_reason=stop_reason[0] if stop_reason else None)
+    return GenerationOutcome(
+        rows=rows,
+        resumed=resumed,
+        generated=len(rows) - resumed,
+        stopped_reason=stop_reason[0] if stop_reason else None,
+    )

@@ -55,11 +55,15 @@ class DomainProgram(dspy.Module):
         return self.predict(**inputs)
 
 
-def split_examples(examples: list[dict[str, Any]], train_fraction: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_examples(
+    examples: list[dict[str, Any]], train_fraction: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Deterministic split by example-id hash (stable across reruns and row order)."""
     ordered = sorted(examples, key=lambda e: stable_hash(e["example_id"]))
     if len(ordered) < 2:
-        raise ValueError(f"need at least 2 validated examples to compile and score a program, have {len(ordered)}")
+        raise ValueError(
+            f"need at least 2 validated examples to compile and score a program, have {len(ordered)}"
+        )
     n_train = min(len(ordered) - 1, max(1, round(len(ordered) * train_fraction)))
     return ordered[:n_train], ordered[n_train:]
 
@@ -77,14 +81,22 @@ def _outputs_text(values: dict[str, Any], outputs: list[str]) -> str:
     return example_text(values, outputs)
 
 
-def build_metric(spec: DomainSpec, program: ProgramSpec, embed: Callable[[list[str]], np.ndarray] | None,
-                 judge: Callable[[dict[str, Any], dict[str, Any]], float] | None) -> Callable[[dict[str, Any], dict[str, Any]], float]:
+def build_metric(
+    spec: DomainSpec,
+    program: ProgramSpec,
+    embed: Callable[[list[str]], np.ndarray] | None,
+    judge: Callable[[dict[str, Any], dict[str, Any]], float] | None,
+) -> Callable[[dict[str, Any], dict[str, Any]], float]:
     """metric(gold_fields, predicted_fields) -> 0..1 for the spec's chosen metric."""
     outputs = program.outputs
     if program.metric == "exact_match":
-        return lambda gold, pred: float(all(
-            normalize_text(json.dumps(gold.get(f), sort_keys=True)) == normalize_text(json.dumps(pred.get(f), sort_keys=True))
-            for f in outputs))
+        return lambda gold, pred: float(
+            all(
+                normalize_text(json.dumps(gold.get(f), sort_keys=True))
+                == normalize_text(json.dumps(pred.get(f), sort_keys=True))
+                for f in outputs
+            )
+        )
     if program.metric == "semantic_similarity":
         if embed is None:
             raise ValueError("semantic_similarity needs an embedder")
@@ -99,8 +111,12 @@ def build_metric(spec: DomainSpec, program: ProgramSpec, embed: Callable[[list[s
     return judge
 
 
-def compile_program(spec: DomainSpec, train: list[dspy.Example], lm: ProviderLM,
-                    metric: Callable[[dict[str, Any], dict[str, Any]], float]) -> DomainProgram:
+def compile_program(
+    spec: DomainSpec,
+    train: list[dspy.Example],
+    lm: ProviderLM,
+    metric: Callable[[dict[str, Any], dict[str, Any]], float],
+) -> DomainProgram:
     program_spec = spec.program_or_default()
     student = DomainProgram(make_signature(spec, program_spec))
     k = min(program_spec.max_demos, len(train))
@@ -113,14 +129,21 @@ def compile_program(spec: DomainSpec, train: list[dspy.Example], lm: ProviderLM,
             return metric({f: example.get(f) for f in outs}, {f: getattr(pred, f, None) for f in outs})
 
         if program_spec.optimizer == "bootstrap_few_shot":
-            optimizer = dspy.BootstrapFewShot(metric=dspy_metric, max_bootstrapped_demos=k, max_labeled_demos=k)
+            optimizer = dspy.BootstrapFewShot(
+                metric=dspy_metric, max_bootstrapped_demos=k, max_labeled_demos=k
+            )
             return optimizer.compile(student, trainset=train)
         optimizer = dspy.MIPROv2(metric=dspy_metric, auto="light", num_threads=1)
         return optimizer.compile(student, trainset=train, max_bootstrapped_demos=k, max_labeled_demos=k)
 
 
-def evaluate_program(compiled: DomainProgram, test: list[dspy.Example], lm: ProviderLM, program: ProgramSpec,
-                     metric: Callable[[dict[str, Any], dict[str, Any]], float]) -> tuple[list[float], int]:
+def evaluate_program(
+    compiled: DomainProgram,
+    test: list[dspy.Example],
+    lm: ProviderLM,
+    program: ProgramSpec,
+    metric: Callable[[dict[str, Any], dict[str, Any]], float],
+) -> tuple[list[float], int]:
     """Score every held-out example; a prediction that fails to parse scores 0 and is counted."""
     scores: list[float] = []
     failures = 0
@@ -145,7 +168,9 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 def make_lm(spec: DomainSpec, client: LLMClient, model: str) -> ProviderLM:
     program = spec.program_or_default()
     schema = example_json_schema(spec)
-    return ProviderLM(client, model, field_schemas=schema.get("properties", {}), output_fields=program.outputs)
+    return ProviderLM(
+        client, model, field_schemas=schema.get("properties", {}), output_fields=program.outputs
+    )
 
 
 def save_program(compiled: DomainProgram, path: Path) -> Path:

@@ -10,11 +10,7 @@ SEED_SYSTEM = (
     "Each problem is one sentence a practitioner could actually face."
 )
 
-SEED_USER = (
-    "Domain: {domain}\n"
-    "About: {description}\n"
-    "Write {n} different problems in this domain.{style}"
-)
+SEED_USER = "Domain: {domain}\nAbout: {description}\nWrite {n} different problems in this domain.{style}"
 
 GENERATE_SYSTEM = (
     "You create one training example for the domain '{domain}' ({spec_type}). "
@@ -38,9 +34,4 @@ VALIDATE_SYSTEM = (
     "1 = wrong or nonsense, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent."
 )
 
-VALIDATE_USER = (
-    "Task: {description}\n"
-    "Problem: {problem}\n"
-    "Example:\n{example}\n"
-    "Criteria: {criteria}."
-)
+VALIDATE_USER = "Task: {description}\nProblem: {problem}\nExample:\n{example}\nCriteria: {criteria}."

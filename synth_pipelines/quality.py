@@ -15,6 +15,8 @@ from synth_pipelines.textutil import flatten_value, normalize_text, stable_hash
 
 DIGIT_RUN = re.compile(r"\d{12,}")
 CHAR_RUN = re.compile(r"(.)\1{9,}")
+PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")  # {{name}}: single braces are legit (e.g. /users/{id})
+MARKUP = re.compile(r"</?(?:a|img|p|div|span|pre|br|html|body|script)\b[^>]*>", re.IGNORECASE)
 BOILERPLATE = {"", "n/a", "na", "none", "null", "todo", "tbd", "string", "example", "lorem ipsum", "..."}
 PII_PATTERNS = {
     "email": re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"),
@@ -52,8 +54,13 @@ def repetition_ratio(text: str) -> float:
     return repeated / len(grams)
 
 
-def degenerate_reasons(example: dict[str, Any], *, prompt_text: str = "", max_repetition: float = 0.35,
-                       hint_examples: list[dict[str, Any]] | None = None) -> list[str]:
+def degenerate_reasons(
+    example: dict[str, Any],
+    *,
+    prompt_text: str = "",
+    max_repetition: float = 0.35,
+    hint_examples: list[dict[str, Any]] | None = None,
+) -> list[str]:
     """Reasons an example is degenerate: repetition, digit/char runs, prompt echo, copies of the spec's
     hint examples, empty values."""
     reasons: list[str] = []
@@ -69,6 +76,10 @@ def degenerate_reasons(example: dict[str, Any], *, prompt_text: str = "", max_re
             reasons.append(f"{name}: long digit run")
         if CHAR_RUN.search(text):
             reasons.append(f"{name}: long repeated-character run")
+        if PLACEHOLDER.search(text):
+            reasons.append(f"{name}: unfilled template placeholder")
+        if MARKUP.search(text):
+            reasons.append(f"{name}: contains HTML markup")
         if repetition_ratio(text) > max_repetition:
             reasons.append(f"{name}: repetitive text ({repetition_ratio(text):.2f} repeated trigrams)")
         if prompt_norm and len(norm) >= 40 and norm in prompt_norm:
@@ -83,7 +94,9 @@ def pii_reasons(example: dict[str, Any]) -> list[str]:
     return [f"contains {kind}" for kind, pat in PII_PATTERNS.items() if pat.search(text)]
 
 
-def rule_check(spec: DomainSpec, example_json: str | None, *, prompt_text: str = "") -> tuple[dict[str, Any] | None, list[str]]:
+def rule_check(
+    spec: DomainSpec, example_json: str | None, *, prompt_text: str = ""
+) -> tuple[dict[str, Any] | None, list[str]]:
     """All rule-based checks. Returns the parsed example (if compliant) and every failure reason."""
     example, reason = check_compliance(spec, example_json)
     if example is None:

@@ -19,9 +19,13 @@ from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.storage import Warehouse
 
 
-def run_config_for(target_count: int | None, seed_count: int | None = None,
-                   log_level: str = "INFO") -> dict[str, Any]:
-    ops: dict[str, Any] = {}
+def run_config_for(
+    target_count: int | None,
+    seed_count: int | None = None,
+    log_level: str = "INFO",
+    op_config: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    ops: dict[str, Any] = {name: {"config": cfg} for name, cfg in (op_config or {}).items()}
     if target_count is not None:
         ops["problem_matrix"] = {"config": {"target_count": target_count}}
     if seed_count is not None:
@@ -29,9 +33,20 @@ def run_config_for(target_count: int | None, seed_count: int | None = None,
     return {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
 
 
-def materialize_domain(domain: str, *, instance: dg.DagsterInstance, target_count: int | None = None,
-                       resources: dict[str, Any] | None = None, raise_on_error: bool = False) -> dg.ExecuteInJobResult:
-    """Add the partition if needed and materialize all seven assets for it in-process."""
+def materialize_domain(
+    domain: str,
+    *,
+    instance: dg.DagsterInstance,
+    target_count: int | None = None,
+    resources: dict[str, Any] | None = None,
+    raise_on_error: bool = False,
+    op_config: dict[str, dict[str, Any]] | None = None,
+) -> dg.ExecuteInJobResult:
+    """Add the partition if needed and materialize all seven assets for it in-process.
+
+    ``op_config`` maps an asset name to its run config,
+    e.g. ``{"validated_examples": {"early_stop": False}}``.
+    """
     validate_domain_name(domain)
     if not instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
         instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
@@ -40,7 +55,7 @@ def materialize_domain(domain: str, *, instance: dg.DagsterInstance, target_coun
         partition_key=domain,
         instance=instance,
         resources=resources or default_resources(),
-        run_config=run_config_for(target_count),
+        run_config=run_config_for(target_count, op_config=op_config),
         raise_on_error=raise_on_error,
     )
 
@@ -59,9 +74,19 @@ def materialization_metadata(result: dg.ExecuteInJobResult) -> dict[str, dict[st
 
 def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, elapsed_s: float) -> str:
     meta = materialization_metadata(result)
-    lines = [f"\n=== synth-pipelines: {domain} ({'succeeded' if result.success else 'FAILED'} in {elapsed_s:.0f}s) ==="]
-    order = ["domain_schema", "seed_problems", "problem_matrix", "raw_generations", "validated_examples",
-             "example_embeddings", "compiled_program"]
+    lines = [
+        f"\n=== synth-pipelines: {domain} "
+        f"({'succeeded' if result.success else 'FAILED'} in {elapsed_s:.0f}s) ==="
+    ]
+    order = [
+        "domain_schema",
+        "seed_problems",
+        "problem_matrix",
+        "raw_generations",
+        "validated_examples",
+        "example_embeddings",
+        "compiled_program",
+    ]
     model_calls = cache_hits = 0
     for name in order:
         m = meta.get(name)
@@ -78,17 +103,22 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
             "validated_examples": lambda m: (
                 f"{m.get('rows')} accepted of {m.get('input_rows')} "
                 f"(pass rate {float(m.get('overall_pass_rate') or 0):.0%}, mean consensus "
-                f"{float(m.get('mean_consensus') or 0):.2f})"),
+                f"{float(m.get('mean_consensus') or 0):.2f})"
+            ),
             "example_embeddings": lambda m: (
                 f"{m.get('rows')} vectors, diversity (mean pairwise cosine distance) "
-                f"{float(m.get('mean_pairwise_cosine_distance') or 0):.3f}"),
+                f"{float(m.get('mean_pairwise_cosine_distance') or 0):.3f}"
+            ),
             "compiled_program": lambda m: (
                 f"held-out {m.get('metric')} score {float(m.get('score') or 0):.3f} "
-                f"(train {m.get('n_train')}, test {m.get('n_test')})"),
+                f"(train {m.get('n_train')}, test {m.get('n_test')})"
+            ),
         }[name](m)
         lines.append(f"  {name:<20} {detail}")
-    lines.append(f"  model calls: {model_calls}, cache hits: {cache_hits}"
-                 + ("  (nothing changed: zero model calls)" if model_calls == 0 and cache_hits else ""))
+    lines.append(
+        f"  model calls: {model_calls}, cache hits: {cache_hits}"
+        + ("  (nothing changed: zero model calls)" if model_calls == 0 and cache_hits else "")
+    )
     root = warehouse.root
     try:
         rel = root.relative_to(Path.cwd())
@@ -99,17 +129,47 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
         f"  duckdb:   {rel}/synth.duckdb (tables validated_examples, rejected_examples, example_embeddings, "
         "agent_performance)",
         f"  program:  {rel}/programs/domain={domain}/program.json",
-        "  query:    duckdb -c \"select example_id, consensus, example_json from read_parquet("
+        '  query:    duckdb -c "select example_id, consensus, example_json from read_parquet('
         f"'{rel}/validated_examples/*/*.parquet', hive_partitioning=true) where domain='{domain}' limit 5\"",
     ]
     return "\n".join(lines)
+
+
+def sync_partitions(instance: dg.DagsterInstance, schemas_dir: str | Path) -> list[str]:
+    """Add a ``domain`` partition for every valid spec (what the sensor does, on demand).
+
+    Returns the added keys.
+    """
+    from synth_pipelines.sensors.domain_spec import plan_spec_runs
+
+    existing = set(instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME))
+    plan = plan_spec_runs(schemas_dir, existing, {})
+    for path, reason in plan.skipped.items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if plan.new_partitions:
+        instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, plan.new_partitions)
+    return plan.new_partitions
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Materialize the whole synth graph for one domain.")
     parser.add_argument("--domain", default="api_development")
     parser.add_argument("--target-count", type=int, default=None)
+    parser.add_argument(
+        "--sync-partitions",
+        action="store_true",
+        help="only add a partition for every valid spec in the schemas folder, then exit",
+    )
     args = parser.parse_args(argv)
+    if args.sync_partitions:
+        resources = default_resources()
+        instance = dg.DagsterInstance.get()
+        added = sync_partitions(instance, resources["warehouse"].schemas_dir)  # type: ignore[attr-defined]
+        print(
+            f"domain partitions: {sorted(instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME))} "
+            f"(added {added or 'none'})"
+        )
+        return 0
     try:
         validate_domain_name(args.domain)
     except UnsafeDomainError as e:
@@ -120,15 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     warehouse = resources["warehouse"].get()  # type: ignore[attr-defined]
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     started = time.perf_counter()
-    result = materialize_domain(args.domain, instance=instance, target_count=args.target_count, resources=resources)
+    result = materialize_domain(
+        args.domain, instance=instance, target_count=args.target_count, resources=resources
+    )
     print(summarize(args.domain, result, warehouse, time.perf_counter() - started))
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
                 data = event.step_failure_data
-                print(f"\nerror in {event.step_key}: {data.error.message if data.error else ''}"
-                      f"{(data.user_failure_data.description or '') if data.user_failure_data else ''}",
-                      file=sys.stderr)
+                print(
+                    f"\nerror in {event.step_key}: {data.error.message if data.error else ''}"
+                    f"{(data.user_failure_data.description or '') if data.user_failure_data else ''}",
+                    file=sys.stderr,
+                )
         return 1
     print(json.dumps({"domain": args.domain, "ok": True}))
     return 0

@@ -26,7 +26,7 @@ def seed_list_model(n: int) -> type[BaseModel]:
     from typing import Annotated
 
     item = Annotated[str, Field(min_length=12, max_length=MAX_SEED_CHARS)]
-    return create_model("SeedProblemList", problems=(list[item], Field(min_length=1, max_length=n)))  # type: ignore[valid-type, call-overload]
+    return create_model("SeedProblemList", problems=(list[item], Field(min_length=1, max_length=n)))
 
 
 def dedupe_problems(problems: list[tuple[str, str]]) -> list[SeedProblem]:
@@ -38,17 +38,22 @@ def dedupe_problems(problems: list[tuple[str, str]]) -> list[SeedProblem]:
         if not norm or norm in seen:
             continue
         seen.add(norm)
-        out.append(SeedProblem(seed_id=f"s_{stable_hash(norm, length=10)}", problem=text.strip(), source=source))
+        out.append(
+            SeedProblem(seed_id=f"s_{stable_hash(norm, length=10)}", problem=text.strip(), source=source)
+        )
     return out
 
 
-def build_seed_problems(spec: DomainSpec, client: LLMClient | None, *, count: int = 5,
-                        max_rounds: int = 3) -> tuple[list[SeedProblem], list[str]]:
+def build_seed_problems(
+    spec: DomainSpec, client: LLMClient | None, *, count: int = 5, max_rounds: int = 3
+) -> tuple[list[SeedProblem], list[str]]:
     """Return (seeds, failure reasons). Spec seeds win; otherwise ask the generator for ``count``."""
     if spec.seed_problems:
         return dedupe_problems([(p, "spec") for p in spec.seed_problems]), []
     if client is None:
-        raise ValueError(f"domain {spec.domain!r} has no seed_problems and no model was given to generate them")
+        raise ValueError(
+            f"domain {spec.domain!r} has no seed_problems and no model was given to generate them"
+        )
     model_cls = seed_list_model(count)
     schema = json_schema_for_model(model_cls)
     style = f" Style: {spec.hints.style}" if spec.hints.style else ""
@@ -58,11 +63,22 @@ def build_seed_problems(spec: DomainSpec, client: LLMClient | None, *, count: in
     for round_no in range(max_rounds):
         messages = [
             ChatMessage(role="system", content=prompts.SEED_SYSTEM),
-            ChatMessage(role="user", content=prompts.SEED_USER.format(
-                domain=spec.domain, description=spec.description, n=count, style=style)),
+            ChatMessage(
+                role="user",
+                content=prompts.SEED_USER.format(
+                    domain=spec.domain, description=spec.description, n=count, style=style
+                ),
+            ),
         ]
-        result = client.structured(generator_chain, messages, model_cls, json_schema=schema,
-                                   temperature=0.8, max_tokens=60 * count, seed=1000 + round_no)
+        result = client.structured(
+            generator_chain,
+            messages,
+            model_cls,
+            json_schema=schema,
+            temperature=0.8,
+            max_tokens=60 * count,
+            seed=1000 + round_no,
+        )
         if result.value is None:
             failures.append(result.error or "unknown failure")
             continue

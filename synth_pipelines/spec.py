@@ -177,12 +177,16 @@ class DomainSpec(_Strict):
                 raise ValueError(f"field name {name!r} must be a Python identifier not starting with '_'")
         unknown = [f for f in self.constraints.uniqueness if f not in self.fields]
         if unknown:
-            raise ValueError(f"constraints.uniqueness names unknown fields {unknown}; known: {list(self.fields)}")
+            raise ValueError(
+                f"constraints.uniqueness names unknown fields {unknown}; known: {list(self.fields)}"
+            )
         if self.program is not None:
             for role in ("inputs", "outputs"):
                 missing = [f for f in getattr(self.program, role) if f not in self.fields]
                 if missing:
-                    raise ValueError(f"program.{role} names unknown fields {missing}; known: {list(self.fields)}")
+                    raise ValueError(
+                        f"program.{role} names unknown fields {missing}; known: {list(self.fields)}"
+                    )
             both = set(self.program.inputs) & set(self.program.outputs)
             if both:
                 raise ValueError(f"program inputs and outputs overlap: {sorted(both)}")
@@ -301,7 +305,7 @@ def _python_type(name: str, field: FieldSpec) -> tuple[Any, dict[str, Any]]:
     """Python annotation and pydantic Field kwargs for one spec field (bounds always applied)."""
     kwargs: dict[str, Any] = {"description": field.description or None}
     if field.enum is not None:
-        return Literal[tuple(field.enum)], kwargs  # type: ignore[valid-type]
+        return Literal[tuple(field.enum)], kwargs
     if field.type == "string":
         kwargs["max_length"] = field.max_length or DEFAULT_MAX_STRING
         kwargs["min_length"] = field.min_length if field.min_length is not None else 1
@@ -345,7 +349,7 @@ def _build_model(model_name: str, fields: dict[str, FieldSpec]) -> type[BaseMode
             definitions[fname] = (annotation, Field(**kwargs))
         else:
             definitions[fname] = (annotation | None, Field(default=None, **kwargs))
-    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **definitions)  # type: ignore[call-overload]
+    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **definitions)
 
 
 @cache
@@ -421,7 +425,9 @@ def _arrow_type(field: FieldSpec) -> pa.DataType:
         assert field.items is not None
         return pa.list_(_arrow_type(field.items))
     assert field.properties is not None
-    return pa.struct([pa.field(n, _arrow_type(f), nullable=not f.required) for n, f in field.properties.items()])
+    return pa.struct(
+        [pa.field(n, _arrow_type(f), nullable=not f.required) for n, f in field.properties.items()]
+    )
 
 
 def example_arrow_schema(spec: DomainSpec) -> pa.Schema:

@@ -130,8 +130,9 @@ class Warehouse:
         finally:
             conn.close()
 
-    def replace_domain_rows(self, table_name: str, domain: str, table: pa.Table, *,
-                            column_types: dict[str, str] | None = None) -> None:
+    def replace_domain_rows(
+        self, table_name: str, domain: str, table: pa.Table, *, column_types: dict[str, str] | None = None
+    ) -> None:
         """Replace one domain's rows in a DuckDB table in one transaction (create it on first use)."""
         validate_domain_name(domain)
         if not table_name.replace("_", "").isalnum():
@@ -146,7 +147,9 @@ class Warehouse:
             conn.register("incoming", data)
             conn.execute("BEGIN")
             try:
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {table_name} AS SELECT {casts} FROM incoming LIMIT 0")
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table_name} AS SELECT {casts} FROM incoming LIMIT 0"
+                )
                 conn.execute(f"DELETE FROM {table_name} WHERE domain = ?", [domain])
                 conn.execute(f"INSERT INTO {table_name} BY NAME SELECT {casts} FROM incoming")
                 conn.execute("COMMIT")

@@ -7,51 +7,99 @@ from typing import Any
 
 import pyarrow as pa
 
-SEED_PROBLEMS = pa.schema([
-    ("seed_id", pa.string()), ("problem", pa.string()), ("source", pa.string()),
-])
+SEED_PROBLEMS = pa.schema(
+    [
+        ("seed_id", pa.string()),
+        ("problem", pa.string()),
+        ("source", pa.string()),
+    ]
+)
 
-PROBLEM_MATRIX = pa.schema([
-    ("cell_id", pa.string()), ("conditions_json", pa.string()), ("complexity", pa.string()),
-    ("seed_id", pa.string()), ("target", pa.int64()), ("weak", pa.bool_()),
-])
+PROBLEM_MATRIX = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("conditions_json", pa.string()),
+        ("complexity", pa.string()),
+        ("seed_id", pa.string()),
+        ("target", pa.int64()),
+        ("weak", pa.bool_()),
+    ]
+)
 
 PROVENANCE = [
-    ("example_id", pa.string()), ("cell_id", pa.string()), ("seed_id", pa.string()), ("problem", pa.string()),
-    ("complexity", pa.string()), ("conditions_json", pa.string()), ("generator_model", pa.string()),
-    ("prompt_hash", pa.string()), ("temperature", pa.float64()), ("seed", pa.int64()),
-    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
-    ("latency_s", pa.float64()), ("attempt", pa.int64()), ("cache_hit", pa.bool_()), ("created_at", pa.string()),
+    ("example_id", pa.string()),
+    ("cell_id", pa.string()),
+    ("seed_id", pa.string()),
+    ("problem", pa.string()),
+    ("complexity", pa.string()),
+    ("conditions_json", pa.string()),
+    ("generator_model", pa.string()),
+    ("prompt_hash", pa.string()),
+    ("temperature", pa.float64()),
+    ("seed", pa.int64()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()),
+    ("latency_s", pa.float64()),
+    ("attempt", pa.int64()),
+    ("cache_hit", pa.bool_()),
+    ("created_at", pa.string()),
 ]
 
-RAW_GENERATIONS = pa.schema([
-    *PROVENANCE, ("status", pa.string()), ("example_json", pa.string()), ("error", pa.string()),
-    ("raw_text", pa.string()),
-])
+RAW_GENERATIONS = pa.schema(
+    [
+        *PROVENANCE,
+        ("status", pa.string()),
+        ("example_json", pa.string()),
+        ("error", pa.string()),
+        ("raw_text", pa.string()),
+    ]
+)
 
-VALIDATOR_SCORE = pa.struct([
-    ("model", pa.string()), ("weight", pa.float64()), ("score", pa.float64()),
-    ("criteria_json", pa.string()), ("reason", pa.string()), ("error", pa.string()),
-])
+VALIDATOR_SCORE = pa.struct(
+    [
+        ("model", pa.string()),
+        ("weight", pa.float64()),
+        ("score", pa.float64()),
+        ("criteria_json", pa.string()),
+        ("reason", pa.string()),
+        ("error", pa.string()),
+    ]
+)
 
 JUDGED = [
-    ("example_json", pa.string()), ("dedup_key", pa.string()), ("consensus", pa.float64()),
-    ("consensus_threshold", pa.float64()), ("validator_spread", pa.float64()),
-    ("validator_scores", pa.list_(VALIDATOR_SCORE)), ("validators_skipped", pa.int64()),
-    ("spec_version", pa.string()), ("validated_at", pa.string()),
+    ("example_json", pa.string()),
+    ("dedup_key", pa.string()),
+    ("consensus", pa.float64()),
+    ("consensus_threshold", pa.float64()),
+    ("validator_spread", pa.float64()),
+    ("validator_scores", pa.list_(VALIDATOR_SCORE)),
+    ("validators_skipped", pa.int64()),
+    ("spec_version", pa.string()),
+    ("validated_at", pa.string()),
 ]
 
 VALIDATED_EXAMPLES = pa.schema([*PROVENANCE, *JUDGED])
 
-REJECTED_EXAMPLES = pa.schema([
-    *PROVENANCE, *JUDGED, ("fail_stage", pa.string()), ("fail_reasons", pa.list_(pa.string())),
-])
+REJECTED_EXAMPLES = pa.schema(
+    [
+        *PROVENANCE,
+        *JUDGED,
+        ("fail_stage", pa.string()),
+        ("fail_reasons", pa.list_(pa.string())),
+    ]
+)
 
 EMBEDDING_DIM = 384
-EXAMPLE_EMBEDDINGS = pa.schema([
-    ("example_id", pa.string()), ("cell_id", pa.string()), ("text", pa.string()),
-    ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)), ("embedding_model", pa.string()),
-])
+EXAMPLE_EMBEDDINGS = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("cell_id", pa.string()),
+        ("text", pa.string()),
+        ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+        ("embedding_model", pa.string()),
+    ]
+)
 
 
 def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -15,10 +15,31 @@ from typing import Any
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile, Roles, WeightedModel
 from synth_pipelines.llm.types import CompletionRequest, ProviderError, RawCompletion
 
-WORDS = (
-    "customer order invoice account token product shipping address report revenue churn cohort "
-    "latency payload endpoint schema metric forecast segment region warehouse pipeline record"
-).split()
+WORDS = [
+    "customer",
+    "order",
+    "invoice",
+    "account",
+    "token",
+    "product",
+    "shipping",
+    "address",
+    "report",
+    "revenue",
+    "churn",
+    "cohort",
+    "latency",
+    "payload",
+    "endpoint",
+    "schema",
+    "metric",
+    "forecast",
+    "segment",
+    "region",
+    "warehouse",
+    "pipeline",
+    "record",
+]
 
 
 def instance_from_schema(schema: dict[str, Any], rng: random.Random) -> Any:
@@ -34,12 +55,16 @@ def instance_from_schema(schema: dict[str, Any], rng: random.Random) -> Any:
         return {k: instance_from_schema(v, rng) for k, v in schema.get("properties", {}).items()}
     if t == "array":
         lo, hi = schema.get("minItems", 1), min(schema.get("maxItems", 3), 3)
-        return [instance_from_schema(schema.get("items", {"type": "string"}), rng)
-                for _ in range(rng.randint(lo, max(lo, hi)))]
+        return [
+            instance_from_schema(schema.get("items", {"type": "string"}), rng)
+            for _ in range(rng.randint(lo, max(lo, hi)))
+        ]
     if t == "integer":
         return rng.randint(int(schema.get("minimum", 0)), int(min(schema.get("maximum", 100), 100)))
     if t == "number":
-        return round(rng.uniform(float(schema.get("minimum", 0)), float(min(schema.get("maximum", 1.0), 1.0))), 3)
+        return round(
+            rng.uniform(float(schema.get("minimum", 0)), float(min(schema.get("maximum", 1.0), 1.0))), 3
+        )
     if t == "boolean":
         return rng.random() < 0.5
     lo, hi = schema.get("minLength", 1), schema.get("maxLength", 80)
@@ -56,8 +81,12 @@ def instance_from_schema(schema: dict[str, Any], rng: random.Random) -> Any:
 class ScriptedBackend:
     """Answers from the schema; ``script(request, call_no)`` may return a text or raise to inject faults."""
 
-    def __init__(self, name: str, script: Callable[[CompletionRequest, int], str | None] | None = None,
-                 judge_score: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        script: Callable[[CompletionRequest, int], str | None] | None = None,
+        judge_score: int | None = None,
+    ):
         self.name = name
         self.script = script
         self.judge_score = judge_score
@@ -83,22 +112,38 @@ class ScriptedBackend:
         return RawCompletion(text=text, prompt_tokens=50, completion_tokens=len(text) // 4)
 
 
-def failing(model: str, *, retryable: bool = True, retry_after: float | None = None) -> Callable[..., str | None]:
+def failing(
+    model: str, *, retryable: bool = True, retry_after: float | None = None
+) -> Callable[..., str | None]:
     def script(request: CompletionRequest, call_no: int) -> str | None:
         raise ProviderError(model, "HTTP 500", retryable=retryable, retry_after=retry_after)
 
     return script
 
 
-def scripted_profile(generator: list[str] | None = None, validators: list[tuple[str, float]] | None = None) -> ProviderProfile:
+def scripted_profile(
+    generator: list[str] | None = None, validators: list[tuple[str, float]] | None = None
+) -> ProviderProfile:
     generator = generator or ["gen-a", "gen-b"]
     validators = validators or [("judge-a", 1.0), ("judge-b", 0.7)]
     names = {*generator, *(v for v, _ in validators)}
-    models = {n: ModelConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model_id=n, max_retries=2,
-                             input_price_per_mtok=1.0, output_price_per_mtok=2.0) for n in sorted(names)}
+    models = {
+        n: ModelConfig(
+            kind="openai",
+            base_url="http://127.0.0.1:9/v1",
+            model_id=n,
+            max_retries=2,
+            input_price_per_mtok=1.0,
+            output_price_per_mtok=2.0,
+        )
+        for n in sorted(names)
+    }
     return ProviderProfile(
         name="scripted",
         models=models,
-        roles=Roles(generator=generator, validators=[WeightedModel(model=m, weight=w) for m, w in validators],
-                    program=generator[0]),
+        roles=Roles(
+            generator=generator,
+            validators=[WeightedModel(model=m, weight=w) for m, w in validators],
+            program=generator[0],
+        ),
     )

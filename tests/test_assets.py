@@ -29,8 +29,15 @@ def test_definitions_load() -> None:
     from synth_pipelines.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"domain_schema", "seed_problems", "problem_matrix", "raw_generations", "validated_examples",
-                    "example_embeddings", "compiled_program"}
+    assert keys == {
+        "domain_schema",
+        "seed_problems",
+        "problem_matrix",
+        "raw_generations",
+        "validated_examples",
+        "example_embeddings",
+        "compiled_program",
+    }
     assert defs.resolve_job_def("synth_domain") is not None
     assert defs.resolve_sensor_def("domain_spec_sensor") is not None
 
@@ -44,7 +51,9 @@ def test_domain_schema_direct_invocation(warehouse_root: Path, schemas_dir: Path
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, ["api_development"])
     ctx = dg.build_asset_context(partition_key="api_development", instance=instance)
-    result = domain_schema(ctx, warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir)))
+    result = domain_schema(
+        ctx, warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir))
+    )
     assert result.data_version is not None and len(result.data_version.value) == 64
     stored = json.loads((warehouse_root / "domain_schema/domain=api_development/spec.json").read_text())
     assert stored["spec"]["domain"] == "api_development"
@@ -60,8 +69,9 @@ def _failed_step_message(result: dg.ExecuteInJobResult) -> str:
 
 
 @pytest.mark.parametrize("case", ["unknown_type", "malformed_yaml", "unsafe_domain"])
-def test_bad_spec_fails_with_clear_error_and_nothing_downstream(case: str, warehouse_root: Path, schemas_dir: Path,
-                                                               scripted_backends) -> None:
+def test_bad_spec_fails_with_clear_error_and_nothing_downstream(
+    case: str, warehouse_root: Path, schemas_dir: Path, scripted_backends
+) -> None:
     domain = "api_development"
     spec_file = schemas_dir / f"{domain}.yaml"
     if case == "unknown_type":
@@ -78,8 +88,9 @@ def test_bad_spec_fails_with_clear_error_and_nothing_downstream(case: str, wareh
         spec_file.write_text(yaml.safe_dump(data))
         expected = ["unsafe domain name", "Api Development!"]
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize_domain(domain, instance=instance, target_count=4,
-                                resources=resources(warehouse_root, schemas_dir))
+    result = materialize_domain(
+        domain, instance=instance, target_count=4, resources=resources(warehouse_root, schemas_dir)
+    )
     assert not result.success
     message = _failed_step_message(result)
     for fragment in expected:
@@ -94,7 +105,9 @@ def test_unsafe_partition_key_rejected(warehouse_root: Path, schemas_dir: Path) 
     instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, ["../../etc"])
     ctx = dg.build_asset_context(partition_key="../../etc", instance=instance)
     with pytest.raises(dg.Failure, match="unsafe domain name"):
-        domain_schema(ctx, warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir)))
+        domain_schema(
+            ctx, warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir))
+        )
 
 
 def test_full_graph_on_scripted_provider(warehouse_root: Path, schemas_dir: Path, scripted_backends) -> None:
@@ -103,14 +116,19 @@ def test_full_graph_on_scripted_provider(warehouse_root: Path, schemas_dir: Path
     res = resources(warehouse_root, schemas_dir)
     result = materialize_domain("api_development", instance=instance, target_count=8, resources=res)
     assert result.success, _failed_step_message(result)
-    mats = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    mats = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
     assert set(mats) == {a.key.to_user_string() for a in PIPELINE_ASSETS}
     assert mats["raw_generations"]["rows"].value == 8
     assert mats["validated_examples"]["rows"].value >= 2
     assert "preview" in mats["validated_examples"] and "consensus_histogram" in mats["validated_examples"]
     glob = f"{warehouse_root}/validated_examples/*/*.parquet"
     rows = duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning=true)").fetchall()
-    cols = [d[0] for d in duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning=true)").description]
+    cols = [
+        d[0] for d in duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning=true)").description
+    ]
     for col in ("example_id", "generator_model", "prompt_hash", "consensus", "validator_scores", "domain"):
         assert col in cols
     assert (warehouse_root / "programs/domain=api_development/program.json").is_file()
@@ -131,8 +149,9 @@ def test_full_graph_on_scripted_provider(warehouse_root: Path, schemas_dir: Path
         assert len(perf) == 2 and perf[0][:2] == ("api_development", "compiled_program")
 
 
-def test_killed_generation_resumes_without_repeating_calls(warehouse_root: Path, schemas_dir: Path,
-                                                           scripted_backends) -> None:
+def test_killed_generation_resumes_without_repeating_calls(
+    warehouse_root: Path, schemas_dir: Path, scripted_backends
+) -> None:
     """A run killed mid-generation leaves a journal; the rerun only generates what is missing."""
     from synth_pipelines.generation import Journal, generate_examples, plan_items
     from synth_pipelines.llm.client import LLMClient
@@ -171,7 +190,9 @@ def test_killed_generation_resumes_without_repeating_calls(warehouse_root: Path,
 def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> None:
     (schemas_dir / "Bad Name.yaml").write_text("x: 1")
     instance = dg.DagsterInstance.ephemeral()
-    ctx = dg.build_sensor_context(instance=instance, resources={"warehouse": WarehouseResource(schemas_dir=str(schemas_dir))})
+    ctx = dg.build_sensor_context(
+        instance=instance, resources={"warehouse": WarehouseResource(schemas_dir=str(schemas_dir))}
+    )
     result = domain_spec_sensor(ctx)
     keys = sorted(r.run_key for r in result.run_requests)
     assert [k.split(":")[0] for k in keys] == ["api_development", "data_analysis"]
@@ -179,8 +200,11 @@ def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> Non
     cursor = result.cursor
     # Same files, next tick: nothing new.
     instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, ["api_development", "data_analysis"])
-    ctx2 = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                   resources={"warehouse": WarehouseResource(schemas_dir=str(schemas_dir))})
+    ctx2 = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"warehouse": WarehouseResource(schemas_dir=str(schemas_dir))},
+    )
     again = domain_spec_sensor(ctx2)
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
     # Editing a spec triggers exactly that domain, with a new deterministic run key.

@@ -25,11 +25,16 @@ MSGS = [ChatMessage(role="user", content="hi")]
 
 
 def make_client(tmp_path: Path, backends: dict[str, ScriptedBackend], **kw) -> LLMClient:
-    return LLMClient(scripted_profile(), backends, ResponseCache(tmp_path / "c.sqlite"), sleep=lambda s: None, **kw)
+    return LLMClient(
+        scripted_profile(), backends, ResponseCache(tmp_path / "c.sqlite"), sleep=lambda s: None, **kw
+    )
 
 
 def backends(**scripts) -> dict[str, ScriptedBackend]:
-    return {n: ScriptedBackend(n, scripts.get(n.replace("-", "_"))) for n in ("gen-a", "gen-b", "judge-a", "judge-b")}
+    return {
+        n: ScriptedBackend(n, scripts.get(n.replace("-", "_")))
+        for n in ("gen-a", "gen-b", "judge-a", "judge-b")
+    }
 
 
 def test_structured_parses_and_accounts(tmp_path: Path) -> None:
@@ -47,8 +52,12 @@ def test_cache_makes_rerun_free_and_changes_invalidate(tmp_path: Path) -> None:
     make_client(tmp_path, b).structured(["gen-a"], MSGS, Answer, json_schema=SCHEMA, seed=1)
     client = make_client(tmp_path, b)
     res = client.structured(["gen-a"], MSGS, Answer, json_schema=SCHEMA, seed=1)
-    assert res.ok and b["gen-a"].calls == 1 and client.totals.cache_hits == 1 and client.totals.model_calls == 0
-    client.structured(["gen-a"], [ChatMessage(role="user", content="changed")], Answer, json_schema=SCHEMA, seed=1)
+    assert (
+        res.ok and b["gen-a"].calls == 1 and client.totals.cache_hits == 1 and client.totals.model_calls == 0
+    )
+    client.structured(
+        ["gen-a"], [ChatMessage(role="user", content="changed")], Answer, json_schema=SCHEMA, seed=1
+    )
     client.structured(["gen-a"], MSGS, Answer, json_schema=SCHEMA, seed=2)
     assert b["gen-a"].calls == 3
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-from synth_pipelines.runner import materialize_domain, materialization_metadata
+from synth_pipelines.runner import materialization_metadata, materialize_domain
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,11 @@ def test_full_graph_on_bundled_local_models(tmp_path: Path, schemas_dir: Path) -
         "embedder": EmbedderResource(),
     }
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize_domain("api_development", instance=instance, target_count=4, resources=res)
+    # early_stop off so both judges score every example (with threshold 0 one judge decides it).
+    no_early_stop = {"validated_examples": {"early_stop": False}}
+    result = materialize_domain(
+        "api_development", instance=instance, target_count=4, resources=res, op_config=no_early_stop
+    )
     assert result.success
     meta = materialization_metadata(result)
     assert len(meta) == 7
@@ -40,8 +44,10 @@ def test_full_graph_on_bundled_local_models(tmp_path: Path, schemas_dir: Path) -
     validated = meta["validated_examples"]
     assert "gemma3-270m" in validated["models_used"] and "smollm2-135m" in validated["models_used"]
     rows = duckdb.sql(
-        f"select example_json, validator_scores from read_parquet('{warehouse}/validated_examples/*/*.parquet', "
-        "hive_partitioning=true)").fetchall()
+        "select example_json, validator_scores from read_parquet("
+        f"'{warehouse}/validated_examples/*/*.parquet', "
+        "hive_partitioning=true)"
+    ).fetchall()
     assert len(rows) >= 2
     for example_json, scores in rows:
         example = json.loads(example_json)
@@ -52,6 +58,9 @@ def test_full_graph_on_bundled_local_models(tmp_path: Path, schemas_dir: Path) -
     assert (warehouse / "programs/domain=api_development/program.json").is_file()
 
     # Nothing changed: the rerun is served from the cache.
-    again = materialization_metadata(materialize_domain("api_development", instance=instance, target_count=4,
-                                                        resources=res))
+    again = materialization_metadata(
+        materialize_domain(
+            "api_development", instance=instance, target_count=4, resources=res, op_config=no_early_stop
+        )
+    )
     assert sum(int(m.get("model_calls", 0) or 0) for m in again.values()) == 0

@@ -14,10 +14,16 @@ from synth_pipelines.spec import parse_spec
 
 def spec_with(**over):
     base = {
-        "name": "t", "version": 1, "domain": "demo", "type": "api-example", "description": "d",
+        "name": "t",
+        "version": 1,
+        "domain": "demo",
+        "type": "api-example",
+        "description": "d",
         "fields": {"q": {"type": "string", "max_length": 200}, "a": {"type": "string", "max_length": 200}},
-        "matrix": {"dimensions": {"size": ["s", "l"], "quality": ["clean", "messy"]},
-                   "complexity": {"simple": 0.3, "medium": 0.5, "complex": 0.2}},
+        "matrix": {
+            "dimensions": {"size": ["s", "l"], "quality": ["clean", "messy"]},
+            "complexity": {"simple": 0.3, "medium": 0.5, "complex": 0.2},
+        },
         "target_count": 20,
     }
     base.update(over)
@@ -37,7 +43,9 @@ def test_matrix_is_cartesian_product_with_complexity_distribution() -> None:
     assert len(cells) == 2 * 2 * 3
     assert len({c.cell_id for c in cells}) == len(cells)
     assert sum(c.target for c in cells) == 20
-    by_level = {lvl: sum(c.target for c in cells if c.complexity == lvl) for lvl in ("simple", "medium", "complex")}
+    by_level = {
+        lvl: sum(c.target for c in cells if c.complexity == lvl) for lvl in ("simple", "medium", "complex")
+    }
     assert by_level == {"simple": 6, "medium": 10, "complex": 4}
     assert {c.seed_id for c in cells} == {"s1", "s2"}
 
@@ -62,7 +70,9 @@ def test_weak_cells_get_more() -> None:
 
 def test_rule_check_compliance_and_degenerate() -> None:
     spec = spec_with()
-    ok, reasons = rule_check(spec, '{"q": "How do I list invoices?", "a": "Call GET /invoices with a filter."}')
+    ok, reasons = rule_check(
+        spec, '{"q": "How do I list invoices?", "a": "Call GET /invoices with a filter."}'
+    )
     assert ok is not None and reasons == []
     bad, reasons = rule_check(spec, '{"q": "x"}')
     assert bad is None and reasons[0].startswith("schema: a")
@@ -76,7 +86,9 @@ def test_repetition_and_echo() -> None:
     assert repetition_ratio("the cat sat " * 10) > 0.5
     assert repetition_ratio("a quick brown fox jumps over the lazy dog today") == 0.0
     prompt = "List the invoices of a customer for the current month please"
-    reasons = degenerate_reasons({"q": "list the invoices of a customer for the current month"}, prompt_text=prompt)
+    reasons = degenerate_reasons(
+        {"q": "list the invoices of a customer for the current month"}, prompt_text=prompt
+    )
     assert any("echoes the prompt" in r for r in reasons)
 
 
@@ -121,3 +133,8 @@ def test_mean_pairwise_cosine_distance_matches_bruteforce() -> None:
 def test_distinct_n() -> None:
     assert distinct_n(["a b c", "a b c"], 1) == pytest.approx(0.5)
     assert distinct_n(["a b", "c d"], 2) == 1.0
+
+
+def test_placeholders_and_markup_are_degenerate_but_path_params_are_not() -> None:
+    reasons = degenerate_reasons({"a": "{{data_quality}}", "b": "<img src='x.png'>", "c": "GET /users/{id}"})
+    assert reasons == ["a: unfilled template placeholder", "b: contains HTML markup"]

@@ -24,7 +24,11 @@ TEMPLATES = REPO / "synth_pipelines" / "templates"
 
 def minimal(**over):
     base = {
-        "name": "t", "version": 1, "domain": "demo", "type": "api-example", "description": "d",
+        "name": "t",
+        "version": 1,
+        "domain": "demo",
+        "type": "api-example",
+        "description": "d",
         "fields": {"q": {"type": "string", "description": "question"}},
     }
     base.update(over)
@@ -47,7 +51,13 @@ def test_templates_validate(path: Path) -> None:
 
 def test_six_template_types_shipped() -> None:
     assert {p.stem for p in TEMPLATES.glob("*.yaml")} == {
-        "reasoning-memory", "skill-demonstration", "api-example", "code-snippet", "conversation", "test-case"}
+        "reasoning-memory",
+        "skill-demonstration",
+        "api-example",
+        "code-snippet",
+        "conversation",
+        "test-case",
+    }
 
 
 def test_unknown_field_type_names_file_and_field_path(tmp_path: Path) -> None:
@@ -91,7 +101,7 @@ def test_unsafe_domain_in_spec_and_file_name(tmp_path: Path) -> None:
 def test_file_name_must_match_domain(tmp_path: Path) -> None:
     p = tmp_path / "other.yaml"
     p.write_text(yaml.safe_dump(minimal()))
-    with pytest.raises(SpecError, match="file is named other.yaml"):
+    with pytest.raises(SpecError, match=r"file is named other\.yaml"):
         load_spec(p)
 
 
@@ -104,21 +114,25 @@ def test_unsafe_names_rejected(name: str) -> None:
 def test_cross_references_checked() -> None:
     with pytest.raises(SpecError, match="uniqueness names unknown fields"):
         parse_spec(minimal(constraints={"uniqueness": ["nope"]}))
-    with pytest.raises(SpecError, match="program.outputs names unknown fields"):
+    with pytest.raises(SpecError, match=r"program\.outputs names unknown fields"):
         parse_spec(minimal(program={"inputs": ["q"], "outputs": ["nope"]}))
     with pytest.raises(SpecError, match="needs 'items'"):
         parse_spec(minimal(fields={"xs": {"type": "array"}}))
 
 
 def test_every_string_array_and_number_is_bounded() -> None:
-    spec = parse_spec(minimal(fields={
-        "s": {"type": "string"},
-        "n": {"type": "integer"},
-        "f": {"type": "number", "min": 0, "max": 1},
-        "xs": {"type": "array", "items": {"type": "string"}},
-        "o": {"type": "object", "properties": {"inner": {"type": "string", "max_length": 9}}},
-        "e": {"type": "string", "enum": ["a", "b"]},
-    }))
+    spec = parse_spec(
+        minimal(
+            fields={
+                "s": {"type": "string"},
+                "n": {"type": "integer"},
+                "f": {"type": "number", "min": 0, "max": 1},
+                "xs": {"type": "array", "items": {"type": "string"}},
+                "o": {"type": "object", "properties": {"inner": {"type": "string", "max_length": 9}}},
+                "e": {"type": "string", "enum": ["a", "b"]},
+            }
+        )
+    )
     schema = example_json_schema(spec)
     props = schema["properties"]
     assert props["s"]["maxLength"] == 300
@@ -131,12 +145,16 @@ def test_every_string_array_and_number_is_bounded() -> None:
 
 
 def test_model_validates_and_arrow_types_follow_fields() -> None:
-    spec = parse_spec(minimal(fields={
-        "s": {"type": "string", "max_length": 5},
-        "n": {"type": "integer", "min": 0, "max": 3},
-        "xs": {"type": "array", "items": {"type": "integer"}},
-        "ok": {"type": "boolean", "required": False},
-    }))
+    spec = parse_spec(
+        minimal(
+            fields={
+                "s": {"type": "string", "max_length": 5},
+                "n": {"type": "integer", "min": 0, "max": 3},
+                "xs": {"type": "array", "items": {"type": "integer"}},
+                "ok": {"type": "boolean", "required": False},
+            }
+        )
+    )
     model = example_model(spec)
     assert model.model_validate({"s": "abc", "n": 2, "xs": [1]}).s == "abc"
     with pytest.raises(ValueError):

@@ -1,6 +1,5 @@
 """Helpers the asset modules share: loading the materialized spec, metadata formatting, failures."""
 
-
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -42,8 +41,9 @@ def _cell(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, limit: int = 5,
-                   width: int = 60) -> dg.MetadataValue:
+def markdown_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, limit: int = 5, width: int = 60
+) -> dg.MetadataValue:
     if not rows:
         return dg.MetadataValue.md("_no rows_")
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
@@ -51,7 +51,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, li
     return dg.MetadataValue.md(head + body)
 
 
-def histogram_markdown(values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0) -> dg.MetadataValue:
+def histogram_markdown(
+    values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0
+) -> dg.MetadataValue:
     """A text histogram that renders in the UI's Markdown metadata."""
     if not values:
         return dg.MetadataValue.md("_no values_")
@@ -85,8 +87,16 @@ def usage_metadata(totals: UsageTotals) -> dict[str, Any]:
         "models_used": dg.MetadataValue.text(", ".join(sorted(totals.per_model)) or "none"),
         "usage_by_model": markdown_table(
             per_model,
-            ["model", "calls", "model_calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd",
-             "latency_s"],
+            [
+                "model",
+                "calls",
+                "model_calls",
+                "cache_hits",
+                "prompt_tokens",
+                "completion_tokens",
+                "cost_usd",
+                "latency_s",
+            ],
             limit=50,
         ),
     }

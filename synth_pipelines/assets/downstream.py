@@ -1,6 +1,5 @@
 """``example_embeddings`` and ``compiled_program``: what is built on top of the validated examples."""
 
-
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -39,9 +38,12 @@ GROUP = "learning"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[validated_examples], kinds={"parquet", "duckdb"})
-def example_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                       embedder: EmbedderResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=domain_partitions, group_name=GROUP, deps=[validated_examples], kinds={"parquet", "duckdb"}
+)
+def example_embeddings(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, embedder: EmbedderResource
+) -> dg.MaterializeResult:
     """A 384-d all-MiniLM-L6-v2 vector per validated example (grain: one row per example), plus the
     domain's diversity statistics (mean pairwise cosine distance, distinct-1/2) in the metadata.
     Also written to the DuckDB table ``example_embeddings`` with an ``embedding FLOAT[384]`` column."""
@@ -51,8 +53,13 @@ def example_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     texts = [example_text(json.loads(r["example_json"])) for r in rows]
     vectors = embedder.embed(texts)
     out = [
-        {"example_id": r["example_id"], "cell_id": r["cell_id"], "text": t, "embedding": v.tolist(),
-         "embedding_model": EMBEDDING_MODEL}
+        {
+            "example_id": r["example_id"],
+            "cell_id": r["cell_id"],
+            "text": t,
+            "embedding": v.tolist(),
+            "embedding_model": EMBEDDING_MODEL,
+        }
         for r, t, v in zip(rows, texts, vectors, strict=True)
     ]
     table = to_table(out, EXAMPLE_EMBEDDINGS)
@@ -61,19 +68,22 @@ def example_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     stats = diversity_stats(vectors, texts)
     stats_path = wh.write_json(f"example_embeddings/domain={domain}/diversity.json", stats)
     sims = (vectors @ vectors.T)[~_eye(len(vectors))] if len(vectors) > 1 else []
-    return dg.MaterializeResult(metadata={
-        "rows": len(out),
-        "dimension": int(vectors.shape[1]) if len(vectors) else 384,
-        "embedding_model": EMBEDDING_MODEL,
-        "mean_pairwise_cosine_distance": dg.MetadataValue.float(
-            round(stats["mean_pairwise_cosine_distance"] or 0.0, 4)),
-        "distinct_1": dg.MetadataValue.float(round(float(stats["distinct_1"] or 0.0), 4)),
-        "distinct_2": dg.MetadataValue.float(round(float(stats["distinct_2"] or 0.0), 4)),
-        "pairwise_similarity_histogram": histogram_markdown([float(s) for s in sims], lo=-0.2, hi=1.0),
-        "path": dg.MetadataValue.path(str(path)),
-        "diversity_file": dg.MetadataValue.path(str(stats_path)),
-        "preview": markdown_table(out, ["example_id", "cell_id", "text"], limit=5, width=100),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(out),
+            "dimension": int(vectors.shape[1]) if len(vectors) else 384,
+            "embedding_model": EMBEDDING_MODEL,
+            "mean_pairwise_cosine_distance": dg.MetadataValue.float(
+                round(stats["mean_pairwise_cosine_distance"] or 0.0, 4)
+            ),
+            "distinct_1": dg.MetadataValue.float(round(float(stats["distinct_1"] or 0.0), 4)),
+            "distinct_2": dg.MetadataValue.float(round(float(stats["distinct_2"] or 0.0), 4)),
+            "pairwise_similarity_histogram": histogram_markdown([float(s) for s in sims], lo=-0.2, hi=1.0),
+            "path": dg.MetadataValue.path(str(path)),
+            "diversity_file": dg.MetadataValue.path(str(stats_path)),
+            "preview": markdown_table(out, ["example_id", "cell_id", "text"], limit=5, width=100),
+        }
+    )
 
 
 def _eye(n: int) -> Any:
@@ -82,9 +92,15 @@ def _eye(n: int) -> Any:
     return np.eye(n, dtype=bool)
 
 
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[example_embeddings], kinds={"dspy", "json"})
-def compiled_program(context: dg.AssetExecutionContext, warehouse: WarehouseResource, llm: LLMResource,
-                     embedder: EmbedderResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=domain_partitions, group_name=GROUP, deps=[example_embeddings], kinds={"dspy", "json"}
+)
+def compiled_program(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    llm: LLMResource,
+    embedder: EmbedderResource,
+) -> dg.MaterializeResult:
     """The domain's DSPy program (grain: one program per domain), compiled on a train split of the
     validated examples with the spec's optimizer, scored on the held-out split with the spec's metric,
     and saved as DSPy state JSON. The held-out score is appended to the DuckDB table
@@ -99,8 +115,10 @@ def compiled_program(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     try:
         train_rows, test_rows = split_examples(rows, program_spec.train_fraction)
     except ValueError as e:
-        raise dg.Failure(description=f"compiled_program for {domain!r}: {e}. Raise target_count or "
-                         "check the rejection reasons on validated_examples.") from e
+        raise dg.Failure(
+            description=f"compiled_program for {domain!r}: {e}. Raise target_count or "
+            "check the rejection reasons on validated_examples."
+        ) from e
     client = llm.client(wh.cache_path)
     model = client.profile.roles.program
     lm = make_lm(spec, client, model)
@@ -110,8 +128,15 @@ def compiled_program(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 
         def judge(gold: dict[str, Any], pred: dict[str, Any]) -> float:
             merged = {**gold, **pred}
-            verdict = judge_example(client, spec, judges, example_id=json.dumps(gold, sort_keys=True)[:64],
-                                    problem=spec.description, example=merged, early_stop=False)
+            verdict = judge_example(
+                client,
+                spec,
+                judges,
+                example_id=json.dumps(gold, sort_keys=True)[:64],
+                problem=spec.description,
+                example=merged,
+                early_stop=False,
+            )
             return verdict.consensus or 0.0
 
     metric = build_metric(spec, program_spec, embedder.embed, judge)
@@ -121,32 +146,48 @@ def compiled_program(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         per_example, failures = evaluate_program(compiled, test, lm, program_spec, metric)
     except (ProviderError, ProviderConfigError) as e:
         raise dg.Failure(description=f"compiling the program for {domain!r}: {e}") from e
-    score = ProgramScore(metric=program_spec.metric, optimizer=program_spec.optimizer,
-                         score=sum(per_example) / len(per_example), n_train=len(train), n_test=len(test),
-                         per_example=per_example, failures=failures, lm_calls=lm.calls)
+    score = ProgramScore(
+        metric=program_spec.metric,
+        optimizer=program_spec.optimizer,
+        score=sum(per_example) / len(per_example),
+        n_train=len(train),
+        n_test=len(test),
+        per_example=per_example,
+        failures=failures,
+        lm_calls=lm.calls,
+    )
     path = save_program(compiled, wh.programs_dir(domain) / "program.json")
     wh.write_json(f"programs/domain={domain}/score.json", score.model_dump())
     recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
-    perf = pa.table({
-        "domain": [domain], "source": ["compiled_program"], "score": [score.score], "n": [score.n_test],
-        "metric": [score.metric], "run_id": [context.run_id], "recorded_at": [recorded_at],
-    })
+    perf = pa.table(
+        {
+            "domain": [domain],
+            "source": ["compiled_program"],
+            "score": [score.score],
+            "n": [score.n_test],
+            "metric": [score.metric],
+            "run_id": [context.run_id],
+            "recorded_at": [recorded_at],
+        }
+    )
     _append_performance(wh, perf)
-    return dg.MaterializeResult(metadata={
-        "score": dg.MetadataValue.float(round(score.score, 4)),
-        "metric": score.metric,
-        "optimizer": score.optimizer,
-        "n_train": score.n_train,
-        "n_test": score.n_test,
-        "prediction_failures": score.failures,
-        "demos": len(getattr(compiled.predict, "demos", [])),
-        "inputs": dg.MetadataValue.json(program_spec.inputs),
-        "outputs": dg.MetadataValue.json(program_spec.outputs),
-        "program_model": model,
-        "program_path": dg.MetadataValue.path(str(path)),
-        "score_histogram": histogram_markdown(per_example),
-        **usage_metadata(client.totals),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "score": dg.MetadataValue.float(round(score.score, 4)),
+            "metric": score.metric,
+            "optimizer": score.optimizer,
+            "n_train": score.n_train,
+            "n_test": score.n_test,
+            "prediction_failures": score.failures,
+            "demos": len(getattr(compiled.predict, "demos", [])),
+            "inputs": dg.MetadataValue.json(program_spec.inputs),
+            "outputs": dg.MetadataValue.json(program_spec.outputs),
+            "program_model": model,
+            "program_path": dg.MetadataValue.path(str(path)),
+            "score_histogram": histogram_markdown(per_example),
+            **usage_metadata(client.totals),
+        }
+    )
 
 
 def _append_performance(wh: Any, perf: pa.Table) -> None:
@@ -157,6 +198,8 @@ def _append_performance(wh: Any, perf: pa.Table) -> None:
             "n BIGINT, metric VARCHAR, run_id VARCHAR, recorded_at TIMESTAMP)"
         )
         conn.register("perf_row", perf)
-        conn.execute("INSERT INTO agent_performance BY NAME SELECT * REPLACE (CAST(recorded_at AS TIMESTAMP) "
-                     "AS recorded_at) FROM perf_row")
+        conn.execute(
+            "INSERT INTO agent_performance BY NAME SELECT * REPLACE (CAST(recorded_at AS TIMESTAMP) "
+            "AS recorded_at) FROM perf_row"
+        )
         conn.unregister("perf_row")

@@ -1,6 +1,5 @@
 """Generation and validation: ``raw_generations`` and ``validated_examples``."""
 
-
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -37,8 +36,12 @@ class GenerationConfig(dg.Config):
 
 
 @dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[problem_matrix], kinds={"parquet"})
-def raw_generations(context: dg.AssetExecutionContext, config: GenerationConfig, warehouse: WarehouseResource,
-                    llm: LLMResource) -> dg.MaterializeResult:
+def raw_generations(
+    context: dg.AssetExecutionContext,
+    config: GenerationConfig,
+    warehouse: WarehouseResource,
+    llm: LLMResource,
+) -> dg.MaterializeResult:
     """Every generated example with full provenance (grain: one row per planned item of the matrix).
 
     Rows hold the example JSON or the failure reason, plus cell, seed, generator model, prompt
@@ -60,7 +63,9 @@ def raw_generations(context: dg.AssetExecutionContext, config: GenerationConfig,
     try:
         outcome = generate_examples(spec, items, client, journal, temperature=config.temperature)
     except (ProviderError, ProviderConfigError) as e:
-        raise provider_failure(f"generating examples for {domain!r} (finished items are kept; rerun resumes)", e) from e
+        raise provider_failure(
+            f"generating examples for {domain!r} (finished items are kept; rerun resumes)", e
+        ) from e
     rows = [r.model_dump() for r in outcome.rows]
     path = wh.write_partition("raw_generations", domain, to_table(rows, RAW_GENERATIONS))
     if outcome.stopped_reason is None:
@@ -69,18 +74,22 @@ def raw_generations(context: dg.AssetExecutionContext, config: GenerationConfig,
         context.log.warning(f"stopped early: {outcome.stopped_reason}; {len(rows)}/{len(items)} items kept")
     ok = [r for r in rows if r["status"] == "ok"]
     errors = Counter((r["error"] or "")[:80] for r in rows if r["status"] != "ok")
-    return dg.MaterializeResult(metadata={
-        "rows": len(rows),
-        "planned": len(items),
-        "ok": len(ok),
-        "failed": len(rows) - len(ok),
-        "resumed_from_journal": outcome.resumed,
-        "stopped_reason": outcome.stopped_reason or "",
-        "failure_reasons": dg.MetadataValue.json(dict(errors.most_common(10))),
-        "path": dg.MetadataValue.path(str(path)),
-        **usage_metadata(client.totals),
-        "preview": markdown_table(ok, ["example_id", "cell_id", "generator_model", "example_json"], limit=5, width=120),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(rows),
+            "planned": len(items),
+            "ok": len(ok),
+            "failed": len(rows) - len(ok),
+            "resumed_from_journal": outcome.resumed,
+            "stopped_reason": outcome.stopped_reason or "",
+            "failure_reasons": dg.MetadataValue.json(dict(errors.most_common(10))),
+            "path": dg.MetadataValue.path(str(path)),
+            **usage_metadata(client.totals),
+            "preview": markdown_table(
+                ok, ["example_id", "cell_id", "generator_model", "example_json"], limit=5, width=120
+            ),
+        }
+    )
 
 
 class ValidationConfig(dg.Config):
@@ -93,8 +102,14 @@ def _judged_fields(c: Any, threshold: float, spec_version: str) -> dict[str, Any
         "consensus_threshold": threshold,
         "validator_spread": c.spread if c is not None else None,
         "validator_scores": [
-            {"model": j.model, "weight": j.weight, "score": j.score, "criteria_json": json.dumps(j.scores),
-             "reason": j.reason, "error": j.error}
+            {
+                "model": j.model,
+                "weight": j.weight,
+                "score": j.score,
+                "criteria_json": json.dumps(j.scores),
+                "reason": j.reason,
+                "error": j.error,
+            }
             for j in (c.judges if c is not None else [])
         ],
         "validators_skipped": c.skipped_calls if c is not None else 0,
@@ -103,9 +118,15 @@ def _judged_fields(c: Any, threshold: float, spec_version: str) -> dict[str, Any
     }
 
 
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[raw_generations], kinds={"parquet", "duckdb"})
-def validated_examples(context: dg.AssetExecutionContext, config: ValidationConfig, warehouse: WarehouseResource,
-                       llm: LLMResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=domain_partitions, group_name=GROUP, deps=[raw_generations], kinds={"parquet", "duckdb"}
+)
+def validated_examples(
+    context: dg.AssetExecutionContext,
+    config: ValidationConfig,
+    warehouse: WarehouseResource,
+    llm: LLMResource,
+) -> dg.MaterializeResult:
     """Examples that passed every gate (grain: one row per accepted example).
 
     Gates, in order: rule-based schema compliance and degenerate-text checks, exact-duplicate
@@ -129,12 +150,25 @@ def validated_examples(context: dg.AssetExecutionContext, config: ValidationConf
     seen_keys: dict[str, str] = {}
     candidates: list[tuple[dict[str, Any], dict[str, Any], str]] = []
 
-    def reject(row: dict[str, Any], stage: str, reasons: list[str], consensus: Any = None, key: str | None = None,
-               example: dict[str, Any] | None = None) -> None:
+    def reject(
+        row: dict[str, Any],
+        stage: str,
+        reasons: list[str],
+        consensus: Any = None,
+        key: str | None = None,
+        example: dict[str, Any] | None = None,
+    ) -> None:
         base = {k: row[k] for k in VALIDATED_EXAMPLES.names if k in row}
-        rejected.append({**base, **_judged_fields(consensus, threshold, spec.version_str),
-                         "example_json": example_json_text(example) if example else row.get("example_json"),
-                         "dedup_key": key, "fail_stage": stage, "fail_reasons": reasons})
+        rejected.append(
+            {
+                **base,
+                **_judged_fields(consensus, threshold, spec.version_str),
+                "example_json": example_json_text(example) if example else row.get("example_json"),
+                "dedup_key": key,
+                "fail_stage": stage,
+                "fail_reasons": reasons,
+            }
+        )
 
     for row in raw:
         if row["status"] != "ok":
@@ -153,8 +187,15 @@ def validated_examples(context: dg.AssetExecutionContext, config: ValidationConf
 
     def judge(candidate: tuple[dict[str, Any], dict[str, Any], str]) -> Any:
         row, example, _ = candidate
-        return judge_example(client, spec, judges, example_id=row["example_id"], problem=row["problem"],
-                             example=example, early_stop=config.early_stop)
+        return judge_example(
+            client,
+            spec,
+            judges,
+            example_id=row["example_id"],
+            problem=row["problem"],
+            example=example,
+            early_stop=config.early_stop,
+        )
 
     context.log.info(f"{len(candidates)} of {len(raw)} examples reach the {len(judges)} validator models")
     try:
@@ -166,8 +207,14 @@ def validated_examples(context: dg.AssetExecutionContext, config: ValidationConf
             reject(row, "consensus", [verdict.reason or "below threshold"], verdict, key, example)
             continue
         base = {k: row[k] for k in VALIDATED_EXAMPLES.names if k in row}
-        accepted.append({**base, **_judged_fields(verdict, threshold, spec.version_str),
-                         "example_json": example_json_text(example), "dedup_key": key})
+        accepted.append(
+            {
+                **base,
+                **_judged_fields(verdict, threshold, spec.version_str),
+                "example_json": example_json_text(example),
+                "dedup_key": key,
+            }
+        )
 
     path = wh.write_partition("validated_examples", domain, to_table(accepted, VALIDATED_EXAMPLES))
     wh.write_partition("rejected_examples", domain, to_table(rejected, REJECTED_EXAMPLES))
@@ -177,27 +224,41 @@ def validated_examples(context: dg.AssetExecutionContext, config: ValidationConf
     judged = len(candidates)
     consensus_values = [v.consensus for v in verdicts if v.consensus is not None]
     stage_counts = Counter(r["fail_stage"] for r in rejected)
-    reason_counts = Counter(reason.split(":")[0] if r["fail_stage"] == "rules" else r["fail_stage"]
-                            for r in rejected for reason in r["fail_reasons"])
-    return dg.MaterializeResult(metadata={
-        "rows": len(accepted),
-        "input_rows": len(raw),
-        "rejected": len(rejected),
-        "rejected_by_stage": dg.MetadataValue.json(dict(stage_counts)),
-        "rejection_reasons": dg.MetadataValue.json(dict(reason_counts.most_common(15))),
-        "schema_compliance_rate": dg.MetadataValue.float(
-            round(1 - stage_counts.get("rules", 0) / max(1, len(raw) - stage_counts.get("generation", 0)), 4)),
-        "consensus_pass_rate": dg.MetadataValue.float(round(len(accepted) / judged, 4) if judged else 0.0),
-        "overall_pass_rate": dg.MetadataValue.float(round(len(accepted) / len(raw), 4) if raw else 0.0),
-        "mean_consensus": dg.MetadataValue.float(
-            round(sum(consensus_values) / len(consensus_values), 4) if consensus_values else 0.0),
-        "consensus_threshold": threshold,
-        "validators": dg.MetadataValue.json([j.model_dump() for j in judges]),
-        "validator_calls_skipped": sum(v.skipped_calls for v in verdicts),
-        "consensus_histogram": histogram_markdown(consensus_values),
-        "path": dg.MetadataValue.path(str(path)),
-        **usage_metadata(client.totals),
-        "preview": markdown_table(accepted, ["example_id", "consensus", "validator_spread", "example_json"],
-                                  limit=5, width=120),
-        "rejected_preview": markdown_table(rejected, ["example_id", "fail_stage", "fail_reasons"], limit=8, width=100),
-    })
+    reason_counts = Counter(
+        reason.split(":")[0] if r["fail_stage"] == "rules" else r["fail_stage"]
+        for r in rejected
+        for reason in r["fail_reasons"]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(accepted),
+            "input_rows": len(raw),
+            "rejected": len(rejected),
+            "rejected_by_stage": dg.MetadataValue.json(dict(stage_counts)),
+            "rejection_reasons": dg.MetadataValue.json(dict(reason_counts.most_common(15))),
+            "schema_compliance_rate": dg.MetadataValue.float(
+                round(
+                    1 - stage_counts.get("rules", 0) / max(1, len(raw) - stage_counts.get("generation", 0)), 4
+                )
+            ),
+            "consensus_pass_rate": dg.MetadataValue.float(
+                round(len(accepted) / judged, 4) if judged else 0.0
+            ),
+            "overall_pass_rate": dg.MetadataValue.float(round(len(accepted) / len(raw), 4) if raw else 0.0),
+            "mean_consensus": dg.MetadataValue.float(
+                round(sum(consensus_values) / len(consensus_values), 4) if consensus_values else 0.0
+            ),
+            "consensus_threshold": threshold,
+            "validators": dg.MetadataValue.json([j.model_dump() for j in judges]),
+            "validator_calls_skipped": sum(v.skipped_calls for v in verdicts),
+            "consensus_histogram": histogram_markdown(consensus_values),
+            "path": dg.MetadataValue.path(str(path)),
+            **usage_metadata(client.totals),
+            "preview": markdown_table(
+                accepted, ["example_id", "consensus", "validator_spread", "example_json"], limit=5, width=120
+            ),
+            "rejected_preview": markdown_table(
+                rejected, ["example_id", "fail_stage", "fail_reasons"], limit=8, width=100
+            ),
+        }
+    )

@@ -21,7 +21,10 @@ from synth_pipelines.llm.types import ChatMessage, CompletionRequest, ProviderEr
 
 
 class ProviderConfigError(RuntimeError):
-    """A model that cannot be used at all as configured. Retrying will not help; the message says what to fix."""
+    """A model that cannot be used at all as configured.
+
+    Retrying will not help; the message says what to fix.
+    """
 
 
 class Backend(Protocol):
@@ -118,7 +121,9 @@ class LlamaCppBackend:
         return self._llm
 
     def complete(self, request: CompletionRequest) -> RawCompletion:
-        grammar = _grammar_for(json.dumps(request.json_schema, sort_keys=True)) if request.json_schema else None
+        grammar = (
+            _grammar_for(json.dumps(request.json_schema, sort_keys=True)) if request.json_schema else None
+        )
         with self._lock:
             llm = self._model()
             common: dict[str, Any] = {
@@ -204,20 +209,26 @@ class OpenAICompatBackend:
         try:
             resp = self._sdk().chat.completions.create(**kwargs)
         except openai.RateLimitError as e:
-            raise ProviderError(self.name, "rate limited (429)", retryable=True,
-                                retry_after=_retry_after(e)) from None
+            raise ProviderError(
+                self.name, "rate limited (429)", retryable=True, retry_after=_retry_after(e)
+            ) from None
         except openai.APITimeoutError:
-            raise ProviderError(self.name, f"timed out after {self.config.timeout_s}s", retryable=True) from None
+            raise ProviderError(
+                self.name, f"timed out after {self.config.timeout_s}s", retryable=True
+            ) from None
         except openai.APIConnectionError:
-            raise ProviderError(self.name, f"cannot connect to {self.config.base_url}", retryable=True) from None
+            raise ProviderError(
+                self.name, f"cannot connect to {self.config.base_url}", retryable=True
+            ) from None
         except openai.AuthenticationError:
             raise ProviderConfigError(
                 f"model {self.name!r}: the endpoint rejected the API key; set {self.config.api_key_env}"
             ) from None
         except openai.APIStatusError as e:
             retryable = e.status_code >= 500 or e.status_code in (408, 409)
-            raise ProviderError(self.name, f"HTTP {e.status_code}", retryable=retryable,
-                                retry_after=_retry_after(e)) from None
+            raise ProviderError(
+                self.name, f"HTTP {e.status_code}", retryable=retryable, retry_after=_retry_after(e)
+            ) from None
         choice = resp.choices[0]
         usage = resp.usage
         return RawCompletion(

@@ -223,12 +223,15 @@ class LLMClient:
                 last_text = raw.text
                 if value is not None:
                     self._record(total, failed=False)
-                    return StructuredResult[response_model](  # type: ignore[valid-type]
-                        value=value, raw_text=raw.text, record=total, prompt_hash=prompt_hash(msgs, json_schema)
+                    return StructuredResult(
+                        value=value,
+                        raw_text=raw.text,
+                        record=total,
+                        prompt_hash=prompt_hash(msgs, json_schema),
                     )
                 errors.append(f"{model} attempt {attempt + 1}: {reason}")
         self._record(total, failed=True)
-        return StructuredResult[response_model](  # type: ignore[valid-type]
+        return StructuredResult(
             error="; ".join(errors) or "no model available",
             raw_text=last_text[:2000],
             record=total,

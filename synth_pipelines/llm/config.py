@@ -49,7 +49,9 @@ class ModelConfig(BaseModel):
         return self
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok) / 1e6
+        return (
+            prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok
+        ) / 1e6
 
 
 class WeightedModel(BaseModel):
@@ -113,7 +115,9 @@ def load_profile(name_or_path: str) -> ProviderProfile:
     path = candidate if candidate.suffix in (".yaml", ".yml") else PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ProfileError(f"provider profile {name_or_path!r} not found (looked for {path}); bundled: {known}")
+        raise ProfileError(
+            f"provider profile {name_or_path!r} not found (looked for {path}); bundled: {known}"
+        )
     try:
         data = yaml.safe_load(expand_env(path.read_text()))
         data.setdefault("name", path.stem)

@@ -91,8 +91,15 @@ class UsageTotals(BaseModel):
         self.latency_s += rec.latency_s
         m = self.per_model.setdefault(
             rec.model,
-            {"calls": 0, "model_calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
-             "cost_usd": 0.0, "latency_s": 0.0},
+            {
+                "calls": 0,
+                "model_calls": 0,
+                "cache_hits": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost_usd": 0.0,
+                "latency_s": 0.0,
+            },
         )
         m["calls"] += 1
         m["model_calls"] += rec.model_calls
@@ -106,7 +113,9 @@ class UsageTotals(BaseModel):
 class ProviderError(RuntimeError):
     """A call that failed for a reason other than a malformed reply (timeout, HTTP error, missing model)."""
 
-    def __init__(self, model: str, message: str, *, retryable: bool = False, retry_after: float | None = None):
+    def __init__(
+        self, model: str, message: str, *, retryable: bool = False, retry_after: float | None = None
+    ):
         self.model = model
         self.retryable = retryable
         self.retry_after = retry_after

@@ -1,6 +1,5 @@
 """Sentence embeddings for diversity statistics and the semantic-similarity program metric."""
 
-
 import dagster as dg
 import numpy as np
 

@@ -1,6 +1,5 @@
 """The model provider resource: every LLM call in an asset goes through the client it builds."""
 
-
 from pathlib import Path
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """Where everything lives: the warehouse root and the folder of domain specs."""
 
-
 import dagster as dg
 
 from synth_pipelines.storage import Warehouse

@@ -1,6 +1,5 @@
 """``domain_spec_sensor``: new or changed files in ``schemas/`` become partitions and runs."""
 
-
 import json
 from pathlib import Path
 
@@ -23,7 +22,9 @@ class SpecPlan(BaseModel):
     cursor: dict[str, str]
 
 
-def plan_spec_runs(schemas_dir: str | Path, existing_partitions: set[str], cursor: dict[str, str]) -> SpecPlan:
+def plan_spec_runs(
+    schemas_dir: str | Path, existing_partitions: set[str], cursor: dict[str, str]
+) -> SpecPlan:
     """Pure decision logic: which valid specs are new or changed since the cursor (domain -> file hash)."""
     new_partitions: list[str] = []
     runs: list[tuple[str, str]] = []
@@ -62,13 +63,17 @@ def domain_spec_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse
         context.log.info(f"requesting a run for {domain} (spec sha256 {file_hash[:12]})")
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(run_key=f"{domain}:{file_hash}", partition_key=domain,
-                          tags={"synth/trigger": "domain_spec_sensor", "synth/spec_hash": file_hash[:16]})
+            dg.RunRequest(
+                run_key=f"{domain}:{file_hash}",
+                partition_key=domain,
+                tags={"synth/trigger": "domain_spec_sensor", "synth/spec_hash": file_hash[:16]},
+            )
             for domain, file_hash in plan.runs
         ],
         dynamic_partitions_requests=(
             [dg.AddDynamicPartitionsRequest(DOMAIN_PARTITIONS_NAME, plan.new_partitions)]
-            if plan.new_partitions else []
+            if plan.new_partitions
+            else []
         ),
         cursor=json.dumps(plan.cursor, sort_keys=True),
     )
