@@ -124,13 +124,16 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
         rel = root.relative_to(Path.cwd())
     except ValueError:
         rel = root
+    query = (
+        "select domain, example_id, consensus, example_json from read_parquet("
+        f"'{rel}/validated_examples/*/*.parquet', hive_partitioning=true) limit 5"
+    )
     lines += [
         f"  parquet:  {rel}/<asset>/domain={domain}/part-0.parquet",
-        f"  duckdb:   {rel}/synth.duckdb (tables validated_examples, rejected_examples, example_embeddings, "
-        "agent_performance)",
+        f"  duckdb:   {rel}/synth.duckdb (one table per asset + agent_performance)",
         f"  program:  {rel}/programs/domain={domain}/program.json",
-        '  query:    duckdb -c "select example_id, consensus, example_json from read_parquet('
-        f"'{rel}/validated_examples/*/*.parquet', hive_partitioning=true) where domain='{domain}' limit 5\"",
+        f'  query:    duckdb -c "{query}"',
+        f'  (python): .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"',
     ]
     return "\n".join(lines)
 

@@ -24,10 +24,12 @@ SCHEMA = json_schema_for_model(Answer)
 MSGS = [ChatMessage(role="user", content="hi")]
 
 
+async def no_sleep(seconds: float) -> None:
+    return None
+
+
 def make_client(tmp_path: Path, backends: dict[str, ScriptedBackend], **kw) -> LLMClient:
-    return LLMClient(
-        scripted_profile(), backends, ResponseCache(tmp_path / "c.sqlite"), sleep=lambda s: None, **kw
-    )
+    return LLMClient(scripted_profile(), backends, ResponseCache(tmp_path / "c.sqlite"), sleep=no_sleep, **kw)
 
 
 def backends(**scripts) -> dict[str, ScriptedBackend]:
@@ -90,8 +92,11 @@ def test_retry_after_is_honoured(tmp_path: Path) -> None:
             raise ProviderError("gen-a", "429", retryable=True, retry_after=7)
         return None
 
+    async def record_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
     b = backends(gen_a=flaky)
-    client = LLMClient(scripted_profile(), b, None, sleep=waits.append)
+    client = LLMClient(scripted_profile(), b, None, sleep=record_sleep)
     assert client.structured(["gen-a"], MSGS, Answer, json_schema=SCHEMA).ok
     assert waits == [7]
 

@@ -77,7 +77,9 @@ class SeedConfig(dg.Config):
     count: int = Field(default=5, ge=1, le=200, description="Seeds to generate when the spec lists none.")
 
 
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[domain_schema], kinds={"parquet"})
+@dg.asset(
+    partitions_def=domain_partitions, group_name=GROUP, deps=[domain_schema], kinds={"parquet", "duckdb"}
+)
 def seed_problems(
     context: dg.AssetExecutionContext, config: SeedConfig, warehouse: WarehouseResource, llm: LLMResource
 ) -> dg.MaterializeResult:
@@ -100,7 +102,9 @@ def seed_problems(
             "Add seed_problems to the spec or use a stronger generator."
         )
     rows = [s.model_dump() for s in seeds]
-    path = wh.write_partition("seed_problems", domain, to_table(rows, SEED_PROBLEMS))
+    table = to_table(rows, SEED_PROBLEMS)
+    path = wh.write_partition("seed_problems", domain, table)
+    wh.replace_domain_rows("seed_problems", domain, table)
     meta = {
         "rows": len(rows),
         "source": "spec" if spec.seed_problems else "generated",
@@ -121,7 +125,9 @@ class MatrixConfig(dg.Config):
     weak_boost: float = Field(default=3.0, ge=1.0, description="Weight multiplier for weak cells.")
 
 
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[seed_problems], kinds={"parquet"})
+@dg.asset(
+    partitions_def=domain_partitions, group_name=GROUP, deps=[seed_problems], kinds={"parquet", "duckdb"}
+)
 def problem_matrix(
     context: dg.AssetExecutionContext, config: MatrixConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
@@ -146,7 +152,9 @@ def problem_matrix(
         {**c.model_dump(exclude={"conditions"}), "conditions_json": json.dumps(c.conditions, sort_keys=True)}
         for c in cells
     ]
-    path = wh.write_partition("problem_matrix", domain, to_table(rows, PROBLEM_MATRIX))
+    table = to_table(rows, PROBLEM_MATRIX)
+    path = wh.write_partition("problem_matrix", domain, table)
+    wh.replace_domain_rows("problem_matrix", domain, table)
     active = [r for r in rows if r["target"] > 0]
     by_level: dict[str, int] = {}
     for c in cells:

@@ -35,7 +35,9 @@ class GenerationConfig(dg.Config):
     temperature: float | None = Field(default=None, ge=0, le=2, description="Override the spec's hint.")
 
 
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[problem_matrix], kinds={"parquet"})
+@dg.asset(
+    partitions_def=domain_partitions, group_name=GROUP, deps=[problem_matrix], kinds={"parquet", "duckdb"}
+)
 def raw_generations(
     context: dg.AssetExecutionContext,
     config: GenerationConfig,
@@ -67,7 +69,9 @@ def raw_generations(
             f"generating examples for {domain!r} (finished items are kept; rerun resumes)", e
         ) from e
     rows = [r.model_dump() for r in outcome.rows]
-    path = wh.write_partition("raw_generations", domain, to_table(rows, RAW_GENERATIONS))
+    table = to_table(rows, RAW_GENERATIONS)
+    path = wh.write_partition("raw_generations", domain, table)
+    wh.replace_domain_rows("raw_generations", domain, table)
     if outcome.stopped_reason is None:
         journal.remove()  # the partition now holds every row; the journal only matters mid-run
     else:

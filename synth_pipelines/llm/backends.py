@@ -28,6 +28,9 @@ class ProviderConfigError(RuntimeError):
 
 
 class Backend(Protocol):
+    """A model endpoint. Synchronous backends implement ``complete`` (the client runs it in a worker
+    thread); asynchronous ones also implement ``acomplete(request, response_model=...)``."""
+
     name: str
 
     def fingerprint(self) -> str:
@@ -160,40 +163,55 @@ class LlamaCppBackend:
 
 
 class OpenAICompatBackend:
-    """Any ``/v1/chat/completions`` endpoint through the official ``openai`` SDK.
+    """Any ``/v1/chat/completions`` endpoint through the official ``openai`` SDK, async, on its aiohttp
+    transport (``DefaultAioHttpClient``): httpx's connection pool collapses under many concurrent calls.
 
-    Structured output asks for ``response_format=json_schema``; servers that ignore it still
-    return text that the client parses and validates, so a non-conforming reply becomes a retry,
-    not a crash. The SDK's own retries are off: the client owns retry policy.
+    Structured output goes through ``instructor`` (JSON-schema mode) when the caller passes a
+    response model; DSPy's calls arrive as a bare schema and use ``response_format=json_schema``
+    directly. Either way the client validates the text again, so a non-conforming reply becomes a
+    retry, not a crash. The SDK's and instructor's own retries are off: the client owns retry policy.
     """
 
     def __init__(self, name: str, config: ModelConfig, api_key: str | None):
         self.name = name
         self.config = config
         self._api_key = api_key or "not-needed"
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._sdk: Any = None
+        self._instructor: Any = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAICompatBackend({self.name!r}, base_url={self.config.base_url!r})"
+
+    def complete(self, request: CompletionRequest) -> RawCompletion:
+        raise TypeError("OpenAICompatBackend is asynchronous: the client calls acomplete()")
 
     def fingerprint(self) -> str:
         url_hash = hashlib.sha256((self.config.base_url or "").encode()).hexdigest()[:12]
         return f"openai:{self.config.model_id}:{url_hash}"
 
-    def _sdk(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                import openai
+    def _clients(self) -> tuple[Any, Any]:
+        # Created lazily inside the provider event loop: the aiohttp session is bound to it.
+        if self._sdk is None:
+            import instructor
+            import openai
 
-                self._client = openai.OpenAI(
-                    base_url=self.config.base_url,
-                    api_key=self._api_key,
-                    timeout=self.config.timeout_s,
-                    max_retries=0,
-                )
-        return self._client
+            self._sdk = openai.AsyncOpenAI(
+                base_url=self.config.base_url,
+                api_key=self._api_key,
+                timeout=self.config.timeout_s,
+                max_retries=0,
+                http_client=openai.DefaultAioHttpClient(timeout=self.config.timeout_s),
+            )
+            self._instructor = instructor.from_openai(self._sdk, mode=instructor.Mode.JSON_SCHEMA)
+        return self._sdk, self._instructor
 
-    def complete(self, request: CompletionRequest) -> RawCompletion:
+    async def acomplete(
+        self, request: CompletionRequest, *, response_model: type[Any] | None = None
+    ) -> RawCompletion:
         import openai
+        from instructor.core.exceptions import InstructorRetryException
 
+        sdk, structured = self._clients()
         kwargs: dict[str, Any] = {
             "model": self.config.model_id,
             "messages": [m.model_dump() for m in request.messages],
@@ -201,20 +219,34 @@ class OpenAICompatBackend:
             "max_tokens": request.max_tokens,
             "seed": request.seed,
         }
-        if request.json_schema is not None:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "response", "schema": request.json_schema},
-            }
         try:
-            resp = self._sdk().chat.completions.create(**kwargs)
+            if response_model is not None:
+                try:
+                    _, completion = await structured.chat.completions.create_with_completion(
+                        response_model=response_model, max_retries=1, **kwargs
+                    )
+                except InstructorRetryException as e:
+                    # The reply did not validate; hand its text to the client, which records why.
+                    completion = e.last_completion
+                    if completion is None:
+                        cause = e.__cause__ or e.__context__
+                        if isinstance(cause, openai.APIError):
+                            raise cause from None
+                        raise ProviderError(self.name, "no usable completion from the endpoint") from None
+            else:
+                if request.json_schema is not None:
+                    kwargs["response_format"] = {
+                        "type": "json_schema",
+                        "json_schema": {"name": "response", "schema": request.json_schema},
+                    }
+                completion = await sdk.chat.completions.create(**kwargs)
         except openai.RateLimitError as e:
             raise ProviderError(
                 self.name, "rate limited (429)", retryable=True, retry_after=_retry_after(e)
             ) from None
         except openai.APITimeoutError:
             raise ProviderError(
-                self.name, f"timed out after {self.config.timeout_s}s", retryable=True
+                self.name, f"timed out after {self.config.timeout_s:g}s", retryable=True
             ) from None
         except openai.APIConnectionError:
             raise ProviderError(
@@ -229,14 +261,22 @@ class OpenAICompatBackend:
             raise ProviderError(
                 self.name, f"HTTP {e.status_code}", retryable=retryable, retry_after=_retry_after(e)
             ) from None
-        choice = resp.choices[0]
-        usage = resp.usage
-        return RawCompletion(
-            text=choice.message.content or "",
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-            finish_reason=choice.finish_reason or "stop",
-        )
+        return _raw_from_completion(completion)
+
+
+def _raw_from_completion(completion: Any) -> RawCompletion:
+    choice = completion.choices[0]
+    message = choice.message
+    text = message.content or ""
+    if not text and getattr(message, "tool_calls", None):
+        text = message.tool_calls[0].function.arguments or ""
+    usage = completion.usage
+    return RawCompletion(
+        text=text,
+        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        finish_reason=choice.finish_reason or "stop",
+    )
 
 
 def _retry_after(error: Any) -> float | None:

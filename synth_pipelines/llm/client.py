@@ -1,17 +1,24 @@
 """The one interface for every model call: messages + response model -> parsed object + usage.
 
-Caching, retries with backoff, the fallback chain, parse-and-repair of malformed replies, the run
-budget and cost accounting all live here, so generation, validation and DSPy share one path.
+Caching, timeouts, retries with backoff, per-model concurrency and RPM/TPM limits, the fallback
+chain, parse-and-repair of malformed replies, the run budget and cost accounting all live here, so
+generation, validation and DSPy share one path.
+
+The core is async and runs on one event loop per process (a daemon thread), so HTTP backends keep
+one aiohttp connection pool however many threads call in. ``structured``/``complete`` are the
+blocking wrappers that assets and DSPy use; ``astructured``/``acomplete`` are for async callers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from synth_pipelines.llm.backends import Backend
 from synth_pipelines.llm.cache import ResponseCache, request_key
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
+from synth_pipelines.llm.limits import ModelLimiter
 from synth_pipelines.llm.types import (
     CallRecord,
     ChatMessage,
@@ -32,6 +40,44 @@ from synth_pipelines.llm.types import (
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_PID: int | None = None
+_LOOP_LOCK = threading.Lock()
+_LIMITERS: dict[tuple[str, str], ModelLimiter] = {}
+
+
+def client_loop() -> asyncio.AbstractEventLoop:
+    """The process's provider event loop (recreated after a fork)."""
+    global _LOOP, _LOOP_PID
+    with _LOOP_LOCK:
+        if _LOOP is None or os.getpid() != _LOOP_PID or not _LOOP.is_running():
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(started.set)
+                loop.run_forever()
+
+            threading.Thread(target=run, name="synth-llm-loop", daemon=True).start()
+            started.wait()
+            _LOOP, _LOOP_PID = loop, os.getpid()
+            _LIMITERS.clear()
+        return _LOOP
+
+
+def run_sync(coro: Coroutine[Any, Any, R]) -> R:
+    """Run a coroutine on the provider loop from synchronous code and wait for its result."""
+    loop = client_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("run_sync called from the provider loop itself; await the async method instead")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 class BudgetExhausted(RuntimeError):
@@ -89,7 +135,7 @@ class LLMClient:
         budget_usd: float | None = None,
         budget_tokens: int | None = None,
         max_backoff_s: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ):
         self.profile = profile
         self.backends = backends
@@ -98,7 +144,7 @@ class LLMClient:
         self.budget_usd = budget_usd
         self.budget_tokens = budget_tokens
         self.max_backoff_s = max_backoff_s
-        self._sleep = sleep
+        self._sleep = sleep or asyncio.sleep
         self._lock = threading.Lock()
         self.totals = UsageTotals()
 
@@ -138,8 +184,32 @@ class LLMClient:
             raise KeyError(f"model {model!r} is not configured; known: {sorted(self.backends)}")
         return self.backends[model]
 
-    def complete(self, request: CompletionRequest, *, attempt: int = 0) -> tuple[RawCompletion, CallRecord]:
-        """One completion with cache and transient-error retries. Raises ProviderError when exhausted."""
+    @staticmethod
+    def _limiter(model: str, config: ModelConfig) -> ModelLimiter:
+        key = (model, config.model_dump_json())
+        limiter = _LIMITERS.get(key)
+        if limiter is None:
+            limiter = ModelLimiter(config.max_concurrency, config.rpm, config.tpm)
+            _LIMITERS[key] = limiter
+        return limiter
+
+    @staticmethod
+    async def _call(
+        backend: Backend, request: CompletionRequest, response_model: type[BaseModel] | None
+    ) -> RawCompletion:
+        acomplete = getattr(backend, "acomplete", None)
+        if acomplete is not None:
+            return await acomplete(request, response_model=response_model)
+        # In-process and scripted backends are synchronous: keep the loop free while they work.
+        return await asyncio.to_thread(backend.complete, request)
+
+    async def acomplete(
+        self, request: CompletionRequest, *, attempt: int = 0, response_model: type[BaseModel] | None = None
+    ) -> tuple[RawCompletion, CallRecord]:
+        """One completion with cache, limits, timeout and transient-error retries.
+
+        Raises :class:`ProviderError` once retries are exhausted or the error is not retryable.
+        """
         backend = self._backend(request.model)
         config = self.profile.models[request.model]
         key = request_key(request, attempt=attempt, model_fingerprint=backend.fingerprint())
@@ -152,28 +222,43 @@ class LLMClient:
                 rec.prompt_tokens, rec.completion_tokens = hit.prompt_tokens, hit.completion_tokens
                 return hit, rec
         self._check_budget()
+        limiter = self._limiter(request.model, config)
+        estimated = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
         last: ProviderError | None = None
         for retry in range(config.max_retries + 1):
             rec.attempts += 1
-            started = time.perf_counter()
-            try:
-                raw = backend.complete(request)
-            except ProviderError as e:
+            async with limiter.semaphore:
+                await limiter.admit(estimated)
+                started = time.perf_counter()
+                try:
+                    raw = await asyncio.wait_for(
+                        self._call(backend, request, response_model), config.timeout_s
+                    )
+                except TimeoutError:
+                    last = ProviderError(
+                        request.model, f"timed out after {config.timeout_s:g}s", retryable=True
+                    )
+                except ProviderError as e:
+                    last = e
+                else:
+                    last = None
                 rec.latency_s += time.perf_counter() - started
-                last = e
-                if not e.retryable or retry == config.max_retries:
-                    break
-                self._sleep(self._backoff(retry, e.retry_after))
-                continue
-            rec.latency_s += time.perf_counter() - started
-            rec.model_calls += 1
-            rec.prompt_tokens, rec.completion_tokens = raw.prompt_tokens, raw.completion_tokens
-            rec.cost_usd = config.cost(raw.prompt_tokens, raw.completion_tokens)
-            if self.cache is not None:
-                self.cache.put(key, request.model, raw)
-            return raw, rec
+            if last is None:
+                rec.model_calls += 1
+                rec.prompt_tokens, rec.completion_tokens = raw.prompt_tokens, raw.completion_tokens
+                rec.cost_usd = config.cost(raw.prompt_tokens, raw.completion_tokens)
+                if self.cache is not None:
+                    self.cache.put(key, request.model, raw)
+                return raw, rec
+            if not last.retryable or retry == config.max_retries:
+                break
+            await self._sleep(self._backoff(retry, last.retry_after))
         assert last is not None
         raise last
+
+    def complete(self, request: CompletionRequest, *, attempt: int = 0) -> tuple[RawCompletion, CallRecord]:
+        """Blocking :meth:`acomplete`."""
+        return run_sync(self.acomplete(request, attempt=attempt))
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -182,7 +267,7 @@ class LLMClient:
         return min(self.max_backoff_s, 0.5 * (2**retry)) * random.uniform(0.5, 1.0)
 
     # ------------------------------------------------------------------ structured calls
-    def structured(
+    async def astructured(
         self,
         models: Sequence[str],
         messages: Sequence[ChatMessage],
@@ -213,7 +298,7 @@ class LLMClient:
                     seed=seed + attempt * 7919,
                 )
                 try:
-                    raw, rec = self.complete(request, attempt=attempt)
+                    raw, rec = await self.acomplete(request, attempt=attempt, response_model=response_model)
                 except ProviderError as e:
                     errors.append(str(e))
                     break  # this model is down after its retries: next in the chain
@@ -238,9 +323,33 @@ class LLMClient:
             prompt_hash=prompt_hash(msgs, json_schema),
         )
 
+    def structured(
+        self,
+        models: Sequence[str],
+        messages: Sequence[ChatMessage],
+        response_model: type[T],
+        *,
+        json_schema: dict[str, Any],
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+        seed: int = 0,
+    ) -> StructuredResult[T]:
+        """Blocking :meth:`astructured`."""
+        return run_sync(
+            self.astructured(
+                models,
+                messages,
+                response_model,
+                json_schema=json_schema,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                seed=seed,
+            )
+        )
+
     # ------------------------------------------------------------------ fan-out
     def map(self, fn: Callable[[Any], R], items: Sequence[Any], *, concurrency: int) -> list[R]:
-        """Apply ``fn`` to items with bounded concurrency, preserving order."""
+        """Apply a blocking ``fn`` to items from ``concurrency`` threads, preserving order."""
         if concurrency <= 1 or len(items) <= 1:
             return [fn(i) for i in items]
         with ThreadPoolExecutor(max_workers=concurrency) as pool:

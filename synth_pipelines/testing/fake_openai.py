@@ -1,0 +1,197 @@
+"""A small OpenAI-compatible server (``POST /v1/chat/completions``) with fault injection.
+
+Used by the tests and ``make bench-llm``; it listens on 127.0.0.1 only. Replies are JSON values
+that satisfy the request's ``response_format`` schema, so the whole graph can run against it.
+Faults are injected by a deterministic per-request schedule: latency, 429 with ``Retry-After``,
+500, a hang past the client's timeout, and broken JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from synth_pipelines.testing.schema_values import instance_from_schema
+
+
+@dataclass
+class FaultPlan:
+    """What the server does. Rates are fractions of requests; ``first_n_*`` hit the first requests."""
+
+    latency_s: float = 0.0
+    rate_429: float = 0.0
+    retry_after_s: float = 0.05
+    rate_500: float = 0.0
+    rate_hang: float = 0.0
+    hang_s: float = 30.0
+    rate_broken_json: float = 0.0
+    first_n_429: int = 0
+    first_n_500: int = 0
+    first_n_broken: int = 0
+    first_n_hang: int = 0
+    seed: int = 0
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0
+    ok: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    auth_headers: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+
+    def fault(self, kind: str) -> None:
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+
+
+def _schema_from_request(body: dict[str, Any]) -> dict[str, Any] | None:
+    rf = body.get("response_format") or {}
+    if rf.get("type") == "json_schema":
+        return (rf.get("json_schema") or {}).get("schema")
+    tools = body.get("tools") or []
+    if tools:  # instructor's tool mode
+        return tools[0].get("function", {}).get("parameters")
+    return None
+
+
+class FakeOpenAIServer:
+    """Run with ``with FakeOpenAIServer(plan) as server: ... server.base_url``."""
+
+    def __init__(self, plan: FaultPlan | None = None, *, port: int = 0):
+        self.plan = plan or FaultPlan()
+        self.stats = ServerStats()
+        self._port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # ------------------------------------------------------------------ fault schedule
+    def _decide(self, n: int) -> str | None:
+        p = self.plan
+        if n <= p.first_n_429:
+            return "429"
+        if n <= p.first_n_500:
+            return "500"
+        if n <= p.first_n_broken:
+            return "broken_json"
+        if n <= p.first_n_hang:
+            return "hang"
+        r = random.Random(f"{p.seed}:{n}").random()
+        for kind, rate in (
+            ("429", p.rate_429),
+            ("500", p.rate_500),
+            ("hang", p.rate_hang),
+            ("broken_json", p.rate_broken_json),
+        ):
+            if r < rate:
+                return kind
+            r -= rate
+        return None
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            self.stats.requests += 1
+            n = self.stats.requests
+            self.stats.auth_headers.append(request.headers.get("Authorization", ""))
+            self.stats.models.append(str(body.get("model")))
+        fault = self._decide(n)
+        if self.plan.latency_s:
+            await asyncio.sleep(self.plan.latency_s)
+        if fault == "429":
+            self.stats.fault("429")
+            return web.json_response(
+                {"error": {"message": "rate limited", "type": "rate_limit"}},
+                status=429,
+                headers={"Retry-After": str(self.plan.retry_after_s)},
+            )
+        if fault == "500":
+            self.stats.fault("500")
+            return web.json_response({"error": {"message": "internal error"}}, status=500)
+        if fault == "hang":
+            self.stats.fault("hang")
+            await asyncio.sleep(self.plan.hang_s)
+        schema = _schema_from_request(body)
+        digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()
+        rng = random.Random(f"{digest}:{body.get('seed')}")
+        content = json.dumps(instance_from_schema(schema, rng)) if schema else "ok"
+        if fault == "broken_json":
+            self.stats.fault("broken_json")
+            content = content[: max(1, len(content) // 2)]
+        self.stats.ok += 1
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if body.get("tools"):
+            name = body["tools"][0]["function"]["name"]
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": content}}
+                ],
+            }
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": 20,
+                    "completion_tokens": max(1, len(content) // 4),
+                    "total_tokens": 20 + max(1, len(content) // 4),
+                },
+            }
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", self._port, backlog=1024)
+        loop.run_until_complete(site.start())
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1]
+        self._runner = runner
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    def start(self) -> FakeOpenAIServer:
+        self._thread = threading.Thread(target=self._serve, name="fake-openai", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
