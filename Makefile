@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev partitions lint format clean-warehouse
+.PHONY: setup demo test test-fast dev partitions lint format bench bench-llm clean-warehouse
 
 setup: $(STAMP)
 
@@ -53,6 +53,12 @@ lint: setup
 format: setup
 	$(BIN)/ruff format synth_pipelines tests
 	$(BIN)/ruff check --fix synth_pipelines tests
+
+# Provider-layer throughput against the local fake OpenAI server (2,000 requests, concurrency 64).
+bench-llm: setup
+	$(BIN)/python -m bench.llm_throughput 2>/dev/null
+
+bench: bench-llm
 
 clean-warehouse:
 	rm -rf warehouse

@@ -368,12 +368,20 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     """Inline ``$defs`` references so every grammar converter (llama.cpp's included) accepts the schema."""
     defs = schema.get("$defs", {})
 
-    def walk(node: Any) -> Any:
+    def walk(node: Any, *, names: bool = False) -> Any:
+        # ``names`` marks a mapping of property names (``properties``): its keys are field names,
+        # never schema keywords, so a field called "title" must survive.
         if isinstance(node, dict):
+            if names:
+                return {k: walk(v) for k, v in node.items()}
             if "$ref" in node:
                 ref = node["$ref"].split("/")[-1]
                 return walk(defs[ref])
-            return {k: walk(v) for k, v in node.items() if k not in ("$defs", "title")}
+            return {
+                k: walk(v, names=k == "properties")
+                for k, v in node.items()
+                if k != "$defs" and not (k == "title" and isinstance(v, str))
+            }
         if isinstance(node, list):
             return [walk(v) for v in node]
         return node

@@ -32,18 +32,32 @@ MSGS = [ChatMessage(role="user", content="question")]
 
 
 def profile_file(tmp_path: Path, base_url: str, **model_over) -> Path:
-    model = {"kind": "openai", "base_url": base_url, "model_id": "fake-1", "api_key_env": "SYNTH_OPENAI_API_KEY",
-             "timeout_s": 5, "max_retries": 3, "max_concurrency": 16,
-             "input_price_per_mtok": 1.0, "output_price_per_mtok": 4.0, **model_over}
+    model = {
+        "kind": "openai",
+        "base_url": base_url,
+        "model_id": "fake-1",
+        "api_key_env": "SYNTH_OPENAI_API_KEY",
+        "timeout_s": 5,
+        "max_retries": 3,
+        "max_concurrency": 16,
+        "input_price_per_mtok": 1.0,
+        "output_price_per_mtok": 4.0,
+        **model_over,
+    }
     data = {
         "models": {"remote-a": model, "remote-b": {**model, "model_id": "fake-2"}},
-        "roles": {"generator": ["remote-a", "remote-b"],
-                  "validators": [{"model": "remote-a", "weight": 1.0}, {"model": "remote-b", "weight": 0.5}],
-                  "program": "remote-a"},
+        "roles": {
+            "generator": ["remote-a", "remote-b"],
+            "validators": [{"model": "remote-a", "weight": 1.0}, {"model": "remote-b", "weight": 0.5}],
+            "program": "remote-a",
+        },
     }
     path = tmp_path / "remote.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+TRANSPORTS = ["aiohttp", "sdk"]
 
 
 def client_for(tmp_path: Path, server: FakeOpenAIServer, **model_over) -> LLMClient:
@@ -51,9 +65,10 @@ def client_for(tmp_path: Path, server: FakeOpenAIServer, **model_over) -> LLMCli
     return build_client(profile, tmp_path / "cache.sqlite", api_key=SENTINEL_KEY)
 
 
-def test_structured_output_through_openai_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_structured_output_through_openai_client(tmp_path: Path, transport: str) -> None:
     with FakeOpenAIServer() as server:
-        client = client_for(tmp_path, server)
+        client = client_for(tmp_path, server, transport=transport)
         res = client.structured(["remote-a"], MSGS, Reply, json_schema=SCHEMA, seed=1)
         assert res.ok and isinstance(res.value, Reply)
         assert server.stats.requests == 1
@@ -63,9 +78,10 @@ def test_structured_output_through_openai_client(tmp_path: Path) -> None:
         assert again.ok and server.stats.requests == 1  # cached
 
 
-def test_429_honours_retry_after(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_429_honours_retry_after(tmp_path: Path, transport: str) -> None:
     with FakeOpenAIServer(FaultPlan(first_n_429=2, retry_after_s=0.3)) as server:
-        client = client_for(tmp_path, server)
+        client = client_for(tmp_path, server, transport=transport)
         import time
 
         started = time.perf_counter()
@@ -74,47 +90,57 @@ def test_429_honours_retry_after(tmp_path: Path) -> None:
         assert time.perf_counter() - started >= 0.6  # two waits of Retry-After
 
 
-def test_500_retries_then_falls_back_to_next_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_500_retries_then_falls_back_to_next_model(tmp_path: Path, transport: str) -> None:
     with FakeOpenAIServer(FaultPlan(first_n_500=4)) as server:
-        client = client_for(tmp_path, server, max_retries=3)
+        client = client_for(tmp_path, server, max_retries=3, transport=transport)
         res = client.structured(["remote-a", "remote-b"], MSGS, Reply, json_schema=SCHEMA)
         assert res.ok and res.record.model == "remote-b"
         assert server.stats.models[:4] == ["fake-1"] * 4 and server.stats.models[4] == "fake-2"
 
 
-def test_timeout_is_retried(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_timeout_is_retried(tmp_path: Path, transport: str) -> None:
     with FakeOpenAIServer(FaultPlan(first_n_hang=1, hang_s=3)) as server:
-        client = client_for(tmp_path, server, timeout_s=0.5)
+        client = client_for(tmp_path, server, timeout_s=0.5, transport=transport)
         res = client.structured(["remote-a"], MSGS, Reply, json_schema=SCHEMA)
         assert res.ok and server.stats.requests == 2
 
 
-def test_broken_json_is_retried_then_recorded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_broken_json_is_retried_then_recorded(tmp_path: Path, transport: str) -> None:
     with FakeOpenAIServer(FaultPlan(first_n_broken=1)) as server:
-        client = client_for(tmp_path, server)
+        client = client_for(tmp_path, server, transport=transport)
         res = client.structured(["remote-a"], MSGS, Reply, json_schema=SCHEMA)
         assert res.ok  # the second attempt (new seed) parses
     with FakeOpenAIServer(FaultPlan(rate_broken_json=1.0)) as server:
         (tmp_path / "b").mkdir()
-        client = client_for(tmp_path / "b", server)
+        client = client_for(tmp_path / "b", server, transport=transport)
         res = client.structured(["remote-a", "remote-b"], MSGS, Reply, json_schema=SCHEMA)
         assert not res.ok and "invalid JSON" in (res.error or "")
         assert client.totals.failures == 1
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_whole_graph_against_endpoint_and_key_never_leaks(
-    tmp_path: Path, schemas_dir: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, schemas_dir: Path, caplog: pytest.LogCaptureFixture, transport: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     warehouse = tmp_path / "warehouse"
-    with FakeOpenAIServer(FaultPlan(rate_429=0.05, rate_500=0.05, rate_broken_json=0.05, retry_after_s=0.01)) as server:
+    with FakeOpenAIServer(
+        FaultPlan(rate_429=0.05, rate_500=0.05, rate_broken_json=0.05, retry_after_s=0.01)
+    ) as server:
         res = {
             "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(schemas_dir)),
-            "llm": LLMResource(profile=str(profile_file(tmp_path, server.base_url)), api_key=SENTINEL_KEY),
+            "llm": LLMResource(
+                profile=str(profile_file(tmp_path, server.base_url, transport=transport)),
+                api_key=SENTINEL_KEY,
+            ),
             "embedder": EmbedderResource(),
         }
-        result = materialize_domain("api_development", instance=dg.DagsterInstance.ephemeral(), target_count=8,
-                                    resources=res)
+        result = materialize_domain(
+            "api_development", instance=dg.DagsterInstance.ephemeral(), target_count=8, resources=res
+        )
         assert result.success
         meta = materialization_metadata(result)
         assert meta["raw_generations"]["rows"] == 8

@@ -165,3 +165,10 @@ def test_model_validates_and_arrow_types_follow_fields() -> None:
     assert arrow.field("n").type == pa.int64()
     assert arrow.field("xs").type == pa.list_(pa.int64())
     assert arrow.field("ok").nullable
+
+
+def test_fields_named_like_schema_keywords_survive() -> None:
+    spec = parse_spec(minimal(fields={"title": {"type": "string"}, "type": {"type": "string"}}))
+    schema = example_json_schema(spec)
+    assert set(schema["properties"]) == {"title", "type"}
+    assert schema["required"] == ["title", "type"]

@@ -33,6 +33,9 @@ class ModelConfig(BaseModel):
     base_url: str | None = None
     model_id: str | None = None
     api_key_env: str | None = None
+    # openai: "aiohttp" speaks the protocol on one pooled aiohttp session (fast); "sdk" goes through
+    # the official openai SDK (aiohttp transport) with instructor for structured output.
+    transport: Literal["aiohttp", "sdk"] = "aiohttp"
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     max_concurrency: int = Field(default=8, ge=1)

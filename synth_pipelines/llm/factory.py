@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import hashlib
 import threading
 from pathlib import Path
 
-from synth_pipelines.llm.backends import Backend, LlamaCppBackend, OpenAICompatBackend
+from synth_pipelines.llm.backends import AiohttpChatBackend, Backend, LlamaCppBackend, OpenAICompatBackend
 from synth_pipelines.llm.cache import ResponseCache
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
@@ -15,13 +18,17 @@ _LOCK = threading.Lock()
 
 
 def backend_for(name: str, config: ModelConfig, api_key: str | None = None) -> Backend:
-    key = (name, config.model_dump_json())
+    # The key's hash (not the key) separates backends built with different credentials.
+    key_id = hashlib.sha256((api_key or "").encode()).hexdigest()[:12]
+    key = (name, config.model_dump_json() + key_id)
     with _LOCK:
         if key not in _BACKENDS:
             if config.kind == "llama_cpp":
                 _BACKENDS[key] = LlamaCppBackend(name, config)
-            else:
+            elif config.transport == "sdk":
                 _BACKENDS[key] = OpenAICompatBackend(name, config, api_key)
+            else:
+                _BACKENDS[key] = AiohttpChatBackend(name, config, api_key)
         return _BACKENDS[key]
 
 
@@ -44,3 +51,20 @@ def build_client(
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
     )
+
+
+@atexit.register
+def _close_sessions() -> None:
+    """Close pooled HTTP sessions on the provider loop before the interpreter exits."""
+    from synth_pipelines.llm.client import _LOOP, run_sync
+
+    closers = [b.aclose for b in _BACKENDS.values() if hasattr(b, "aclose")]
+    if not closers or _LOOP is None or not _LOOP.is_running():
+        return
+
+    async def close_all() -> None:
+        for close in closers:
+            await close()
+
+    with contextlib.suppress(Exception):  # best effort at exit
+        run_sync(close_all())

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -167,10 +168,12 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", self._port, backlog=1024)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self._port))  # loopback only
+        self.port = sock.getsockname()[1]
+        site = web.SockSite(runner, sock, backlog=1024)
         loop.run_until_complete(site.start())
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1]
         self._runner = runner
         self._ready.set()
         loop.run_forever()
@@ -195,3 +198,24 @@ class FakeOpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in the foreground (used by the benchmark to keep the server off the client's GIL)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible server on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer(FaultPlan(latency_s=args.latency), port=args.port).start()
+    print(server.port, flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

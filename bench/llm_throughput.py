@@ -1,0 +1,171 @@
+"""Throughput of the provider layer against the fake OpenAI-compatible server.
+
+Pushes N structured generations through ``LLMClient.astructured`` (instructor + openai SDK on its
+aiohttp transport + cache + limits + parsing) at a fixed concurrency, for two server latencies.
+The ideal is concurrency / latency requests per second; a bare aiohttp client measured in the same
+run shows how much of the gap is the provider layer and how much is the machine.
+
+The server runs in a subprocess so it does not share the client's GIL. The last line printed is
+``throughput_ratio=<ratio at 100 ms>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from pydantic import BaseModel, Field
+
+from synth_pipelines.llm.cache import ResponseCache
+from synth_pipelines.llm.client import LLMClient, run_sync
+from synth_pipelines.llm.config import ModelConfig, ProviderProfile, Roles, WeightedModel
+from synth_pipelines.llm.factory import backend_for
+from synth_pipelines.llm.types import ChatMessage
+from synth_pipelines.spec import json_schema_for_model
+
+
+class Item(BaseModel):
+    title: str = Field(min_length=1, max_length=40)
+    body: str = Field(min_length=1, max_length=120)
+    rating: int = Field(ge=1, le=5)
+
+
+SCHEMA = json_schema_for_model(Item)
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synth_pipelines.testing.fake_openai", "--latency", str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline().strip())
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def make_client(base_url: str, concurrency: int, cache_dir: Path, transport: str = "aiohttp") -> LLMClient:
+    config = ModelConfig(
+        kind="openai",
+        base_url=base_url,
+        model_id="bench",
+        max_concurrency=concurrency,
+        timeout_s=30,
+        max_retries=2,
+        transport=transport,
+    )
+    profile = ProviderProfile(
+        name="bench",
+        models={"bench": config},
+        roles=Roles(generator=["bench"], validators=[WeightedModel(model="bench")], program="bench"),
+    )
+    return LLMClient(
+        profile,
+        {"bench": backend_for("bench", config, "bench-key")},
+        ResponseCache(cache_dir / "cache.sqlite"),
+    )
+
+
+async def provider_layer(client: LLMClient, n: int, concurrency: int, run_id: str) -> tuple[float, int]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> bool:
+        async with gate:
+            res = await client.astructured(
+                ["bench"],
+                [ChatMessage(role="user", content=f"{run_id} item {i}")],
+                Item,
+                json_schema=SCHEMA,
+                temperature=0.0,
+                max_tokens=64,
+                seed=i,
+            )
+            return res.ok
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - started, sum(results)
+
+
+async def bare_aiohttp(base_url: str, n: int, concurrency: int) -> float:
+    gate = asyncio.Semaphore(concurrency)
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}},
+    }
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            async with gate, session.post(f"{base_url}/chat/completions", json={**body, "seed": i}) as resp:
+                json.loads(await resp.text())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - started
+
+
+def measure(latency: float, n: int, concurrency: int, transport: str) -> dict[str, float]:
+    proc, base_url = start_server(latency)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            client = make_client(base_url, concurrency, Path(tmp), transport)
+            run_sync(provider_layer(client, 64, concurrency, "warmup"))
+            elapsed, ok = run_sync(provider_layer(client, n, concurrency, f"run-{latency}"))
+        # The baseline, measured in the same run against the same server.
+        bare = asyncio.run(bare_aiohttp(base_url, n, concurrency))
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+    ideal = concurrency / latency
+    rps, bare_rps = n / elapsed, n / bare
+    return {
+        "latency_ms": latency * 1000,
+        "requests": n,
+        "ok": ok,
+        "rps": rps,
+        "ideal_rps": ideal,
+        "ratio_to_ideal": rps / ideal,
+        "bare_aiohttp_rps": bare_rps,
+        "bare_ratio_to_ideal": bare_rps / ideal,
+        "provider_vs_bare": rps / bare_rps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--transports", default="aiohttp,sdk", help="first one is the headline figure")
+    args = parser.parse_args()
+    import openai
+
+    print(f"openai {openai.__version__}, concurrency {args.concurrency}, {args.requests} structured requests")
+    parser_transports = args.transports.split(",")
+    results: dict[tuple[str, float], dict[str, float]] = {}
+    for transport in parser_transports:
+        for lat in (0.1, 0.02):
+            results[(transport, lat)] = measure(lat, args.requests, args.concurrency, transport)
+    for (transport, _), r in results.items():
+        print(
+            f"[{transport}] latency {r['latency_ms']:.0f} ms: {r['rps']:.0f} req/s "
+            f"({r['ok']}/{r['requests']} ok), ideal {r['ideal_rps']:.0f}, ratio {r['ratio_to_ideal']:.2f}; "
+            f"bare aiohttp {r['bare_aiohttp_rps']:.0f} "
+            f"req/s (ratio {r['bare_ratio_to_ideal']:.2f}); provider/bare {r['provider_vs_bare']:.2f}"
+        )
+    # The default transport's figure at 100 ms is the headline.
+    print(f"throughput_ratio={results[(parser_transports[0], 0.1)]['ratio_to_ideal']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
