@@ -121,3 +121,22 @@ def test_cache_is_shared_across_instances(tmp_path: Path) -> None:
     c1, c2 = ResponseCache(tmp_path / "x.sqlite"), ResponseCache(tmp_path / "x.sqlite")
     c1.put("k", "m", RawCompletion(text="hello"))
     assert c2.get("k").text == "hello" and len(c2) == 1
+
+
+def test_cache_is_safe_with_concurrent_writer_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.sqlite"
+    script = (
+        "import sys\n"
+        "from synth_pipelines.llm.cache import ResponseCache\n"
+        "from synth_pipelines.llm.types import RawCompletion\n"
+        "c = ResponseCache(sys.argv[1])\n"
+        "for i in range(300):\n"
+        "    c.put(f'{sys.argv[2]}-{i}', 'm', RawCompletion(text=str(i)))\n"
+        "    assert c.get(f'{sys.argv[2]}-{i}').text == str(i)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), tag]) for tag in ("a", "b", "c")]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    assert len(ResponseCache(path)) == 900
