@@ -204,7 +204,7 @@ def generate_examples(
     temp = spec.hints.temperature if temperature is None else temperature
     max_tokens = max_tokens_for(spec)
     done = journal.load()
-    chain = client.profile.roles.generator
+    chain = client.generator_chain()
     stop = threading.Event()
     stop_reason: list[str] = []
 

@@ -59,7 +59,7 @@ def build_seed_problems(
     style = f" Style: {spec.hints.style}" if spec.hints.style else ""
     collected: list[tuple[str, str]] = []
     failures: list[str] = []
-    generator_chain = client.profile.roles.generator
+    generator_chain = client.generator_chain()
     for round_no in range(max_rounds):
         messages = [
             ChatMessage(role="system", content=prompts.SEED_SYSTEM),

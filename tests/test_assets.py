@@ -213,3 +213,20 @@ def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> Non
     plan = plan_spec_runs(schemas_dir, {"api_development", "data_analysis"}, json.loads(cursor))
     assert [d for d, _ in plan.runs] == ["data_analysis"]
     assert "Bad Name.yaml" in " ".join(plan.skipped)
+
+
+def test_budget_stops_generation_cleanly_and_says_so(
+    warehouse_root: Path, schemas_dir: Path, scripted_backends
+) -> None:
+    res = resources(warehouse_root, schemas_dir)
+    res["llm"] = LLMResource(profile="local", budget_tokens=300)
+    result = materialize_domain(
+        "api_development", instance=dg.DagsterInstance.ephemeral(), target_count=12, resources=res
+    )
+    meta = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    raw = meta["raw_generations"]
+    assert "budget of 300 tokens" in raw["stopped_reason"].value
+    assert 0 < raw["rows"].value < 12  # kept what it had

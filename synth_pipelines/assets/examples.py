@@ -61,7 +61,10 @@ def raw_generations(
     items = plan_items(cells, seeds, domain)
     client = llm.client(wh.cache_path)
     journal = Journal(wh.partition_dir("raw_generations", domain) / "_journal.jsonl")
-    context.log.info(f"generating {len(items)} examples for {domain} with {client.profile.roles.generator}")
+    context.log.info(
+        f"generating {len(items)} examples for {domain} with {client.generator_chain()} "
+        f"({client.strategy} routing)"
+    )
     try:
         outcome = generate_examples(spec, items, client, journal, temperature=config.temperature)
     except (ProviderError, ProviderConfigError) as e:

@@ -28,6 +28,7 @@ from synth_pipelines.llm.backends import Backend
 from synth_pipelines.llm.cache import ResponseCache, request_key
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
 from synth_pipelines.llm.limits import ModelLimiter
+from synth_pipelines.llm.router import Strategy, order_models
 from synth_pipelines.llm.types import (
     CallRecord,
     ChatMessage,
@@ -136,8 +137,10 @@ class LLMClient:
         budget_tokens: int | None = None,
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        strategy: Strategy | None = None,
     ):
         self.profile = profile
+        self.strategy: Strategy = strategy or profile.roles.strategy
         self.backends = backends
         self.cache = cache
         self.parse_attempts = max(1, parse_attempts)
@@ -169,6 +172,16 @@ class LLMClient:
 
     def model_config(self, name: str) -> ModelConfig:
         return self.profile.models[name]
+
+    def generator_chain(self) -> list[str]:
+        """The generator models in the order the routing strategy picks (first serves, rest fall back)."""
+        with self._lock:
+            observed = {
+                m: s["completion_tokens"] / s["latency_s"]
+                for m, s in self.totals.per_model.items()
+                if s["latency_s"] > 0 and s["model_calls"] > 0
+            }
+        return order_models(self.profile.roles.generator, self.profile.models, self.strategy, observed)
 
     def concurrency_for(self, models: Iterable[str]) -> int:
         """Parallel calls worth making: 1 for in-process models (they serialize), else the smallest limit."""

@@ -41,6 +41,9 @@ class ModelConfig(BaseModel):
     max_concurrency: int = Field(default=8, ge=1)
     rpm: int | None = Field(default=None, ge=1, description="requests per minute")
     tpm: int | None = Field(default=None, ge=1, description="tokens per minute (estimated)")
+    # For routing: a 0..1 quality rating and an expected decode speed (tokens/s).
+    quality: float = Field(default=0.5, ge=0, le=1)
+    tokens_per_second: float = Field(default=50.0, gt=0)
     # Dollars per million tokens (0 for local models).
     input_price_per_mtok: float = Field(default=0.0, ge=0)
     output_price_per_mtok: float = Field(default=0.0, ge=0)
@@ -69,8 +72,9 @@ class WeightedModel(BaseModel):
 class Roles(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # The first model serves; the rest are the fallback chain.
+    # The fallback chain, ordered by ``strategy`` (``declared`` keeps it as written).
     generator: list[str] = Field(min_length=1)
+    strategy: Literal["declared", "cost", "quality", "speed", "balanced"] = "declared"
     validators: list[WeightedModel] = Field(min_length=1)
     program: str
 

@@ -12,6 +12,7 @@ from synth_pipelines.llm.backends import AiohttpChatBackend, Backend, LlamaCppBa
 from synth_pipelines.llm.cache import ResponseCache
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
+from synth_pipelines.llm.router import Strategy
 
 _BACKENDS: dict[tuple[str, str], Backend] = {}
 _LOCK = threading.Lock()
@@ -40,6 +41,7 @@ def build_client(
     budget_usd: float | None = None,
     budget_tokens: int | None = None,
     parse_attempts: int = 2,
+    strategy: Strategy | None = None,
 ) -> LLMClient:
     backends = {name: backend_for(name, cfg, api_key) for name, cfg in profile.models.items()}
     cache = ResponseCache(cache_path) if cache_path is not None else None
@@ -50,6 +52,7 @@ def build_client(
         parse_attempts=parse_attempts,
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
+        strategy=strategy,
     )
 
 

@@ -1,6 +1,7 @@
 """The model provider resource: every LLM call in an asset goes through the client it builds."""
 
 from pathlib import Path
+from typing import cast, get_args
 
 import dagster as dg
 from pydantic import Field
@@ -8,6 +9,7 @@ from pydantic import Field
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ProviderProfile, load_profile
 from synth_pipelines.llm.factory import build_client
+from synth_pipelines.llm.router import Strategy
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -24,6 +26,10 @@ class LLMResource(dg.ConfigurableResource):
     budget_tokens: int | None = Field(default=None, description="Stop cleanly after this many tokens.")
     parse_attempts: int = Field(default=2, ge=1, description="Tries per model for a malformed reply.")
     use_cache: bool = Field(default=True, description="Content-addressed response cache under the warehouse.")
+    strategy: str | None = Field(
+        default=None,
+        description="Generator routing: declared, cost, quality, speed or balanced; overrides the profile's.",
+    )
 
     def load_profile(self) -> ProviderProfile:
         return load_profile(self.profile)
@@ -37,4 +43,15 @@ class LLMResource(dg.ConfigurableResource):
             budget_usd=self.budget_usd,
             budget_tokens=self.budget_tokens,
             parse_attempts=self.parse_attempts,
+            strategy=self._strategy(),
         )
+
+    def _strategy(self) -> Strategy | None:
+        if self.strategy is None:
+            return None
+        if self.strategy not in get_args(Strategy):
+            raise ValueError(
+                f"llm.strategy {self.strategy!r} is not a routing strategy; "
+                f"use one of {list(get_args(Strategy))}"
+            )
+        return cast(Strategy, self.strategy)
