@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS
+from synth_pipelines.assets.checks import QUALITY_CHECKS
 from synth_pipelines.jobs import synth_domain_job
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.sensors import domain_spec_sensor
@@ -27,6 +28,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 defs = dg.Definitions(
     assets=PIPELINE_ASSETS,
+    asset_checks=QUALITY_CHECKS,
     jobs=[synth_domain_job],
     sensors=[domain_spec_sensor],
     resources=default_resources(),

@@ -92,10 +92,21 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     return len(seen) / total if total else 0.0
 
 
-def diversity_stats(unit_vectors: np.ndarray, texts: list[str]) -> dict[str, float | int | None]:
+def diversity_stats(
+    unit_vectors: np.ndarray, texts: list[str], *, cluster_threshold: float = 0.85
+) -> dict[str, float | int | None]:
+    """Mean pairwise cosine distance, distinct-1/2, and the number of semantic clusters (groups of
+    examples linked by cosine >= ``cluster_threshold``)."""
+    from synth_pipelines.dedup import embedding_clusters
+
+    clusters = embedding_clusters(unit_vectors, threshold=cluster_threshold)
+    n = int(unit_vectors.shape[0])
     return {
-        "n": int(unit_vectors.shape[0]),
+        "n": n,
         "mean_pairwise_cosine_distance": mean_pairwise_cosine_distance(unit_vectors),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
+        "clusters": clusters.n_clusters,
+        "cluster_ratio": clusters.n_clusters / n if n else None,
+        "cluster_threshold": cluster_threshold,
     }

@@ -50,8 +50,10 @@ def materialize_domain(
     validate_domain_name(domain)
     if not instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
         instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
+    from synth_pipelines.assets.checks import QUALITY_CHECKS
+
     return dg.materialize(
-        PIPELINE_ASSETS,
+        [*PIPELINE_ASSETS, *QUALITY_CHECKS],
         partition_key=domain,
         instance=instance,
         resources=resources or default_resources(),
@@ -115,6 +117,20 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
             ),
         }[name](m)
         lines.append(f"  {name:<20} {detail}")
+    checks = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    if checks:
+        lines.append(
+            "  checks:   "
+            + ", ".join(
+                f"{c.check_name} {'ok' if c.passed else ('WARN' if c.severity.value == 'WARN' else 'FAILED')}"
+                f" ({_meta_value(c.metadata.get('measured')):.3g})"
+                for c in checks
+            )
+        )
     lines.append(
         f"  model calls: {model_calls}, cache hits: {cache_hits}"
         + ("  (nothing changed: zero model calls)" if model_calls == 0 and cache_hits else "")

@@ -130,6 +130,10 @@ class ValidationSpec(_Strict):
     consensus_threshold: float = Field(default=0.75, ge=0, le=1)
     min_pass_rate: float = Field(default=0.85, ge=0, le=1)
     diversity_threshold: float = Field(default=0.7, ge=0, le=2)
+    # Estimated Jaccard similarity of word 3-grams at which two accepted examples are near duplicates.
+    near_duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
+    # Cosine similarity at which two examples' embeddings fall in one semantic cluster.
+    cluster_threshold: float = Field(default=0.85, gt=0, le=1)
     criteria: list[str] = Field(default_factory=lambda: ["coherence", "accuracy", "relevance"], min_length=1)
     validators: list[ValidatorSpec] = Field(default_factory=list)
 

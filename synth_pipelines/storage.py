@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from duckdb import DuckDBPyConnection
 
 from synth_pipelines.domains import validate_domain_name
 
@@ -130,6 +131,20 @@ class Warehouse:
         finally:
             conn.close()
 
+    @staticmethod
+    def _add_missing_columns(conn: DuckDBPyConnection, table_name: str, casts: str) -> None:
+        """Schema evolution: a column added to a dataset is added to its existing DuckDB table."""
+        have = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table_name]
+            ).fetchall()
+        }
+        incoming = conn.execute(f"DESCRIBE SELECT {casts} FROM incoming LIMIT 0").fetchall()
+        for name, dtype, *_ in incoming:
+            if name not in have:
+                conn.execute(f'ALTER TABLE {table_name} ADD COLUMN "{name}" {dtype}')
+
     def replace_domain_rows(
         self, table_name: str, domain: str, table: pa.Table, *, column_types: dict[str, str] | None = None
     ) -> None:
@@ -150,6 +165,7 @@ class Warehouse:
                 conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {table_name} AS SELECT {casts} FROM incoming LIMIT 0"
                 )
+                self._add_missing_columns(conn, table_name, casts)
                 conn.execute(f"DELETE FROM {table_name} WHERE domain = ?", [domain])
                 conn.execute(f"INSERT INTO {table_name} BY NAME SELECT {casts} FROM incoming")
                 conn.execute("COMMIT")

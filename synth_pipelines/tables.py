@@ -75,6 +75,7 @@ JUDGED = [
     ("validator_spread", pa.float64()),
     ("validator_scores", pa.list_(VALIDATOR_SCORE)),
     ("validators_skipped", pa.int64()),
+    ("replaced_example_ids", pa.list_(pa.string())),
     ("spec_version", pa.string()),
     ("validated_at", pa.string()),
 ]

@@ -41,3 +41,16 @@ def scripted_backends(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(factory, "backend_for", backend_for)
     return made
+
+
+@pytest.fixture
+def scripted_schemas_dir(schemas_dir: Path) -> Path:
+    """The shipped specs with the diversity gate off: scripted replies reuse a 24-word vocabulary, so
+    their embeddings are near each other by construction (the gate itself is tested on its own)."""
+    import yaml
+
+    for path in schemas_dir.glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        data.setdefault("validation", {})["diversity_threshold"] = 0.0
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return schemas_dir

@@ -110,10 +110,12 @@ def test_unsafe_partition_key_rejected(warehouse_root: Path, schemas_dir: Path) 
         )
 
 
-def test_full_graph_on_scripted_provider(warehouse_root: Path, schemas_dir: Path, scripted_backends) -> None:
+def test_full_graph_on_scripted_provider(
+    warehouse_root: Path, scripted_schemas_dir: Path, scripted_backends
+) -> None:
     """The whole graph with a scripted provider and the real embedder; re-runs replace, never duplicate."""
     instance = dg.DagsterInstance.ephemeral()
-    res = resources(warehouse_root, schemas_dir)
+    res = resources(warehouse_root, scripted_schemas_dir)
     result = materialize_domain("api_development", instance=instance, target_count=8, resources=res)
     assert result.success, _failed_step_message(result)
     mats = {
@@ -216,9 +218,9 @@ def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> Non
 
 
 def test_budget_stops_generation_cleanly_and_says_so(
-    warehouse_root: Path, schemas_dir: Path, scripted_backends
+    warehouse_root: Path, scripted_schemas_dir: Path, scripted_backends
 ) -> None:
-    res = resources(warehouse_root, schemas_dir)
+    res = resources(warehouse_root, scripted_schemas_dir)
     res["llm"] = LLMResource(profile="local", budget_tokens=300)
     result = materialize_domain(
         "api_development", instance=dg.DagsterInstance.ephemeral(), target_count=12, resources=res

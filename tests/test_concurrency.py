@@ -32,14 +32,14 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_two_partitions_in_parallel_processes(tmp_path: Path, schemas_dir: Path) -> None:
+def test_two_partitions_in_parallel_processes(tmp_path: Path, scripted_schemas_dir: Path) -> None:
     warehouse = tmp_path / "warehouse"
     with FakeOpenAIServer(FaultPlan(latency_s=0.01)) as server:
         profile = profile_file(tmp_path, server.base_url)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", CHILD, str(warehouse), str(schemas_dir), str(profile), d],
+                [sys.executable, "-c", CHILD, str(warehouse), str(scripted_schemas_dir), str(profile), d],
                 cwd=REPO,
                 env=env,
             )

@@ -123,7 +123,7 @@ def test_broken_json_is_retried_then_recorded(tmp_path: Path, transport: str) ->
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_whole_graph_against_endpoint_and_key_never_leaks(
-    tmp_path: Path, schemas_dir: Path, caplog: pytest.LogCaptureFixture, transport: str
+    tmp_path: Path, scripted_schemas_dir: Path, caplog: pytest.LogCaptureFixture, transport: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     warehouse = tmp_path / "warehouse"
@@ -131,7 +131,7 @@ def test_whole_graph_against_endpoint_and_key_never_leaks(
         FaultPlan(rate_429=0.05, rate_500=0.05, rate_broken_json=0.05, retry_after_s=0.01)
     ) as server:
         res = {
-            "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(schemas_dir)),
+            "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(scripted_schemas_dir)),
             "llm": LLMResource(
                 profile=str(profile_file(tmp_path, server.base_url, transport=transport)),
                 api_key=SENTINEL_KEY,

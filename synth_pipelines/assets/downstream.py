@@ -65,7 +65,8 @@ def example_embeddings(
     table = to_table(out, EXAMPLE_EMBEDDINGS)
     path = wh.write_partition("example_embeddings", domain, table)
     wh.replace_domain_rows("example_embeddings", domain, table, column_types={"embedding": "FLOAT[384]"})
-    stats = diversity_stats(vectors, texts)
+    spec = load_materialized_spec(wh, domain)
+    stats = diversity_stats(vectors, texts, cluster_threshold=spec.validation.cluster_threshold)
     stats_path = wh.write_json(f"example_embeddings/domain={domain}/diversity.json", stats)
     sims = (vectors @ vectors.T)[~_eye(len(vectors))] if len(vectors) > 1 else []
     return dg.MaterializeResult(
@@ -78,6 +79,7 @@ def example_embeddings(
             ),
             "distinct_1": dg.MetadataValue.float(round(float(stats["distinct_1"] or 0.0), 4)),
             "distinct_2": dg.MetadataValue.float(round(float(stats["distinct_2"] or 0.0), 4)),
+            "semantic_clusters": int(stats["clusters"] or 0),
             "pairwise_similarity_histogram": histogram_markdown([float(s) for s in sims], lo=-0.2, hi=1.0),
             "path": dg.MetadataValue.path(str(path)),
             "diversity_file": dg.MetadataValue.path(str(stats_path)),

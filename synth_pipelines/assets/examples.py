@@ -18,6 +18,7 @@ from synth_pipelines.assets._common import (
 )
 from synth_pipelines.assets.domain import problem_matrix
 from synth_pipelines.consensus import judge_example, resolve_judges
+from synth_pipelines.dedup import near_duplicate_selection
 from synth_pipelines.generation import Journal, generate_examples, plan_items
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
@@ -27,6 +28,7 @@ from synth_pipelines.quality import dedup_key, example_json_text, rule_check
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.seeds import SeedProblem
 from synth_pipelines.tables import RAW_GENERATIONS, REJECTED_EXAMPLES, VALIDATED_EXAMPLES, to_table
+from synth_pipelines.textutil import example_text
 
 GROUP = "synthesis"
 
@@ -223,6 +225,23 @@ def validated_examples(
             }
         )
 
+    # Near duplicates among accepted examples collapse to their best-scored member.
+    texts = [example_text(json.loads(r["example_json"]), spec.uniqueness_fields()) for r in accepted]
+    keep, replaced_by = near_duplicate_selection(
+        texts, [r["consensus"] or 0.0 for r in accepted], threshold=spec.validation.near_duplicate_threshold
+    )
+    for dropped, winner in replaced_by.items():
+        row = accepted[dropped]
+        accepted[winner].setdefault("replaced_example_ids", []).append(row["example_id"])
+        rejected.append(
+            {
+                **row,
+                "fail_stage": "near_duplicate",
+                "fail_reasons": [f"near duplicate of {accepted[winner]['example_id']}"],
+            }
+        )
+    accepted = [accepted[i] for i in keep]
+
     path = wh.write_partition("validated_examples", domain, to_table(accepted, VALIDATED_EXAMPLES))
     wh.write_partition("rejected_examples", domain, to_table(rejected, REJECTED_EXAMPLES))
     wh.replace_domain_rows("validated_examples", domain, to_table(accepted, VALIDATED_EXAMPLES))
@@ -249,8 +268,9 @@ def validated_examples(
                 )
             ),
             "consensus_pass_rate": dg.MetadataValue.float(
-                round(len(accepted) / judged, 4) if judged else 0.0
+                round(sum(v.passed for v in verdicts) / judged, 4) if judged else 0.0
             ),
+            "near_duplicates_removed": len(replaced_by),
             "overall_pass_rate": dg.MetadataValue.float(round(len(accepted) / len(raw), 4) if raw else 0.0),
             "mean_consensus": dg.MetadataValue.float(
                 round(sum(consensus_values) / len(consensus_values), 4) if consensus_values else 0.0

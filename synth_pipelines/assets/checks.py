@@ -1,0 +1,132 @@
+"""Asset checks on the domain partitions. Blocking checks stop downstream assets when they fail.
+
+Every threshold comes from the domain's spec (``validation``) or from the check's run config; every
+check reports its measured value and threshold as metadata.
+"""
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from synth_pipelines import gates
+from synth_pipelines.assets._common import load_materialized_spec
+from synth_pipelines.assets.downstream import example_embeddings
+from synth_pipelines.assets.examples import validated_examples
+from synth_pipelines.partitions import domain_partitions
+from synth_pipelines.resources import WarehouseResource
+
+
+def _result(
+    name: str,
+    gate: gates.GateResult,
+    *,
+    comparison: str = ">=",
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=gate.passed,
+        severity=severity,
+        description=gate.describe(name, comparison),
+        metadata={
+            "measured": dg.MetadataValue.float(round(gate.value, 6)),
+            "threshold": dg.MetadataValue.float(gate.threshold),
+            "detail": dg.MetadataValue.json(json.loads(json.dumps(gate.detail, default=str))),
+        },
+    )
+
+
+def _rows(warehouse: WarehouseResource, asset: str, domain: str) -> list[dict]:
+    table = warehouse.get().read_partition(asset, domain)
+    return table.to_pylist() if table is not None else []
+
+
+@dg.asset_check(asset=validated_examples, blocking=True, partitions_def=domain_partitions)
+def schema_compliance(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """Every stored example validates against the spec's compiled model (100% required)."""
+    domain = context.partition_key
+    spec = load_materialized_spec(warehouse.get(), domain)
+    return _result(
+        "schema compliance", gates.schema_compliance(spec, _rows(warehouse, "validated_examples", domain))
+    )
+
+
+class PassRateConfig(dg.Config):
+    min_pass_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Override the spec's min_pass_rate."
+    )
+
+
+@dg.asset_check(asset=validated_examples, blocking=True, partitions_def=domain_partitions)
+def consensus_pass_rate(
+    context: dg.AssetCheckExecutionContext, config: PassRateConfig, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """Of the examples the validator models judged, the share that met the consensus threshold must
+    reach ``validation.min_pass_rate`` (default 0.85)."""
+    domain = context.partition_key
+    spec = load_materialized_spec(warehouse.get(), domain)
+    gate = gates.consensus_pass_rate(
+        spec,
+        _rows(warehouse, "validated_examples", domain),
+        _rows(warehouse, "rejected_examples", domain),
+        min_pass_rate=config.min_pass_rate,
+    )
+    return _result("consensus pass rate", gate)
+
+
+@dg.asset_check(asset=validated_examples, blocking=True, partitions_def=domain_partitions)
+def no_exact_duplicates(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """No two stored examples share a normalized uniqueness key."""
+    gate = gates.exact_duplicates(_rows(warehouse, "validated_examples", context.partition_key))
+    return _result("exact duplicates", gate, comparison="<=")
+
+
+@dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
+def target_count_reached(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """The number of accepted examples reaches the matrix's total target (a warning, not a gate)."""
+    domain = context.partition_key
+    matrix = _rows(warehouse, "problem_matrix", domain)
+    target = sum(int(r["target"]) for r in matrix)
+    gate = gates.target_reached(len(_rows(warehouse, "validated_examples", domain)), target)
+    return _result("accepted examples", gate, severity=dg.AssetCheckSeverity.WARN)
+
+
+class DiversityConfig(dg.Config):
+    diversity_threshold: float | None = Field(
+        default=None, ge=0, le=2, description="Override the spec's diversity_threshold."
+    )
+
+
+@dg.asset_check(asset=example_embeddings, blocking=True, partitions_def=domain_partitions)
+def embedding_diversity(
+    context: dg.AssetCheckExecutionContext, config: DiversityConfig, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """Mean pairwise cosine distance of the domain's embeddings reaches ``validation.diversity_threshold``."""
+    domain = context.partition_key
+    wh = warehouse.get()
+    spec = load_materialized_spec(wh, domain)
+    stats_path = wh.root / f"example_embeddings/domain={domain}/diversity.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    threshold = (
+        spec.validation.diversity_threshold
+        if config.diversity_threshold is None
+        else config.diversity_threshold
+    )
+    gate = gates.diversity(stats.get("mean_pairwise_cosine_distance"), threshold)
+    gate.detail = stats
+    return _result("mean pairwise cosine distance", gate)
+
+
+QUALITY_CHECKS = [
+    schema_compliance,
+    consensus_pass_rate,
+    no_exact_duplicates,
+    target_count_reached,
+    embedding_diversity,
+]

@@ -1,0 +1,244 @@
+"""Near-duplicate detection and clustering, vectorized so 100,000 examples take seconds, not hours.
+
+* Text: MinHash signatures over word shingles (numpy, batched) + LSH banding to find candidate
+  pairs, verified by the signatures' estimated Jaccard similarity.
+* Embeddings: random-hyperplane (SimHash) banding to find candidate pairs, verified by cosine.
+
+Both end in connected components (scipy), so the work is O(n) in Python plus sorting in numpy;
+nothing builds an n x n matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+_WORD = re.compile(r"[a-z0-9]+")
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """``labels[i]`` is the cluster of row i; ``pairs`` counts the verified similar pairs."""
+
+    labels: np.ndarray
+    n_clusters: int
+    pairs: int
+
+
+def choose_bands(num_perm: int, threshold: float) -> tuple[int, int]:
+    """(bands, rows) with bands*rows == num_perm whose S-curve midpoint is closest to ``threshold``."""
+    best = (num_perm, 1)
+    best_err = float("inf")
+    for rows in range(1, num_perm + 1):
+        if num_perm % rows:
+            continue
+        bands = num_perm // rows
+        err = abs((1 / bands) ** (1 / rows) - threshold)
+        if err < best_err:
+            best, best_err = (bands, rows), err
+    return best
+
+
+def _batch_shingles(token_ids: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle hashes of a batch of documents, concatenated, and how many each document has.
+
+    ``token_ids`` holds the documents' word ids back to back. A document shorter than ``k`` words
+    gets one shingle (its first word id, or 0 when empty) so that it still has a signature.
+    """
+    n_tokens = len(token_ids)
+    rolled = np.zeros(max(n_tokens - k + 1, 0), dtype=np.uint64)
+    for j in range(k):  # polynomial combination of k consecutive word ids, for every position
+        rolled = rolled * np.uint64(1_000_003) + token_ids[j : n_tokens - k + 1 + j]
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    counts = np.maximum(lengths - k + 1, 0)
+    short = counts == 0
+    counts_out = np.where(short, 1, counts)
+    total = int(counts_out.sum())
+    first_of_doc = np.concatenate(([0], np.cumsum(counts_out)[:-1]))
+    within = np.arange(total) - np.repeat(first_of_doc, counts_out)
+    positions = np.repeat(starts, counts_out) + within
+    out = np.empty(total, dtype=np.uint64)
+    long_mask = ~np.repeat(short, counts_out)
+    if long_mask.any():
+        out[long_mask] = rolled[positions[long_mask]]
+    if short.any():
+        short_pos = first_of_doc[short]
+        short_starts = starts[short]
+        has_token = lengths[short] > 0
+        vals = np.zeros(int(short.sum()), dtype=np.uint64)
+        vals[has_token] = token_ids[short_starts[has_token]]
+        out[short_pos] = vals
+    return out & _MASK32, counts_out
+
+
+def minhash_signatures(
+    texts: list[str], *, num_perm: int = 128, shingle: int = 3, seed: int = 1, batch_docs: int = 4096
+) -> np.ndarray:
+    """MinHash signatures over word ``shingle``-grams, shape (n, num_perm), uint32."""
+    rng = np.random.default_rng(seed)
+    # Multiply-shift hashing ((a*h + b) mod 2^64) >> 32 with odd a: a universal family that needs
+    # no modulo, which is the slow part of the classic (a*h + b) mod p.
+    a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    vocab: dict[str, int] = {}
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    for start in range(0, len(texts), batch_docs):
+        tokens = [_WORD.findall(t.lower()) for t in texts[start : start + batch_docs]]
+        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+        flat = list(itertools.chain.from_iterable(tokens))
+        for w in flat:
+            if w not in vocab:
+                vocab[w] = len(vocab) + 1
+        ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.uint64, count=len(flat))
+        shingles, counts = _batch_shingles(ids, lengths, shingle)
+        # (permutations x shingles), computed in place and reduced along contiguous rows: ~10x faster
+        # than the transposed layout with temporaries.
+        permuted = a[:, None] * shingles[None, :]
+        permuted += b[:, None]
+        permuted >>= np.uint64(32)
+        offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        out[start : start + len(tokens)] = np.minimum.reduceat(permuted.astype(np.uint32), offsets, axis=1).T
+    return out
+
+
+def _band_candidate_pairs(band_keys: np.ndarray, *, max_group: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sharing a band key are candidate pairs.
+
+    Small buckets yield all their pairs; a bucket larger than ``max_group`` (many copies of one
+    thing) links every member to its first row instead, which keeps the pair count linear.
+    """
+    order = np.argsort(band_keys, kind="stable")
+    keys = band_keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    sizes = np.diff(np.concatenate((starts, [len(keys)])))
+    lefts: list[np.ndarray] = []
+    rights: list[np.ndarray] = []
+    big = sizes > max_group
+    if big.any():
+        group_of = np.repeat(starts, sizes)
+        in_big = np.repeat(big, sizes)
+        leaders = order[group_of]
+        mask = in_big & (leaders != order)
+        lefts.append(leaders[mask])
+        rights.append(order[mask])
+    for g in np.unique(sizes[(sizes >= 2) & ~big]):
+        group_starts = starts[sizes == g]
+        i, j = np.triu_indices(int(g), 1)
+        lefts.append(order[(group_starts[:, None] + i[None, :]).ravel()])
+        rights.append(order[(group_starts[:, None] + j[None, :]).ravel()])
+    if not lefts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(lefts), np.concatenate(rights)
+
+
+def _components(n: int, left: np.ndarray, right: np.ndarray) -> Clusters:
+    if n == 0:
+        return Clusters(labels=np.zeros(0, dtype=np.int64), n_clusters=0, pairs=0)
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
+    n_clusters, labels = connected_components(graph, directed=False)
+    return Clusters(labels=labels.astype(np.int64), n_clusters=int(n_clusters), pairs=len(left))
+
+
+def _unique_pairs(left: np.ndarray, right: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicate undirected pairs via one int64 key per pair (fast 1-D sort)."""
+    lo, hi = np.minimum(left, right).astype(np.int64), np.maximum(left, right).astype(np.int64)
+    keys = np.unique(lo * n + hi)
+    return keys // n, keys % n
+
+
+def _hash_rows(block: np.ndarray) -> np.ndarray:
+    """One uint64 key per row of a 2-D integer block (FNV-style mix; collisions only add candidates)."""
+    key = np.full(block.shape[0], np.uint64(1469598103934665603), dtype=np.uint64)
+    for col in range(block.shape[1]):
+        key = (key ^ block[:, col].astype(np.uint64)) * np.uint64(1099511628211)
+    return key
+
+
+def near_duplicate_clusters(
+    texts: list[str], *, threshold: float = 0.8, num_perm: int = 128, shingle: int = 3
+) -> Clusters:
+    """Clusters of texts whose estimated Jaccard similarity of word shingles is >= ``threshold``."""
+    n = len(texts)
+    if n < 2:
+        return _components(n, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    sig = minhash_signatures(texts, num_perm=num_perm, shingle=shingle)
+    # Band for a lower similarity than we verify at: recall first, the exact check removes the rest.
+    bands, rows = choose_bands(num_perm, max(0.05, threshold - 0.15))
+    lefts, rights = [], []
+    for band in range(bands):
+        left, right = _band_candidate_pairs(_hash_rows(sig[:, band * rows : (band + 1) * rows]))
+        lefts.append(left)
+        rights.append(right)
+    left, right = _unique_pairs(np.concatenate(lefts), np.concatenate(rights), n)
+    if len(left):
+        similar = (sig[left] == sig[right]).mean(axis=1) >= threshold
+        left, right = left[similar], right[similar]
+    return _components(n, left, right)
+
+
+def embedding_clusters(
+    unit_vectors: np.ndarray, *, threshold: float = 0.8, bits: int = 512, seed: int = 7, chunk: int = 200_000
+) -> Clusters:
+    """Clusters of embeddings with cosine >= ``threshold``, found by SimHash banding (no n x n matrix)."""
+    n = unit_vectors.shape[0]
+    if n < 2:
+        return _components(n, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    rng = np.random.default_rng(seed)
+    planes = rng.standard_normal((unit_vectors.shape[1], bits)).astype(np.float32)
+    signs = (unit_vectors @ planes) > 0
+    # Angle theta flips a bit with probability theta/pi; pick bands for the matching bit agreement.
+    # Enough bits per band that a bucket holds ~a few rows by chance (2^rows >> n), as many bands as
+    # the bits allow: recall for the threshold comes from the number of bands.
+    rows = max(8, int(np.ceil(np.log2(n))) + 1)
+    bands = bits // rows
+    lefts, rights = [], []
+    for band in range(bands):
+        packed = np.packbits(signs[:, band * rows : (band + 1) * rows], axis=1)
+        left, right = _band_candidate_pairs(_hash_rows(packed))
+        lefts.append(left)
+        rights.append(right)
+    left, right = _unique_pairs(np.concatenate(lefts), np.concatenate(rights), n)
+    if len(left):
+        keep = np.zeros(len(left), dtype=bool)
+        for start in range(0, len(left), chunk):  # bounded memory for the gathered vectors
+            sl = slice(start, start + chunk)
+            cos = np.einsum("ij,ij->i", unit_vectors[left[sl]], unit_vectors[right[sl]])
+            keep[sl] = cos >= threshold
+        left, right = left[keep], right[keep]
+    return _components(n, left, right)
+
+
+def keep_best_per_cluster(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """Index of the best-scored row of every cluster, and for each kept row the rows it replaced.
+
+    Ties go to the earlier row, so the result is deterministic.
+    """
+    n = len(labels)
+    order = np.lexsort((np.arange(n), -scores, labels))  # by cluster, best score first, then position
+    sorted_labels = labels[order]
+    first = np.concatenate(([True], sorted_labels[1:] != sorted_labels[:-1]))
+    keepers = order[first]
+    winner_of_cluster = dict(zip(sorted_labels[first].tolist(), keepers.tolist(), strict=True))
+    replaced: dict[int, list[int]] = {}
+    for idx in order[~first].tolist():
+        replaced.setdefault(winner_of_cluster[int(labels[idx])], []).append(idx)
+    return np.sort(keepers), replaced
+
+
+def near_duplicate_selection(
+    texts: list[str], scores: list[float], *, threshold: float
+) -> tuple[list[int], dict[int, int]]:
+    """Which rows to keep when near duplicates collapse to their best-scored member.
+
+    Returns the kept row indices (in input order) and, for every dropped row, the index that replaced it.
+    """
+    clusters = near_duplicate_clusters(texts, threshold=threshold)
+    keep, replaced = keep_best_per_cluster(clusters.labels, np.asarray(scores, dtype=np.float64))
+    replaced_by = {dropped: winner for winner, losers in replaced.items() for dropped in losers}
+    return keep.tolist(), replaced_by

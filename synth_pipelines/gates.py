@@ -1,0 +1,89 @@
+"""The quality gates behind the asset checks: each measures one thing and compares it with a threshold
+taken from the spec (or run config). Plain functions over rows, so they are tested without Dagster."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel
+
+from synth_pipelines.quality import check_compliance
+from synth_pipelines.spec import DomainSpec
+
+JUDGED_STAGES = ("consensus", "near_duplicate")
+
+
+class GateResult(BaseModel):
+    passed: bool
+    value: float
+    threshold: float
+    detail: dict[str, Any] = {}
+
+    def describe(self, name: str, comparison: str = ">=") -> str:
+        verdict = "passes" if self.passed else "FAILS"
+        return f"{name} {self.value:.4f} {comparison} {self.threshold:.4f}: {verdict}"
+
+
+def schema_compliance(spec: DomainSpec, validated: list[dict[str, Any]]) -> GateResult:
+    """Share of stored examples that validate against the spec's model. Must be exactly 1.0."""
+    failures = []
+    for row in validated:
+        _, reason = check_compliance(spec, row.get("example_json"))
+        if reason is not None:
+            failures.append({"example_id": row.get("example_id"), "reason": reason})
+    rate = 1.0 - len(failures) / len(validated) if validated else 1.0
+    return GateResult(
+        passed=not failures,
+        value=rate,
+        threshold=1.0,
+        detail={"checked": len(validated), "failures": failures[:20]},
+    )
+
+
+def consensus_pass_rate(
+    spec: DomainSpec,
+    validated: list[dict[str, Any]],
+    rejected: list[dict[str, Any]],
+    *,
+    min_pass_rate: float | None = None,
+) -> GateResult:
+    """Of the examples the validator models judged, the share whose consensus met the threshold."""
+    judged_rejects = [r for r in rejected if r.get("fail_stage") in JUDGED_STAGES]
+    passed = len(validated) + sum(1 for r in judged_rejects if r.get("fail_stage") == "near_duplicate")
+    judged = len(validated) + len(judged_rejects)
+    threshold = spec.validation.min_pass_rate if min_pass_rate is None else min_pass_rate
+    rate = passed / judged if judged else 0.0
+    consensus = [r["consensus"] for r in validated if r.get("consensus") is not None]
+    return GateResult(
+        passed=judged > 0 and rate >= threshold,
+        value=rate,
+        threshold=threshold,
+        detail={
+            "judged": judged,
+            "passed": passed,
+            "consensus_threshold": spec.validation.consensus_threshold,
+            "mean_consensus_of_accepted": sum(consensus) / len(consensus) if consensus else None,
+        },
+    )
+
+
+def exact_duplicates(validated: list[dict[str, Any]]) -> GateResult:
+    """Number of stored examples whose normalized uniqueness key repeats. Must be 0."""
+    counts = Counter(r.get("dedup_key") for r in validated)
+    dupes = {k: c for k, c in counts.items() if c > 1}
+    n = sum(c - 1 for c in dupes.values())
+    return GateResult(
+        passed=n == 0, value=float(n), threshold=0.0, detail={"duplicate_keys": list(dupes)[:20]}
+    )
+
+
+def target_reached(n_validated: int, target: int) -> GateResult:
+    return GateResult(passed=n_validated >= target, value=float(n_validated), threshold=float(target))
+
+
+def diversity(mean_pairwise_distance: float | None, threshold: float) -> GateResult:
+    value = mean_pairwise_distance if mean_pairwise_distance is not None else 0.0
+    return GateResult(
+        passed=mean_pairwise_distance is not None and value >= threshold, value=value, threshold=threshold
+    )

@@ -1,0 +1,129 @@
+"""Gates, near-duplicate clustering and the blocking behaviour of the asset checks."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from synth_pipelines import gates
+from synth_pipelines.dedup import (
+    embedding_clusters,
+    keep_best_per_cluster,
+    near_duplicate_clusters,
+    near_duplicate_selection,
+)
+from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.runner import materialize_domain
+from synth_pipelines.spec import parse_spec
+
+SPEC = parse_spec(
+    {
+        "name": "t",
+        "version": 1,
+        "domain": "demo",
+        "type": "api-example",
+        "description": "d",
+        "fields": {"q": {"type": "string", "max_length": 50}},
+        "validation": {"min_pass_rate": 0.8, "diversity_threshold": 0.5},
+    }
+)
+
+
+def test_schema_compliance_gate() -> None:
+    ok = gates.schema_compliance(SPEC, [{"example_id": "a", "example_json": '{"q": "fine"}'}])
+    assert ok.passed and ok.value == 1.0
+    bad = gates.schema_compliance(
+        SPEC,
+        [
+            {"example_id": "a", "example_json": '{"q": "fine"}'},
+            {"example_id": "b", "example_json": '{"q": 3}'},
+        ],
+    )
+    assert not bad.passed and bad.value == 0.5 and bad.detail["failures"][0]["example_id"] == "b"
+
+
+def test_consensus_pass_rate_gate() -> None:
+    validated = [{"consensus": 0.9}] * 8
+    rejected = [{"fail_stage": "consensus"}] * 2 + [{"fail_stage": "rules"}] * 5
+    gate = gates.consensus_pass_rate(SPEC, validated, rejected)
+    assert gate.value == pytest.approx(0.8) and gate.passed  # rules rejects are not judged
+    failing = gates.consensus_pass_rate(SPEC, validated, [*rejected, {"fail_stage": "consensus"}])
+    assert not failing.passed
+    assert gates.consensus_pass_rate(SPEC, validated, rejected, min_pass_rate=0.95).passed is False
+    assert not gates.consensus_pass_rate(SPEC, [], []).passed  # nothing judged cannot pass
+
+
+def test_duplicates_target_and_diversity_gates() -> None:
+    assert gates.exact_duplicates([{"dedup_key": "a"}, {"dedup_key": "b"}]).passed
+    dup = gates.exact_duplicates([{"dedup_key": "a"}, {"dedup_key": "a"}])
+    assert not dup.passed and dup.value == 1
+    assert gates.target_reached(10, 10).passed and not gates.target_reached(9, 10).passed
+    assert gates.diversity(0.6, 0.5).passed and not gates.diversity(0.4, 0.5).passed
+    assert not gates.diversity(None, 0.5).passed
+
+
+def test_near_duplicates_found_and_best_kept() -> None:
+    rng = random.Random(3)
+    words = [f"word{i}" for i in range(3000)]
+    texts = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(200)]
+    near = texts[5].split()
+    near[10] = "changed"
+    texts.append(" ".join(near))  # index 200 ~ index 5
+    texts.append(texts[7].upper())  # index 201 == index 7 after normalization
+    clusters = near_duplicate_clusters(texts, threshold=0.8)
+    assert clusters.labels[200] == clusters.labels[5]
+    assert clusters.labels[201] == clusters.labels[7]
+    assert clusters.n_clusters == 200
+    scores = [0.5] * len(texts)
+    scores[200] = 0.9  # the near copy scored better: it is the one kept
+    keep, replaced_by = near_duplicate_selection(texts, scores, threshold=0.8)
+    assert 200 in keep and 5 not in keep and replaced_by[5] == 200
+    assert 7 in keep and replaced_by[201] == 7  # tie: the earlier row wins
+
+
+def test_keep_best_per_cluster_records_replacements() -> None:
+    keep, replaced = keep_best_per_cluster(np.array([0, 0, 1, 0]), np.array([0.1, 0.7, 0.3, 0.7]))
+    assert keep.tolist() == [1, 2] and replaced == {1: [3, 0]}
+
+
+def test_embedding_clusters_link_close_vectors_only() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((2000, 384)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v[1::2] = v[0::2] + 0.01 * rng.standard_normal((1000, 384)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    clusters = embedding_clusters(v, threshold=0.9)
+    assert clusters.n_clusters == 1000
+    assert (clusters.labels[0::2] == clusters.labels[1::2]).all()
+
+
+def test_failing_blocking_check_stops_downstream(
+    warehouse_root: Path, schemas_dir: Path, scripted_backends
+) -> None:
+    """Scripted replies share a small vocabulary: the diversity gate fails and compiled_program never runs."""
+    res = {
+        "warehouse": WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir)),
+        "llm": LLMResource(profile="local"),
+        "embedder": EmbedderResource(),
+    }
+    result = materialize_domain(
+        "api_development", instance=dg.DagsterInstance.ephemeral(), target_count=8, resources=res
+    )
+    assert not result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "example_embeddings" in materialized and "compiled_program" not in materialized
+    evaluations = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    diversity = evaluations["embedding_diversity"]
+    assert not diversity.passed
+    assert diversity.metadata["threshold"].value == 0.3
+    assert diversity.metadata["measured"].value < 0.3
+    for name in ("schema_compliance", "no_exact_duplicates"):
+        assert evaluations[name].passed, name
