@@ -10,7 +10,7 @@ from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.assets.checks import QUALITY_CHECKS
 from synth_pipelines.jobs import synth_domain_job
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-from synth_pipelines.sensors import domain_spec_sensor
+from synth_pipelines.sensors import agent_performance_sensor, domain_spec_sensor
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -30,6 +30,6 @@ defs = dg.Definitions(
     assets=PIPELINE_ASSETS,
     asset_checks=QUALITY_CHECKS,
     jobs=[synth_domain_job],
-    sensors=[domain_spec_sensor],
+    sensors=[domain_spec_sensor, agent_performance_sensor],
     resources=default_resources(),
 )

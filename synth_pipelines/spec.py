@@ -147,6 +147,24 @@ class ProgramSpec(_Strict):
     max_demos: int = Field(default=3, ge=0, le=16)
 
 
+class FeedbackSpec(_Strict):
+    """When agents' success on this domain falls, regenerate it (see ``agent_performance_sensor``)."""
+
+    success_threshold: float = Field(default=0.70, ge=0, le=1)
+    # Hysteresis: after a regeneration the domain re-arms only once success recovers above this.
+    recover_threshold: float = Field(default=0.80, ge=0, le=1)
+    min_outcomes: int = Field(default=10, ge=1)
+    min_cell_outcomes: int = Field(default=3, ge=1)
+    window_hours: float = Field(default=168.0, gt=0)
+    cooldown_minutes: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeedbackSpec:
+        if self.recover_threshold < self.success_threshold:
+            raise ValueError("recover_threshold must be >= success_threshold")
+        return self
+
+
 class Privacy(_Strict):
     no_pii: bool = False
 
@@ -169,6 +187,7 @@ class DomainSpec(_Strict):
     program: ProgramSpec | None = None
     training_format: TrainingFormat = "sft"
     privacy: Privacy = Field(default_factory=Privacy)
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
 
     @model_validator(mode="after")
     def _cross_refs(self) -> DomainSpec:

@@ -66,7 +66,11 @@ def domain_spec_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse
             dg.RunRequest(
                 run_key=f"{domain}:{file_hash}",
                 partition_key=domain,
-                tags={"synth/trigger": "domain_spec_sensor", "synth/spec_hash": file_hash[:16]},
+                tags={
+                    "synth/trigger": "domain_spec_sensor",
+                    "synth/domain": domain,
+                    "synth/spec_hash": file_hash[:16],
+                },
             )
             for domain, file_hash in plan.runs
         ],
