@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev partitions lint format bench bench-llm clean-warehouse
+.PHONY: setup demo test test-fast dev partitions lint format bench bench-llm bench-quality clean-warehouse
 
 setup: $(STAMP)
 
@@ -58,7 +58,11 @@ format: setup
 bench-llm: setup
 	$(BIN)/python -m bench.llm_throughput 2>/dev/null
 
-bench: bench-llm
+# Dedup and diversity at 10k and 100k synthetic rows; reports the time ratio between the sizes.
+bench-quality: setup
+	$(BIN)/python -m bench.quality_scale
+
+bench: bench-llm bench-quality
 
 clean-warehouse:
 	rm -rf warehouse

@@ -127,3 +127,44 @@ def test_failing_blocking_check_stops_downstream(
     assert diversity.metadata["measured"].value < 0.3
     for name in ("schema_compliance", "no_exact_duplicates"):
         assert evaluations[name].passed, name
+
+
+def test_great_expectations_suite_from_spec() -> None:
+    from synth_pipelines.ge_suite import run_suite
+
+    spec = parse_spec(
+        {
+            "name": "t",
+            "version": 1,
+            "domain": "demo",
+            "type": "api-example",
+            "description": "d",
+            "fields": {
+                "q": {"type": "string", "min_length": 2, "max_length": 10},
+                "m": {"type": "string", "enum": ["GET", "POST"]},
+                "n": {"type": "integer", "min": 0, "max": 5, "required": False},
+            },
+            "constraints": {"uniqueness": ["q"]},
+        }
+    )
+    good = [
+        {"example_json": '{"q": "abc", "m": "GET", "n": 1}'},
+        {"example_json": '{"q": "abd", "m": "POST"}'},
+    ]
+    ok = run_suite(spec, good)
+    assert ok["success"] and ok["statistics"]["evaluated_expectations"] >= 8
+    bad = [
+        *good,
+        {"example_json": '{"q": "abc", "m": "PUT", "n": 9}'},
+        {"example_json": '{"q": "waytoolongvalue", "m": "GET", "n": "x"}'},
+    ]
+    result = run_suite(spec, bad)
+    assert not result["success"]
+    failing = {(r["expectation"], str(r["column"])) for r in result["results"] if not r["success"]}
+    assert ("expect_column_values_to_be_in_set", "m") in failing
+    assert ("expect_column_value_lengths_to_be_between", "q") in failing
+    assert ("expect_column_values_to_be_unique", "q") in failing
+    assert ("expect_column_values_to_be_between", "n") in failing or (
+        "expect_column_values_to_be_in_type_list",
+        "n",
+    ) in failing

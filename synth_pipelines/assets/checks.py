@@ -123,10 +123,48 @@ def embedding_diversity(
     return _result("mean pairwise cosine distance", gate)
 
 
+@dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
+def great_expectations_suite(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """A Great Expectations suite generated from the spec (types, bounds, enums, patterns, not-null,
+    uniqueness), run over the stored examples; GE's statistics and failing expectations are in the
+    metadata."""
+    from synth_pipelines.ge_suite import run_suite
+
+    domain = context.partition_key
+    spec = load_materialized_spec(warehouse.get(), domain)
+    outcome = run_suite(spec, _rows(warehouse, "validated_examples", domain))
+    stats = outcome["statistics"]
+    failing = [r for r in outcome["results"] if not r["success"]]
+    return dg.AssetCheckResult(
+        passed=outcome["success"],
+        description=(
+            f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations met"
+        ),
+        metadata={
+            "suite": outcome["suite"],
+            "evaluated_expectations": int(stats.get("evaluated_expectations") or 0),
+            "successful_expectations": int(stats.get("successful_expectations") or 0),
+            "success_percent": dg.MetadataValue.float(float(stats.get("success_percent") or 0.0)),
+            "failing_expectations": dg.MetadataValue.json(failing),
+            "results": dg.MetadataValue.md(
+                "| expectation | column | ok | unexpected |\n|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {r['expectation']} | {r['column']} | {'✓' if r['success'] else '✗'} | "
+                    f"{r['unexpected'] if r['unexpected'] is not None else ''} |"
+                    for r in outcome["results"]
+                )
+            ),
+        },
+    )
+
+
 QUALITY_CHECKS = [
     schema_compliance,
     consensus_pass_rate,
     no_exact_duplicates,
     target_count_reached,
+    great_expectations_suite,
     embedding_diversity,
 ]
