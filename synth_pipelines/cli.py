@@ -1,37 +1,348 @@
-"""``synth``: a thin command line over the same code the assets and sensors use."""
+"""``synth``: a thin command line over the same code the assets and sensors use.
+
+Errors are one short, actionable line on stderr and a non-zero exit code.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-from datetime import UTC, datetime
+import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 
+from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.outcomes import read_outcome_file, record_outcomes
-from synth_pipelines.spec import discover_specs
-from synth_pipelines.storage import Warehouse
+from synth_pipelines.spec import SpecError, discover_specs, load_spec, parse_spec, spec_path_for
+from synth_pipelines.storage import Warehouse, read_rows_file
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 app = typer.Typer(
     help="synth-pipelines: LLM training data as Dagster assets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
-
-
-def _warehouse(root: str | None) -> Warehouse:
-    return Warehouse(root or os.environ.get("SYNTH_WAREHOUSE", "warehouse"))
-
-
-def _known_domains(schemas: str | None) -> set[str]:
-    return set(discover_specs(schemas or os.environ.get("SYNTH_SCHEMAS", "schemas")))
-
+schema_app = typer.Typer(help="Domain spec templates and validation.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
 
 WarehouseOpt = Annotated[
     str | None, typer.Option(help="Warehouse root (default $SYNTH_WAREHOUSE or ./warehouse).")
 ]
 SchemasOpt = Annotated[str | None, typer.Option(help="Specs folder (default $SYNTH_SCHEMAS or ./schemas).")]
+ProfileOpt = Annotated[
+    str | None, typer.Option(help="Provider profile name or YAML path (default $SYNTH_PROFILE or local).")
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=code)
+
+
+def _warehouse_root(root: str | None) -> str:
+    return root or os.environ.get("SYNTH_WAREHOUSE", "warehouse")
+
+
+def _schemas(schemas: str | None) -> str:
+    return schemas or os.environ.get("SYNTH_SCHEMAS", "schemas")
+
+
+def _profile(profile: str | None) -> str:
+    return profile or os.environ.get("SYNTH_PROFILE", "local")
+
+
+def _domain(domain: str) -> str:
+    try:
+        return validate_domain_name(domain)
+    except UnsafeDomainError as e:
+        raise _fail(str(e), 2) from None
+
+
+# --------------------------------------------------------------------------------------------- generate
+
+
+def _progress_poller(root: Path, domain: str, started: float, done: threading.Event) -> None:
+    """Show which assets of the domain have been written since ``started`` (files are the truth)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    steps = [
+        "domain_schema",
+        "seed_problems",
+        "problem_matrix",
+        "raw_generations",
+        "validated_examples",
+        "example_embeddings",
+        "compiled_program",
+    ]
+    outputs = {
+        "domain_schema": root / f"domain_schema/domain={domain}/spec.json",
+        "compiled_program": root / f"programs/domain={domain}/program.json",
+    }
+    journal = root / f"raw_generations/domain={domain}/_journal.jsonl"
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"{domain}: starting", total=len(steps))
+        while not done.is_set():
+            finished = [
+                s
+                for s in steps
+                if _written_since(outputs.get(s, root / s / f"domain={domain}" / "part-0.parquet"), started)
+            ]
+            current = next((s for s in steps if s not in finished), "done")
+            extra = ""
+            if current == "raw_generations" and journal.is_file():
+                extra = f" ({sum(1 for _ in journal.open())} generated)"
+            progress.update(task, completed=len(finished), description=f"{domain}: {current}{extra}")
+            done.wait(0.5)
+        finished = [
+            s
+            for s in steps
+            if _written_since(outputs.get(s, root / s / f"domain={domain}" / "part-0.parquet"), started)
+        ]
+        progress.update(task, completed=len(finished), description=f"{domain}: finished")
+
+
+def _written_since(path: Path, started: float) -> bool:
+    return path.is_file() and path.stat().st_mtime >= started - 1
+
+
+@app.command()
+def generate(
+    domain: Annotated[str, typer.Option(help="Domain to materialize (a spec in the schemas folder).")],
+    count: Annotated[int | None, typer.Option(help="Examples to generate (overrides target_count).")] = None,
+    profile: ProfileOpt = None,
+    warehouse: WarehouseOpt = None,
+    schemas: SchemasOpt = None,
+) -> None:
+    """Materialize the whole graph for one domain, with a progress bar."""
+    import dagster as dg
+
+    from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+    from synth_pipelines.runner import materialize_domain, summarize
+
+    domain = _domain(domain)
+    if domain not in discover_specs(_schemas(schemas)):
+        raise _fail(
+            f"no spec {Path(_schemas(schemas)) / (domain + '.yaml')}; create it with `synth schema new`"
+        )
+    resources = {
+        "warehouse": WarehouseResource(root=_warehouse_root(warehouse), schemas_dir=_schemas(schemas)),
+        "llm": LLMResource(profile=_profile(profile)),
+        "embedder": EmbedderResource(),
+    }
+    wh = resources["warehouse"].get()  # type: ignore[attr-defined]
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    done = threading.Event()
+    started = time.time()
+    poller = threading.Thread(target=_progress_poller, args=(wh.root, domain, started, done), daemon=True)
+    poller.start()
+    try:
+        result = materialize_domain(domain, instance=instance, target_count=count, resources=resources)
+    finally:
+        done.set()
+        poller.join(5)
+    typer.echo(summarize(domain, result, wh, time.time() - started))
+    if not result.success:
+        messages = [
+            (
+                e.step_failure_data.user_failure_data.description
+                if e.step_failure_data.user_failure_data
+                else None
+            )
+            or str(e.step_failure_data.error.message if e.step_failure_data.error else "")
+            for e in result.all_events
+            if e.is_step_failure
+        ]
+        raise _fail("; ".join(m.strip().splitlines()[0] for m in messages if m) or "the run failed")
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@schema_app.command("templates")
+def schema_templates() -> None:
+    """List the spec templates (one per example type)."""
+    for path in sorted(TEMPLATES_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        typer.echo(f"{path.stem:<22} {data.get('description', '')}")
+
+
+@schema_app.command("new")
+def schema_new(
+    domain: Annotated[str, typer.Argument(help="New domain name, e.g. support_tickets.")],
+    type_: Annotated[
+        str, typer.Option("--type", help="Template: one of `synth schema templates`.")
+    ] = "api-example",
+    schemas: SchemasOpt = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")] = False,
+) -> None:
+    """Create schemas/<domain>.yaml from a template, ready to edit."""
+    domain = _domain(domain)
+    template = TEMPLATES_DIR / f"{type_}.yaml"
+    if not template.is_file():
+        known = ", ".join(p.stem for p in sorted(TEMPLATES_DIR.glob("*.yaml")))
+        raise _fail(f"unknown template {type_!r}; choose one of: {known}", 2)
+    target = Path(_schemas(schemas)) / f"{domain}.yaml"
+    if target.exists() and not force:
+        raise _fail(f"{target} exists; pass --force to overwrite")
+    text = template.read_text()
+    data = yaml.safe_load(text)
+    text = text.replace(f"domain: {data['domain']}", f"domain: {domain}", 1)
+    parse_spec(yaml.safe_load(text), path=target)  # the template must stay valid
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    typer.echo(
+        f"created {target} from the {type_} template; edit fields, matrix and seed_problems, then "
+        f"`synth schema validate {target}`"
+    )
+
+
+@schema_app.command("validate")
+def schema_validate(file: Annotated[Path, typer.Argument(help="A spec YAML file.")]) -> None:
+    """Validate a spec: prints a summary, or every problem with its field path."""
+    try:
+        loaded = load_spec(file)
+    except SpecError as e:
+        typer.secho(str(e), err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from None
+    spec = loaded.spec
+    cells = 1
+    for values in spec.matrix.dimensions.values():
+        cells *= len(values)
+    typer.echo(
+        f"{file}: valid {spec.type} spec '{spec.name}' v{spec.version_str}, {len(spec.fields)} fields, "
+        f"{cells * len(spec.matrix.complexity)} matrix cells, target {spec.target_count}, "
+        f"training format {spec.training_format}"
+    )
+
+
+# --------------------------------------------------------------------------------------------- validate
+
+
+@app.command("validate")
+def validate_file(
+    file: Annotated[Path, typer.Argument(help="JSONL or Parquet of examples (one object per row).")],
+    domain: Annotated[str, typer.Option(help="Domain whose spec and validators to apply.")],
+    report: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
+    models: Annotated[
+        bool, typer.Option("--models/--no-models", help="Also run the validator models.")
+    ] = True,
+    profile: ProfileOpt = None,
+    schemas: SchemasOpt = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Run the rule-based and model validators on an external file and write a report."""
+    from synth_pipelines.validate_external import validate_rows
+
+    domain = _domain(domain)
+    if not file.is_file():
+        raise _fail(f"{file} does not exist")
+    try:
+        spec = load_spec(spec_path_for(_schemas(schemas), domain)).spec
+    except (SpecError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    if file.suffix not in (".jsonl", ".parquet"):
+        raise _fail(f"{file}: expected a .jsonl or .parquet file")
+    rows = read_rows_file(file)
+    client = None
+    if models:
+        from synth_pipelines.resources import LLMResource
+
+        client = LLMResource(profile=_profile(profile)).client(
+            Warehouse(_warehouse_root(warehouse)).cache_path
+        )
+    result = validate_rows(spec, rows, client)
+    out = report or file.with_name(f"{file.stem}.validation.json")
+    out.write_text(json.dumps(result, indent=2, default=str))
+    s = result["summary"]
+    typer.echo(
+        f"{s['passed']}/{s['rows']} rows pass ({s['pass_rate']:.0%}); rejected by stage: "
+        f"{s['rejected_by_stage'] or 'none'}; report: {out}"
+    )
+    if s["passed"] < s["rows"]:
+        raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(warehouse: WarehouseOpt = None) -> None:
+    """Per-domain counts, pass rate, diversity, program score and last run."""
+    from synth_pipelines.status import domain_status
+
+    wh = Warehouse(_warehouse_root(warehouse))
+    rows = domain_status(wh)
+    if not rows:
+        raise _fail(f"nothing materialized under {wh.root} yet; run `synth generate --domain ...`")
+    header = (
+        f"{'domain':<22}{'generated':>10}{'accepted':>10}{'pass':>7}{'diversity':>11}{'program':>9}  last run"
+    )
+    typer.echo(header)
+    for r in rows:
+        typer.echo(
+            f"{r['domain']:<22}{r['generated']:>10}{r['accepted']:>10}{_pct(r['pass_rate']):>7}"
+            f"{_num(r['diversity']):>11}{_num(r['program_score']):>9}  {r['last_run'] or '-'}"
+        )
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    domain: Annotated[str, typer.Option(help="Domain to export.")],
+    out: Annotated[Path, typer.Option(help="Output folder (Parquet, JSONL and README.md card).")],
+    format_: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="sft, dpo, qa or grpo-verifiable (default: the spec's training_format)."
+        ),
+    ] = None,
+    warehouse: WarehouseOpt = None,
+    schemas: SchemasOpt = None,
+) -> None:
+    """Write a training export and its dataset card."""
+    from synth_pipelines.exports import FORMATS, build_export
+
+    domain = _domain(domain)
+    wh = Warehouse(_warehouse_root(warehouse))
+    try:
+        spec = load_spec(spec_path_for(_schemas(schemas), domain)).spec
+    except (SpecError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    fmt = format_ or spec.training_format
+    if fmt not in FORMATS:
+        raise _fail(f"format {fmt!r} is not exportable; choose one of {', '.join(FORMATS)}", 2)
+    try:
+        result = build_export(wh, spec, fmt, out)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    typer.echo(
+        f"{result.rows} rows ({', '.join(f'{k} {v}' for k, v in result.splits.items()) or 'empty'}) -> "
+        f"{result.parquet}, {result.jsonl}; card {result.card}"
+    )
+
+
+# --------------------------------------------------------------------------------------------- outcomes
 
 
 @app.command("record-outcome")
@@ -46,6 +357,8 @@ def record_outcome(
     schemas: SchemasOpt = None,
 ) -> None:
     """Record one agent outcome in the agent_outcomes table."""
+    from datetime import UTC, datetime
+
     now = datetime.now(UTC)
     row = {
         "outcome_id": outcome_id or f"cli-{now.strftime('%Y%m%dT%H%M%S%f')}",
@@ -56,27 +369,29 @@ def record_outcome(
         "recorded_at": now,
         "agent": agent,
     }
-    report = record_outcomes(_warehouse(warehouse), [row], known_domains=_known_domains(schemas))
-    typer.echo(report.summary())
-    if report.rejected:
+    result = record_outcomes(
+        Warehouse(_warehouse_root(warehouse)), [row], known_domains=set(discover_specs(_schemas(schemas)))
+    )
+    typer.echo(result.summary())
+    if result.rejected:
         raise typer.Exit(code=1)
 
 
 @app.command("ingest-outcomes")
 def ingest_outcomes(
-    files: Annotated[
-        list[Path], typer.Argument(help="JSONL or Parquet files of outcomes.", exists=True, dir_okay=False)
-    ],
+    files: Annotated[list[Path], typer.Argument(help="JSONL or Parquet files of outcomes.")],
     warehouse: WarehouseOpt = None,
     schemas: SchemasOpt = None,
 ) -> None:
     """Record outcomes from files; good rows are kept, bad rows are listed with their reason."""
-    wh, known = _warehouse(warehouse), _known_domains(schemas)
+    wh, known = Warehouse(_warehouse_root(warehouse)), set(discover_specs(_schemas(schemas)))
     failed = False
     for path in files:
-        report = record_outcomes(wh, read_outcome_file(path), known_domains=known)
-        typer.echo(f"{path}: {report.summary()}")
-        failed = failed or bool(report.rejected)
+        if not path.is_file():
+            raise _fail(f"{path} does not exist")
+        result = record_outcomes(wh, read_outcome_file(path), known_domains=known)
+        typer.echo(f"{path}: {result.summary()}")
+        failed = failed or bool(result.rejected)
     if failed:
         raise typer.Exit(code=1)
 

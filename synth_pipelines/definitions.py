@@ -8,6 +8,7 @@ import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.assets.checks import QUALITY_CHECKS
+from synth_pipelines.assets.exports import EXPORT_ASSETS
 from synth_pipelines.jobs import synth_domain_job
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.sensors import agent_performance_sensor, domain_spec_sensor
@@ -27,7 +28,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 defs = dg.Definitions(
-    assets=PIPELINE_ASSETS,
+    assets=[*PIPELINE_ASSETS, *EXPORT_ASSETS],
     asset_checks=QUALITY_CHECKS,
     jobs=[synth_domain_job],
     sensors=[domain_spec_sensor, agent_performance_sensor],

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
-from synth_pipelines.storage import Warehouse
+from synth_pipelines.storage import Warehouse, read_rows_file
 
 OUTCOMES_TABLE = "agent_outcomes"
 INBOX = "outcomes_inbox"
@@ -163,19 +162,8 @@ def record_outcomes(
 
 
 def read_outcome_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of a dropped ``.jsonl`` or ``.parquet`` file; an unreadable line becomes a row that fails."""
-    if path.suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
-    rows: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-            rows.append(value if isinstance(value, dict) else {"_error": "not a JSON object"})
-        except json.JSONDecodeError as e:
-            rows.append({"_error": f"malformed JSON: {e.msg}"})
-    return rows
+    """Rows of a dropped ``.jsonl`` or ``.parquet`` file (see :func:`storage.read_rows_file`)."""
+    return read_rows_file(path)
 
 
 def ingest_inbox(

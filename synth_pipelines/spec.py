@@ -165,6 +165,15 @@ class FeedbackSpec(_Strict):
         return self
 
 
+class VerificationSpec(_Strict):
+    """For ``grpo-verifiable`` exports: the arithmetic in ``expression_field`` must equal ``answer_field``."""
+
+    answer_field: str
+    expression_field: str
+    tolerance: float = Field(default=1e-6, ge=0)
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
 class Privacy(_Strict):
     no_pii: bool = False
 
@@ -188,6 +197,7 @@ class DomainSpec(_Strict):
     training_format: TrainingFormat = "sft"
     privacy: Privacy = Field(default_factory=Privacy)
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
+    verification: VerificationSpec | None = None
 
     @model_validator(mode="after")
     def _cross_refs(self) -> DomainSpec:
@@ -213,6 +223,13 @@ class DomainSpec(_Strict):
             both = set(self.program.inputs) & set(self.program.outputs)
             if both:
                 raise ValueError(f"program inputs and outputs overlap: {sorted(both)}")
+        if self.verification is not None:
+            for role in ("answer_field", "expression_field"):
+                name = getattr(self.verification, role)
+                if name not in self.fields:
+                    raise ValueError(
+                        f"verification.{role} names unknown field {name!r}; known: {list(self.fields)}"
+                    )
         return self
 
     @property

@@ -60,6 +60,23 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
         raise
 
 
+def read_rows_file(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``.jsonl`` or ``.parquet`` file. A malformed JSON line becomes a row holding
+    ``_error`` so that callers can reject it with a reason instead of failing the whole file."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    rows: list[dict[str, Any]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            rows.append(value if isinstance(value, dict) else {"_error": "not a JSON object"})
+        except json.JSONDecodeError as e:
+            rows.append({"_error": f"malformed JSON: {e.msg}"})
+    return rows
+
+
 class Warehouse:
     """Paths and read/write helpers under one root (default ``./warehouse``)."""
 

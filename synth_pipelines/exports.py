@@ -1,0 +1,334 @@
+"""Training exports built from validated examples: SFT chat messages, DPO preference pairs, QA pairs
+and GRPO-verifiable problems, each written as Parquet + JSONL with a dataset card beside it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from synth_pipelines.spec import DomainSpec
+from synth_pipelines.storage import atomic_write_parquet, atomic_write_text
+from synth_pipelines.textutil import flatten_value, normalize_text, stable_hash
+
+ExportFormat = Literal["sft", "dpo", "qa", "grpo-verifiable"]
+FORMATS: tuple[ExportFormat, ...] = ("sft", "dpo", "qa", "grpo-verifiable")
+TEST_FRACTION = 0.1
+
+
+def split_for(example_id: str) -> str:
+    """Deterministic train/test split by id hash (stable across reruns)."""
+    return "test" if int(stable_hash(example_id, length=8), 16) % 1000 < TEST_FRACTION * 1000 else "train"
+
+
+def render(values: dict[str, Any], fields: list[str]) -> str:
+    """Fields as text: one field alone is its value; several are ``name: value`` lines."""
+    present = [f for f in fields if values.get(f) is not None]
+    if len(present) == 1:
+        value = values[present[0]]
+        return (
+            "\n".join(f"- {flatten_value(v)}" for v in value)
+            if isinstance(value, list)
+            else flatten_value(value)
+        )
+    parts = []
+    for f in present:
+        value = values[f]
+        if isinstance(value, list):
+            parts.append(f"{f}:\n" + "\n".join(f"- {flatten_value(v)}" for v in value))
+        else:
+            parts.append(f"{f}: {flatten_value(value)}")
+    return "\n".join(parts)
+
+
+def sft_rows(spec: DomainSpec, validated: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    program = spec.program_or_default()
+    out = []
+    for row in validated:
+        ex = json.loads(row["example_json"])
+        out.append(
+            {
+                "id": row["example_id"],
+                "domain": spec.domain,
+                "split": split_for(row["example_id"]),
+                "messages": [
+                    {"role": "system", "content": spec.description.strip()},
+                    {"role": "user", "content": render(ex, program.inputs)},
+                    {"role": "assistant", "content": render(ex, program.outputs)},
+                ],
+                "consensus": row.get("consensus"),
+            }
+        )
+    return out
+
+
+def qa_rows(spec: DomainSpec, validated: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    program = spec.program_or_default()
+    out = []
+    for row in validated:
+        ex = json.loads(row["example_json"])
+        out.append(
+            {
+                "id": row["example_id"],
+                "domain": spec.domain,
+                "split": split_for(row["example_id"]),
+                "question": render(ex, program.inputs),
+                "answer": render(ex, program.outputs),
+                "consensus": row.get("consensus"),
+            }
+        )
+    return out
+
+
+def generation_prompt(row: dict[str, Any]) -> str:
+    conditions = json.loads(row.get("conditions_json") or "{}")
+    cond = ", ".join(f"{k}={v}" for k, v in sorted(conditions.items())) or "none"
+    return f"{row['problem']}\nConditions: {cond}\nComplexity: {row['complexity']}"
+
+
+def dpo_rows(
+    spec: DomainSpec, validated: list[dict[str, Any]], rejected: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Preference pairs for the generation task: candidates of one prompt (a matrix cell's problem),
+    ranked by validator consensus; chosen = best, rejected = worst. Degenerate pairs are skipped:
+    identical texts, both below the consensus threshold, or equal scores."""
+    threshold = spec.validation.consensus_threshold
+    candidates = [r for r in validated] + [
+        r
+        for r in rejected
+        if r.get("consensus") is not None and r.get("fail_stage") in ("consensus", "near_duplicate")
+    ]
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for r in candidates:
+        by_prompt.setdefault(generation_prompt(r), []).append(r)
+    out: list[dict[str, Any]] = []
+    skipped = {"single_candidate": 0, "identical": 0, "both_below_threshold": 0, "tied": 0}
+    for prompt, group in sorted(by_prompt.items()):
+        if len(group) < 2:
+            skipped["single_candidate"] += 1
+            continue
+        ranked = sorted(group, key=lambda r: (-(r["consensus"] or 0.0), r["example_id"]))
+        best, worst = ranked[0], ranked[-1]
+        if normalize_text(best["example_json"]) == normalize_text(worst["example_json"]):
+            skipped["identical"] += 1
+            continue
+        if (best["consensus"] or 0.0) < threshold:
+            skipped["both_below_threshold"] += 1
+            continue
+        if best["consensus"] == worst["consensus"]:
+            skipped["tied"] += 1
+            continue
+        out.append(
+            {
+                "id": f"{best['example_id']}__{worst['example_id']}",
+                "domain": spec.domain,
+                "split": split_for(best["example_id"]),
+                "prompt": prompt,
+                "chosen": render(json.loads(best["example_json"]), list(spec.fields)),
+                "rejected": render(json.loads(worst["example_json"]), list(spec.fields)),
+                "chosen_consensus": best["consensus"],
+                "rejected_consensus": worst["consensus"],
+                "candidates": len(group),
+            }
+        )
+    return out, skipped
+
+
+# ---------------------------------------------------------------------------------------------- GRPO
+
+_ALLOWED_NODES = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Constant,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Pow,
+    ast.USub,
+    ast.UAdd,
+)
+_VERIFIER = r"""
+import ast, json, sys
+ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div,
+           ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd)
+results = []
+for expr in json.loads(sys.stdin.read()):
+    try:
+        tree = ast.parse(expr, mode="eval")
+        if not all(isinstance(n, ALLOWED) for n in ast.walk(tree)):
+            raise ValueError("only arithmetic is allowed")
+        if any(isinstance(n, ast.Pow) and isinstance(n.right, ast.Constant) and abs(n.right.value) > 64
+               for n in ast.walk(tree)):
+            raise ValueError("exponent too large")
+        results.append({"value": float(eval(compile(tree, "<expr>", "eval"), {"__builtins__": {}}, {}))})
+    except Exception as e:
+        results.append({"error": type(e).__name__ + ": " + str(e)[:80]})
+print(json.dumps(results))
+"""
+
+
+def evaluate_expressions(expressions: list[str], *, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """Evaluate arithmetic expressions in an isolated subprocess (``python -I``) with a timeout.
+
+    Only numbers and + - * / // % ** are accepted (checked on the AST in the child too), so a
+    generated "solution" can never run arbitrary code here.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _VERIFIER],
+            input=json.dumps(expressions),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return [{"error": f"verifier timed out after {timeout_s:g}s"}] * len(expressions)
+    if proc.returncode != 0:
+        return [{"error": f"verifier failed: {proc.stderr.strip()[-200:]}"}] * len(expressions)
+    return list(json.loads(proc.stdout))
+
+
+def grpo_rows(
+    spec: DomainSpec, validated: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Problems whose answer a program checks: the example's ``expression_field`` must evaluate to its
+    ``answer_field``. Verified rows are exported; the counts say what was dropped and why."""
+    cfg = spec.verification
+    if cfg is None:
+        return [], {"no_verification_config": len(validated)}
+    examples = [json.loads(r["example_json"]) for r in validated]
+    results = evaluate_expressions(
+        [str(e.get(cfg.expression_field, "")) for e in examples], timeout_s=cfg.timeout_s
+    )
+    program = spec.program_or_default()
+    out: list[dict[str, Any]] = []
+    dropped = {"wrong_answer": 0, "not_evaluable": 0}
+    for row, ex, res in zip(validated, examples, results, strict=True):
+        if "error" in res:
+            dropped["not_evaluable"] += 1
+            continue
+        try:
+            claimed = float(ex.get(cfg.answer_field))
+        except (TypeError, ValueError):
+            dropped["not_evaluable"] += 1
+            continue
+        if abs(res["value"] - claimed) > cfg.tolerance * max(1.0, abs(claimed)):
+            dropped["wrong_answer"] += 1
+            continue
+        out.append(
+            {
+                "id": row["example_id"],
+                "domain": spec.domain,
+                "split": split_for(row["example_id"]),
+                "prompt": render(ex, program.inputs),
+                "answer": str(ex.get(cfg.answer_field)),
+                "verifier": "arithmetic",
+                "expression": str(ex.get(cfg.expression_field)),
+            }
+        )
+    return out, dropped
+
+
+# ---------------------------------------------------------------------------------------------- write
+
+
+class ExportResult(BaseModel):
+    format: str
+    rows: int
+    parquet: str
+    jsonl: str
+    card: str
+    splits: dict[str, int]
+    skipped: dict[str, int] = {}
+
+
+def write_export(
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    name: str,
+    card: str,
+    fmt: str,
+    skipped: dict[str, int] | None = None,
+) -> ExportResult:
+    """Write ``<name>.parquet``, ``<name>.jsonl`` and ``README.md`` (the dataset card) atomically."""
+    import pyarrow as pa
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parquet, jsonl = out_dir / f"{name}.parquet", out_dir / f"{name}.jsonl"
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
+    atomic_write_parquet(parquet, table)
+    atomic_write_text(jsonl, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    atomic_write_text(out_dir / "README.md", card)
+    splits: dict[str, int] = {}
+    for r in rows:
+        splits[r.get("split", "train")] = splits.get(r.get("split", "train"), 0) + 1
+    return ExportResult(
+        format=fmt,
+        rows=len(rows),
+        parquet=str(parquet),
+        jsonl=str(jsonl),
+        card=str(out_dir / "README.md"),
+        splits=splits,
+        skipped=skipped or {},
+    )
+
+
+def build_export(
+    warehouse: Any, spec: DomainSpec, fmt: ExportFormat, out_dir: Path, *, run_ids: list[str] | None = None
+) -> ExportResult:
+    """Build one format for one domain from the warehouse and write it with its dataset card."""
+    from synth_pipelines.cards import dataset_card
+
+    def rows_of(asset: str) -> list[dict[str, Any]]:
+        table = warehouse.read_partition(asset, spec.domain)
+        return table.to_pylist() if table is not None else []
+
+    validated, rejected, raw = (
+        rows_of("validated_examples"),
+        rows_of("rejected_examples"),
+        rows_of("raw_generations"),
+    )
+    if not validated:
+        raise ValueError(
+            f"domain {spec.domain!r} has no validated examples in {warehouse.root}; "
+            "materialize validated_examples first (e.g. `synth generate --domain ...`)"
+        )
+    skipped: dict[str, int] = {}
+    if fmt == "sft":
+        rows = sft_rows(spec, validated)
+    elif fmt == "qa":
+        rows = qa_rows(spec, validated)
+    elif fmt == "dpo":
+        rows, skipped = dpo_rows(spec, validated, rejected)
+    else:
+        rows, skipped = grpo_rows(spec, validated)
+    diversity_path = warehouse.root / f"example_embeddings/domain={spec.domain}/diversity.json"
+    diversity = json.loads(diversity_path.read_text()) if diversity_path.is_file() else {}
+    name = f"{spec.domain}_{fmt.replace('-', '_')}"
+    splits: dict[str, int] = {}
+    for r in rows:
+        splits[r["split"]] = splits.get(r["split"], 0) + 1
+    card = dataset_card(
+        spec,
+        fmt,
+        rows=len(rows),
+        splits=splits,
+        name=name,
+        raw=raw,
+        validated=validated,
+        rejected=rejected,
+        diversity=diversity,
+        skipped=skipped,
+        run_ids=run_ids or [],
+    )
+    return write_export(rows, out_dir, name, card, fmt, skipped)

@@ -1,0 +1,80 @@
+"""Validate examples that did not come from this pipeline (``synth validate FILE --domain D``)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from synth_pipelines.consensus import judge_example, resolve_judges
+from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.quality import dedup_key, rule_check
+from synth_pipelines.spec import DomainSpec
+
+
+def validate_rows(spec: DomainSpec, rows: list[dict[str, Any]], client: LLMClient | None) -> dict[str, Any]:
+    """Rule checks, exact dedup and (with a client) the spec's validator models, row by row.
+
+    A row is either the example itself or holds it as ``example_json``.
+    """
+    judges = resolve_judges(spec, client) if client is not None else []
+    seen: dict[str, int] = {}
+    results: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        if "_error" in row:
+            results.append({"row": i, "passed": False, "stage": "read", "reasons": [row["_error"]]})
+            continue
+        raw = (
+            row.get("example_json")
+            if "example_json" in row
+            else json.dumps({k: v for k, v in row.items() if k in spec.fields})
+        )
+        example, reasons = rule_check(spec, raw)
+        if example is None or reasons:
+            results.append({"row": i, "passed": False, "stage": "rules", "reasons": reasons})
+            continue
+        key = dedup_key(spec, example)
+        if key in seen:
+            results.append(
+                {
+                    "row": i,
+                    "passed": False,
+                    "stage": "dedup",
+                    "reasons": [f"exact duplicate of row {seen[key]}"],
+                }
+            )
+            continue
+        seen[key] = i
+        entry: dict[str, Any] = {"row": i, "passed": True, "stage": None, "reasons": []}
+        if client is not None:
+            verdict = judge_example(
+                client,
+                spec,
+                judges,
+                example_id=f"external-{key}",
+                problem=str(row.get("problem", spec.description)),
+                example=example,
+            )
+            entry.update(
+                consensus=verdict.consensus,
+                spread=verdict.spread,
+                validators=[
+                    j.model_dump(include={"model", "score", "reason", "error"}) for j in verdict.judges
+                ],
+            )
+            if not verdict.passed:
+                entry.update(passed=False, stage="consensus", reasons=[verdict.reason or "below threshold"])
+        results.append(entry)
+    passed = sum(r["passed"] for r in results)
+    return {
+        "domain": spec.domain,
+        "spec_version": spec.version_str,
+        "validators": [j.model_dump() for j in judges],
+        "summary": {
+            "rows": len(rows),
+            "passed": passed,
+            "pass_rate": passed / len(rows) if rows else 0.0,
+            "rejected_by_stage": dict(Counter(r["stage"] for r in results if not r["passed"])),
+        },
+        "rows": results,
+    }
