@@ -29,7 +29,7 @@ def test_definitions_load() -> None:
     from synth_pipelines.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {
+    assert keys >= {
         "domain_schema",
         "seed_problems",
         "problem_matrix",
@@ -37,6 +37,10 @@ def test_definitions_load() -> None:
         "validated_examples",
         "example_embeddings",
         "compiled_program",
+        "sft_export",
+        "dpo_export",
+        "qa_export",
+        "grpo_export",
     }
     assert defs.resolve_job_def("synth_domain") is not None
     assert defs.resolve_sensor_def("domain_spec_sensor") is not None
