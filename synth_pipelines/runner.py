@@ -13,9 +13,9 @@ from typing import Any
 import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS
-from synth_pipelines.definitions import default_resources
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
+from synth_pipelines.settings import default_resources
 from synth_pipelines.storage import Warehouse
 
 

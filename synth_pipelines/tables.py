@@ -111,3 +111,56 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         if extra:
             raise ValueError(f"rows carry columns not in the schema: {sorted(extra)}")
     return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+
+
+DOMAIN_SPECS = pa.schema(
+    [
+        ("name", pa.string()),
+        ("version", pa.string()),
+        ("type", pa.string()),
+        ("description", pa.string()),
+        ("training_format", pa.string()),
+        ("target_count", pa.int64()),
+        ("consensus_threshold", pa.float64()),
+        ("min_pass_rate", pa.float64()),
+        ("diversity_threshold", pa.float64()),
+        ("program_inputs", pa.list_(pa.string())),
+        ("program_outputs", pa.list_(pa.string())),
+        ("file_sha256", pa.string()),
+    ]
+)
+
+DOMAIN_DIVERSITY = pa.schema(
+    [
+        ("n", pa.int64()),
+        ("mean_pairwise_cosine_distance", pa.float64()),
+        ("distinct_1", pa.float64()),
+        ("distinct_2", pa.float64()),
+        ("clusters", pa.int64()),
+        ("diversity_threshold", pa.float64()),
+    ]
+)
+
+
+def spec_table(spec: Any, file_hash: str) -> pa.Table:
+    """One row describing a domain's spec, for warehouse consumers (the dbt marts join on it)."""
+    program = spec.program_or_default()
+    return to_table(
+        [
+            {
+                "name": spec.name,
+                "version": spec.version_str,
+                "type": spec.type,
+                "description": spec.description.strip(),
+                "training_format": spec.training_format,
+                "target_count": spec.target_count,
+                "consensus_threshold": spec.validation.consensus_threshold,
+                "min_pass_rate": spec.validation.min_pass_rate,
+                "diversity_threshold": spec.validation.diversity_threshold,
+                "program_inputs": program.inputs,
+                "program_outputs": program.outputs,
+                "file_sha256": file_hash,
+            }
+        ],
+        DOMAIN_SPECS,
+    )

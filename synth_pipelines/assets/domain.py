@@ -21,7 +21,7 @@ from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.seeds import build_seed_problems
 from synth_pipelines.spec import SpecError, example_json_schema, load_spec, spec_digest, spec_path_for
-from synth_pipelines.tables import PROBLEM_MATRIX, SEED_PROBLEMS, to_table
+from synth_pipelines.tables import PROBLEM_MATRIX, SEED_PROBLEMS, spec_table, to_table
 
 GROUP = "synthesis"
 
@@ -54,6 +54,7 @@ def domain_schema(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
             "example_json_schema": schema,
         },
     )
+    wh.replace_domain_rows("domain_specs", domain, spec_table(spec, loaded.file_hash))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(loaded.file_hash),
         metadata={

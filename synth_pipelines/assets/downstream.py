@@ -31,7 +31,7 @@ from synth_pipelines.program import (
     to_dspy_examples,
 )
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-from synth_pipelines.tables import EXAMPLE_EMBEDDINGS, to_table
+from synth_pipelines.tables import DOMAIN_DIVERSITY, EXAMPLE_EMBEDDINGS, to_table
 from synth_pipelines.textutil import example_text
 
 GROUP = "learning"
@@ -68,6 +68,19 @@ def example_embeddings(
     spec = load_materialized_spec(wh, domain)
     stats = diversity_stats(vectors, texts, cluster_threshold=spec.validation.cluster_threshold)
     stats_path = wh.write_json(f"example_embeddings/domain={domain}/diversity.json", stats)
+    wh.replace_domain_rows(
+        "domain_diversity",
+        domain,
+        to_table(
+            [
+                {
+                    **{k: stats.get(k) for k in DOMAIN_DIVERSITY.names},
+                    "diversity_threshold": spec.validation.diversity_threshold,
+                }
+            ],
+            DOMAIN_DIVERSITY,
+        ),
+    )
     sims = (vectors @ vectors.T)[~_eye(len(vectors))] if len(vectors) > 1 else []
     return dg.MaterializeResult(
         metadata={
