@@ -18,6 +18,7 @@ from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.matrix import build_matrix
 from synth_pipelines.partitions import domain_partitions
+from synth_pipelines.pools import LLM_POOL
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.seeds import build_seed_problems
 from synth_pipelines.spec import SpecError, example_json_schema, load_spec, spec_digest, spec_path_for
@@ -79,7 +80,11 @@ class SeedConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[domain_schema], kinds={"parquet", "duckdb"}
+    partitions_def=domain_partitions,
+    pool=LLM_POOL,
+    group_name=GROUP,
+    deps=[domain_schema],
+    kinds={"parquet", "duckdb"},
 )
 def seed_problems(
     context: dg.AssetExecutionContext, config: SeedConfig, warehouse: WarehouseResource, llm: LLMResource

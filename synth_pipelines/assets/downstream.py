@@ -20,6 +20,7 @@ from synth_pipelines.embeddings import diversity_stats
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
+from synth_pipelines.pools import LLM_POOL
 from synth_pipelines.program import (
     ProgramScore,
     build_metric,
@@ -108,7 +109,11 @@ def _eye(n: int) -> Any:
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[example_embeddings], kinds={"dspy", "json"}
+    partitions_def=domain_partitions,
+    pool=LLM_POOL,
+    group_name=GROUP,
+    deps=[example_embeddings],
+    kinds={"dspy", "json"},
 )
 def compiled_program(
     context: dg.AssetExecutionContext,

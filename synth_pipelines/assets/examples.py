@@ -24,6 +24,7 @@ from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.matrix import MatrixCell
 from synth_pipelines.partitions import domain_partitions
+from synth_pipelines.pools import LLM_POOL
 from synth_pipelines.quality import dedup_key, example_json_text, rule_check
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.seeds import SeedProblem
@@ -38,7 +39,11 @@ class GenerationConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[problem_matrix], kinds={"parquet", "duckdb"}
+    partitions_def=domain_partitions,
+    pool=LLM_POOL,
+    group_name=GROUP,
+    deps=[problem_matrix],
+    kinds={"parquet", "duckdb"},
 )
 def raw_generations(
     context: dg.AssetExecutionContext,
@@ -128,7 +133,11 @@ def _judged_fields(c: Any, threshold: float, spec_version: str) -> dict[str, Any
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[raw_generations], kinds={"parquet", "duckdb"}
+    partitions_def=domain_partitions,
+    pool=LLM_POOL,
+    group_name=GROUP,
+    deps=[raw_generations],
+    kinds={"parquet", "duckdb"},
 )
 def validated_examples(
     context: dg.AssetExecutionContext,
