@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev partitions lint format bench bench-llm bench-quality clean-warehouse
+.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality clean-warehouse
 
 setup: $(STAMP)
 
@@ -23,11 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e '.[dev]'
-	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	touch $(STAMP)
 
 demo: setup
-	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/python -m synth_pipelines.runner --domain $(DOMAIN) --target-count $(TARGET_COUNT)
 
 test: setup
@@ -37,13 +37,17 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 dev: setup
-	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/dagster dev -w workspace.yaml
 
 # Register a `domain` partition for every valid spec in schemas/ (the sensor does this too).
 partitions: setup
-	@mkdir -p $(DAGSTER_HOME) && test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/python -m synth_pipelines.runner --sync-partitions
+
+# Build the dbt_quality project (staging, marts, tests) against the warehouse's DuckDB file.
+dbt: setup
+	cd dbt_quality && SYNTH_DUCKDB_PATH=$(CURDIR)/warehouse/synth.duckdb ../$(BIN)/dbt build --profiles-dir .
 
 lint: setup
 	$(BIN)/ruff format --check synth_pipelines tests
