@@ -260,7 +260,7 @@ def validated_examples(
     consensus_values = [v.consensus for v in verdicts if v.consensus is not None]
     stage_counts = Counter(r["fail_stage"] for r in rejected)
     reason_counts = Counter(
-        reason.split(":")[0] if r["fail_stage"] == "rules" else r["fail_stage"]
+        f"rules: {reason.split(':', 1)[-1].strip()}" if r["fail_stage"] == "rules" else r["fail_stage"]
         for r in rejected
         for reason in r["fail_reasons"]
     )
@@ -271,7 +271,7 @@ def validated_examples(
             "rejected": len(rejected),
             "rejected_by_stage": dg.MetadataValue.json(dict(stage_counts)),
             "rejection_reasons": dg.MetadataValue.json(dict(reason_counts.most_common(15))),
-            "schema_compliance_rate": dg.MetadataValue.float(
+            "rule_check_pass_rate": dg.MetadataValue.float(
                 round(
                     1 - stage_counts.get("rules", 0) / max(1, len(raw) - stage_counts.get("generation", 0)), 4
                 )
