@@ -54,3 +54,24 @@ def scripted_schemas_dir(schemas_dir: Path) -> Path:
         data.setdefault("validation", {})["diversity_threshold"] = 0.0
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     return schemas_dir
+
+
+_EXIT_STATUS: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS["code"] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process once pytest has printed its summary.
+
+    duckdb's nanobind bindings print pages of "leaked instance" warnings during interpreter teardown
+    after a long session; skipping teardown keeps pytest's summary the last thing on the screen.
+    """
+    import sys
+
+    if "code" in _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS["code"])
