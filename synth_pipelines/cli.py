@@ -16,7 +16,7 @@ import typer
 import yaml
 
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
-from synth_pipelines.outcomes import read_outcome_file, record_outcomes
+from synth_pipelines.outcomes import record_outcomes
 from synth_pipelines.spec import SpecError, discover_specs, load_spec, parse_spec, spec_path_for
 from synth_pipelines.storage import Warehouse, read_rows_file
 
@@ -71,15 +71,9 @@ def _progress_poller(root: Path, domain: str, started: float, done: threading.Ev
     """Show which assets of the domain have been written since ``started`` (files are the truth)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
-    steps = [
-        "domain_schema",
-        "seed_problems",
-        "problem_matrix",
-        "raw_generations",
-        "validated_examples",
-        "example_embeddings",
-        "compiled_program",
-    ]
+    from synth_pipelines.assets import PIPELINE_STEPS
+
+    steps = PIPELINE_STEPS
     outputs = {
         "domain_schema": root / f"domain_schema/domain={domain}/spec.json",
         "compiled_program": root / f"programs/domain={domain}/program.json",
@@ -389,7 +383,7 @@ def ingest_outcomes(
     for path in files:
         if not path.is_file():
             raise _fail(f"{path} does not exist")
-        result = record_outcomes(wh, read_outcome_file(path), known_domains=known)
+        result = record_outcomes(wh, read_rows_file(path), known_domains=known)
         typer.echo(f"{path}: {result.summary()}")
         failed = failed or bool(result.rejected)
     if failed:

@@ -8,6 +8,7 @@ example's consensus, with the reason recorded.
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
@@ -46,7 +47,8 @@ class Consensus(BaseModel):
     reason: str | None = None
 
 
-def verdict_model(criteria: list[str]) -> type[BaseModel]:
+@cache
+def verdict_model(criteria: tuple[str, ...]) -> type[BaseModel]:
     """Structured verdict: a short reason, then an integer 1-5 per criterion (all bounded for tiny models).
 
     The reason comes first on purpose: a model that has written its critique scores more consistently.
@@ -54,6 +56,12 @@ def verdict_model(criteria: list[str]) -> type[BaseModel]:
     fields: dict[str, Any] = {"reason": (str, Field(min_length=1, max_length=MAX_REASON_CHARS))}
     fields.update({c: (Literal[SCALE], Field(description=f"{c}, 1-5")) for c in criteria})
     return create_model("Verdict", **fields)
+
+
+@cache
+def verdict_schema(criteria: tuple[str, ...]) -> dict[str, Any]:
+    """The verdict's JSON schema, built once per criteria list (judging is the hot path)."""
+    return json_schema_for_model(verdict_model(criteria))
 
 
 def resolve_judges(spec: DomainSpec, client: LLMClient) -> list[WeightedModel]:
@@ -109,12 +117,12 @@ def judge_messages(spec: DomainSpec, problem: str, example: dict[str, Any]) -> l
 def judge_one(
     client: LLMClient, judge: WeightedModel, spec: DomainSpec, messages: list[ChatMessage], example_id: str
 ) -> JudgeScore:
-    model_cls = verdict_model(spec.validation.criteria)
+    model_cls = verdict_model(tuple(spec.validation.criteria))
     result = client.structured(
         [judge.model],
         messages,
         model_cls,
-        json_schema=json_schema_for_model(model_cls),
+        json_schema=verdict_schema(tuple(spec.validation.criteria)),
         temperature=0.0,
         max_tokens=JUDGE_MAX_TOKENS,
         seed=stable_int(example_id, judge.model),

@@ -46,43 +46,42 @@ def render(values: dict[str, Any], fields: list[str]) -> str:
     return "\n".join(parts)
 
 
-def sft_rows(spec: DomainSpec, validated: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _program_pairs(
+    spec: DomainSpec, validated: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], str, str]]:
+    """(row, rendered inputs, rendered outputs) for every validated example."""
     program = spec.program_or_default()
-    out = []
+    pairs = []
     for row in validated:
         ex = json.loads(row["example_json"])
-        out.append(
-            {
-                "id": row["example_id"],
-                "domain": spec.domain,
-                "split": split_for(row["example_id"]),
-                "messages": [
-                    {"role": "system", "content": spec.description.strip()},
-                    {"role": "user", "content": render(ex, program.inputs)},
-                    {"role": "assistant", "content": render(ex, program.outputs)},
-                ],
-                "consensus": row.get("consensus"),
-            }
-        )
-    return out
+        pairs.append((row, render(ex, program.inputs), render(ex, program.outputs)))
+    return pairs
+
+
+def _base(spec: DomainSpec, row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["example_id"], "domain": spec.domain, "split": split_for(row["example_id"])}
+
+
+def sft_rows(spec: DomainSpec, validated: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            **_base(spec, row),
+            "messages": [
+                {"role": "system", "content": spec.description.strip()},
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": answer},
+            ],
+            "consensus": row.get("consensus"),
+        }
+        for row, prompt, answer in _program_pairs(spec, validated)
+    ]
 
 
 def qa_rows(spec: DomainSpec, validated: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    program = spec.program_or_default()
-    out = []
-    for row in validated:
-        ex = json.loads(row["example_json"])
-        out.append(
-            {
-                "id": row["example_id"],
-                "domain": spec.domain,
-                "split": split_for(row["example_id"]),
-                "question": render(ex, program.inputs),
-                "answer": render(ex, program.outputs),
-                "consensus": row.get("consensus"),
-            }
-        )
-    return out
+    return [
+        {**_base(spec, row), "question": prompt, "answer": answer, "consensus": row.get("consensus")}
+        for row, prompt, answer in _program_pairs(spec, validated)
+    ]
 
 
 def generation_prompt(row: dict[str, Any]) -> str:

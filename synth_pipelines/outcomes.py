@@ -161,11 +161,6 @@ def record_outcomes(
     return report
 
 
-def read_outcome_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of a dropped ``.jsonl`` or ``.parquet`` file (see :func:`storage.read_rows_file`)."""
-    return read_rows_file(path)
-
-
 def ingest_inbox(
     warehouse: Warehouse, *, known_domains: set[str] | None = None, inbox: Path | None = None
 ) -> dict[str, IngestReport]:
@@ -178,7 +173,7 @@ def ingest_inbox(
     done = folder / "processed"
     for path in sorted([*folder.glob("*.jsonl"), *folder.glob("*.parquet")]):
         try:
-            rows = read_outcome_file(path)
+            rows = read_rows_file(path)
         except Exception as e:  # a corrupt Parquet file: report it, keep it out of the inbox
             rows = []
             reports[path.name] = IngestReport(

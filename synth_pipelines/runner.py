@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from synth_pipelines.assets import PIPELINE_ASSETS
+from synth_pipelines.assets import PIPELINE_ASSETS, PIPELINE_STEPS
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.settings import default_resources
@@ -80,17 +80,8 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
         f"\n=== synth-pipelines: {domain} "
         f"({'succeeded' if result.success else 'FAILED'} in {elapsed_s:.0f}s) ==="
     ]
-    order = [
-        "domain_schema",
-        "seed_problems",
-        "problem_matrix",
-        "raw_generations",
-        "validated_examples",
-        "example_embeddings",
-        "compiled_program",
-    ]
     model_calls = cache_hits = 0
-    for name in order:
+    for name in PIPELINE_STEPS:
         m = meta.get(name)
         if m is None:
             lines.append(f"  {name:<20} not materialized")

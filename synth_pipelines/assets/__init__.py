@@ -14,4 +14,7 @@ PIPELINE_ASSETS = [
     compiled_program,
 ]
 
+# Asset names in dependency order (what progress displays and summaries walk).
+PIPELINE_STEPS = [a.key.to_user_string() for a in PIPELINE_ASSETS]
+
 __all__ = ["PIPELINE_ASSETS", *[a.key.path[-1] for a in PIPELINE_ASSETS]]
