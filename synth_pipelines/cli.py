@@ -18,7 +18,14 @@ import yaml
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.outcomes import record_outcomes
 from synth_pipelines.spec import SpecError, discover_specs, load_spec, parse_spec, spec_path_for
-from synth_pipelines.storage import Warehouse, read_rows_file
+from synth_pipelines.storage import (
+    StorageError,
+    StoragePath,
+    Warehouse,
+    location_from_env,
+    read_rows_file,
+    storage_location,
+)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -45,8 +52,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-def _warehouse_root(root: str | None) -> str:
-    return root or os.environ.get("SYNTH_WAREHOUSE", "warehouse")
+def _warehouse(root: str | None) -> Warehouse:
+    """The warehouse from the option or the environment; a bad location is a one-line error."""
+    resolved_root, state_dir = location_from_env(root)
+    try:
+        return Warehouse(resolved_root, state_dir=state_dir)
+    except StorageError as e:
+        raise _fail(str(e), 2) from None
 
 
 def _schemas(schemas: str | None) -> str:
@@ -67,7 +79,7 @@ def _domain(domain: str) -> str:
 # --------------------------------------------------------------------------------------------- generate
 
 
-def _progress_poller(root: Path, domain: str, started: float, done: threading.Event) -> None:
+def _progress_poller(wh: Warehouse, domain: str, started: float, done: threading.Event) -> None:
     """Show which assets of the domain have been written since ``started`` (files are the truth)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -75,10 +87,14 @@ def _progress_poller(root: Path, domain: str, started: float, done: threading.Ev
 
     steps = PIPELINE_STEPS
     outputs = {
-        "domain_schema": root / f"domain_schema/domain={domain}/spec.json",
-        "compiled_program": root / f"programs/domain={domain}/program.json",
+        "domain_schema": wh.root / f"domain_schema/domain={domain}/spec.json",
+        "compiled_program": wh.programs_dir(domain) / "program.json",
     }
-    journal = root / f"raw_generations/domain={domain}/_journal.jsonl"
+    journal = wh.journal_path("raw_generations", domain)
+
+    def finished() -> list[str]:
+        return [s for s in steps if _written_since(outputs.get(s) or wh.partition_file(s, domain), started)]
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -87,27 +103,22 @@ def _progress_poller(root: Path, domain: str, started: float, done: threading.Ev
     ) as progress:
         task = progress.add_task(f"{domain}: starting", total=len(steps))
         while not done.is_set():
-            finished = [
-                s
-                for s in steps
-                if _written_since(outputs.get(s, root / s / f"domain={domain}" / "part-0.parquet"), started)
-            ]
-            current = next((s for s in steps if s not in finished), "done")
+            written = finished()
+            current = next((s for s in steps if s not in written), "done")
             extra = ""
             if current == "raw_generations" and journal.is_file():
                 extra = f" ({sum(1 for _ in journal.open())} generated)"
-            progress.update(task, completed=len(finished), description=f"{domain}: {current}{extra}")
-            done.wait(0.5)
-        finished = [
-            s
-            for s in steps
-            if _written_since(outputs.get(s, root / s / f"domain={domain}" / "part-0.parquet"), started)
-        ]
-        progress.update(task, completed=len(finished), description=f"{domain}: finished")
+            progress.update(task, completed=len(written), description=f"{domain}: {current}{extra}")
+            # An object store is polled over the network: less often than a local disk.
+            done.wait(2.0 if wh.is_remote else 0.5)
+        progress.update(task, completed=len(finished()), description=f"{domain}: finished")
 
 
-def _written_since(path: Path, started: float) -> bool:
-    return path.is_file() and path.stat().st_mtime >= started - 1
+def _written_since(path: StoragePath, started: float) -> bool:
+    try:
+        return path.is_file() and path.stat().st_mtime >= started - 1
+    except (OSError, NotImplementedError, KeyError):  # a store without modification times: not known yet
+        return False
 
 
 @app.command()
@@ -129,16 +140,18 @@ def generate(
         raise _fail(
             f"no spec {Path(_schemas(schemas)) / (domain + '.yaml')}; create it with `synth schema new`"
         )
+    wh = _warehouse(warehouse)
     resources = {
-        "warehouse": WarehouseResource(root=_warehouse_root(warehouse), schemas_dir=_schemas(schemas)),
+        "warehouse": WarehouseResource(
+            root=str(wh.root), state_dir=str(wh.state_dir), schemas_dir=_schemas(schemas)
+        ),
         "llm": LLMResource(profile=_profile(profile)),
         "embedder": EmbedderResource(),
     }
-    wh = resources["warehouse"].get()  # type: ignore[attr-defined]
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     done = threading.Event()
     started = time.time()
-    poller = threading.Thread(target=_progress_poller, args=(wh.root, domain, started, done), daemon=True)
+    poller = threading.Thread(target=_progress_poller, args=(wh, domain, started, done), daemon=True)
     poller.start()
     try:
         result = materialize_domain(domain, instance=instance, target_count=count, resources=resources)
@@ -252,9 +265,7 @@ def validate_file(
     if models:
         from synth_pipelines.resources import LLMResource
 
-        client = LLMResource(profile=_profile(profile)).client(
-            Warehouse(_warehouse_root(warehouse)).cache_path
-        )
+        client = LLMResource(profile=_profile(profile)).client(_warehouse(warehouse).cache_path)
     result = validate_rows(spec, rows, client)
     out = report or file.with_name(f"{file.stem}.validation.json")
     out.write_text(json.dumps(result, indent=2, default=str))
@@ -275,7 +286,7 @@ def status(warehouse: WarehouseOpt = None) -> None:
     """Per-domain counts, pass rate, diversity, program score and last run."""
     from synth_pipelines.status import domain_status
 
-    wh = Warehouse(_warehouse_root(warehouse))
+    wh = _warehouse(warehouse)
     rows = domain_status(wh)
     if not rows:
         raise _fail(f"nothing materialized under {wh.root} yet; run `synth generate --domain ...`")
@@ -304,7 +315,9 @@ def _num(v: Any) -> str:
 @app.command()
 def export(
     domain: Annotated[str, typer.Option(help="Domain to export.")],
-    out: Annotated[Path, typer.Option(help="Output folder (Parquet, JSONL and README.md card).")],
+    out: Annotated[
+        str, typer.Option(help="Output folder or fsspec URL (Parquet, JSONL and README.md card).")
+    ],
     format_: Annotated[
         str | None,
         typer.Option(
@@ -318,7 +331,11 @@ def export(
     from synth_pipelines.exports import FORMATS, build_export
 
     domain = _domain(domain)
-    wh = Warehouse(_warehouse_root(warehouse))
+    wh = _warehouse(warehouse)
+    try:
+        out_dir = storage_location(out)
+    except StorageError as e:
+        raise _fail(f"--out: {e}", 2) from None
     try:
         spec = load_spec(spec_path_for(_schemas(schemas), domain)).spec
     except (SpecError, FileNotFoundError) as e:
@@ -327,8 +344,8 @@ def export(
     if fmt not in FORMATS:
         raise _fail(f"format {fmt!r} is not exportable; choose one of {', '.join(FORMATS)}", 2)
     try:
-        result = build_export(wh, spec, fmt, out)  # type: ignore[arg-type]
-    except ValueError as e:
+        result = build_export(wh, spec, fmt, out_dir)  # type: ignore[arg-type]
+    except (ValueError, StorageError) as e:
         raise _fail(str(e)) from None
     typer.echo(
         f"{result.rows} rows ({', '.join(f'{k} {v}' for k, v in result.splits.items()) or 'empty'}) -> "
@@ -364,7 +381,7 @@ def record_outcome(
         "agent": agent,
     }
     result = record_outcomes(
-        Warehouse(_warehouse_root(warehouse)), [row], known_domains=set(discover_specs(_schemas(schemas)))
+        _warehouse(warehouse), [row], known_domains=set(discover_specs(_schemas(schemas)))
     )
     typer.echo(result.summary())
     if result.rejected:
@@ -378,7 +395,7 @@ def ingest_outcomes(
     schemas: SchemasOpt = None,
 ) -> None:
     """Record outcomes from files; good rows are kept, bad rows are listed with their reason."""
-    wh, known = Warehouse(_warehouse_root(warehouse)), set(discover_specs(_schemas(schemas)))
+    wh, known = _warehouse(warehouse), set(discover_specs(_schemas(schemas)))
     failed = False
     for path in files:
         if not path.is_file():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
@@ -13,12 +12,10 @@ from synth_pipelines.assets.checks import QUALITY_CHECKS
 from synth_pipelines.assets.exports import EXPORT_ASSETS
 from synth_pipelines.jobs import synth_domain_job
 from synth_pipelines.sensors import agent_performance_sensor, domain_spec_sensor
-from synth_pipelines.settings import default_resources
+from synth_pipelines.settings import default_resources, warehouse_resource
 
 # dbt reads the same DuckDB file the assets write (dbt_quality/profiles.yml uses SYNTH_DUCKDB_PATH).
-os.environ.setdefault(
-    "SYNTH_DUCKDB_PATH", str(Path(os.environ.get("SYNTH_WAREHOUSE", "warehouse")).resolve() / "synth.duckdb")
-)
+os.environ.setdefault("SYNTH_DUCKDB_PATH", str(warehouse_resource().get().duckdb_path))
 
 from synth_pipelines.assets.dbt import DBT_EXECUTABLE, dbt_project, dbt_quality_models
 

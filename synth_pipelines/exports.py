@@ -7,13 +7,12 @@ import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from synth_pipelines.spec import DomainSpec
-from synth_pipelines.storage import atomic_write_parquet, atomic_write_text
+from synth_pipelines.storage import StoragePath, Warehouse, atomic_write_parquet, atomic_write_text
 from synth_pipelines.textutil import flatten_value, normalize_text, stable_hash
 
 ExportFormat = Literal["sft", "dpo", "qa", "grpo-verifiable"]
@@ -249,11 +248,12 @@ class ExportResult(BaseModel):
     card: str
     splits: dict[str, int]
     skipped: dict[str, int] = {}
+    preview: list[dict[str, Any]] = []
 
 
 def write_export(
     rows: list[dict[str, Any]],
-    out_dir: Path,
+    out_dir: StoragePath,
     name: str,
     card: str,
     fmt: str,
@@ -262,7 +262,6 @@ def write_export(
     """Write ``<name>.parquet``, ``<name>.jsonl`` and ``README.md`` (the dataset card) atomically."""
     import pyarrow as pa
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     parquet, jsonl = out_dir / f"{name}.parquet", out_dir / f"{name}.jsonl"
     table = pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
     atomic_write_parquet(parquet, table)
@@ -279,11 +278,17 @@ def write_export(
         card=str(out_dir / "README.md"),
         splits=splits,
         skipped=skipped or {},
+        preview=rows[:3],
     )
 
 
 def build_export(
-    warehouse: Any, spec: DomainSpec, fmt: ExportFormat, out_dir: Path, *, run_ids: list[str] | None = None
+    warehouse: Warehouse,
+    spec: DomainSpec,
+    fmt: ExportFormat,
+    out_dir: StoragePath,
+    *,
+    run_ids: list[str] | None = None,
 ) -> ExportResult:
     """Build one format for one domain from the warehouse and write it with its dataset card."""
     from synth_pipelines.cards import dataset_card
@@ -311,8 +316,7 @@ def build_export(
         rows, skipped = dpo_rows(spec, validated, rejected)
     else:
         rows, skipped = grpo_rows(spec, validated)
-    diversity_path = warehouse.root / f"example_embeddings/domain={spec.domain}/diversity.json"
-    diversity = json.loads(diversity_path.read_text()) if diversity_path.is_file() else {}
+    diversity = warehouse.read_json(f"example_embeddings/domain={spec.domain}/diversity.json") or {}
     name = f"{spec.domain}_{fmt.replace('-', '_')}"
     splits: dict[str, int] = {}
     for r in rows:

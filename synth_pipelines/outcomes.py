@@ -9,17 +9,22 @@ duplicate ids) are rejected with a reason; the good rows of the same batch are k
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
-from synth_pipelines.storage import Warehouse, read_rows_file
+from synth_pipelines.storage import (
+    StoragePath,
+    Warehouse,
+    atomic_write_text,
+    fresh_listing,
+    move_file,
+    read_rows_file,
+)
 
 OUTCOMES_TABLE = "agent_outcomes"
 INBOX = "outcomes_inbox"
@@ -162,11 +167,11 @@ def record_outcomes(
 
 
 def ingest_inbox(
-    warehouse: Warehouse, *, known_domains: set[str] | None = None, inbox: Path | None = None
+    warehouse: Warehouse, *, known_domains: set[str] | None = None, inbox: StoragePath | None = None
 ) -> dict[str, IngestReport]:
     """Record every ``*.jsonl``/``*.parquet`` in the inbox, then move it to ``processed/`` (with a
     ``.rejected.json`` report beside it when rows were refused), so no file is ingested twice."""
-    folder = inbox or warehouse.root / INBOX
+    folder = fresh_listing(inbox or warehouse.root / INBOX)
     reports: dict[str, IngestReport] = {}
     if not folder.is_dir():
         return reports
@@ -181,12 +186,12 @@ def ingest_inbox(
             )
         else:
             reports[path.name] = record_outcomes(warehouse, rows, known_domains=known_domains)
-        done.mkdir(parents=True, exist_ok=True)
         if reports[path.name].rejected:
-            (done / f"{path.name}.rejected.json").write_text(
-                json.dumps([r.model_dump() for r in reports[path.name].rejected], indent=2)
+            atomic_write_text(
+                done / f"{path.name}.rejected.json",
+                json.dumps([r.model_dump() for r in reports[path.name].rejected], indent=2),
             )
-        shutil.move(str(path), done / path.name)
+        move_file(path, done / path.name)
     return reports
 
 

@@ -4,6 +4,7 @@ train split of validated examples, scored on the held-out split, saved as DSPy s
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from synth_pipelines.dspy_lm import ProviderLM, dspy
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.spec import DomainSpec, ProgramSpec, example_json_schema, example_model
+from synth_pipelines.storage import StoragePath, atomic_write_bytes
 from synth_pipelines.textutil import example_text, normalize_text, stable_hash
 
 
@@ -173,16 +175,21 @@ def make_lm(spec: DomainSpec, client: LLMClient, model: str) -> ProviderLM:
     )
 
 
-def save_program(compiled: DomainProgram, path: Path) -> Path:
-    """Save DSPy *state* as JSON (never pickle), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.json")
-    compiled.save(str(tmp), save_program=False)
-    tmp.replace(path)
+def save_program(compiled: DomainProgram, path: StoragePath) -> StoragePath:
+    """Save DSPy *state* as JSON (never pickle), atomically, to a local path or an object store.
+
+    DSPy only writes local files, so the state goes through a temporary file first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "program.json"
+        compiled.save(str(local), save_program=False)
+        atomic_write_bytes(path, local.read_bytes())
     return path
 
 
-def load_program(spec: DomainSpec, path: Path) -> DomainProgram:
+def load_program(spec: DomainSpec, path: StoragePath) -> DomainProgram:
     program = DomainProgram(make_signature(spec, spec.program_or_default()))
-    program.load(str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "program.json"
+        local.write_bytes(path.read_bytes())
+        program.load(str(local))
     return program

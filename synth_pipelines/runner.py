@@ -16,7 +16,7 @@ from synth_pipelines.assets import PIPELINE_ASSETS, PIPELINE_STEPS
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.settings import default_resources
-from synth_pipelines.storage import Warehouse
+from synth_pipelines.storage import StoragePath, Warehouse
 
 
 def run_config_for(
@@ -126,23 +126,40 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
         f"  model calls: {model_calls}, cache hits: {cache_hits}"
         + ("  (nothing changed: zero model calls)" if model_calls == 0 and cache_hits else "")
     )
-    root = warehouse.root
-    try:
-        rel = root.relative_to(Path.cwd())
-    except ValueError:
-        rel = root
+    rel, state = _display(warehouse.root), _display(warehouse.state_dir)
     query = (
         "select domain, example_id, consensus, example_json from read_parquet("
         f"'{rel}/validated_examples/*/*.parquet', hive_partitioning=true) limit 5"
     )
     lines += [
         f"  parquet:  {rel}/<asset>/domain={domain}/part-0.parquet",
-        f"  duckdb:   {rel}/synth.duckdb (one table per asset + agent_performance)",
+        f"  duckdb:   {state}/synth.duckdb (one table per asset + agent_performance)",
         f"  program:  {rel}/programs/domain={domain}/program.json",
-        f'  query:    duckdb -c "{query}"',
-        f'  (python): .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"',
     ]
+    if warehouse.is_remote:
+        # DuckDB's own httpfs extension is a download; the fsspec filesystem we already use is not.
+        protocol = str(warehouse.root).split("://", 1)[0]
+        lines.append(
+            f'  (python): .venv/bin/python -c "import duckdb, fsspec; '
+            f"duckdb.register_filesystem(fsspec.filesystem('{protocol}')); "
+            f'duckdb.sql(\\"{query}\\").show()"'
+        )
+    else:
+        lines += [
+            f'  query:    duckdb -c "{query}"',
+            f'  (python): .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"',
+        ]
     return "\n".join(lines)
+
+
+def _display(path: StoragePath) -> str:
+    """A local path relative to the working folder when inside it; a URL as is."""
+    if isinstance(path, Path):
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+    return str(path)
 
 
 def sync_partitions(instance: dg.DagsterInstance, schemas_dir: str | Path) -> list[str]:

@@ -7,17 +7,26 @@ import os
 import dagster as dg
 
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.storage import location_from_env
+
+
+def warehouse_resource(root: str | None = None, schemas_dir: str | None = None) -> WarehouseResource:
+    """Root and state folder from :func:`location_from_env`, specs from SYNTH_SCHEMAS (./schemas).
+    Explicit arguments win over the environment."""
+    resolved_root, state_dir = location_from_env(root)
+    return WarehouseResource(
+        root=resolved_root,
+        state_dir=state_dir,
+        schemas_dir=schemas_dir or os.environ.get("SYNTH_SCHEMAS", "schemas"),
+    )
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """SYNTH_WAREHOUSE (default ./warehouse), SYNTH_SCHEMAS (./schemas), SYNTH_PROFILE (local) and the
-    API key SYNTH_OPENAI_API_KEY, bound with ``dg.EnvVar`` so it is read at run time and never stored."""
+    """The warehouse from :func:`warehouse_resource`, SYNTH_PROFILE (local) and the API key
+    SYNTH_OPENAI_API_KEY, bound with ``dg.EnvVar`` so it is read at run time and never stored."""
     api_key = dg.EnvVar("SYNTH_OPENAI_API_KEY") if os.environ.get("SYNTH_OPENAI_API_KEY") else None
     return {
-        "warehouse": WarehouseResource(
-            root=os.environ.get("SYNTH_WAREHOUSE", "warehouse"),
-            schemas_dir=os.environ.get("SYNTH_SCHEMAS", "schemas"),
-        ),
+        "warehouse": warehouse_resource(),
         "llm": LLMResource(profile=os.environ.get("SYNTH_PROFILE", "local"), api_key=api_key),
         "embedder": EmbedderResource(),
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from synth_pipelines.storage import Warehouse
@@ -40,8 +39,7 @@ def domain_status(wh: Warehouse) -> list[dict[str, Any]]:
             )
     rows = []
     for domain in sorted(generated):
-        diversity_file = wh.root / f"example_embeddings/domain={domain}/diversity.json"
-        diversity = json.loads(diversity_file.read_text()) if diversity_file.is_file() else {}
+        diversity = wh.read_json(f"example_embeddings/domain={domain}/diversity.json") or {}
         rows.append(
             {
                 "domain": domain,

@@ -1,8 +1,15 @@
-"""The warehouse: one root holding hive-partitioned Parquet, the DuckDB file, the cache and programs.
+"""The warehouse: hive-partitioned Parquet, JSON stats, programs and exports under one root, plus a
+local *state* folder for the DuckDB file, the response cache and in-flight generation journals.
 
-Every write is atomic (temp file + rename) and replaces the whole partition, so a crash leaves the
-last good version readable and a re-materialization never duplicates rows. Reading needs nothing
-from this project::
+The root is a local folder (default ``./warehouse``) or any fsspec URL (``s3://bucket/prefix``,
+``gs://...``, ``az://...``, ``memory://...``). Datasets go to the root; the state folder is always a
+real filesystem because DuckDB and SQLite need file locks and appends, which object stores lack.
+For a local root the state folder *is* the root, so everything sits in one place.
+
+Every write is atomic and replaces the whole partition, so a crash leaves the last good version
+readable and a re-materialization never duplicates rows: locally by temp file + rename, on an
+object store by one PUT of the finished bytes (an object appears whole or not at all). Reading
+needs nothing from this project::
 
     duckdb -c "select * from read_parquet('warehouse/validated_examples/*/*.parquet', hive_partitioning=true)"
 """
@@ -12,24 +19,80 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from duckdb import DuckDBPyConnection
+from upath import UPath
 
 from synth_pipelines.domains import validate_domain_name
 
 PART_FILE = "part-0.parquet"
 
+StoragePath: TypeAlias = Path | UPath
+"""A local ``Path`` or an fsspec-backed ``UPath``; both speak the pathlib API."""
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+
+class StorageError(OSError):
+    """A warehouse location that cannot be used or written, with what to do about it."""
+
+
+def is_remote(path: StoragePath) -> bool:
+    return not isinstance(path, Path)
+
+
+def storage_location(
+    location: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> StoragePath:
+    """A local ``Path`` for plain paths and ``file://`` URLs, a ``UPath`` for any other fsspec URL.
+
+    Credentials and endpoints come from ``storage_options`` or the filesystem's own environment
+    (e.g. ``AWS_ACCESS_KEY_ID`` / ``AWS_ENDPOINT_URL`` for s3fs, ``FSSPEC_S3_ENDPOINT_URL``).
+    """
+    text = os.fspath(location)
+    if "://" not in text:
+        return Path(text).expanduser().resolve()
+    if text.startswith("file://"):
+        return Path(text.removeprefix("file://")).expanduser().resolve()
+    protocol = text.split("://", 1)[0]
+    try:
+        path = UPath(text, **(storage_options or {}))
+        path.fs  # noqa: B018 - instantiating the filesystem surfaces a missing driver now, not mid-run
+    except ImportError as e:
+        raise StorageError(
+            f"storage location {text!r}: the {protocol}:// filesystem driver is not installed ({e}). "
+            "Install it into this environment; for s3:// that is s3fs (`pip install -e '.[s3]'`)."
+        ) from e
+    except ValueError as e:
+        raise StorageError(
+            f"storage location {text!r}: unknown protocol {protocol!r} ({e}). "
+            "Use a local folder or an fsspec URL such as s3://bucket/prefix."
+        ) from e
+    return path
+
+
+def atomic_write_bytes(path: StoragePath, data: bytes) -> None:
+    if is_remote(path):
+        # One PUT of the finished bytes: object stores never expose a half-written object. No mkdir:
+        # stores have no folders, and s3fs's makedirs would create a missing (mistyped) bucket.
+        try:
+            path.write_bytes(data)
+        except OSError as e:
+            raise StorageError(
+                f"could not write {path}: {e}. Check that the bucket exists and that this process has "
+                "credentials for it (e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for "
+                "an S3-compatible server); earlier partitions are untouched, and a rerun resumes."
+            ) from e
+        return
+    assert isinstance(path, Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -44,11 +107,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: StoragePath, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+def atomic_write_parquet(path: StoragePath, table: pa.Table) -> None:
+    if is_remote(path):
+        # Buffered, not streamed: a streamed upload that fails midway would still be committed on close.
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        atomic_write_bytes(path, buffer.getvalue().to_pybytes())
+        return
+    assert isinstance(path, Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -60,11 +130,35 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
         raise
 
 
-def read_rows_file(path: Path) -> list[dict[str, Any]]:
+def move_file(source: StoragePath, target: StoragePath) -> None:
+    """Move within one filesystem (a copy + delete on object stores, which have no rename)."""
+    if isinstance(source, Path):
+        Path(str(target)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(target))
+        return
+    source.fs.mv(source.path, UPath(target).path)
+
+
+def fresh_listing(folder: StoragePath) -> StoragePath:
+    """``folder`` with any cached listing dropped: s3fs/gcsfs cache directory listings for the life of
+    the filesystem object, so a long-lived process (the sensor daemon) would never see new files."""
+    if not isinstance(folder, Path):
+        folder.fs.invalidate_cache(folder.path)
+    return folder
+
+
+def read_parquet(path: StoragePath) -> pa.Table:
+    if is_remote(path):
+        with path.open("rb") as f:
+            return pq.read_table(f)
+    return pq.read_table(path)
+
+
+def read_rows_file(path: StoragePath) -> list[dict[str, Any]]:
     """Rows of a ``.jsonl`` or ``.parquet`` file. A malformed JSON line becomes a row holding
     ``_error`` so that callers can reject it with a reason instead of failing the whole file."""
     if path.suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
+        return read_parquet(path).to_pylist()
     rows: list[dict[str, Any]] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -77,42 +171,91 @@ def read_rows_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-class Warehouse:
-    """Paths and read/write helpers under one root (default ``./warehouse``)."""
+DEFAULT_REMOTE_STATE_DIR = ".synth_state"
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
+
+def location_from_env(root: str | None = None) -> tuple[str, str | None]:
+    """(root, state_dir): SYNTH_WAREHOUSE (default ./warehouse; a folder or an fsspec URL) and
+    SYNTH_STATE_DIR (DuckDB, cache, journals; default: the root when local, ./.synth_state when
+    remote). An explicit ``root`` wins over the environment."""
+    return root or os.environ.get("SYNTH_WAREHOUSE", "warehouse"), os.environ.get("SYNTH_STATE_DIR") or None
+
+
+class Warehouse:
+    """Paths and read/write helpers: datasets under ``root``, DuckDB/cache/journals under ``state_dir``.
+
+    ``root`` is a folder or an fsspec URL. ``state_dir`` defaults to the root when that is local, and
+    to ``./.synth_state`` when it is remote (set it to a persistent volume so the DuckDB tables,
+    the cache and half-finished journals survive the machine).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ):
+        self.root: StoragePath = storage_location(root, storage_options)
+        if (
+            state_dir is not None
+            and "://" in os.fspath(state_dir)
+            and not os.fspath(state_dir).startswith("file://")
+        ):
+            raise StorageError(
+                f"state dir {os.fspath(state_dir)!r} must be a local folder or mounted volume: DuckDB and "
+                "the SQLite cache need file locks. Put datasets on object storage via the warehouse root."
+            )
+        if state_dir is not None:
+            self.state_dir = Path(os.fspath(state_dir).removeprefix("file://")).expanduser().resolve()
+        elif isinstance(self.root, Path):
+            self.state_dir = self.root
+        else:
+            self.state_dir = Path(DEFAULT_REMOTE_STATE_DIR).resolve()
+
+    @property
+    def is_remote(self) -> bool:
+        return is_remote(self.root)
 
     # ---------------------------------------------------------------- layout
     @property
     def duckdb_path(self) -> Path:
-        return self.root / "synth.duckdb"
+        return self.state_dir / "synth.duckdb"
 
     @property
     def cache_path(self) -> Path:
-        return self.root / "cache" / "responses.sqlite"
+        return self.state_dir / "cache" / "responses.sqlite"
 
-    def programs_dir(self, domain: str) -> Path:
+    def journal_path(self, asset: str, domain: str) -> Path:
+        """In-flight rows of a model-calling asset; appended per item, so always on a real filesystem."""
+        return self.state_dir / asset / f"domain={validate_domain_name(domain)}" / "_journal.jsonl"
+
+    def programs_dir(self, domain: str) -> StoragePath:
         return self.root / "programs" / f"domain={validate_domain_name(domain)}"
 
-    def partition_dir(self, asset: str, domain: str) -> Path:
+    def partition_dir(self, asset: str, domain: str) -> StoragePath:
         return self.root / asset / f"domain={validate_domain_name(domain)}"
 
-    def partition_file(self, asset: str, domain: str) -> Path:
+    def partition_file(self, asset: str, domain: str) -> StoragePath:
         return self.partition_dir(asset, domain) / PART_FILE
 
     def glob(self, asset: str) -> str:
         return str(self.root / asset / "*" / "*.parquet")
 
+    def read_json(self, relative: str) -> Any | None:
+        """A JSON file under the root, or None when it does not exist."""
+        path = self.root / relative
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
     # ---------------------------------------------------------------- parquet
-    def write_partition(self, asset: str, domain: str, table: pa.Table) -> Path:
+    def write_partition(self, asset: str, domain: str, table: pa.Table) -> StoragePath:
         """Replace the partition's rows with ``table`` atomically. The ``domain`` column lives in the path."""
         if "domain" in table.column_names:
             table = table.drop(["domain"])
         path = self.partition_file(asset, domain)
         atomic_write_parquet(path, table)
         # Older part files (other writers or layouts) would duplicate rows: the partition is one file.
-        for other in path.parent.glob("*.parquet"):
+        for other in fresh_listing(path.parent).glob("*.parquet"):
             if other.name != PART_FILE:
                 other.unlink()
         return path
@@ -121,9 +264,9 @@ class Warehouse:
         path = self.partition_file(asset, domain)
         if not path.is_file():
             return None
-        return pq.read_table(path)
+        return read_parquet(path)
 
-    def write_json(self, relative: str, payload: Any) -> Path:
+    def write_json(self, relative: str, payload: Any) -> StoragePath:
         path = self.root / relative
         atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
         return path
@@ -132,7 +275,7 @@ class Warehouse:
     @contextlib.contextmanager
     def duckdb(self, *, retries: int = 60) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection; waits while another process holds the file lock."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         delay = 0.05
         for attempt in range(retries):
             try:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,37 @@ def scripted_schemas_dir(schemas_dir: Path) -> Path:
         data.setdefault("validation", {})["diversity_threshold"] = 0.0
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     return schemas_dir
+
+
+# ------------------------------------------------------------------------------ S3 (moto)
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; credentials and endpoint the way a deployment sets them: environment only."""
+    import boto3
+    import fsspec
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    fsspec.filesystem("s3").clear_instance_cache()  # no filesystem cached with another test's endpoint
+    name = f"synth-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
 
 
 _EXIT_STATUS: dict[str, int] = {}

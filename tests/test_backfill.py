@@ -1,4 +1,7 @@
-"""A backfill of two domains with the multiprocess executor shares the model pool across runs."""
+"""A backfill of two domains with the multiprocess executor shares the model pool across runs.
+
+It runs the way a scaled-out deployment does: datasets in an S3 bucket (a moto server here, reached
+through s3fs with credentials from the environment), DuckDB and the cache in a local state folder."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import textwrap
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
+from tests.s3 import bucket_keys
 from tests.test_openai_compat import profile_file
 
 # The graph up to validated_examples: every model-calling step but the program, fewer subprocesses.
@@ -38,7 +43,7 @@ POOL_STEPS = {"seed_problems", "raw_generations", "validated_examples"}
 
 
 def test_two_domains_multiprocess_respect_pool_limit(
-    tmp_path: Path, scripted_schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scripted_schemas_dir: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -48,7 +53,8 @@ def test_two_domains_multiprocess_respect_pool_limit(
     with FakeOpenAIServer(FaultPlan(latency_s=0.01)) as server:
         for key, value in {
             "DAGSTER_HOME": str(home),
-            "SYNTH_WAREHOUSE": str(tmp_path / "warehouse"),
+            "SYNTH_WAREHOUSE": f"s3://{s3_bucket}/warehouse",
+            "SYNTH_STATE_DIR": str(tmp_path / "state"),
             "SYNTH_SCHEMAS": str(scripted_schemas_dir),
             "SYNTH_PROFILE": str(profile_file(tmp_path, server.base_url)),
         }.items():
@@ -72,6 +78,12 @@ def test_two_domains_multiprocess_respect_pool_limit(
         results = {r.tags["dagster/partition"]: r for r in runs}
         assert set(results) == set(domains)
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    keys = bucket_keys(s3_bucket)
+    for domain in domains:
+        assert f"warehouse/validated_examples/domain={domain}/part-0.parquet" in keys
+    with duckdb.connect(str(tmp_path / "state" / "synth.duckdb"), read_only=True) as conn:
+        mirrored = dict(conn.execute("select domain, count(*) from raw_generations group by 1").fetchall())
+    assert mirrored == {d: 4 for d in domains}  # both processes wrote the one state DuckDB
 
     # Steps in the pool never overlapped, across both runs.
     intervals = []

@@ -46,3 +46,20 @@ def test_vllm_profile_loads() -> None:
     profile = load_profile(str(DEPLOY / "vllm-profile.yaml"))
     assert profile.models["qwen-7b"].base_url.startswith("http://vllm.")
     assert profile.roles.generator == ["qwen-7b", "llama-8b"]
+
+
+def test_k8s_storage_is_object_storage_with_a_mounted_state_dir() -> None:
+    """The ConfigMap's warehouse is a bucket URL that our storage layer accepts, and its state dir is a
+    volume that every step pod mounts."""
+    from synth_pipelines.storage import Warehouse
+
+    config_map = yaml.safe_load((DEPLOY / "synth-config.yaml").read_text())
+    env = config_map["data"]
+    run_config = yaml.safe_load((DEPLOY / "run_config.yaml").read_text())["execution"]["config"]
+    assert config_map["metadata"]["name"] in run_config["env_config_maps"]
+    assert env["SYNTH_WAREHOUSE"].startswith("s3://")
+    mounts = [m["mount_path"] for m in run_config["step_k8s_config"]["container_config"]["volume_mounts"]]
+    assert env["SYNTH_STATE_DIR"] in mounts
+    wh = Warehouse(env["SYNTH_WAREHOUSE"], state_dir=env["SYNTH_STATE_DIR"])
+    assert wh.is_remote and str(wh.partition_file("validated_examples", "d")).startswith("s3://synth-data/")
+    assert str(wh.duckdb_path) == "/state/synth.duckdb"

@@ -111,8 +111,7 @@ def embedding_diversity(
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
-    stats_path = wh.root / f"example_embeddings/domain={domain}/diversity.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    stats = wh.read_json(f"example_embeddings/domain={domain}/diversity.json") or {}
     threshold = (
         spec.validation.diversity_threshold
         if config.diversity_threshold is None

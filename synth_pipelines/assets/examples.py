@@ -67,7 +67,7 @@ def raw_generations(
     seeds = [SeedProblem(**r) for r in require_upstream(wh, "seed_problems", domain).to_pylist()]
     items = plan_items(cells, seeds, domain)
     client = llm.client(wh.cache_path)
-    journal = Journal(wh.partition_dir("raw_generations", domain) / "_journal.jsonl")
+    journal = Journal(wh.journal_path("raw_generations", domain))
     context.log.info(
         f"generating {len(items)} examples for {domain} with {client.generator_chain()} "
         f"({client.strategy} routing)"

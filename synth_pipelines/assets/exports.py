@@ -5,13 +5,13 @@ Written to ``<warehouse>/exports/<format>/domain=<d>/`` as Parquet + JSONL with 
 """
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from synth_pipelines.assets._common import load_materialized_spec, markdown_table
 from synth_pipelines.assets.examples import validated_examples
 from synth_pipelines.exports import ExportFormat, build_export
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
+from synth_pipelines.storage import StorageError
 
 GROUP = "exports"
 
@@ -25,7 +25,7 @@ def _export(
     out_dir = wh.root / "exports" / fmt / f"domain={domain}"
     try:
         result = build_export(wh, spec, fmt, out_dir, run_ids=[context.run_id])
-    except ValueError as e:
+    except (ValueError, StorageError) as e:
         raise dg.Failure(description=str(e)) from e
     table = wh.read_partition("validated_examples", domain)
     return dg.MaterializeResult(
@@ -38,9 +38,7 @@ def _export(
             "jsonl": dg.MetadataValue.path(result.jsonl),
             "dataset_card": dg.MetadataValue.path(result.card),
             "source_rows": table.num_rows if table is not None else 0,
-            "preview": markdown_table(
-                pq.read_table(result.parquet).slice(0, 3).to_pylist(), ["id", "split"], limit=3
-            ),
+            "preview": markdown_table(result.preview, ["id", "split"], limit=3),
         }
     )
 

@@ -1,0 +1,191 @@
+"""The warehouse on object storage: fsspec URLs for datasets, a local state folder for DuckDB/cache.
+
+The S3 tests talk real S3 over HTTP to a moto server on 127.0.0.1 through s3fs, the same driver a
+production bucket uses; only the endpoint differs (AWS_ENDPOINT_URL).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import fsspec
+import polars as pl
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from synth_pipelines.cli import app
+from synth_pipelines.outcomes import ingest_inbox
+from synth_pipelines.program import load_program
+from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.runner import materialize_domain
+from synth_pipelines.spec import load_spec
+from synth_pipelines.storage import StorageError, Warehouse, storage_location
+from tests.s3 import bucket_keys
+
+
+# ------------------------------------------------------------------------------------- locations
+def test_local_paths_and_file_urls_stay_plain_paths(tmp_path: Path) -> None:
+    assert storage_location(str(tmp_path / "w")) == tmp_path / "w"
+    assert storage_location(f"file://{tmp_path}/w") == tmp_path / "w"
+    wh = Warehouse(tmp_path / "w")
+    assert not wh.is_remote and wh.state_dir == wh.root  # one folder holds everything locally
+    assert wh.duckdb_path == tmp_path / "w" / "synth.duckdb"
+
+
+def test_unknown_protocol_and_missing_driver_say_what_to_do() -> None:
+    with pytest.raises(StorageError, match=r"unknown protocol 'nosuch'.*s3://bucket/prefix"):
+        storage_location("nosuch://bucket/x")
+    with pytest.raises(StorageError, match=r"gcs:// filesystem driver is not installed.*gcsfs"):
+        storage_location("gcs://bucket/x")
+
+
+def test_state_dir_must_be_local(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="must be a local folder or mounted volume"):
+        Warehouse("memory://w", state_dir="s3://bucket/state")
+    wh = Warehouse(f"memory://{uuid.uuid4().hex}", state_dir=tmp_path / "state")
+    assert wh.is_remote and wh.duckdb_path == tmp_path / "state" / "synth.duckdb"
+    assert wh.cache_path.is_relative_to(tmp_path / "state")
+    assert wh.journal_path("raw_generations", "api_development").is_relative_to(tmp_path / "state")
+
+
+# ------------------------------------------------------------------------------- memory filesystem
+@pytest.fixture
+def memory_warehouse(tmp_path: Path) -> Warehouse:
+    return Warehouse(f"memory://wh-{uuid.uuid4().hex}", state_dir=tmp_path / "state")
+
+
+def test_partitions_replace_and_never_duplicate_on_a_remote_root(memory_warehouse: Warehouse) -> None:
+    wh = memory_warehouse
+    wh.write_partition("validated_examples", "api_development", pa.table({"a": [1, 2], "domain": ["x", "x"]}))
+    stray = wh.partition_dir("validated_examples", "api_development") / "part-old.parquet"
+    stray.write_bytes(b"old layout")
+    wh.write_partition("validated_examples", "api_development", pa.table({"a": [3]}))
+    table = wh.read_partition("validated_examples", "api_development")
+    assert table is not None and table.to_pylist() == [{"a": 3}]  # replaced; domain lives in the path
+    assert not stray.exists()
+    assert wh.read_partition("validated_examples", "data_analysis") is None
+    wh.write_json("example_embeddings/domain=api_development/diversity.json", {"d": 0.5})
+    assert wh.read_json("example_embeddings/domain=api_development/diversity.json") == {"d": 0.5}
+    assert wh.read_json("example_embeddings/domain=nope/diversity.json") is None
+    # Nothing but the DuckDB file (when used) belongs in the state folder.
+    assert not wh.state_dir.exists() or not list(wh.state_dir.rglob("*.parquet"))
+
+
+def test_outcome_inbox_on_a_remote_root(memory_warehouse: Warehouse) -> None:
+    wh = memory_warehouse
+    inbox = wh.root / "outcomes_inbox"
+    good = {"outcome_id": "o1", "domain": "api_development", "success": True, "cell_id": "c1"}
+    (inbox / "batch.jsonl").write_text(json.dumps(good) + "\n" + '{"domain": "api_development"}\n')
+    reports = ingest_inbox(wh, known_domains={"api_development"})
+    assert reports["batch.jsonl"].accepted == 1 and len(reports["batch.jsonl"].rejected) == 1
+    assert not (inbox / "batch.jsonl").exists()
+    assert (inbox / "processed" / "batch.jsonl").exists()
+    assert (inbox / "processed" / "batch.jsonl.rejected.json").exists()
+    with duckdb.connect(str(wh.duckdb_path), read_only=True) as conn:
+        assert conn.execute("select count(*) from agent_outcomes").fetchone()[0] == 1
+
+
+# ------------------------------------------------------------------------------------------- S3
+def test_full_graph_with_the_warehouse_on_s3(
+    s3_bucket: str, tmp_path: Path, scripted_schemas_dir: Path, scripted_backends
+) -> None:
+    """Every dataset lands in the bucket, DuckDB/cache stay in the state folder, a rerun is free, and
+    consumers read the Parquet from S3 with DuckDB (through fsspec) and polars."""
+    root, state = f"s3://{s3_bucket}/synth", tmp_path / "state"
+    resources = {
+        "warehouse": WarehouseResource(
+            root=root, state_dir=str(state), schemas_dir=str(scripted_schemas_dir)
+        ),
+        "llm": LLMResource(profile="local"),
+        "embedder": EmbedderResource(),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_domain("api_development", instance=instance, target_count=8, resources=resources)
+    assert result.success
+    keys = bucket_keys(s3_bucket)
+    for asset in ("seed_problems", "problem_matrix", "raw_generations", "validated_examples",
+                  "rejected_examples", "example_embeddings"):  # fmt: skip
+        assert f"synth/{asset}/domain=api_development/part-0.parquet" in keys, asset
+    assert "synth/domain_schema/domain=api_development/spec.json" in keys
+    assert "synth/programs/domain=api_development/program.json" in keys
+    assert not any(k.endswith((".duckdb", ".sqlite", ".jsonl")) for k in keys)  # state is not in the bucket
+    assert (state / "synth.duckdb").is_file() and (state / "cache" / "responses.sqlite").is_file()
+    assert not list(state.rglob("*.parquet"))
+    mats = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert mats["validated_examples"]["path"].value.startswith(f"s3://{s3_bucket}/synth/")
+
+    con = duckdb.connect()
+    con.register_filesystem(fsspec.filesystem("s3"))
+    glob = f"{root}/validated_examples/*/*.parquet"
+    from_s3 = con.sql(
+        f"select example_id, domain from read_parquet('{glob}', hive_partitioning=true)"
+    ).fetchall()
+    with duckdb.connect(str(state / "synth.duckdb"), read_only=True) as local:
+        mirrored = local.execute("select example_id, domain from validated_examples").fetchall()
+    assert sorted(from_s3) == sorted(mirrored) and len(from_s3) >= 2
+    frame = pl.read_parquet(f"{root}/validated_examples/domain=api_development/part-0.parquet")
+    assert frame.height == len(from_s3)
+
+    wh = resources["warehouse"].get()
+    spec = load_spec(scripted_schemas_dir / "api_development.yaml").spec
+    program = load_program(spec, wh.programs_dir("api_development") / "program.json")
+    assert program.predict is not None
+
+    calls = sum(b.calls for b in scripted_backends.values())
+    again = materialize_domain("api_development", instance=instance, target_count=8, resources=resources)
+    assert again.success and sum(b.calls for b in scripted_backends.values()) == calls  # all cached
+    assert sorted(
+        con.sql(f"select example_id, domain from read_parquet('{glob}', hive_partitioning=true)").fetchall()
+    ) == sorted(from_s3)
+
+    runner = CliRunner()
+    cli_env = {"SYNTH_STATE_DIR": str(state), "SYNTH_SCHEMAS": str(scripted_schemas_dir)}
+    status = runner.invoke(app, ["status", "--warehouse", root], env=cli_env)
+    assert status.exit_code == 0, status.output
+    assert "api_development" in status.output
+    out = f"s3://{s3_bucket}/exports/sft"
+    exported = runner.invoke(
+        app, ["export", "--domain", "api_development", "--format", "sft", "--out", out, "--warehouse", root],
+        env=cli_env,
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    sft = pl.read_parquet(f"{out}/api_development_sft.parquet")
+    assert sft.height == len(from_s3) and "messages" in sft.columns
+    assert "exports/sft/README.md" in bucket_keys(s3_bucket)
+
+
+def test_missing_bucket_fails_with_the_path_and_what_to_do(s3_bucket: str, tmp_path: Path) -> None:
+    wh = Warehouse(f"s3://{s3_bucket}-missing/synth", state_dir=tmp_path / "state")
+    with pytest.raises(
+        StorageError, match=r"could not write s3://.*-missing/synth/.*bucket exists.*credentials"
+    ):
+        wh.write_partition("validated_examples", "api_development", pa.table({"a": [1]}))
+
+
+def test_inbox_sees_files_dropped_by_other_writers(s3_bucket: str, tmp_path: Path) -> None:
+    """s3fs caches listings per filesystem object; the sensor's long-lived process must still see new
+    files that another tool uploaded."""
+    import boto3
+
+    wh = Warehouse(f"s3://{s3_bucket}/synth", state_dir=tmp_path / "state")
+    client = boto3.client("s3")
+
+    def drop(name: str, outcome_id: str) -> None:
+        row = {"outcome_id": outcome_id, "domain": "api_development", "success": False}
+        client.put_object(Bucket=s3_bucket, Key=f"synth/outcomes_inbox/{name}", Body=json.dumps(row).encode())
+
+    drop("a.jsonl", "o1")
+    inbox = wh.root / "outcomes_inbox"
+    assert [p.name for p in inbox.iterdir()] == ["a.jsonl"]  # a previous tick listed the inbox: now cached
+    drop("b.jsonl", "o2")  # uploaded behind s3fs's back
+    assert set(ingest_inbox(wh)) == {"a.jsonl", "b.jsonl"}
+    processed = {f"synth/outcomes_inbox/processed/{name}" for name in ("a.jsonl", "b.jsonl")}
+    assert processed <= bucket_keys(s3_bucket)
