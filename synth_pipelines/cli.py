@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -407,5 +408,21 @@ def ingest_outcomes(
         raise typer.Exit(code=1)
 
 
+def main() -> None:
+    """The ``synth`` entry point: run the app, then skip interpreter teardown.
+
+    Every command has written and closed what it opened by the time it returns; teardown would only
+    add pages of duckdb nanobind "leaked instance" warnings after the command's own output.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

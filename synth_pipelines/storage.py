@@ -89,7 +89,8 @@ def atomic_write_bytes(path: StoragePath, data: bytes) -> None:
             raise StorageError(
                 f"could not write {path}: {e}. Check that the bucket exists and that this process has "
                 "credentials for it (e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for "
-                "an S3-compatible server); earlier partitions are untouched, and a rerun resumes."
+                "an S3-compatible server). Nothing already written was changed; rerun once fixed (finished "
+                "model calls are cached)."
             ) from e
         return
     assert isinstance(path, Path)

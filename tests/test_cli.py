@@ -177,3 +177,25 @@ def test_errors_are_short_and_nonzero(tmp_path: Path) -> None:
         str(tmp_path / "empty"),
     )
     assert code == 1 and "no validated examples" in out
+
+
+def test_entry_point_process_exits_with_the_commands_code(tmp_path: Path) -> None:
+    """`synth` as a process (``main`` ends with os._exit): the exit code is still the command's."""
+    import subprocess
+    import sys
+
+    code = "from synth_pipelines.cli import main; main()"
+    bad = subprocess.run(
+        [sys.executable, "-c", code, "status", "--warehouse", "nosuch://x"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: storage location 'nosuch://x': unknown protocol 'nosuch' (Unsupported filesystem: 'nosuch'). "
+        "Use a local folder or an fsspec URL such as s3://bucket/prefix."
+    ]
+    empty = subprocess.run(
+        [sys.executable, "-c", code, "status", "--warehouse", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert empty.returncode == 1 and "nothing materialized" in empty.stderr
