@@ -80,7 +80,7 @@ def storage_location(
 
 
 def atomic_write_bytes(path: StoragePath, data: bytes) -> None:
-    if is_remote(path):
+    if not isinstance(path, Path):
         # One PUT of the finished bytes: object stores never expose a half-written object. No mkdir:
         # stores have no folders, and s3fs's makedirs would create a missing (mistyped) bucket.
         try:
@@ -93,7 +93,6 @@ def atomic_write_bytes(path: StoragePath, data: bytes) -> None:
                 "model calls are cached)."
             ) from e
         return
-    assert isinstance(path, Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -113,13 +112,12 @@ def atomic_write_text(path: StoragePath, text: str) -> None:
 
 
 def atomic_write_parquet(path: StoragePath, table: pa.Table) -> None:
-    if is_remote(path):
+    if not isinstance(path, Path):
         # Buffered, not streamed: a streamed upload that fails midway would still be committed on close.
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd")
         atomic_write_bytes(path, buffer.getvalue().to_pybytes())
         return
-    assert isinstance(path, Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -149,10 +147,10 @@ def fresh_listing(folder: StoragePath) -> StoragePath:
 
 
 def read_parquet(path: StoragePath) -> pa.Table:
-    if is_remote(path):
-        with path.open("rb") as f:
-            return pq.read_table(f)
-    return pq.read_table(path)
+    if isinstance(path, Path):
+        return pq.read_table(path)
+    with path.open("rb") as f:
+        return pq.read_table(f)
 
 
 def read_rows_file(path: StoragePath) -> list[dict[str, Any]]:
@@ -198,21 +196,18 @@ class Warehouse:
         storage_options: dict[str, Any] | None = None,
     ):
         self.root: StoragePath = storage_location(root, storage_options)
-        if (
-            state_dir is not None
-            and "://" in os.fspath(state_dir)
-            and not os.fspath(state_dir).startswith("file://")
-        ):
+        if state_dir is None:
+            self.state_dir = (
+                self.root if isinstance(self.root, Path) else Path(DEFAULT_REMOTE_STATE_DIR).resolve()
+            )
+            return
+        state = storage_location(state_dir)
+        if not isinstance(state, Path):
             raise StorageError(
                 f"state dir {os.fspath(state_dir)!r} must be a local folder or mounted volume: DuckDB and "
                 "the SQLite cache need file locks. Put datasets on object storage via the warehouse root."
             )
-        if state_dir is not None:
-            self.state_dir = Path(os.fspath(state_dir).removeprefix("file://")).expanduser().resolve()
-        elif isinstance(self.root, Path):
-            self.state_dir = self.root
-        else:
-            self.state_dir = Path(DEFAULT_REMOTE_STATE_DIR).resolve()
+        self.state_dir = state
 
     @property
     def is_remote(self) -> bool:
