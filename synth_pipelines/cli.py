@@ -20,6 +20,8 @@ from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.outcomes import record_outcomes
 from synth_pipelines.spec import SpecError, discover_specs, load_spec, parse_spec, spec_path_for
 from synth_pipelines.storage import (
+    PROGRAM_FILE,
+    SPEC_FILE,
     StorageError,
     StoragePath,
     Warehouse,
@@ -88,8 +90,8 @@ def _progress_poller(wh: Warehouse, domain: str, started: float, done: threading
 
     steps = PIPELINE_STEPS
     outputs = {
-        "domain_schema": wh.root / f"domain_schema/domain={domain}/spec.json",
-        "compiled_program": wh.programs_dir(domain) / "program.json",
+        "domain_schema": wh.file(SPEC_FILE, domain),
+        "compiled_program": wh.file(PROGRAM_FILE, domain),
     }
     journal = wh.journal_path("raw_generations", domain)
 

@@ -316,7 +316,7 @@ def build_export(
         rows, skipped = dpo_rows(spec, validated, rejected)
     else:
         rows, skipped = grpo_rows(spec, validated)
-    diversity = warehouse.read_json(f"example_embeddings/domain={spec.domain}/diversity.json") or {}
+    diversity = warehouse.diversity_stats(spec.domain)
     name = f"{spec.domain}_{fmt.replace('-', '_')}"
     splits: dict[str, int] = {}
     for r in rows:

@@ -16,7 +16,7 @@ from synth_pipelines.assets import PIPELINE_ASSETS, PIPELINE_STEPS
 from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.settings import default_resources
-from synth_pipelines.storage import StoragePath, Warehouse
+from synth_pipelines.storage import PROGRAM_FILE, StoragePath, Warehouse
 
 
 def run_config_for(
@@ -134,7 +134,7 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
     lines += [
         f"  parquet:  {rel}/<asset>/domain={domain}/part-0.parquet",
         f"  duckdb:   {state}/synth.duckdb (one table per asset + agent_performance)",
-        f"  program:  {rel}/programs/domain={domain}/program.json",
+        f"  program:  {rel}/{PROGRAM_FILE.format(domain=domain)}",
     ]
     if warehouse.is_remote:
         # DuckDB's own httpfs extension is a download; the fsspec filesystem we already use is not.

@@ -39,7 +39,7 @@ def domain_status(wh: Warehouse) -> list[dict[str, Any]]:
             )
     rows = []
     for domain in sorted(generated):
-        diversity = wh.read_json(f"example_embeddings/domain={domain}/diversity.json") or {}
+        diversity = wh.diversity_stats(domain)
         rows.append(
             {
                 "domain": domain,

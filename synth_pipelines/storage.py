@@ -36,6 +36,11 @@ from upath import UPath
 from synth_pipelines.domains import validate_domain_name
 
 PART_FILE = "part-0.parquet"
+# JSON files beside the Parquet partitions, relative to the root (``{domain}`` filled in per partition).
+SPEC_FILE = "domain_schema/domain={domain}/spec.json"
+DIVERSITY_FILE = "example_embeddings/domain={domain}/diversity.json"
+PROGRAM_FILE = "programs/domain={domain}/program.json"
+SCORE_FILE = "programs/domain={domain}/score.json"
 
 StoragePath: TypeAlias = Path | UPath
 """A local ``Path`` or an fsspec-backed ``UPath``; both speak the pathlib API."""
@@ -43,10 +48,6 @@ StoragePath: TypeAlias = Path | UPath
 
 class StorageError(OSError):
     """A warehouse location that cannot be used or written, with what to do about it."""
-
-
-def is_remote(path: StoragePath) -> bool:
-    return not isinstance(path, Path)
 
 
 def storage_location(
@@ -211,7 +212,7 @@ class Warehouse:
 
     @property
     def is_remote(self) -> bool:
-        return is_remote(self.root)
+        return not isinstance(self.root, Path)
 
     # ---------------------------------------------------------------- layout
     @property
@@ -237,6 +238,14 @@ class Warehouse:
 
     def glob(self, asset: str) -> str:
         return str(self.root / asset / "*" / "*.parquet")
+
+    def file(self, template: str, domain: str) -> StoragePath:
+        """A per-domain file of the layout above, e.g. ``wh.file(PROGRAM_FILE, "api_development")``."""
+        return self.root / template.format(domain=validate_domain_name(domain))
+
+    def diversity_stats(self, domain: str) -> dict[str, Any]:
+        """What ``example_embeddings`` measured for the domain, or {} before it has run."""
+        return self.read_json(DIVERSITY_FILE.format(domain=validate_domain_name(domain))) or {}
 
     def read_json(self, relative: str) -> Any | None:
         """A JSON file under the root, or None when it does not exist."""

@@ -8,14 +8,12 @@ import dagster as dg
 
 from synth_pipelines.llm.types import UsageTotals
 from synth_pipelines.spec import DomainSpec
-from synth_pipelines.storage import Warehouse
-
-SPEC_FILE = "domain_schema/domain={domain}/spec.json"
+from synth_pipelines.storage import SPEC_FILE, Warehouse
 
 
 def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:
     """The spec as ``domain_schema`` last validated it (downstream assets never re-read the YAML)."""
-    path = warehouse.root / SPEC_FILE.format(domain=domain)
+    path = warehouse.file(SPEC_FILE, domain)
     if not path.is_file():
         raise dg.Failure(
             description=f"domain_schema has not been materialized for {domain!r} (no {path}). "

@@ -111,7 +111,7 @@ def embedding_diversity(
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
-    stats = wh.read_json(f"example_embeddings/domain={domain}/diversity.json") or {}
+    stats = wh.diversity_stats(domain)
     threshold = (
         spec.validation.diversity_threshold
         if config.diversity_threshold is None

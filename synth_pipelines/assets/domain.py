@@ -6,7 +6,6 @@ import dagster as dg
 from pydantic import Field
 
 from synth_pipelines.assets._common import (
-    SPEC_FILE,
     load_materialized_spec,
     markdown_table,
     provider_failure,
@@ -22,6 +21,7 @@ from synth_pipelines.pools import LLM_POOL
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.seeds import build_seed_problems
 from synth_pipelines.spec import SpecError, example_json_schema, load_spec, spec_digest, spec_path_for
+from synth_pipelines.storage import SPEC_FILE
 from synth_pipelines.tables import PROBLEM_MATRIX, SEED_PROBLEMS, spec_table, to_table
 
 GROUP = "synthesis"

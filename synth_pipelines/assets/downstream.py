@@ -32,6 +32,7 @@ from synth_pipelines.program import (
     to_dspy_examples,
 )
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.storage import DIVERSITY_FILE, PROGRAM_FILE, SCORE_FILE
 from synth_pipelines.tables import DOMAIN_DIVERSITY, EXAMPLE_EMBEDDINGS, to_table
 from synth_pipelines.textutil import example_text
 
@@ -68,7 +69,7 @@ def example_embeddings(
     wh.replace_domain_rows("example_embeddings", domain, table, column_types={"embedding": "FLOAT[384]"})
     spec = load_materialized_spec(wh, domain)
     stats = diversity_stats(vectors, texts, cluster_threshold=spec.validation.cluster_threshold)
-    stats_path = wh.write_json(f"example_embeddings/domain={domain}/diversity.json", stats)
+    stats_path = wh.write_json(DIVERSITY_FILE.format(domain=domain), stats)
     wh.replace_domain_rows(
         "domain_diversity",
         domain,
@@ -176,8 +177,8 @@ def compiled_program(
         failures=failures,
         lm_calls=lm.calls,
     )
-    path = save_program(compiled, wh.programs_dir(domain) / "program.json")
-    wh.write_json(f"programs/domain={domain}/score.json", score.model_dump())
+    path = save_program(compiled, wh.file(PROGRAM_FILE, domain))
+    wh.write_json(SCORE_FILE.format(domain=domain), score.model_dump())
     recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
     perf = pa.table(
         {
