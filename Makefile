@@ -47,7 +47,7 @@ partitions: setup
 
 # Build the dbt_quality project (staging, marts, tests) against the warehouse's DuckDB file.
 # The DuckDB file of SYNTH_WAREHOUSE / SYNTH_STATE_DIR (./warehouse by default), unless SYNTH_DUCKDB_PATH says.
-DUCKDB_PATH = $(or $(SYNTH_DUCKDB_PATH),$(shell $(BIN)/python -c "from synth_pipelines.storage import Warehouse, location_from_env; root, state = location_from_env(); print(Warehouse(root, state_dir=state).duckdb_path)" 2>/dev/null))
+DUCKDB_PATH = $(or $(SYNTH_DUCKDB_PATH),$(shell $(BIN)/python -c "from synth_pipelines.warehouse.storage import Warehouse, location_from_env; root, state = location_from_env(); print(Warehouse(root, state_dir=state).duckdb_path)" 2>/dev/null))
 
 dbt: setup
 	cd dbt_quality && SYNTH_DUCKDB_PATH=$(DUCKDB_PATH) ../$(BIN)/dbt build --profiles-dir .

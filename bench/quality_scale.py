@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from synth_pipelines.dedup import embedding_clusters, near_duplicate_clusters
-from synth_pipelines.embeddings import distinct_n, mean_pairwise_cosine_distance
+from synth_pipelines.validation.dedup import embedding_clusters, near_duplicate_clusters
+from synth_pipelines.validation.diversity import distinct_n, mean_pairwise_cosine_distance
 
 
 def synthetic_texts(n: int, seed: int = 0) -> list[str]:

@@ -16,10 +16,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
-from synth_pipelines.outcomes import record_outcomes
-from synth_pipelines.spec import SpecError, discover_specs, load_spec, parse_spec, spec_path_for
-from synth_pipelines.storage import (
+from synth_pipelines.learning.outcomes import record_outcomes
+from synth_pipelines.spec.model import SpecError, discover_specs, load_spec, parse_spec, spec_path_for
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+from synth_pipelines.warehouse.storage import (
     PROGRAM_FILE,
     SPEC_FILE,
     StorageError,
@@ -30,7 +30,7 @@ from synth_pipelines.storage import (
     storage_location,
 )
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "spec" / "templates"
 
 app = typer.Typer(
     help="synth-pipelines: LLM training data as Dagster assets.",
@@ -252,7 +252,7 @@ def validate_file(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Run the rule-based and model validators on an external file and write a report."""
-    from synth_pipelines.validate_external import validate_rows
+    from synth_pipelines.validation.external import validate_rows
 
     domain = _domain(domain)
     if not file.is_file():
@@ -287,7 +287,7 @@ def validate_file(
 @app.command()
 def status(warehouse: WarehouseOpt = None) -> None:
     """Per-domain counts, pass rate, diversity, program score and last run."""
-    from synth_pipelines.status import domain_status
+    from synth_pipelines.warehouse.status import domain_status
 
     wh = _warehouse(warehouse)
     rows = domain_status(wh)
@@ -331,7 +331,7 @@ def export(
     schemas: SchemasOpt = None,
 ) -> None:
     """Write a training export and its dataset card."""
-    from synth_pipelines.exports import FORMATS, build_export
+    from synth_pipelines.warehouse.exports import FORMATS, build_export
 
     domain = _domain(domain)
     wh = _warehouse(warehouse)

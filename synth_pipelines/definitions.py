@@ -11,8 +11,8 @@ from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.assets.checks import QUALITY_CHECKS
 from synth_pipelines.assets.exports import EXPORT_ASSETS
 from synth_pipelines.jobs import synth_domain_job
+from synth_pipelines.resources.settings import default_resources, warehouse_resource
 from synth_pipelines.sensors import agent_performance_sensor, domain_spec_sensor
-from synth_pipelines.settings import default_resources, warehouse_resource
 
 # dbt reads the same DuckDB file the assets write (dbt_quality/profiles.yml uses SYNTH_DUCKDB_PATH).
 os.environ.setdefault("SYNTH_DUCKDB_PATH", str(warehouse_resource().get().duckdb_path))

@@ -13,10 +13,10 @@ from typing import Any
 import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS, PIPELINE_STEPS
-from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
-from synth_pipelines.settings import default_resources
-from synth_pipelines.storage import PROGRAM_FILE, StoragePath, Warehouse
+from synth_pipelines.resources.settings import default_resources
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+from synth_pipelines.warehouse.storage import PROGRAM_FILE, StoragePath, Warehouse
 
 
 def run_config_for(

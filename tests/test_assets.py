@@ -159,11 +159,11 @@ def test_killed_generation_resumes_without_repeating_calls(
     warehouse_root: Path, schemas_dir: Path, scripted_backends
 ) -> None:
     """A run killed mid-generation leaves a journal; the rerun only generates what is missing."""
-    from synth_pipelines.generation import Journal, generate_examples, plan_items
+    from synth_pipelines.generation.examples import Journal, generate_examples, plan_items
+    from synth_pipelines.generation.matrix import build_matrix
+    from synth_pipelines.generation.seeds import build_seed_problems
     from synth_pipelines.llm.client import LLMClient
-    from synth_pipelines.matrix import build_matrix
-    from synth_pipelines.seeds import build_seed_problems
-    from synth_pipelines.spec import load_spec
+    from synth_pipelines.spec.model import load_spec
     from tests.scripted import ScriptedBackend, scripted_profile
 
     spec = load_spec(schemas_dir / "api_development.yaml").spec

@@ -59,7 +59,7 @@ def test_two_domains_multiprocess_respect_pool_limit(
             "SYNTH_PROFILE": str(profile_file(tmp_path, server.base_url)),
         }.items():
             monkeypatch.setenv(key, value)
-        from synth_pipelines.pools import LLM_POOL
+        from synth_pipelines.resources.pools import LLM_POOL
 
         instance = dg.DagsterInstance.get()
         domains = ["api_development", "data_analysis"]

@@ -51,7 +51,7 @@ def test_vllm_profile_loads() -> None:
 def test_k8s_storage_is_object_storage_with_a_mounted_state_dir() -> None:
     """The ConfigMap's warehouse is a bucket URL that our storage layer accepts, and its state dir is a
     volume that every step pod mounts."""
-    from synth_pipelines.storage import Warehouse
+    from synth_pipelines.warehouse.storage import Warehouse
 
     config_map = yaml.safe_load((DEPLOY / "synth-config.yaml").read_text())
     env = config_map["data"]

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 
-from synth_pipelines.exports import dpo_rows, evaluate_expressions, grpo_rows, qa_rows, sft_rows, split_for
-from synth_pipelines.spec import parse_spec
+from synth_pipelines.spec.model import parse_spec
+from synth_pipelines.warehouse.exports import (
+    dpo_rows,
+    evaluate_expressions,
+    grpo_rows,
+    qa_rows,
+    sft_rows,
+    split_for,
+)
 
 SPEC = parse_spec(
     {

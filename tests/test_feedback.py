@@ -11,13 +11,19 @@ import pytest
 from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
-from synth_pipelines.feedback import DomainState, decide
-from synth_pipelines.matrix import build_matrix
-from synth_pipelines.outcomes import AgentOutcome, SuccessRate, ingest_inbox, record_outcomes, rolling_success
+from synth_pipelines.generation.matrix import build_matrix
+from synth_pipelines.learning.feedback import DomainState, decide
+from synth_pipelines.learning.outcomes import (
+    AgentOutcome,
+    SuccessRate,
+    ingest_inbox,
+    record_outcomes,
+    rolling_success,
+)
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.sensors import agent_performance_sensor
-from synth_pipelines.spec import FeedbackSpec, load_spec
-from synth_pipelines.storage import Warehouse
+from synth_pipelines.spec.model import FeedbackSpec, load_spec
+from synth_pipelines.warehouse.storage import Warehouse
 
 DOMAINS = {"api_development", "data_analysis"}
 

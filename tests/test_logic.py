@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synth_pipelines.consensus import JudgeScore, outcome_decided, weighted_mean
-from synth_pipelines.embeddings import distinct_n, mean_pairwise_cosine_distance
-from synth_pipelines.matrix import build_matrix, largest_remainder
-from synth_pipelines.quality import dedup_key, degenerate_reasons, pii_reasons, repetition_ratio, rule_check
-from synth_pipelines.spec import parse_spec
+from synth_pipelines.generation.matrix import build_matrix, largest_remainder
+from synth_pipelines.spec.model import parse_spec
+from synth_pipelines.validation.consensus import JudgeScore, outcome_decided, weighted_mean
+from synth_pipelines.validation.diversity import distinct_n, mean_pairwise_cosine_distance
+from synth_pipelines.validation.rules import (
+    dedup_key,
+    degenerate_reasons,
+    pii_reasons,
+    repetition_ratio,
+    rule_check,
+)
 
 
 def spec_with(**over):

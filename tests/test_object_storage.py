@@ -19,12 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
-from synth_pipelines.outcomes import ingest_inbox
-from synth_pipelines.program import load_program
+from synth_pipelines.learning.outcomes import ingest_inbox
+from synth_pipelines.learning.program import load_program
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialize_domain
-from synth_pipelines.spec import load_spec
-from synth_pipelines.storage import StorageError, Warehouse, storage_location
+from synth_pipelines.spec.model import load_spec
+from synth_pipelines.warehouse.storage import StorageError, Warehouse, storage_location
 from tests.s3 import bucket_keys
 
 

@@ -9,16 +9,16 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from synth_pipelines import gates
-from synth_pipelines.dedup import (
+from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.runner import materialize_domain
+from synth_pipelines.spec.model import parse_spec
+from synth_pipelines.validation import gates
+from synth_pipelines.validation.dedup import (
     embedding_clusters,
     keep_best_per_cluster,
     near_duplicate_clusters,
     near_duplicate_selection,
 )
-from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-from synth_pipelines.runner import materialize_domain
-from synth_pipelines.spec import parse_spec
 
 SPEC = parse_spec(
     {
@@ -130,7 +130,7 @@ def test_failing_blocking_check_stops_downstream(
 
 
 def test_great_expectations_suite_from_spec() -> None:
-    from synth_pipelines.ge_suite import run_suite
+    from synth_pipelines.validation.ge_suite import run_suite
 
     spec = parse_spec(
         {

@@ -8,8 +8,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
-from synth_pipelines.spec import (
+from synth_pipelines.spec.model import (
     SpecError,
     example_arrow_schema,
     example_json_schema,
@@ -17,9 +16,10 @@ from synth_pipelines.spec import (
     load_spec,
     parse_spec,
 )
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "synth_pipelines" / "templates"
+TEMPLATES = REPO / "synth_pipelines" / "spec" / "templates"
 
 
 def minimal(**over):

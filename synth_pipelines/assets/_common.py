@@ -7,8 +7,8 @@ from typing import Any
 import dagster as dg
 
 from synth_pipelines.llm.types import UsageTotals
-from synth_pipelines.spec import DomainSpec
-from synth_pipelines.storage import SPEC_FILE, Warehouse
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.warehouse.storage import SPEC_FILE, Warehouse
 
 
 def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:

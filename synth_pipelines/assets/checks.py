@@ -9,12 +9,12 @@ import json
 import dagster as dg
 from pydantic import Field
 
-from synth_pipelines import gates
 from synth_pipelines.assets._common import load_materialized_spec
 from synth_pipelines.assets.downstream import example_embeddings
 from synth_pipelines.assets.examples import validated_examples
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
+from synth_pipelines.validation import gates
 
 
 def _result(
@@ -129,7 +129,7 @@ def great_expectations_suite(
     """A Great Expectations suite generated from the spec (types, bounds, enums, patterns, not-null,
     uniqueness), run over the stored examples; GE's statistics and failing expectations are in the
     metadata."""
-    from synth_pipelines.ge_suite import run_suite
+    from synth_pipelines.validation.ge_suite import run_suite
 
     domain = context.partition_key
     spec = load_materialized_spec(warehouse.get(), domain)

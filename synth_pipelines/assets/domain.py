@@ -12,17 +12,17 @@ from synth_pipelines.assets._common import (
     require_upstream,
     usage_metadata,
 )
-from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
+from synth_pipelines.generation.matrix import build_matrix
+from synth_pipelines.generation.seeds import build_seed_problems
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
-from synth_pipelines.matrix import build_matrix
 from synth_pipelines.partitions import domain_partitions
-from synth_pipelines.pools import LLM_POOL
 from synth_pipelines.resources import LLMResource, WarehouseResource
-from synth_pipelines.seeds import build_seed_problems
-from synth_pipelines.spec import SpecError, example_json_schema, load_spec, spec_digest, spec_path_for
-from synth_pipelines.storage import SPEC_FILE
-from synth_pipelines.tables import PROBLEM_MATRIX, SEED_PROBLEMS, spec_table, to_table
+from synth_pipelines.resources.pools import LLM_POOL
+from synth_pipelines.spec.model import SpecError, example_json_schema, load_spec, spec_digest, spec_path_for
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+from synth_pipelines.warehouse.storage import SPEC_FILE
+from synth_pipelines.warehouse.tables import PROBLEM_MATRIX, SEED_PROBLEMS, spec_table, to_table
 
 GROUP = "synthesis"
 

@@ -15,13 +15,7 @@ from synth_pipelines.assets._common import (
     usage_metadata,
 )
 from synth_pipelines.assets.examples import validated_examples
-from synth_pipelines.consensus import judge_example, resolve_judges
-from synth_pipelines.embeddings import diversity_stats
-from synth_pipelines.llm.backends import ProviderConfigError
-from synth_pipelines.llm.types import ProviderError
-from synth_pipelines.partitions import domain_partitions
-from synth_pipelines.pools import LLM_POOL
-from synth_pipelines.program import (
+from synth_pipelines.learning.program import (
     ProgramScore,
     build_metric,
     compile_program,
@@ -31,10 +25,16 @@ from synth_pipelines.program import (
     split_examples,
     to_dspy_examples,
 )
+from synth_pipelines.llm.backends import ProviderConfigError
+from synth_pipelines.llm.types import ProviderError
+from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-from synth_pipelines.storage import DIVERSITY_FILE, PROGRAM_FILE, SCORE_FILE
-from synth_pipelines.tables import DOMAIN_DIVERSITY, EXAMPLE_EMBEDDINGS, to_table
-from synth_pipelines.textutil import example_text
+from synth_pipelines.resources.pools import LLM_POOL
+from synth_pipelines.spec.text import example_text
+from synth_pipelines.validation.consensus import judge_example, resolve_judges
+from synth_pipelines.validation.diversity import diversity_stats
+from synth_pipelines.warehouse.storage import DIVERSITY_FILE, PROGRAM_FILE, SCORE_FILE
+from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EXAMPLE_EMBEDDINGS, to_table
 
 GROUP = "learning"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"

@@ -17,19 +17,19 @@ from synth_pipelines.assets._common import (
     usage_metadata,
 )
 from synth_pipelines.assets.domain import problem_matrix
-from synth_pipelines.consensus import judge_example, resolve_judges
-from synth_pipelines.dedup import near_duplicate_selection
-from synth_pipelines.generation import Journal, generate_examples, plan_items
+from synth_pipelines.generation.examples import Journal, generate_examples, plan_items
+from synth_pipelines.generation.matrix import MatrixCell
+from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
-from synth_pipelines.matrix import MatrixCell
 from synth_pipelines.partitions import domain_partitions
-from synth_pipelines.pools import LLM_POOL
-from synth_pipelines.quality import dedup_key, example_json_text, rule_check
 from synth_pipelines.resources import LLMResource, WarehouseResource
-from synth_pipelines.seeds import SeedProblem
-from synth_pipelines.tables import RAW_GENERATIONS, REJECTED_EXAMPLES, VALIDATED_EXAMPLES, to_table
-from synth_pipelines.textutil import example_text
+from synth_pipelines.resources.pools import LLM_POOL
+from synth_pipelines.spec.text import example_text
+from synth_pipelines.validation.consensus import judge_example, resolve_judges
+from synth_pipelines.validation.dedup import near_duplicate_selection
+from synth_pipelines.validation.rules import dedup_key, example_json_text, rule_check
+from synth_pipelines.warehouse.tables import RAW_GENERATIONS, REJECTED_EXAMPLES, VALIDATED_EXAMPLES, to_table
 
 GROUP = "synthesis"
 

@@ -8,10 +8,10 @@ import dagster as dg
 
 from synth_pipelines.assets._common import load_materialized_spec, markdown_table
 from synth_pipelines.assets.examples import validated_examples
-from synth_pipelines.exports import ExportFormat, build_export
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
-from synth_pipelines.storage import StorageError
+from synth_pipelines.warehouse.exports import ExportFormat, build_export
+from synth_pipelines.warehouse.storage import StorageError
 
 GROUP = "exports"
 

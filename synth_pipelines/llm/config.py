@@ -1,6 +1,6 @@
 """Provider configuration: which models exist, what they cost, and which roles they play.
 
-A profile is a YAML file (``synth_pipelines/profiles/<name>.yaml`` or any path) selected with
+A profile is a YAML file (``synth_pipelines/llm/profiles/<name>.yaml`` or any path) selected with
 ``SYNTH_PROFILE`` or the ``profile`` field of the ``llm`` resource, so switching from the embedded
 models to an OpenAI-compatible endpoint needs no code change.
 """
@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 class ModelConfig(BaseModel):

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from synth_pipelines.storage import Warehouse
+from synth_pipelines.warehouse.storage import Warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -6,11 +6,11 @@ from pathlib import Path
 import dagster as dg
 from pydantic import BaseModel
 
-from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
 from synth_pipelines.jobs import synth_domain_job
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources import WarehouseResource
-from synth_pipelines.spec import SpecError, discover_specs, load_spec
+from synth_pipelines.spec.model import SpecError, discover_specs, load_spec
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
 
 class SpecPlan(BaseModel):

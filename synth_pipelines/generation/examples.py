@@ -16,13 +16,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from synth_pipelines import prompts
+from synth_pipelines.generation import prompts
+from synth_pipelines.generation.matrix import MatrixCell
+from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.client import BudgetExhausted, LLMClient, prompt_hash
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.matrix import MatrixCell
-from synth_pipelines.seeds import SeedProblem
-from synth_pipelines.spec import DomainSpec, example_json_schema, example_model
-from synth_pipelines.textutil import stable_int
+from synth_pipelines.spec.model import DomainSpec, example_json_schema, example_model
+from synth_pipelines.spec.text import stable_int
 
 # Rough completion budget per example: generous enough for every bounded field, small enough that a
 # stuck model stops (the grammar also bounds it).

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from synth_pipelines.spec import DomainSpec, example_model
-from synth_pipelines.textutil import flatten_value, normalize_text, stable_hash
+from synth_pipelines.spec.model import DomainSpec, example_model
+from synth_pipelines.spec.text import flatten_value, normalize_text, stable_hash
 
 DIGIT_RUN = re.compile(r"\d{12,}")
 CHAR_RUN = re.compile(r"(.)\1{9,}")

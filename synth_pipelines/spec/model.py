@@ -17,7 +17,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
 FieldType = Literal["string", "number", "integer", "boolean", "array", "object"]
 SpecType = Literal[

@@ -8,8 +8,8 @@ from functools import partial
 
 from pydantic import BaseModel, ConfigDict
 
-from synth_pipelines.spec import DomainSpec
-from synth_pipelines.textutil import stable_hash
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.text import stable_hash
 
 
 class MatrixCell(BaseModel):

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from synth_pipelines.quality import check_compliance
-from synth_pipelines.spec import DomainSpec
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.validation.rules import check_compliance
 
 JUDGED_STAGES = ("consensus", "near_duplicate")
 

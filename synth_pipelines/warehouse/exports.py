@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from synth_pipelines.spec import DomainSpec
-from synth_pipelines.storage import StoragePath, Warehouse, atomic_write_parquet, atomic_write_text
-from synth_pipelines.textutil import flatten_value, normalize_text, stable_hash
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.text import flatten_value, normalize_text, stable_hash
+from synth_pipelines.warehouse.storage import StoragePath, Warehouse, atomic_write_parquet, atomic_write_text
 
 ExportFormat = Literal["sft", "dpo", "qa", "grpo-verifiable"]
 FORMATS: tuple[ExportFormat, ...] = ("sft", "dpo", "qa", "grpo-verifiable")
@@ -291,7 +291,7 @@ def build_export(
     run_ids: list[str] | None = None,
 ) -> ExportResult:
     """Build one format for one domain from the warehouse and write it with its dataset card."""
-    from synth_pipelines.cards import dataset_card
+    from synth_pipelines.warehouse.cards import dataset_card
 
     def rows_of(asset: str) -> list[dict[str, Any]]:
         table = warehouse.read_partition(asset, spec.domain)

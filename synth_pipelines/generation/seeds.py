@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from synth_pipelines import prompts
+from synth_pipelines.generation import prompts
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.spec import DomainSpec, json_schema_for_model
-from synth_pipelines.textutil import normalize_text, stable_hash
+from synth_pipelines.spec.model import DomainSpec, json_schema_for_model
+from synth_pipelines.spec.text import normalize_text, stable_hash
 
 MAX_SEED_CHARS = 160
 

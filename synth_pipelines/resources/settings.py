@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-from synth_pipelines.storage import location_from_env
+from synth_pipelines.warehouse.storage import location_from_env
 
 
 def warehouse_resource(root: str | None = None, schemas_dir: str | None = None) -> WarehouseResource:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth_pipelines.storage import Warehouse
+from synth_pipelines.warehouse.storage import Warehouse
 
 
 def _has(conn: Any, table: str) -> bool:

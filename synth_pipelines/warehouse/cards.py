@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from synth_pipelines.spec import DomainSpec
+from synth_pipelines.spec.model import DomainSpec
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:

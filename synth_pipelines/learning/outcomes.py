@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from synth_pipelines.domains import UnsafeDomainError, validate_domain_name
-from synth_pipelines.storage import (
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+from synth_pipelines.warehouse.storage import (
     StoragePath,
     Warehouse,
     atomic_write_text,

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from synth_pipelines.outcomes import SuccessRate
-from synth_pipelines.spec import FeedbackSpec
+from synth_pipelines.learning.outcomes import SuccessRate
+from synth_pipelines.spec.model import FeedbackSpec
 
 
 class DomainState(BaseModel):

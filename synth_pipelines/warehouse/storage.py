@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from duckdb import DuckDBPyConnection
 from upath import UPath
 
-from synth_pipelines.domains import validate_domain_name
+from synth_pipelines.spec.names import validate_domain_name
 
 PART_FILE = "part-0.parquet"
 # JSON files beside the Parquet partitions, relative to the root (``{domain}`` filled in per partition).

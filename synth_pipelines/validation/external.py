@@ -6,10 +6,10 @@ import json
 from collections import Counter
 from typing import Any
 
-from synth_pipelines.consensus import judge_example, resolve_judges
 from synth_pipelines.llm.client import LLMClient
-from synth_pipelines.quality import dedup_key, rule_check
-from synth_pipelines.spec import DomainSpec
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.validation.consensus import judge_example, resolve_judges
+from synth_pipelines.validation.rules import dedup_key, rule_check
 
 
 def validate_rows(spec: DomainSpec, rows: list[dict[str, Any]], client: LLMClient | None) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def diversity_stats(
 ) -> dict[str, float | int | None]:
     """Mean pairwise cosine distance, distinct-1/2, and the number of semantic clusters (groups of
     examples linked by cosine >= ``cluster_threshold``)."""
-    from synth_pipelines.dedup import embedding_clusters
+    from synth_pipelines.validation.dedup import embedding_clusters
 
     clusters = embedding_clusters(unit_vectors, threshold=cluster_threshold)
     n = int(unit_vectors.shape[0])

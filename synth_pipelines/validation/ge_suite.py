@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from synth_pipelines.spec import DomainSpec, FieldSpec
+from synth_pipelines.spec.model import DomainSpec, FieldSpec
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
