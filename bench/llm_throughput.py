@@ -28,7 +28,7 @@ from synth_pipelines.llm.client import LLMClient, run_sync
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile, Roles, WeightedModel
 from synth_pipelines.llm.factory import backend_for
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.spec.model import json_schema_for_model
+from synth_pipelines.spec.example_schema import json_schema_for_model
 
 
 class Item(BaseModel):

@@ -17,7 +17,14 @@ import typer
 import yaml
 
 from synth_pipelines.learning.outcomes import record_outcomes
-from synth_pipelines.spec.model import SpecError, discover_specs, load_spec, parse_spec, spec_path_for
+from synth_pipelines.spec.model import (
+    TEMPLATES_DIR,
+    SpecError,
+    discover_specs,
+    load_spec,
+    parse_spec,
+    spec_path_for,
+)
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 from synth_pipelines.warehouse.storage import (
     PROGRAM_FILE,
@@ -29,8 +36,6 @@ from synth_pipelines.warehouse.storage import (
     read_rows_file,
     storage_location,
 )
-
-TEMPLATES_DIR = Path(__file__).resolve().parent / "spec" / "templates"
 
 app = typer.Typer(
     help="synth-pipelines: LLM training data as Dagster assets.",

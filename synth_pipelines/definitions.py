@@ -29,3 +29,9 @@ defs = dg.Definitions(
         "dbt": DbtCliResource(project_dir=str(dbt_project.project_dir), dbt_executable=DBT_EXECUTABLE),
     },
 )
+
+
+def resolved_synth_domain_job() -> dg.JobDefinition:
+    """The ``synth_domain`` job bound to this code location's resources, for ``dg.reconstructable``
+    and ``dg.execute_job`` (which need a module-level function that rebuilds the job in a subprocess)."""
+    return defs.resolve_job_def("synth_domain")

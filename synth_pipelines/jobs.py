@@ -14,10 +14,3 @@ synth_domain_job = dg.define_asset_job(
     executor_def=dg.multiprocess_executor.configured({"max_concurrent": 2}),
     description="Materialize the whole graph, schema to compiled program, for one domain partition.",
 )
-
-
-def resolved_synth_domain_job() -> dg.JobDefinition:
-    """The job bound to the code location's resources (for ``dg.reconstructable`` / ``execute_job``)."""
-    from synth_pipelines.definitions import defs
-
-    return defs.resolve_job_def("synth_domain")

@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     import dagster as dg
-    from synth_pipelines.jobs import resolved_synth_domain_job
+    from synth_pipelines.definitions import resolved_synth_domain_job
     with dg.execute_job(
         dg.reconstructable(resolved_synth_domain_job), instance=dg.DagsterInstance.get(),
         run_config={"ops": {"problem_matrix": {"config": {"target_count": 4}}}},

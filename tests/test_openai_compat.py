@@ -16,7 +16,7 @@ from synth_pipelines.llm.factory import build_client
 from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialization_metadata, materialize_domain
-from synth_pipelines.spec.model import json_schema_for_model
+from synth_pipelines.spec.example_schema import json_schema_for_model
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 
 SENTINEL_KEY = "sk-SENTINEL-7f3a9c0e-never-log-me"

@@ -8,18 +8,11 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from synth_pipelines.spec.model import (
-    SpecError,
-    example_arrow_schema,
-    example_json_schema,
-    example_model,
-    load_spec,
-    parse_spec,
-)
+from synth_pipelines.spec.example_schema import example_arrow_schema, example_json_schema, example_model
+from synth_pipelines.spec.model import TEMPLATES_DIR, SpecError, load_spec, parse_spec
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "synth_pipelines" / "spec" / "templates"
 
 
 def minimal(**over):
@@ -42,7 +35,7 @@ def test_shipped_domains_load(path: Path) -> None:
     assert len(loaded.file_hash) == 64
 
 
-@pytest.mark.parametrize("path", sorted(TEMPLATES.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(TEMPLATES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_templates_validate(path: Path) -> None:
     spec = parse_spec(yaml.safe_load(path.read_text()), path=path)
     assert spec.type == path.stem
@@ -50,7 +43,7 @@ def test_templates_validate(path: Path) -> None:
 
 
 def test_six_template_types_shipped() -> None:
-    assert {p.stem for p in TEMPLATES.glob("*.yaml")} == {
+    assert {p.stem for p in TEMPLATES_DIR.glob("*.yaml")} == {
         "reasoning-memory",
         "skill-demonstration",
         "api-example",

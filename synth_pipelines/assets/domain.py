@@ -19,7 +19,8 @@ from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
-from synth_pipelines.spec.model import SpecError, example_json_schema, load_spec, spec_digest, spec_path_for
+from synth_pipelines.spec.example_schema import example_json_schema
+from synth_pipelines.spec.model import SpecError, load_spec, spec_digest, spec_path_for
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 from synth_pipelines.warehouse.storage import SPEC_FILE
 from synth_pipelines.warehouse.tables import PROBLEM_MATRIX, SEED_PROBLEMS, spec_table, to_table

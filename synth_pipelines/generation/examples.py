@@ -21,7 +21,8 @@ from synth_pipelines.generation.matrix import MatrixCell
 from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.client import BudgetExhausted, LLMClient, prompt_hash
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.spec.model import DomainSpec, example_json_schema, example_model
+from synth_pipelines.spec.example_schema import example_json_schema, example_model
+from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import stable_int
 
 # Rough completion budget per example: generous enough for every bounded field, small enough that a

@@ -1,4 +1,5 @@
-"""Prompt templates. Constants only: changing one changes every affected prompt hash (and so the cache key).
+"""Generation prompt templates (seeds and examples). Constants only: changing one changes every
+affected prompt hash (and so the cache key).
 
 Prompts are short on purpose: the embedded models have 135M-270M parameters and a 2k context.
 """
@@ -27,11 +28,3 @@ GENERATE_USER = (
 )
 
 EXAMPLE_BLOCK = "A good example looks like:\n{example}\n"
-
-VALIDATE_SYSTEM = (
-    "You are a strict reviewer of training data for the domain '{domain}'. "
-    "First write a one-sentence reason, then rate the example on each criterion: "
-    "1 = wrong or nonsense, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent."
-)
-
-VALIDATE_USER = "Task: {description}\nProblem: {problem}\nExample:\n{example}\nCriteria: {criteria}."

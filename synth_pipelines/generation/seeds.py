@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from synth_pipelines.generation import prompts
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.spec.model import DomainSpec, json_schema_for_model
+from synth_pipelines.spec.example_schema import json_schema_for_model
+from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import normalize_text, stable_hash
 
 MAX_SEED_CHARS = 160

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest
-from synth_pipelines.spec.model import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING
+from synth_pipelines.spec.example_schema import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING
 
 
 def bound_schema(schema: dict[str, Any], field_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:

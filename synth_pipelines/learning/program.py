@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from synth_pipelines.learning.dspy_lm import ProviderLM, dspy
 from synth_pipelines.llm.client import LLMClient
-from synth_pipelines.spec.model import DomainSpec, ProgramSpec, example_json_schema, example_model
+from synth_pipelines.spec.example_schema import example_json_schema, example_model
+from synth_pipelines.spec.model import DomainSpec, ProgramSpec
 from synth_pipelines.spec.text import example_text, normalize_text, stable_hash
 from synth_pipelines.warehouse.storage import StoragePath, atomic_write_bytes
 

@@ -3,7 +3,7 @@
 import dagster as dg
 import numpy as np
 
-from synth_pipelines.validation.diversity import embed_texts
+from synth_pipelines.llm.embeddings import embed_texts
 
 
 class EmbedderResource(dg.ConfigurableResource):

@@ -13,12 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from synth_pipelines.generation import prompts
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import WeightedModel
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.spec.model import DomainSpec, json_schema_for_model
+from synth_pipelines.spec.example_schema import json_schema_for_model
+from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import stable_int
+from synth_pipelines.validation import prompts
 
 SCALE = (1, 2, 3, 4, 5)
 MAX_REASON_CHARS = 120

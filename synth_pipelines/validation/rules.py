@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from synth_pipelines.spec.model import DomainSpec, example_model
+from synth_pipelines.spec.example_schema import example_model
+from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import flatten_value, normalize_text, stable_hash
 
 DIGIT_RUN = re.compile(r"\d{12,}")
