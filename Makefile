@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality clean-warehouse
+.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill clean-warehouse
 
 setup: $(STAMP)
 
@@ -53,13 +53,13 @@ dbt: setup
 	cd dbt_quality && SYNTH_DUCKDB_PATH=$(DUCKDB_PATH) ../$(BIN)/dbt build --profiles-dir .
 
 lint: setup
-	$(BIN)/ruff format --check synth_pipelines tests
-	$(BIN)/ruff check synth_pipelines tests
+	$(BIN)/ruff format --check synth_pipelines tests bench
+	$(BIN)/ruff check synth_pipelines tests bench
 	$(BIN)/mypy synth_pipelines
 
 format: setup
-	$(BIN)/ruff format synth_pipelines tests
-	$(BIN)/ruff check --fix synth_pipelines tests
+	$(BIN)/ruff format synth_pipelines tests bench
+	$(BIN)/ruff check --fix synth_pipelines tests bench
 
 # Provider-layer throughput against the local fake OpenAI server (2,000 requests, concurrency 64).
 bench-llm: setup
@@ -69,7 +69,20 @@ bench-llm: setup
 bench-quality: setup
 	$(BIN)/python -m bench.quality_scale
 
-bench: bench-llm bench-quality
+# The whole graph through `synth generate` at 1,000 and 10,000 examples against the fake server at
+# 500 ms latency, concurrency 64 (SCALE_N=100000 adds a 100k run). Ends with scale_*/ideal_ratio lines.
+bench-scale: setup
+	$(BIN)/python -m bench.scale
+
+# Embedding throughput per backend (torch, ONNX, ONNX int8) next to sentence-transformers, same run.
+bench-embed: setup
+	$(BIN)/python -m bench.embeddings
+
+# A 4-domain backfill through the Dagster daemon, before/after run-granularity pools: wall and CPU.
+bench-backfill: setup
+	$(BIN)/python -m bench.backfill
+
+bench: bench-llm bench-quality bench-embed
 
 clean-warehouse:
 	rm -rf warehouse

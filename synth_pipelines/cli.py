@@ -88,17 +88,18 @@ def _domain(domain: str) -> str:
 
 
 def _progress_poller(wh: Warehouse, domain: str, started: float, done: threading.Event) -> None:
-    """Show which assets of the domain have been written since ``started`` (files are the truth)."""
+    """Which assets of the domain have been written since ``started`` (files are the truth), and for
+    the running one its own report: rows, rows/s, tokens, dollars so far and the ETA."""
     from rich.progress import BarColumn, Progress, TextColumn
 
     from synth_pipelines.assets import PIPELINE_STEPS
+    from synth_pipelines.warehouse.progress import read_progress
 
     steps = PIPELINE_STEPS
     outputs = {
         "domain_schema": wh.file(SPEC_FILE, domain),
         "compiled_program": wh.file(PROGRAM_FILE, domain),
     }
-    journal = wh.journal_path("raw_generations", domain)
 
     def finished() -> list[str]:
         return [s for s in steps if _written_since(outputs.get(s) or wh.partition_file(s, domain), started)]
@@ -113,9 +114,15 @@ def _progress_poller(wh: Warehouse, domain: str, started: float, done: threading
         while not done.is_set():
             written = finished()
             current = next((s for s in steps if s not in written), "done")
+            live = read_progress(wh.progress_path(domain))
             extra = ""
-            if current == "raw_generations" and journal.is_file():
-                extra = f" ({sum(1 for _ in journal.open())} generated)"
+            if (
+                live is not None
+                and live.asset == current
+                and live.updated_at >= started
+                and not live.finished
+            ):
+                extra = f"  {live.line()}"
             progress.update(task, completed=len(written), description=f"{domain}: {current}{extra}")
             # An object store is polled over the network: less often than a local disk.
             done.wait(2.0 if wh.is_remote else 0.5)
@@ -136,12 +143,16 @@ def generate(
     profile: ProfileOpt = None,
     warehouse: WarehouseOpt = None,
     schemas: SchemasOpt = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write a JSON run report: per asset its seconds, rows, model calls, tokens, cost."),
+    ] = None,
 ) -> None:
     """Materialize the whole graph for one domain, with a progress bar."""
     import dagster as dg
 
     from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-    from synth_pipelines.runner import materialize_domain, summarize
+    from synth_pipelines.runner import materialize_domain, run_report, summarize
 
     domain = _domain(domain)
     if domain not in discover_specs(_schemas(schemas)):
@@ -166,7 +177,10 @@ def generate(
     finally:
         done.set()
         poller.join(5)
-    typer.echo(summarize(domain, result, wh, time.time() - started))
+    elapsed = time.time() - started
+    typer.echo(summarize(domain, result, wh, elapsed))
+    if report is not None:
+        report.write_text(json.dumps(run_report(domain, instance, result, elapsed), indent=2))
     if not result.success:
         messages = [
             (

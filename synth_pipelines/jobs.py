@@ -9,8 +9,10 @@ synth_domain_job = dg.define_asset_job(
     name="synth_domain",
     selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),
     partitions_def=domain_partitions,
-    # Each run executes its steps in subprocesses; runs for several domains (a backfill) share the
-    # model-calling `llm` pool, whose limit the instance enforces across runs.
-    executor_def=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+    # In-process on purpose: the assets form a chain, so step subprocesses would only add an import
+    # of the code location per step. Concurrency comes from async calls inside the model-calling
+    # assets, and across domains from concurrent runs, which the instance queues by the `llm` pool
+    # (run granularity: a waiting run waits in the daemon's queue, not in a spinning process).
+    executor_def=dg.in_process_executor,
     description="Materialize the whole graph, schema to compiled program, for one domain partition.",
 )

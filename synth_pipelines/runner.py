@@ -74,6 +74,42 @@ def materialization_metadata(result: dg.ExecuteInJobResult) -> dict[str, dict[st
     return out
 
 
+def step_seconds(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> dict[str, float]:
+    """Wall seconds per step (asset or check) as the instance recorded them."""
+    return {
+        stat.step_key: round(stat.end_time - stat.start_time, 3)
+        for stat in instance.get_run_step_stats(result.run_id)
+        if stat.start_time is not None and stat.end_time is not None
+    }
+
+
+def run_report(
+    domain: str, instance: dg.DagsterInstance, result: dg.ExecuteInJobResult, elapsed_s: float
+) -> dict[str, Any]:
+    """What ``synth generate --report`` writes: per asset its seconds, rows, model calls, tokens, cost."""
+    meta = materialization_metadata(result)
+    seconds = step_seconds(instance, result)
+    assets: dict[str, dict[str, Any]] = {}
+    for name in PIPELINE_STEPS:
+        m = meta.get(name, {})
+        assets[name] = {
+            "materialized": name in meta,
+            "seconds": seconds.get(name),
+            "rows": m.get("rows"),
+            "model_calls": int(m.get("model_calls") or 0),
+            "cache_hits": int(m.get("cache_hits") or 0),
+            "total_tokens": int(m.get("total_tokens") or 0),
+            "cost_usd": float(m.get("cost_usd") or 0.0),
+        }
+    return {
+        "domain": domain,
+        "success": result.success,
+        "wall_s": round(elapsed_s, 3),
+        "assets": assets,
+        "checks_seconds": {k: v for k, v in seconds.items() if k not in assets},
+    }
+
+
 def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, elapsed_s: float) -> str:
     meta = materialization_metadata(result)
     lines = [

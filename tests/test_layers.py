@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assets",),
     ("jobs",),
     ("sensors",),
-    ("definitions",),
+    ("definitions", "dbt_definitions"),
     ("runner",),
     ("cli",),
 ]

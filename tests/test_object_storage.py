@@ -50,7 +50,8 @@ def test_state_dir_must_be_local(tmp_path: Path) -> None:
     wh = Warehouse(f"memory://{uuid.uuid4().hex}", state_dir=tmp_path / "state")
     assert wh.is_remote and wh.duckdb_path == tmp_path / "state" / "synth.duckdb"
     assert wh.cache_path.is_relative_to(tmp_path / "state")
-    assert wh.journal_path("raw_generations", "api_development").is_relative_to(tmp_path / "state")
+    assert wh.inflight_dir("raw_generations", "api_development").is_relative_to(tmp_path / "state")
+    assert wh.staging_file("raw_generations", "api_development").is_relative_to(tmp_path / "state")
 
 
 # ------------------------------------------------------------------------------- memory filesystem

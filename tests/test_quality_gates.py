@@ -147,16 +147,13 @@ def test_great_expectations_suite_from_spec() -> None:
             "constraints": {"uniqueness": ["q"]},
         }
     )
-    good = [
-        {"example_json": '{"q": "abc", "m": "GET", "n": 1}'},
-        {"example_json": '{"q": "abd", "m": "POST"}'},
-    ]
+    good = ['{"q": "abc", "m": "GET", "n": 1}', '{"q": "abd", "m": "POST"}']
     ok = run_suite(spec, good)
     assert ok["success"] and ok["statistics"]["evaluated_expectations"] >= 8
     bad = [
         *good,
-        {"example_json": '{"q": "abc", "m": "PUT", "n": 9}'},
-        {"example_json": '{"q": "waytoolongvalue", "m": "GET", "n": "x"}'},
+        '{"q": "abc", "m": "PUT", "n": 9}',
+        '{"q": "waytoolongvalue", "m": "GET", "n": "x"}',
     ]
     result = run_suite(spec, bad)
     assert not result["success"]

@@ -17,6 +17,8 @@ from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
+from synth_pipelines.warehouse.inflight import InflightRows
+from synth_pipelines.warehouse.tables import RAW_GENERATIONS
 from tests.test_openai_compat import profile_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +46,11 @@ CHILD = textwrap.dedent(
 
 def test_sigkill_mid_generation_then_resume(tmp_path: Path, schemas_dir: Path) -> None:
     warehouse = tmp_path / "warehouse"
-    journal = warehouse / "raw_generations" / "domain=api_development" / "_journal.jsonl"
+    inflight = warehouse / "raw_generations" / "domain=api_development" / "_inflight"
+
+    def flushed_rows() -> int:
+        return InflightRows(inflight, RAW_GENERATIONS).read_columns(["example_id"]).num_rows
+
     with FakeOpenAIServer(FaultPlan(latency_s=0.15)) as server:
         profile = profile_file(tmp_path, server.base_url, max_concurrency=1)
         child = subprocess.Popen(
@@ -54,14 +60,14 @@ def test_sigkill_mid_generation_then_resume(tmp_path: Path, schemas_dir: Path) -
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if journal.is_file() and len(journal.read_text().splitlines()) >= 4:
+            if flushed_rows() >= 4:
                 break
             if child.poll() is not None:
                 raise AssertionError("the child run finished before it could be killed")
             time.sleep(0.02)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
-        finished = len([line for line in journal.read_text().splitlines() if line.endswith("}")])
+        finished = flushed_rows()
         assert 4 <= finished < TARGET
         calls_before = server.stats.requests
         assert not (warehouse / "raw_generations/domain=api_development/part-0.parquet").exists()
@@ -88,4 +94,4 @@ def test_sigkill_mid_generation_then_resume(tmp_path: Path, schemas_dir: Path) -
     ).fetchall()
     ids = [r[0] for r in rows]
     assert len(ids) == TARGET == len(set(ids))
-    assert not journal.exists()  # the partition holds everything now
+    assert not inflight.exists()  # the partition holds everything now

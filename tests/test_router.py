@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from synth_pipelines.llm.config import ModelConfig
-from synth_pipelines.llm.limits import TokenBucket
 from synth_pipelines.llm.router import order_models
 
 
@@ -51,23 +47,3 @@ def test_strategies_pick_the_expected_first_model(strategy: str, first: str) -> 
 def test_observed_speed_overrides_configured() -> None:
     order = order_models(NAMES, MODELS, "speed", {"cheap-slow-weak": 1000.0})
     assert order[0] == "cheap-slow-weak"
-
-
-def test_rpm_bucket_spaces_requests() -> None:
-    async def run() -> float:
-        bucket = TokenBucket(per_minute=600)  # 10 per second, burst 600
-        bucket.tokens = 0  # start empty
-        started = time.monotonic()
-        for _ in range(3):
-            await bucket.acquire(1)
-        return time.monotonic() - started
-
-    assert asyncio.run(run()) >= 0.25  # 3 requests at 10/s need ~0.3 s
-
-
-def test_tpm_bucket_caps_a_huge_request_at_capacity() -> None:
-    async def run() -> float:
-        bucket = TokenBucket(per_minute=60_000)
-        return await bucket.acquire(10_000_000)  # more than capacity: waits for a full bucket, not forever
-
-    assert asyncio.run(run()) == 0.0

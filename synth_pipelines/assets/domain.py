@@ -110,8 +110,7 @@ def seed_problems(
         )
     rows = [s.model_dump() for s in seeds]
     table = to_table(rows, SEED_PROBLEMS)
-    path = wh.write_partition("seed_problems", domain, table)
-    wh.replace_domain_rows("seed_problems", domain, table)
+    path = wh.write_dataset("seed_problems", domain, table)
     meta = {
         "rows": len(rows),
         "source": "spec" if spec.seed_problems else "generated",
@@ -160,8 +159,7 @@ def problem_matrix(
         for c in cells
     ]
     table = to_table(rows, PROBLEM_MATRIX)
-    path = wh.write_partition("problem_matrix", domain, table)
-    wh.replace_domain_rows("problem_matrix", domain, table)
+    path = wh.write_dataset("problem_matrix", domain, table)
     active = [r for r in rows if r["target"] > 0]
     by_level: dict[str, int] = {}
     for c in cells:

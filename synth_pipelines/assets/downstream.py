@@ -1,10 +1,12 @@
 """``example_embeddings`` and ``compiled_program``: what is built on top of the validated examples."""
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 
 from synth_pipelines.assets._common import (
@@ -15,29 +17,28 @@ from synth_pipelines.assets._common import (
     usage_metadata,
 )
 from synth_pipelines.assets.examples import validated_examples
-from synth_pipelines.learning.program import (
-    ProgramScore,
-    build_metric,
-    compile_program,
-    evaluate_program,
-    make_lm,
-    save_program,
-    split_examples,
-    to_dspy_examples,
-)
+from synth_pipelines.learning.outcomes import record_performance
 from synth_pipelines.llm.backends import ProviderConfigError
+from synth_pipelines.llm.client import BudgetExhausted
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.spec.text import example_text
-from synth_pipelines.validation.consensus import judge_example, resolve_judges
-from synth_pipelines.validation.diversity import diversity_stats
+from synth_pipelines.validation.consensus import ajudge_example, resolve_judges
+from synth_pipelines.validation.diversity import diversity_stats, similarity_sample
 from synth_pipelines.warehouse.storage import DIVERSITY_FILE, PROGRAM_FILE, SCORE_FILE
-from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EXAMPLE_EMBEDDINGS, to_table
+from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EMBEDDING_DIM, EXAMPLE_EMBEDDINGS, to_table
 
 GROUP = "learning"
-EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# Most threads DSPy gets for concurrent predictions (the model's own concurrency is the real limit).
+MAX_PROGRAM_THREADS = 32
+
+
+def _example_rows(wh: Any, domain: str) -> dict[str, list[Any]]:
+    """Only the columns the downstream assets read, as Python lists (never whole-row dicts)."""
+    table = require_upstream(wh, "validated_examples", domain)
+    return table.select(["example_id", "cell_id", "example_json"]).to_pydict()
 
 
 @dg.asset(
@@ -47,27 +48,29 @@ def example_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
     """A 384-d all-MiniLM-L6-v2 vector per validated example (grain: one row per example), plus the
-    domain's diversity statistics (mean pairwise cosine distance, distinct-1/2) in the metadata.
-    Also written to the DuckDB table ``example_embeddings`` with an ``embedding FLOAT[384]`` column."""
+    domain's diversity statistics: mean pairwise cosine distance (exact, in O(n·d)), distinct-1/2 and
+    semantic clusters (SimHash LSH), and a histogram of pairwise similarities over a random sample of
+    pairs. Also written to the DuckDB table ``example_embeddings`` with an ``embedding FLOAT[384]``
+    column."""
     domain = context.partition_key
     wh = warehouse.get()
-    rows = require_upstream(wh, "validated_examples", domain).to_pylist()
-    texts = [example_text(json.loads(r["example_json"])) for r in rows]
-    vectors = embedder.embed(texts)
-    out = [
-        {
-            "example_id": r["example_id"],
-            "cell_id": r["cell_id"],
-            "text": t,
-            "embedding": v.tolist(),
-            "embedding_model": EMBEDDING_MODEL,
-        }
-        for r, t, v in zip(rows, texts, vectors, strict=True)
-    ]
-    table = to_table(out, EXAMPLE_EMBEDDINGS)
-    path = wh.write_partition("example_embeddings", domain, table)
-    wh.replace_domain_rows("example_embeddings", domain, table, column_types={"embedding": "FLOAT[384]"})
     spec = load_materialized_spec(wh, domain)
+    cols = _example_rows(wh, domain)
+    texts = [example_text(json.loads(j)) for j in cols["example_json"]]
+    started = time.perf_counter()
+    vectors = embedder.embed(texts)
+    embed_s = time.perf_counter() - started
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+    table = pa.table(
+        {
+            "example_id": pa.array(cols["example_id"], pa.string()),
+            "cell_id": pa.array(cols["cell_id"], pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, EMBEDDING_DIM),
+            "embedding_model": pa.array([embedder.model_name()] * len(texts), pa.string()),
+        }
+    ).cast(EXAMPLE_EMBEDDINGS)
+    path = wh.write_dataset("example_embeddings", domain, table, column_types={"embedding": "FLOAT[384]"})
     stats = diversity_stats(vectors, texts, cluster_threshold=spec.validation.cluster_threshold)
     stats_path = wh.write_json(DIVERSITY_FILE.format(domain=domain), stats)
     wh.replace_domain_rows(
@@ -83,12 +86,14 @@ def example_embeddings(
             DOMAIN_DIVERSITY,
         ),
     )
-    sims = (vectors @ vectors.T)[~_eye(len(vectors))] if len(vectors) > 1 else []
+    sims, pairs, exact = similarity_sample(vectors)
     return dg.MaterializeResult(
         metadata={
-            "rows": len(out),
-            "dimension": int(vectors.shape[1]) if len(vectors) else 384,
-            "embedding_model": EMBEDDING_MODEL,
+            "rows": len(texts),
+            "dimension": EMBEDDING_DIM,
+            "embedding_model": embedder.model_name(),
+            "embedding_backend": dg.MetadataValue.json(embedder.report()),
+            "texts_per_s": dg.MetadataValue.float(round(len(texts) / embed_s, 1) if embed_s > 0 else 0.0),
             "mean_pairwise_cosine_distance": dg.MetadataValue.float(
                 round(stats["mean_pairwise_cosine_distance"] or 0.0, 4)
             ),
@@ -96,17 +101,19 @@ def example_embeddings(
             "distinct_2": dg.MetadataValue.float(round(float(stats["distinct_2"] or 0.0), 4)),
             "semantic_clusters": int(stats["clusters"] or 0),
             "pairwise_similarity_histogram": histogram_markdown([float(s) for s in sims], lo=-0.2, hi=1.0),
+            "similarity_histogram_pairs": dg.MetadataValue.text(
+                f"all {pairs} pairs" if exact else f"a random sample of {pairs} pairs"
+            ),
             "path": dg.MetadataValue.path(str(path)),
             "diversity_file": dg.MetadataValue.path(str(stats_path)),
-            "preview": markdown_table(out, ["example_id", "cell_id", "text"], limit=5, width=100),
+            "preview": markdown_table(
+                table.slice(0, 5).select(["example_id", "cell_id", "text"]).to_pylist(),
+                ["example_id", "cell_id", "text"],
+                limit=5,
+                width=100,
+            ),
         }
     )
-
-
-def _eye(n: int) -> Any:
-    import numpy as np
-
-    return np.eye(n, dtype=bool)
 
 
 @dg.asset(
@@ -122,17 +129,36 @@ def compiled_program(
     llm: LLMResource,
     embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
-    """The domain's DSPy program (grain: one program per domain), compiled on a train split of the
-    validated examples with the spec's optimizer, scored on the held-out split with the spec's metric,
-    and saved as DSPy state JSON. The held-out score is appended to the DuckDB table
-    ``agent_performance`` (source ``compiled_program``) as the baseline agent success."""
+    """The domain's DSPy program (grain: one program per domain), compiled on a sample of the train
+    split of the validated examples with the spec's optimizer, scored on a sample of the held-out
+    split stratified by matrix cell (``program.eval_sample``, default 300) with the spec's metric,
+    and saved as DSPy state JSON. The score and its 95% confidence interval are appended to the DuckDB
+    table ``agent_performance`` (source ``compiled_program``) as the baseline agent success. A
+    provider failure fails the asset; it never becomes a score."""
+    # DSPy (and litellm under it) load here, not when the code location loads: other steps never pay.
+    from synth_pipelines.learning.program import (
+        GoldPred,
+        ProgramScore,
+        build_metric,
+        compile_program,
+        evaluate_program,
+        make_lm,
+        mean_ci,
+        save_program,
+        split_examples,
+        stratified_sample,
+        to_dspy_examples,
+    )
+
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
     program_spec = spec.program_or_default()
-    rows = require_upstream(wh, "validated_examples", domain).to_pylist()
-    for r in rows:
-        r["example"] = json.loads(r["example_json"])
+    cols = _example_rows(wh, domain)
+    rows = [
+        {"example_id": eid, "cell_id": cell, "example": json.loads(text)}
+        for eid, cell, text in zip(cols["example_id"], cols["cell_id"], cols["example_json"], strict=True)
+    ]
     try:
         train_rows, test_rows = split_examples(rows, program_spec.train_fraction)
     except ValueError as e:
@@ -143,84 +169,99 @@ def compiled_program(
     client = llm.client(wh.cache_path)
     model = client.profile.roles.program
     lm = make_lm(spec, client, model)
+    threads = min(MAX_PROGRAM_THREADS, client.concurrency_for([model]))
     judge = None
     if program_spec.metric == "llm_judge":
         judges = resolve_judges(spec, client)
 
-        def judge(gold: dict[str, Any], pred: dict[str, Any]) -> float:
-            merged = {**gold, **pred}
-            verdict = judge_example(
+        async def judge_pair(pair: "GoldPred") -> float:
+            gold, pred = pair
+            verdict = await ajudge_example(
                 client,
                 spec,
                 judges,
                 example_id=json.dumps(gold, sort_keys=True)[:64],
                 problem=spec.description,
-                example=merged,
+                example={**gold, **pred},
                 early_stop=False,
             )
             return verdict.consensus or 0.0
 
+        def judge(pairs: Any) -> list[float]:
+            return client.pool(judge_pair, pairs, width=client.concurrency_for(j.model for j in judges))
+
     metric = build_metric(spec, program_spec, embedder.embed, judge)
-    train, test = to_dspy_examples(train_rows, program_spec), to_dspy_examples(test_rows, program_spec)
+    train_pool = stratified_sample(train_rows, program_spec.train_sample)
+    eval_rows = stratified_sample(test_rows, program_spec.eval_sample)
+    train, test = to_dspy_examples(train_pool, program_spec), to_dspy_examples(eval_rows, program_spec)
     try:
-        compiled = compile_program(spec, train, lm, metric)
-        per_example, failures = evaluate_program(compiled, test, lm, program_spec, metric)
-    except (ProviderError, ProviderConfigError) as e:
-        raise dg.Failure(description=f"compiling the program for {domain!r}: {e}") from e
+        compiled = compile_program(spec, train, lm, metric, threads=threads)
+        per_example, parse_failures = evaluate_program(
+            compiled, test, lm, program_spec, metric, threads=threads
+        )
+    except (ProviderError, ProviderConfigError, BudgetExhausted) as e:
+        raise dg.Failure(
+            description=f"compiling or scoring the program for {domain!r}: {e}. No score was recorded "
+            "(an outage is not a measurement); replies so far are cached, so a rerun resumes.",
+        ) from e
+    finally:
+        client.flush()
+    mean, low, high = mean_ci(per_example)
     score = ProgramScore(
         metric=program_spec.metric,
         optimizer=program_spec.optimizer,
-        score=sum(per_example) / len(per_example),
-        n_train=len(train),
-        n_test=len(test),
+        score=mean,
+        ci_low=low,
+        ci_high=high,
+        n_train=len(train_rows),
+        n_heldout=len(test_rows),
+        n_eval=len(test),
         per_example=per_example,
-        failures=failures,
+        parse_failures=parse_failures,
         lm_calls=lm.calls,
     )
     path = save_program(compiled, wh.file(PROGRAM_FILE, domain))
     wh.write_json(SCORE_FILE.format(domain=domain), score.model_dump())
-    recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
-    perf = pa.table(
+    record_performance(
+        wh,
         {
-            "domain": [domain],
-            "source": ["compiled_program"],
-            "score": [score.score],
-            "n": [score.n_test],
-            "metric": [score.metric],
-            "run_id": [context.run_id],
-            "recorded_at": [recorded_at],
-        }
+            "domain": domain,
+            "source": "compiled_program",
+            "score": score.score,
+            "n": score.n_eval,
+            "metric": score.metric,
+            "run_id": context.run_id,
+            "recorded_at": datetime.now(UTC).replace(tzinfo=None),
+            "ci_low": score.ci_low,
+            "ci_high": score.ci_high,
+            "parse_failures": score.parse_failures,
+        },
     )
-    _append_performance(wh, perf)
+    interval = (
+        {"score_ci95_low": round(low, 4), "score_ci95_high": round(high, 4)}
+        if low is not None and high is not None
+        else {}
+    )
     return dg.MaterializeResult(
         metadata={
             "score": dg.MetadataValue.float(round(score.score, 4)),
+            **interval,
             "metric": score.metric,
             "optimizer": score.optimizer,
             "n_train": score.n_train,
-            "n_test": score.n_test,
-            "prediction_failures": score.failures,
+            "n_heldout": score.n_heldout,
+            "n_eval": score.n_eval,
+            "eval_sample": dg.MetadataValue.text(
+                f"{score.n_eval} of {score.n_heldout} held-out examples, stratified by matrix cell"
+            ),
+            "parse_failures": score.parse_failures,
             "demos": len(getattr(compiled.predict, "demos", [])),
             "inputs": dg.MetadataValue.json(program_spec.inputs),
             "outputs": dg.MetadataValue.json(program_spec.outputs),
             "program_model": model,
+            "program_threads": threads,
             "program_path": dg.MetadataValue.path(str(path)),
             "score_histogram": histogram_markdown(per_example),
             **usage_metadata(client.totals),
         }
     )
-
-
-def _append_performance(wh: Any, perf: pa.Table) -> None:
-    """Append one row to ``agent_performance`` (the feedback loop's table), creating it if needed."""
-    with wh.duckdb() as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS agent_performance (domain VARCHAR, source VARCHAR, score DOUBLE, "
-            "n BIGINT, metric VARCHAR, run_id VARCHAR, recorded_at TIMESTAMP)"
-        )
-        conn.register("perf_row", perf)
-        conn.execute(
-            "INSERT INTO agent_performance BY NAME SELECT * REPLACE (CAST(recorded_at AS TIMESTAMP) "
-            "AS recorded_at) FROM perf_row"
-        )
-        conn.unregister("perf_row")

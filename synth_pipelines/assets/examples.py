@@ -1,11 +1,10 @@
 """Generation and validation: ``raw_generations`` and ``validated_examples``."""
 
 import json
-from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import duckdb
 from pydantic import Field
 
 from synth_pipelines.assets._common import (
@@ -17,7 +16,7 @@ from synth_pipelines.assets._common import (
     usage_metadata,
 )
 from synth_pipelines.assets.domain import problem_matrix
-from synth_pipelines.generation.examples import Journal, generate_examples, plan_items
+from synth_pipelines.generation.examples import generate_examples, iter_plan_items, plan_table
 from synth_pipelines.generation.matrix import MatrixCell
 from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.backends import ProviderConfigError
@@ -25,17 +24,62 @@ from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
-from synth_pipelines.spec.text import example_text
-from synth_pipelines.validation.consensus import judge_example, resolve_judges
-from synth_pipelines.validation.dedup import near_duplicate_selection
-from synth_pipelines.validation.rules import dedup_key, example_json_text, rule_check
-from synth_pipelines.warehouse.tables import RAW_GENERATIONS, REJECTED_EXAMPLES, VALIDATED_EXAMPLES, to_table
+from synth_pipelines.validation.consensus import resolve_judges
+from synth_pipelines.validation.examples import ValidationOutcome, validate_examples
+from synth_pipelines.warehouse.inflight import InflightRows, build_partition
+from synth_pipelines.warehouse.progress import Progress
+from synth_pipelines.warehouse.tables import (
+    RAW_GENERATIONS,
+)
 
 GROUP = "synthesis"
 
 
 class GenerationConfig(dg.Config):
     temperature: float | None = Field(default=None, ge=0, le=2, description="Override the spec's hint.")
+    allow_partial: bool = Field(
+        default=False,
+        description="Publish the partition even when the run stopped short of the plan (budget) or "
+        "too many items got no answer from the provider. Off: the previous partition stays.",
+    )
+    max_provider_failure_rate: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="The largest share of items that may end without an answer from the provider "
+        "(HTTP errors, timeouts) before the run fails instead of publishing.",
+    )
+
+
+def _partition_summary(path: Any) -> dict[str, Any]:
+    """Counts, top failure reasons and a preview of a raw_generations file, computed by DuckDB."""
+    conn = duckdb.connect()
+    try:
+        source = f"read_parquet('{str(path).replace(chr(39), chr(39) * 2)}')"
+        total, ok, provider = conn.execute(
+            f"SELECT count(*), count(*) FILTER (status = 'ok'), "
+            f"count(*) FILTER (status != 'ok' AND failure_kind = 'provider') FROM {source}"
+        ).fetchone() or (0, 0, 0)
+        errors = conn.execute(
+            f"SELECT left(coalesce(error, ''), 120) AS e, count(*) AS n FROM {source} WHERE status != 'ok' "
+            "GROUP BY e ORDER BY n DESC, e LIMIT 10"
+        ).fetchall()
+        cursor = conn.execute(
+            f"SELECT example_id, cell_id, generator_model, example_json FROM {source} "
+            "WHERE status = 'ok' LIMIT 5"
+        )
+        names = [d[0] for d in cursor.description or []]
+        preview = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+    return {
+        "rows": int(total),
+        "ok": int(ok),
+        "failed": int(total - ok),
+        "provider_failed": int(provider),
+        "failure_reasons": {e: int(n) for e, n in errors},
+        "preview": preview,
+    }
 
 
 @dg.asset(
@@ -53,9 +97,12 @@ def raw_generations(
 ) -> dg.MaterializeResult:
     """Every generated example with full provenance (grain: one row per planned item of the matrix).
 
-    Rows hold the example JSON or the failure reason, plus cell, seed, generator model, prompt
-    hash, temperature, sampling seed, tokens, cost, latency, attempts and time. Items are journaled
-    as they finish, so a killed run resumes without calling the model again for finished items.
+    Rows hold the example JSON or the failure reason and its kind, plus cell, seed, generator model,
+    prompt hash, temperature, sampling seed, tokens, cost, latency, attempts and time. Rows are
+    written as they finish (Parquet parts in the state folder), so a killed run resumes without
+    calling the model again for finished items. The partition is published only when the plan is
+    complete and the provider answered enough items; otherwise the previous partition stays and the
+    run fails saying why (``allow_partial`` publishes anyway).
     """
     domain = context.partition_key
     wh = warehouse.get()
@@ -65,71 +112,88 @@ def raw_generations(
         for r in require_upstream(wh, "problem_matrix", domain).to_pylist()
     ]
     seeds = [SeedProblem(**r) for r in require_upstream(wh, "seed_problems", domain).to_pylist()]
-    items = plan_items(cells, seeds, domain)
+    planned = sum(c.target for c in cells)
+    plan = plan_table(spec, iter_plan_items(cells, seeds, domain))
     client = llm.client(wh.cache_path)
-    journal = Journal(wh.journal_path("raw_generations", domain))
+    sink = InflightRows(wh.inflight_dir("raw_generations", domain), RAW_GENERATIONS)
+    progress = Progress(wh.progress_path(domain), asset="raw_generations", domain=domain, total=planned)
     context.log.info(
-        f"generating {len(items)} examples for {domain} with {client.generator_chain()} "
-        f"({client.strategy} routing)"
+        f"generating {planned} examples for {domain} with {client.generator_chain()} "
+        f"({client.strategy} routing); {len(sink.part_files())} in-flight part file(s) to resume from"
     )
     try:
-        outcome = generate_examples(spec, items, client, journal, temperature=config.temperature)
+        outcome = generate_examples(
+            spec,
+            iter_plan_items(cells, seeds, domain),
+            client,
+            sink,
+            planned=planned,
+            temperature=config.temperature,
+            progress=progress,
+        )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(
-            f"generating examples for {domain!r} (finished items are kept; rerun resumes)", e
+            f"generating examples for {domain!r} ({sink.written} new rows kept in the state folder; "
+            "the previous partition is unchanged; a rerun resumes)",
+            e,
         ) from e
-    rows = [r.model_dump() for r in outcome.rows]
-    table = to_table(rows, RAW_GENERATIONS)
-    path = wh.write_partition("raw_generations", domain, table)
-    wh.replace_domain_rows("raw_generations", domain, table)
-    if outcome.stopped_reason is None:
-        journal.remove()  # the partition now holds every row; the journal only matters mid-run
-    else:
-        context.log.warning(f"stopped early: {outcome.stopped_reason}; {len(rows)}/{len(items)} items kept")
-    ok = [r for r in rows if r["status"] == "ok"]
-    errors = Counter((r["error"] or "")[:80] for r in rows if r["status"] != "ok")
-    return dg.MaterializeResult(
-        metadata={
-            "rows": len(rows),
-            "planned": len(items),
-            "ok": len(ok),
-            "failed": len(rows) - len(ok),
-            "resumed_from_journal": outcome.resumed,
-            "stopped_reason": outcome.stopped_reason or "",
-            "failure_reasons": dg.MetadataValue.json(dict(errors.most_common(10))),
-            "path": dg.MetadataValue.path(str(path)),
-            **usage_metadata(client.totals),
-            "preview": markdown_table(
-                ok, ["example_id", "cell_id", "generator_model", "example_json"], limit=5, width=120
-            ),
-        }
+    finally:
+        progress.finish()
+    staged = wh.staging_file("raw_generations", domain)
+    rows = build_partition(sink.part_files(), plan, RAW_GENERATIONS, staged, temp_dir=wh.state_dir)
+    summary = _partition_summary(staged)
+    usage = usage_metadata(client.totals)
+    meta: dict[str, Any] = {
+        "rows": rows,
+        "planned": planned,
+        "ok": summary["ok"],
+        "failed": summary["failed"],
+        "provider_failed": summary["provider_failed"],
+        "resumed": outcome.resumed,
+        "generated_now": outcome.generated,
+        "stopped_reason": outcome.stopped_reason or "",
+        "failure_reasons": dg.MetadataValue.json(summary["failure_reasons"]),
+        "adaptive_concurrency": dg.MetadataValue.json(client.gate_stats()),
+        **progress.metadata(),
+        **usage,
+    }
+    problems = []
+    if rows < planned:
+        problems.append(
+            f"{planned - rows} of {planned} planned items have no row"
+            + (f" ({outcome.stopped_reason})" if outcome.stopped_reason else "")
+        )
+    if rows and summary["provider_failed"] / rows > config.max_provider_failure_rate:
+        top = next(iter(summary["failure_reasons"]), "")
+        problems.append(
+            f"{summary['provider_failed']} of {rows} items got no answer from the provider "
+            f"(more than {config.max_provider_failure_rate:.0%}; most common: {top})"
+        )
+    if problems and not config.allow_partial:
+        staged.unlink(missing_ok=True)
+        raise dg.Failure(
+            description=f"raw_generations for {domain!r} was not published: {'; '.join(problems)}. "
+            "The previous partition is unchanged; finished items are kept in the state folder and a "
+            "rerun resumes them (raise the budget or fix the provider first). Run config "
+            "allow_partial: true publishes what there is.",
+            metadata=meta,
+        )
+    # The DuckDB mirror first (from the staged file), then the atomic publish: if the mirror cannot
+    # be updated the run fails with the published partition untouched, so the two never disagree.
+    wh.replace_domain_rows("raw_generations", domain, staged)
+    path = wh.publish_partition_file("raw_generations", domain, staged)
+    sink.clear()  # the partition now holds every row; the parts only matter mid-run
+    if problems:
+        context.log.warning(f"published a partial partition (allow_partial): {'; '.join(problems)}")
+    meta["path"] = dg.MetadataValue.path(str(path))
+    meta["preview"] = markdown_table(
+        summary["preview"], ["example_id", "cell_id", "generator_model", "example_json"], limit=5, width=120
     )
+    return dg.MaterializeResult(metadata=meta)
 
 
 class ValidationConfig(dg.Config):
     early_stop: bool = Field(default=True, description="Skip remaining judges once the outcome is decided.")
-
-
-def _judged_fields(c: Any, threshold: float, spec_version: str) -> dict[str, Any]:
-    return {
-        "consensus": c.consensus if c is not None else None,
-        "consensus_threshold": threshold,
-        "validator_spread": c.spread if c is not None else None,
-        "validator_scores": [
-            {
-                "model": j.model,
-                "weight": j.weight,
-                "score": j.score,
-                "criteria_json": json.dumps(j.scores),
-                "reason": j.reason,
-                "error": j.error,
-            }
-            for j in (c.judges if c is not None else [])
-        ],
-        "validators_skipped": c.skipped_calls if c is not None else 0,
-        "spec_version": spec_version,
-        "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 @dg.asset(
@@ -149,152 +213,97 @@ def validated_examples(
 
     Gates, in order: rule-based schema compliance and degenerate-text checks, exact-duplicate
     removal on the spec's uniqueness fields, then multi-model validation (weighted consensus of
-    the validator models against the spec's threshold). Accepted rows keep their provenance and
-    per-validator scores; rejected rows land in ``rejected_examples`` with stage and reasons.
-    Also written to the DuckDB tables ``validated_examples`` and ``rejected_examples``.
+    the validator models against the spec's threshold), then near-duplicate removal. Accepted rows
+    keep their provenance and per-validator scores; rejected rows land in ``rejected_examples``
+    with stage and reasons (always written, even when nothing is accepted). Also written to the
+    DuckDB tables ``validated_examples`` and ``rejected_examples``. When no judge could score
+    anything because the validators' provider failed, the asset fails naming the cause and the
+    previous ``validated_examples`` partition stays.
     """
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
-    raw = require_upstream(wh, "raw_generations", domain).to_pylist()
+    raw = require_upstream(wh, "raw_generations", domain)
     client = llm.client(wh.cache_path)
     try:
         judges = resolve_judges(spec, client)
     except ValueError as e:
         raise dg.Failure(description=str(e)) from e
-    threshold = spec.validation.consensus_threshold
-    accepted: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    seen_keys: dict[str, str] = {}
-    candidates: list[tuple[dict[str, Any], dict[str, Any], str]] = []
-
-    def reject(
-        row: dict[str, Any],
-        stage: str,
-        reasons: list[str],
-        consensus: Any = None,
-        key: str | None = None,
-        example: dict[str, Any] | None = None,
-    ) -> None:
-        base = {k: row[k] for k in VALIDATED_EXAMPLES.names if k in row}
-        rejected.append(
-            {
-                **base,
-                **_judged_fields(consensus, threshold, spec.version_str),
-                "example_json": example_json_text(example) if example else row.get("example_json"),
-                "dedup_key": key,
-                "fail_stage": stage,
-                "fail_reasons": reasons,
-            }
-        )
-
-    for row in raw:
-        if row["status"] != "ok":
-            reject(row, "generation", [row["error"] or "generation failed"])
-            continue
-        example, reasons = rule_check(spec, row["example_json"], prompt_text=row["problem"])
-        if example is None or reasons:
-            reject(row, "rules", reasons, example=example)
-            continue
-        key = dedup_key(spec, example)
-        if key in seen_keys:
-            reject(row, "dedup", [f"exact duplicate of {seen_keys[key]}"], key=key, example=example)
-            continue
-        seen_keys[key] = row["example_id"]
-        candidates.append((row, example, key))
-
-    def judge(candidate: tuple[dict[str, Any], dict[str, Any], str]) -> Any:
-        row, example, _ = candidate
-        return judge_example(
-            client,
-            spec,
-            judges,
-            example_id=row["example_id"],
-            problem=row["problem"],
-            example=example,
-            early_stop=config.early_stop,
-        )
-
-    context.log.info(f"{len(candidates)} of {len(raw)} examples reach the {len(judges)} validator models")
+    progress = Progress(
+        wh.progress_path(domain), asset="validated_examples", domain=domain, total=raw.num_rows
+    )
     try:
-        verdicts = client.map(judge, candidates, concurrency=client.concurrency_for(j.model for j in judges))
+        outcome = validate_examples(
+            spec, raw, client, judges, early_stop=config.early_stop, progress=progress
+        )
     except (ProviderError, ProviderConfigError) as e:
-        raise provider_failure(f"validating examples for {domain!r}", e) from e
-    for (row, example, key), verdict in zip(candidates, verdicts, strict=True):
-        if not verdict.passed:
-            reject(row, "consensus", [verdict.reason or "below threshold"], verdict, key, example)
-            continue
-        base = {k: row[k] for k in VALIDATED_EXAMPLES.names if k in row}
-        accepted.append(
-            {
-                **base,
-                **_judged_fields(verdict, threshold, spec.version_str),
-                "example_json": example_json_text(example),
-                "dedup_key": key,
-            }
+        raise provider_failure(
+            f"validating examples for {domain!r} (judge replies so far are cached; the previous "
+            "partition is unchanged)",
+            e,
+        ) from e
+    finally:
+        progress.finish()
+    # The rejected rows are always written: they say why nothing (or little) got through.
+    wh.write_dataset("rejected_examples", domain, outcome.rejected)
+    cause = outcome.all_judges_failed_on_provider()
+    if cause is not None:
+        raise dg.Failure(
+            description=f"validated_examples for {domain!r}: all {len(outcome.judge_calls)} judge calls "
+            f"failed ({cause}). Nothing could be scored, so the previous partition is unchanged; "
+            "rejected_examples holds this run's rows. Fix the validator models' provider and rerun.",
         )
-
-    # Near duplicates among accepted examples collapse to their best-scored member.
-    texts = [example_text(json.loads(r["example_json"]), spec.uniqueness_fields()) for r in accepted]
-    keep, replaced_by = near_duplicate_selection(
-        texts, [r["consensus"] or 0.0 for r in accepted], threshold=spec.validation.near_duplicate_threshold
-    )
-    for dropped, winner in replaced_by.items():
-        row = accepted[dropped]
-        accepted[winner].setdefault("replaced_example_ids", []).append(row["example_id"])
-        rejected.append(
-            {
-                **row,
-                "fail_stage": "near_duplicate",
-                "fail_reasons": [f"near duplicate of {accepted[winner]['example_id']}"],
-            }
-        )
-    accepted = [accepted[i] for i in keep]
-
-    path = wh.write_partition("validated_examples", domain, to_table(accepted, VALIDATED_EXAMPLES))
-    wh.write_partition("rejected_examples", domain, to_table(rejected, REJECTED_EXAMPLES))
-    wh.replace_domain_rows("validated_examples", domain, to_table(accepted, VALIDATED_EXAMPLES))
-    wh.replace_domain_rows("rejected_examples", domain, to_table(rejected, REJECTED_EXAMPLES))
-
-    judged = len(candidates)
-    consensus_values = [v.consensus for v in verdicts if v.consensus is not None]
-    stage_counts = Counter(r["fail_stage"] for r in rejected)
-    reason_counts = Counter(
-        f"rules: {reason.split(':', 1)[-1].strip()}" if r["fail_stage"] == "rules" else r["fail_stage"]
-        for r in rejected
-        for reason in r["fail_reasons"]
-    )
+    path = wh.write_dataset("validated_examples", domain, outcome.accepted)
     return dg.MaterializeResult(
         metadata={
-            "rows": len(accepted),
-            "input_rows": len(raw),
-            "rejected": len(rejected),
-            "rejected_by_stage": dg.MetadataValue.json(dict(stage_counts)),
-            "rejection_reasons": dg.MetadataValue.json(dict(reason_counts.most_common(15))),
-            "rule_check_pass_rate": dg.MetadataValue.float(
-                round(
-                    1 - stage_counts.get("rules", 0) / max(1, len(raw) - stage_counts.get("generation", 0)), 4
-                )
-            ),
-            "consensus_pass_rate": dg.MetadataValue.float(
-                round(sum(v.passed for v in verdicts) / judged, 4) if judged else 0.0
-            ),
-            "near_duplicates_removed": len(replaced_by),
-            "overall_pass_rate": dg.MetadataValue.float(round(len(accepted) / len(raw), 4) if raw else 0.0),
-            "mean_consensus": dg.MetadataValue.float(
-                round(sum(consensus_values) / len(consensus_values), 4) if consensus_values else 0.0
-            ),
-            "consensus_threshold": threshold,
-            "validators": dg.MetadataValue.json([j.model_dump() for j in judges]),
-            "validator_calls_skipped": sum(v.skipped_calls for v in verdicts),
-            "consensus_histogram": histogram_markdown(consensus_values),
+            **_validation_metadata(spec, raw.num_rows, outcome, judges),
+            "adaptive_concurrency": dg.MetadataValue.json(client.gate_stats()),
             "path": dg.MetadataValue.path(str(path)),
+            **progress.metadata(),
             **usage_metadata(client.totals),
-            "preview": markdown_table(
-                accepted, ["example_id", "consensus", "validator_spread", "example_json"], limit=5, width=120
-            ),
-            "rejected_preview": markdown_table(
-                rejected, ["example_id", "fail_stage", "fail_reasons"], limit=8, width=100
-            ),
         }
     )
+
+
+def _validation_metadata(spec: Any, n: int, outcome: ValidationOutcome, judges: list[Any]) -> dict[str, Any]:
+    verdicts = outcome.verdicts
+    consensus_values = [v.consensus for v in verdicts if v.consensus is not None]
+    stages = outcome.stage_counts
+    accepted = outcome.accepted
+    return {
+        "rows": accepted.num_rows,
+        "input_rows": n,
+        "rejected": outcome.rejected.num_rows,
+        "rejected_by_stage": dg.MetadataValue.json(dict(stages)),
+        "rejection_reasons": dg.MetadataValue.json(dict(outcome.reason_counts.most_common(15))),
+        "rule_check_pass_rate": dg.MetadataValue.float(
+            round(1 - stages.get("rules", 0) / max(1, n - stages.get("generation", 0)), 4)
+        ),
+        "consensus_pass_rate": dg.MetadataValue.float(
+            round(sum(v.passed for v in verdicts) / outcome.candidates, 4) if outcome.candidates else 0.0
+        ),
+        "near_duplicates_removed": outcome.near_duplicates_removed,
+        "overall_pass_rate": dg.MetadataValue.float(round(accepted.num_rows / n, 4) if n else 0.0),
+        "mean_consensus": dg.MetadataValue.float(
+            round(sum(consensus_values) / len(consensus_values), 4) if consensus_values else 0.0
+        ),
+        "consensus_threshold": spec.validation.consensus_threshold,
+        "validators": dg.MetadataValue.json([j.model_dump() for j in judges]),
+        "validator_calls_skipped": sum(v.skipped_calls for v in verdicts),
+        "judge_calls_failed": len([j for j in outcome.judge_calls if j.error]),
+        "consensus_histogram": histogram_markdown(consensus_values),
+        "preview": markdown_table(
+            accepted.slice(0, 5)
+            .select(["example_id", "consensus", "validator_spread", "example_json"])
+            .to_pylist(),
+            ["example_id", "consensus", "validator_spread", "example_json"],
+            limit=5,
+            width=120,
+        ),
+        "rejected_preview": markdown_table(
+            outcome.rejected.slice(0, 8).select(["example_id", "fail_stage", "fail_reasons"]).to_pylist(),
+            ["example_id", "fail_stage", "fail_reasons"],
+            limit=8,
+            width=100,
+        ),
+    }

@@ -1,19 +1,20 @@
-"""Raw generation: one structured call per planned item, journaled as it goes so a killed run resumes.
+"""Raw generation: one structured call per planned item, written as it finishes so a killed run resumes.
 
-Each finished item is appended to a JSONL journal (one fsync'd line per item) beside the partition.
-A rerun reads the journal, skips every item already finished with the same prompt, and only calls
-the model for the rest. The Parquet partition is written once at the end and the journal removed.
+Items run on the provider loop's worker pool. Each finished row goes to an :class:`InflightRows`
+writer (Parquet parts in the state folder, flushed every second). A rerun reads the parts, skips
+every item already finished with the same prompt, and only calls the model for the rest: for
+items whose reply was unusable too (the same seeds would get the same cached reply), but not for
+items that failed on the provider's side, which are tried again.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import threading
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from synth_pipelines.generation import prompts
@@ -24,6 +25,8 @@ from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.spec.example_schema import example_json_schema, example_model
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import stable_int
+from synth_pipelines.warehouse.inflight import InflightRows
+from synth_pipelines.warehouse.progress import Progress
 
 # Rough completion budget per example: generous enough for every bounded field, small enough that a
 # stuck model stops (the grammar also bounds it).
@@ -56,6 +59,7 @@ class RawGeneration(BaseModel):
     status: str  # "ok" | "failed"
     example_json: str | None
     error: str | None
+    failure_kind: str | None = None  # "reply" (unusable answer) | "provider" (no answer)
     raw_text: str | None
     generator_model: str
     prompt_hash: str
@@ -70,29 +74,28 @@ class RawGeneration(BaseModel):
     created_at: str
 
 
-def plan_items(cells: list[MatrixCell], seeds: list[SeedProblem], domain: str) -> list[PlannedItem]:
-    """Expand every cell's target into items with stable ids and sampling seeds."""
+def iter_plan_items(
+    cells: Iterable[MatrixCell], seeds: list[SeedProblem], domain: str
+) -> Iterator[PlannedItem]:
+    """Expand every cell's target into items with stable ids and sampling seeds (lazily: a plan of
+    100,000 items is never held in memory)."""
     by_id = {s.seed_id: s for s in seeds}
-    items: list[PlannedItem] = []
     for cell in cells:
         seed = by_id.get(cell.seed_id)
         if seed is None:
             raise ValueError(f"matrix cell {cell.cell_id} refers to unknown seed {cell.seed_id}")
         for k in range(cell.target):
             eid = f"{cell.cell_id}_{k:04d}"
-            items.append(
-                PlannedItem(
-                    example_id=eid,
-                    cell_id=cell.cell_id,
-                    seed_id=seed.seed_id,
-                    problem=seed.problem,
-                    conditions=cell.conditions,
-                    complexity=cell.complexity,
-                    sample_index=k,
-                    seed=stable_int(domain, eid),
-                )
+            yield PlannedItem(
+                example_id=eid,
+                cell_id=cell.cell_id,
+                seed_id=seed.seed_id,
+                problem=seed.problem,
+                conditions=cell.conditions,
+                complexity=cell.complexity,
+                sample_index=k,
+                seed=stable_int(domain, eid),
             )
-    return items
 
 
 def max_tokens_for(spec: DomainSpec) -> int:
@@ -152,72 +155,80 @@ def build_messages(spec: DomainSpec, item: PlannedItem) -> list[ChatMessage]:
     ]
 
 
-class Journal:
-    """Append-only JSONL of finished rows; tolerant of a torn last line from a killed process."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-
-    def load(self) -> dict[tuple[str, str], RawGeneration]:
-        rows: dict[tuple[str, str], RawGeneration] = {}
-        if not self.path.is_file():
-            return rows
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = RawGeneration.model_validate_json(line)
-            except ValueError:
-                continue  # torn write from a killed run
-            rows[(row.example_id, row.prompt_hash)] = row
-        return rows
-
-    def append(self, row: RawGeneration) -> None:
-        line = row.model_dump_json() + "\n"
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 class GenerationOutcome(BaseModel):
-    rows: list[RawGeneration]
+    """What one generation pass did. The rows themselves are in the in-flight parts."""
+
+    planned: int
     resumed: int
     generated: int
+    ok: int
+    failed: int
+    skipped: int  # not attempted: the budget stopped the run first
     stopped_reason: str | None = None
+
+
+def plan_table(spec: DomainSpec, items: Iterable[PlannedItem]) -> pa.Table:
+    """``plan_index, example_id, prompt_hash`` of every planned item: what the partition must hold."""
+    schema = example_json_schema(spec)
+    ids: list[str] = []
+    hashes: list[str] = []
+    for item in items:
+        ids.append(item.example_id)
+        hashes.append(prompt_hash(build_messages(spec, item), schema))
+    return pa.table(
+        {
+            "plan_index": pa.array(range(len(ids)), pa.int64()),
+            "example_id": pa.array(ids, pa.string()),
+            "prompt_hash": pa.array(hashes, pa.string()),
+        }
+    )
+
+
+def finished_keys(sink: InflightRows) -> set[tuple[str, str]]:
+    """Items a rerun need not ask again: answered, or answered unusably (the cache would repeat it)."""
+    done = sink.read_columns(["example_id", "prompt_hash", "status", "failure_kind"]).to_pydict()
+    return {
+        (eid, phash)
+        for eid, phash, status, kind in zip(
+            done["example_id"], done["prompt_hash"], done["status"], done["failure_kind"], strict=True
+        )
+        if status == "ok" or kind != "provider"
+    }
 
 
 def generate_examples(
     spec: DomainSpec,
-    items: list[PlannedItem],
+    items: Iterable[PlannedItem],
     client: LLMClient,
-    journal: Journal,
+    sink: InflightRows,
     *,
+    planned: int,
     temperature: float | None = None,
+    progress: Progress | None = None,
 ) -> GenerationOutcome:
-    """Generate every planned item not already in the journal. Failures become rows, never exceptions."""
+    """Generate every planned item not already in ``sink``. A bad reply becomes a failed row, never
+    an exception; an endpoint that is down (circuit open on the whole generator chain) stops the
+    pass at once with :class:`~synth_pipelines.llm.limits.CircuitOpen`, everything finished so far
+    flushed. A spent budget stops new calls, but cached items are still served (they are free)."""
     model_cls = example_model(spec)
     schema = example_json_schema(spec)
     temp = spec.hints.temperature if temperature is None else temperature
     max_tokens = max_tokens_for(spec)
-    done = journal.load()
+    done = finished_keys(sink)
     chain = client.generator_chain()
-    stop = threading.Event()
+    counts = {"resumed": 0, "generated": 0, "ok": 0, "failed": 0, "skipped": 0}
     stop_reason: list[str] = []
 
-    def run(item: PlannedItem) -> RawGeneration | None:
+    async def run(item: PlannedItem) -> RawGeneration | None:
         messages = build_messages(spec, item)
         phash = prompt_hash(messages, schema)
         if (item.example_id, phash) in done:
-            return done[(item.example_id, phash)]
-        if stop.is_set():
+            counts["resumed"] += 1
+            if progress is not None:
+                progress.advance(resumed=True)
             return None
         try:
-            result = client.structured(
+            result = await client.astructured(
                 chain,
                 messages,
                 model_cls,
@@ -227,10 +238,11 @@ def generate_examples(
                 seed=item.seed,
             )
         except BudgetExhausted as e:
-            stop.set()
-            stop_reason.append(str(e))
+            if not stop_reason:
+                stop_reason.append(str(e))
+            counts["skipped"] += 1
             return None
-        row = RawGeneration(
+        return RawGeneration(
             example_id=item.example_id,
             cell_id=item.cell_id,
             seed_id=item.seed_id,
@@ -240,6 +252,7 @@ def generate_examples(
             status="ok" if result.ok else "failed",
             example_json=result.value.model_dump_json() if result.value is not None else None,
             error=result.error,
+            failure_kind=result.failure_kind,
             raw_text=None if result.ok else result.raw_text[:2000],
             generator_model=result.record.model,
             prompt_hash=phash,
@@ -253,16 +266,25 @@ def generate_examples(
             cache_hit=result.record.model_calls == 0,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        journal.append(row)
-        return row
 
-    results = client.map(run, items, concurrency=client.concurrency_for(chain))
-    rows = [r for r in results if r is not None]
-    journaled = {id(v) for v in done.values()}
-    resumed = sum(1 for r in rows if id(r) in journaled)
+    def finished(item: PlannedItem, row: RawGeneration | None) -> None:
+        if row is None:
+            return
+        sink.add(row.model_dump())
+        counts["generated"] += 1
+        counts["ok" if row.status == "ok" else "failed"] += 1
+        if progress is not None:
+            billed = not row.cache_hit
+            progress.advance(
+                tokens=(row.prompt_tokens + row.completion_tokens) if billed else 0,
+                cost_usd=row.cost_usd if billed else 0.0,
+            )
+
+    try:
+        client.pool(run, items, width=client.concurrency_for(chain), on_result=finished, collect=False)
+    finally:
+        sink.flush()  # whatever finished before a failure is kept for the rerun
+        client.flush()
     return GenerationOutcome(
-        rows=rows,
-        resumed=resumed,
-        generated=len(rows) - resumed,
-        stopped_reason=stop_reason[0] if stop_reason else None,
+        planned=planned, stopped_reason=stop_reason[0] if stop_reason else None, **counts
     )

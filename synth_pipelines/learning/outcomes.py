@@ -195,6 +195,36 @@ def ingest_inbox(
     return reports
 
 
+PERFORMANCE_TABLE = "agent_performance"
+PERFORMANCE_COLUMNS = {
+    "domain": "VARCHAR",
+    "source": "VARCHAR",
+    "score": "DOUBLE",
+    "n": "BIGINT",
+    "metric": "VARCHAR",
+    "run_id": "VARCHAR",
+    "recorded_at": "TIMESTAMP",
+    "ci_low": "DOUBLE",
+    "ci_high": "DOUBLE",
+    "parse_failures": "BIGINT",
+}
+
+
+def record_performance(warehouse: Warehouse, row: dict[str, Any]) -> None:
+    """Append one measured score to ``agent_performance`` (the feedback loop's table): a compiled
+    program's held-out score counts as agent success. Older tables gain the newer columns."""
+    with warehouse.duckdb() as conn:
+        columns = ", ".join(f"{name} {kind}" for name, kind in PERFORMANCE_COLUMNS.items())
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {PERFORMANCE_TABLE} ({columns})")
+        for name, kind in PERFORMANCE_COLUMNS.items():
+            conn.execute(f"ALTER TABLE {PERFORMANCE_TABLE} ADD COLUMN IF NOT EXISTS {name} {kind}")
+        names = [n for n in PERFORMANCE_COLUMNS if n in row]
+        conn.execute(
+            f"INSERT INTO {PERFORMANCE_TABLE} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            [row[n] for n in names],
+        )
+
+
 class SuccessRate(BaseModel):
     domain: str
     rate: float | None

@@ -1,11 +1,20 @@
 """The domain's DSPy program: a typed signature from the spec's program inputs -> outputs, compiled on a
-train split of validated examples, scored on the held-out split, saved as DSPy state JSON."""
+train split of validated examples, scored on a sample of the held-out split, saved as DSPy state JSON.
+
+Scoring is concurrent (a thread per in-flight call, up to the program model's concurrency) and the
+metric works on the whole sample at once (one embedding batch for semantic similarity), so it costs
+about ``sample / concurrency`` round trips however large the domain. The score comes with a 95%
+confidence interval. A provider failure stops the run; only a reply DSPy cannot parse scores 0, and
+those are counted apart.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +22,34 @@ import numpy as np
 from pydantic import BaseModel
 
 from synth_pipelines.learning.dspy_lm import ProviderLM, dspy
-from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.backends import ProviderConfigError
+from synth_pipelines.llm.client import BudgetExhausted, LLMClient
+from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.spec.example_schema import example_json_schema, example_model
 from synth_pipelines.spec.model import DomainSpec, ProgramSpec
 from synth_pipelines.spec.text import example_text, normalize_text, stable_hash
 from synth_pipelines.warehouse.storage import StoragePath, atomic_write_bytes
 
+# Errors that mean "no answer", not "a bad answer": they stop compilation and scoring.
+PROVIDER_ERRORS = (ProviderError, ProviderConfigError, BudgetExhausted)
+
+GoldPred = tuple[dict[str, Any], dict[str, Any]]
+BatchMetric = Callable[[Sequence[GoldPred]], list[float]]
+
 
 class ProgramScore(BaseModel):
+    """The held-out score of a compiled program, with its uncertainty."""
+
     metric: str
     optimizer: str
     score: float
+    ci_low: float | None
+    ci_high: float | None
     n_train: int
-    n_test: int
+    n_heldout: int
+    n_eval: int
     per_example: list[float]
-    failures: int
+    parse_failures: int
     lm_calls: int
 
 
@@ -71,6 +93,40 @@ def split_examples(
     return ordered[:n_train], ordered[n_train:]
 
 
+def stratified_sample(rows: list[dict[str, Any]], size: int, *, key: str = "cell_id") -> list[dict[str, Any]]:
+    """At most ``size`` rows, each ``key`` group (matrix cell) represented in proportion to its size
+    (largest remainder), rows within a group in hash order: deterministic, and no cell is crowded
+    out by a big one."""
+    if len(rows) <= size:
+        return list(rows)
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: stable_hash(r["example_id"])):
+        groups.setdefault(row.get(key), []).append(row)
+    names = sorted(groups, key=str)
+    quotas = [size * len(groups[g]) / len(rows) for g in names]
+    take = [math.floor(q) for q in quotas]
+    for i in sorted(range(len(names)), key=lambda i: (-(quotas[i] - take[i]), str(names[i])))[
+        : size - sum(take)
+    ]:
+        take[i] += 1
+    picked = [row for g, k in zip(names, take, strict=True) for row in groups[g][:k]]
+    return sorted(picked, key=lambda r: stable_hash(r["example_id"]))
+
+
+def mean_ci(scores: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Mean and its two-sided ``confidence`` interval (Student's t), clipped to [0, 1]."""
+    n = len(scores)
+    if n == 0:
+        raise ValueError("no scores to summarize")
+    mean = float(np.mean(scores))
+    if n < 2:
+        return mean, None, None
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * float(np.std(scores, ddof=1)) / math.sqrt(n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
 def to_dspy_examples(rows: list[dict[str, Any]], program: ProgramSpec) -> list[dspy.Example]:
     out = []
     for row in rows:
@@ -88,25 +144,42 @@ def build_metric(
     spec: DomainSpec,
     program: ProgramSpec,
     embed: Callable[[list[str]], np.ndarray] | None,
-    judge: Callable[[dict[str, Any], dict[str, Any]], float] | None,
-) -> Callable[[dict[str, Any], dict[str, Any]], float]:
-    """metric(gold_fields, predicted_fields) -> 0..1 for the spec's chosen metric."""
+    judge: BatchMetric | None,
+) -> BatchMetric:
+    """metric([(gold_fields, predicted_fields), ...]) -> a 0..1 score per pair, for the spec's metric.
+
+    Batched on purpose: semantic similarity embeds every gold and predicted text in one call, and
+    an LLM judge scores the pairs concurrently.
+    """
     outputs = program.outputs
     if program.metric == "exact_match":
-        return lambda gold, pred: float(
-            all(
-                normalize_text(json.dumps(gold.get(f), sort_keys=True))
-                == normalize_text(json.dumps(pred.get(f), sort_keys=True))
-                for f in outputs
-            )
-        )
+
+        def exact(pairs: Sequence[GoldPred]) -> list[float]:
+            return [
+                float(
+                    all(
+                        normalize_text(json.dumps(gold.get(f), sort_keys=True))
+                        == normalize_text(json.dumps(pred.get(f), sort_keys=True))
+                        for f in outputs
+                    )
+                )
+                for gold, pred in pairs
+            ]
+
+        return exact
     if program.metric == "semantic_similarity":
         if embed is None:
             raise ValueError("semantic_similarity needs an embedder")
 
-        def semantic(gold: dict[str, Any], pred: dict[str, Any]) -> float:
-            vecs = embed([_outputs_text(gold, outputs), _outputs_text(pred, outputs)])
-            return float(max(0.0, min(1.0, float(vecs[0] @ vecs[1]))))
+        def semantic(pairs: Sequence[GoldPred]) -> list[float]:
+            if not pairs:
+                return []
+            texts = [_outputs_text(g, outputs) for g, _ in pairs] + [
+                _outputs_text(p, outputs) for _, p in pairs
+            ]
+            vectors = embed(texts)
+            gold, pred = vectors[: len(pairs)], vectors[len(pairs) :]
+            return np.clip(np.einsum("ij,ij->i", gold, pred), 0.0, 1.0).astype(float).tolist()
 
         return semantic
     if judge is None:
@@ -114,12 +187,22 @@ def build_metric(
     return judge
 
 
+def single(metric: BatchMetric) -> Callable[[dict[str, Any], dict[str, Any]], float]:
+    """The batch metric for one pair (what DSPy's optimizers call)."""
+    return lambda gold, pred: metric([(gold, pred)])[0]
+
+
 def compile_program(
     spec: DomainSpec,
     train: list[dspy.Example],
     lm: ProviderLM,
-    metric: Callable[[dict[str, Any], dict[str, Any]], float],
+    metric: BatchMetric,
+    *,
+    threads: int = 1,
 ) -> DomainProgram:
+    """Compile with the spec's optimizer. MIPROv2 evaluates with ``threads``; BootstrapFewShot, which
+    DSPy runs one example at a time, has its teacher's questions asked concurrently first (see
+    :func:`prefetch_bootstrap`) so its own pass is served from the cache."""
     program_spec = spec.program_or_default()
     student = DomainProgram(make_signature(spec, program_spec))
     k = min(program_spec.max_demos, len(train))
@@ -127,17 +210,75 @@ def compile_program(
         if program_spec.optimizer == "labeled_few_shot":
             return dspy.LabeledFewShot(k=k).compile(student, trainset=train)
         outs = program_spec.outputs
+        one = single(metric)
 
         def dspy_metric(example: Any, pred: Any, trace: Any = None) -> float:
-            return metric({f: example.get(f) for f in outs}, {f: getattr(pred, f, None) for f in outs})
+            return one(
+                {f: example.get(f) for f in outs}, _jsonable({f: getattr(pred, f, None) for f in outs})
+            )
 
         if program_spec.optimizer == "bootstrap_few_shot":
+            prefetch_bootstrap(student, train[: 2 * max(1, k) + threads], lm, max_labeled=k, threads=threads)
             optimizer = dspy.BootstrapFewShot(
-                metric=dspy_metric, max_bootstrapped_demos=k, max_labeled_demos=k
+                metric=dspy_metric, max_bootstrapped_demos=k, max_labeled_demos=k, max_errors=len(train) + 1
             )
             return optimizer.compile(student, trainset=train)
-        optimizer = dspy.MIPROv2(metric=dspy_metric, auto="light", num_threads=1)
+        optimizer = dspy.MIPROv2(metric=dspy_metric, auto="light", num_threads=threads, verbose=False)
         return optimizer.compile(student, trainset=train, max_bootstrapped_demos=k, max_labeled_demos=k)
+
+
+def prefetch_bootstrap(
+    student: DomainProgram, examples: list[dspy.Example], lm: ProviderLM, *, max_labeled: int, threads: int
+) -> None:
+    """Ask BootstrapFewShot's questions before it does, concurrently, so that they are cached.
+
+    BootstrapFewShot's teacher is the student with ``LabeledFewShot(k=max_labeled)`` demos (a fixed
+    seed), asked about each train example with that example left out of its demos. Exactly the same
+    requests go out here, on ``threads`` threads, each with its own copy of the teacher; the
+    sequential pass that follows then gets every reply from the response cache. A reply DSPy cannot
+    parse is left for the real pass to judge; a provider failure stops here.
+    """
+    if threads <= 1 or not examples:
+        return
+    teacher = dspy.LabeledFewShot(k=max_labeled).compile(student.reset_copy(), trainset=examples)
+
+    def ask(example: dspy.Example) -> None:
+        mine = teacher.deepcopy()
+        for _, predictor in mine.named_predictors():
+            predictor.demos = [d for d in predictor.demos if d != example]
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), trace=[]):
+            try:
+                mine(**example.inputs())
+            except PROVIDER_ERRORS:
+                raise
+            except Exception:  # a reply DSPy cannot parse: cached all the same
+                return
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(ask, examples))
+
+
+def predict_all(
+    compiled: DomainProgram, examples: list[dspy.Example], lm: ProviderLM, outputs: list[str], *, threads: int
+) -> list[dict[str, Any] | None]:
+    """The program's predicted output fields for every example (None where DSPy could not parse the
+    reply), on ``threads`` threads. A provider failure is raised, never turned into a score."""
+
+    def predict(example: dspy.Example) -> dict[str, Any] | None:
+        # dspy.context is per thread: each worker sets its own LM and adapter.
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            try:
+                prediction = compiled(**example.inputs().toDict())
+            except PROVIDER_ERRORS:
+                raise
+            except Exception:  # DSPy raises AdapterParseError etc. on an unusable reply
+                return None
+        return _jsonable({f: getattr(prediction, f, None) for f in outputs})
+
+    if threads <= 1:
+        return [predict(e) for e in examples]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(predict, examples))
 
 
 def evaluate_program(
@@ -145,23 +286,17 @@ def evaluate_program(
     test: list[dspy.Example],
     lm: ProviderLM,
     program: ProgramSpec,
-    metric: Callable[[dict[str, Any], dict[str, Any]], float],
+    metric: BatchMetric,
+    *,
+    threads: int = 1,
 ) -> tuple[list[float], int]:
-    """Score every held-out example; a prediction that fails to parse scores 0 and is counted."""
-    scores: list[float] = []
-    failures = 0
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
-        for ex in test:
-            try:
-                pred = compiled(**ex.inputs().toDict())
-                predicted = {f: getattr(pred, f, None) for f in program.outputs}
-            except Exception:  # DSPy raises AdapterParseError etc. on an unusable reply
-                failures += 1
-                scores.append(0.0)
-                continue
-            gold = {f: ex.get(f) for f in program.outputs}
-            scores.append(metric(gold, _jsonable(predicted)))
-    return scores, failures
+    """Score every example of ``test``; a reply that cannot be parsed scores 0 and is counted."""
+    predictions = predict_all(compiled, test, lm, program.outputs, threads=threads)
+    gold = [{f: ex.get(f) for f in program.outputs} for ex in test]
+    parsed = [(g, p) for g, p in zip(gold, predictions, strict=True) if p is not None]
+    scored = iter(metric(parsed))
+    scores = [next(scored) if p is not None else 0.0 for p in predictions]
+    return scores, sum(p is None for p in predictions)
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

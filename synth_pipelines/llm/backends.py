@@ -242,15 +242,23 @@ class OpenAICompatBackend:
                 completion = await sdk.chat.completions.create(**kwargs)
         except openai.RateLimitError as e:
             raise ProviderError(
-                self.name, "rate limited (429)", retryable=True, retry_after=_retry_after(e)
+                self.name,
+                _http_message(429, _sdk_body(e), self._api_key),
+                retryable=True,
+                retry_after=_retry_after(e),
+                kind="rate_limit",
+                status=429,
             ) from None
         except openai.APITimeoutError:
             raise ProviderError(
-                self.name, f"timed out after {self.config.timeout_s:g}s", retryable=True
+                self.name, f"timed out after {self.config.timeout_s:g}s", retryable=True, kind="timeout"
             ) from None
-        except openai.APIConnectionError:
+        except openai.APIConnectionError as e:
             raise ProviderError(
-                self.name, f"cannot connect to {self.config.base_url}", retryable=True
+                self.name,
+                f"cannot reach {self.config.base_url} ({type(e.__cause__ or e).__name__})",
+                retryable=True,
+                kind="connection",
             ) from None
         except openai.AuthenticationError:
             raise ProviderConfigError(
@@ -259,7 +267,12 @@ class OpenAICompatBackend:
         except openai.APIStatusError as e:
             retryable = e.status_code >= 500 or e.status_code in (408, 409)
             raise ProviderError(
-                self.name, f"HTTP {e.status_code}", retryable=retryable, retry_after=_retry_after(e)
+                self.name,
+                _http_message(e.status_code, _sdk_body(e), self._api_key),
+                retryable=retryable,
+                retry_after=_retry_after(e),
+                kind="http",
+                status=e.status_code,
             ) from None
         return _raw_from_completion(completion)
 
@@ -275,6 +288,7 @@ class AiohttpChatBackend:
     def __init__(self, name: str, config: ModelConfig, api_key: str | None):
         self.name = name
         self.config = config
+        self._api_key = api_key
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -331,11 +345,18 @@ class AiohttpChatBackend:
                 payload = await resp.read()
         except TimeoutError:
             raise ProviderError(
-                self.name, f"timed out after {self.config.timeout_s:g}s", retryable=True
+                self.name, f"timed out after {self.config.timeout_s:g}s", retryable=True, kind="timeout"
+            ) from None
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            raise ProviderError(
+                self.name,
+                f"cannot reach {self.config.base_url} ({type(e).__name__})",
+                retryable=True,
+                kind="connection",
             ) from None
         except aiohttp.ClientError as e:
             raise ProviderError(
-                self.name, f"cannot reach {self.config.base_url} ({type(e).__name__})", retryable=True
+                self.name, f"request to {self.config.base_url} failed ({type(e).__name__})", retryable=True
             ) from None
         if status in (401, 403):
             raise ProviderConfigError(
@@ -345,7 +366,12 @@ class AiohttpChatBackend:
         if status != 200:
             retryable = status == 429 or status >= 500 or status in (408, 409)
             raise ProviderError(
-                self.name, f"HTTP {status}", retryable=retryable, retry_after=_parse_retry_after(retry_after)
+                self.name,
+                _http_message(status, payload, self._api_key),
+                retryable=retryable,
+                retry_after=_parse_retry_after(retry_after),
+                kind="rate_limit" if status == 429 else "http",
+                status=status,
             )
         try:
             data = json.loads(payload)
@@ -365,6 +391,45 @@ class AiohttpChatBackend:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             finish_reason=str(choice.get("finish_reason") or "stop"),
         )
+
+
+MAX_SERVER_MESSAGE = 300
+
+
+def _http_message(status: int, body: bytes | str | None, api_key: str | None) -> str:
+    """``HTTP <status>: <the server's own explanation>``, truncated, with the key redacted.
+
+    The server's message is often the only clue a user has (an unsupported ``response_format``,
+    an unknown model id), so it is never dropped.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
+    message = text.strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message") or error.get("msg") or json.dumps(error)
+        elif isinstance(error, list):  # e.g. FastAPI validation errors
+            error = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in error)
+        if error:
+            message = str(error)
+    message = " ".join(message.split())
+    if api_key and len(api_key) >= 4:
+        message = message.replace(api_key, "***")
+    if len(message) > MAX_SERVER_MESSAGE:
+        message = message[: MAX_SERVER_MESSAGE - 1] + "…"
+    return f"HTTP {status}: {message}" if message else f"HTTP {status} (no message from the server)"
+
+
+def _sdk_body(error: Any) -> str | None:
+    response = getattr(error, "response", None)
+    try:
+        return response.text if response is not None else None
+    except Exception:  # a streamed body that was never read
+        return None
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -1,12 +1,14 @@
 """The one interface for every model call: messages + response model -> parsed object + usage.
 
-Caching, timeouts, retries with backoff, per-model concurrency and RPM/TPM limits, the fallback
-chain, parse-and-repair of malformed replies, the run budget and cost accounting all live here, so
+Caching, timeouts, retries with backoff (tenacity), adaptive per-model concurrency, Retry-After
+pauses, a circuit breaker, RPM/TPM limits shared across processes, the fallback chain,
+parse-and-repair of malformed replies, the run budget and cost accounting all live here, so
 generation, validation and DSPy share one path.
 
 The core is async and runs on one event loop per process (a daemon thread), so HTTP backends keep
-one aiohttp connection pool however many threads call in. ``structured``/``complete`` are the
-blocking wrappers that assets and DSPy use; ``astructured``/``acomplete`` are for async callers.
+one aiohttp connection pool however many callers there are. Fan-out is :meth:`LLMClient.apool`:
+a fixed set of worker tasks on that loop, never a thread per call. ``structured``/``complete`` are
+the blocking wrappers for DSPy and other synchronous callers.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from synth_pipelines.llm.backends import Backend
-from synth_pipelines.llm.cache import ResponseCache, request_key
+from synth_pipelines.llm.cache import CacheBatcher, ResponseCache, request_key
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
-from synth_pipelines.llm.limits import ModelLimiter
+from synth_pipelines.llm.limits import CircuitOpen, ModelGate
 from synth_pipelines.llm.router import Strategy, order_models
 from synth_pipelines.llm.types import (
     CallRecord,
@@ -41,11 +44,13 @@ from synth_pipelines.llm.types import (
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
+I = TypeVar("I")  # noqa: E741 - an item of a pool
 
 _LOOP: asyncio.AbstractEventLoop | None = None
 _LOOP_PID: int | None = None
 _LOOP_LOCK = threading.Lock()
-_LIMITERS: dict[tuple[str, str], ModelLimiter] = {}
+# One batcher per cache file and process: replies waiting to be written are visible to every client.
+_BATCHERS: dict[str, CacheBatcher] = {}
 
 
 def client_loop() -> asyncio.AbstractEventLoop:
@@ -64,7 +69,7 @@ def client_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=run, name="synth-llm-loop", daemon=True).start()
             started.wait()
             _LOOP, _LOOP_PID = loop, os.getpid()
-            _LIMITERS.clear()
+            _BATCHERS.clear()
         return _LOOP
 
 
@@ -123,8 +128,14 @@ def parse_reply(text: str, response_model: type[T]) -> tuple[T | None, str | Non
         return None, f"schema violation at {loc}: {first['msg']} ({e.error_count()} error(s))"
 
 
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, ProviderError) and error.retryable
+
+
 class LLMClient:
-    """Thread-safe façade over the configured backends."""
+    """Thread-safe façade over the configured backends. One client serves one asset execution; its
+    per-model gates (adaptive concurrency, breaker) start fresh, while the cache and the RPM/TPM
+    buckets are shared with every other client and process of the warehouse."""
 
     def __init__(
         self,
@@ -138,6 +149,7 @@ class LLMClient:
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         strategy: Strategy | None = None,
+        limits_path: Path | None = None,
     ):
         self.profile = profile
         self.strategy: Strategy = strategy or profile.roles.strategy
@@ -147,9 +159,14 @@ class LLMClient:
         self.budget_usd = budget_usd
         self.budget_tokens = budget_tokens
         self.max_backoff_s = max_backoff_s
+        self.limits_path = limits_path
         self._sleep = sleep or asyncio.sleep
         self._lock = threading.Lock()
+        self._gates: dict[str, ModelGate] = {}
         self.totals = UsageTotals()
+        # What the budget counts: replies the models were paid for, never cache hits.
+        self.billed_tokens = 0
+        self.billed_usd = 0.0
 
     # ------------------------------------------------------------------ accounting
     def reset_totals(self) -> UsageTotals:
@@ -163,8 +180,7 @@ class LLMClient:
 
     def _check_budget(self) -> None:
         with self._lock:
-            spent_usd = self.totals.cost_usd
-            spent_tokens = self.totals.prompt_tokens + self.totals.completion_tokens
+            spent_usd, spent_tokens = self.billed_usd, self.billed_tokens
         if self.budget_usd is not None and spent_usd >= self.budget_usd:
             raise BudgetExhausted(f"run budget of ${self.budget_usd:.4f} reached (spent ${spent_usd:.4f})")
         if self.budget_tokens is not None and spent_tokens >= self.budget_tokens:
@@ -184,12 +200,18 @@ class LLMClient:
         return order_models(self.profile.roles.generator, self.profile.models, self.strategy, observed)
 
     def concurrency_for(self, models: Iterable[str]) -> int:
-        """Parallel calls worth making: 1 for in-process models (they serialize), else the smallest limit."""
-        limits = [
-            1 if self.profile.models[m].kind == "llama_cpp" else self.profile.models[m].max_concurrency
-            for m in models
-        ]
-        return max(1, min(limits) if limits else 1)
+        """How many items a pool should keep in flight to saturate ``models``: the sum of their
+        ceilings (each model's gate then admits only what its adaptive limit allows)."""
+        return max(1, sum(self._ceiling(self.profile.models[m]) for m in dict.fromkeys(models)))
+
+    @staticmethod
+    def _ceiling(config: ModelConfig) -> int:
+        # In-process llama.cpp decodes one request at a time: more callers would only queue.
+        return 1 if config.kind == "llama_cpp" else config.max_concurrency
+
+    def gate_stats(self) -> dict[str, dict[str, float | int | bool]]:
+        """Per model: the adaptive concurrency reached, congestion cuts, rate-limit waits, breaker."""
+        return {m: g.stats() for m, g in sorted(self._gates.items())}
 
     # ------------------------------------------------------------------ raw calls
     def _backend(self, model: str) -> Backend:
@@ -197,14 +219,32 @@ class LLMClient:
             raise KeyError(f"model {model!r} is not configured; known: {sorted(self.backends)}")
         return self.backends[model]
 
-    @staticmethod
-    def _limiter(model: str, config: ModelConfig) -> ModelLimiter:
-        key = (model, config.model_dump_json())
-        limiter = _LIMITERS.get(key)
-        if limiter is None:
-            limiter = ModelLimiter(config.max_concurrency, config.rpm, config.tpm)
-            _LIMITERS[key] = limiter
-        return limiter
+    def _gate(self, model: str, config: ModelConfig) -> ModelGate:
+        gate = self._gates.get(model)
+        if gate is None:
+            endpoint = config.base_url or f"llama.cpp ({config.source})"
+            gate = ModelGate(
+                model,
+                endpoint,
+                ceiling=self._ceiling(config),
+                adaptive=config.adaptive_concurrency and config.kind != "llama_cpp",
+                rpm=config.rpm,
+                tpm=config.tpm,
+                buckets_path=self.limits_path,
+                # The quota belongs to the account at the endpoint, whatever the profile calls the model.
+                bucket_key=f"{config.base_url or config.source}|{config.model_id or model}",
+            )
+            self._gates[model] = gate
+        return gate
+
+    def _batcher(self) -> CacheBatcher | None:
+        if self.cache is None:
+            return None
+        key = str(self.cache.path)
+        batcher = _BATCHERS.get(key)
+        if batcher is None:
+            batcher = _BATCHERS[key] = CacheBatcher(self.cache)
+        return batcher
 
     @staticmethod
     async def _call(
@@ -221,63 +261,99 @@ class LLMClient:
     ) -> tuple[RawCompletion, CallRecord]:
         """One completion with cache, limits, timeout and transient-error retries.
 
-        Raises :class:`ProviderError` once retries are exhausted or the error is not retryable.
+        A cache hit is served before anything else (it is free, whatever the budget). Raises
+        :class:`ProviderError` once retries are exhausted or the error is not retryable, and
+        :class:`~synth_pipelines.llm.limits.CircuitOpen` while the model's endpoint is down.
         """
         backend = self._backend(request.model)
         config = self.profile.models[request.model]
         key = request_key(request, attempt=attempt, model_fingerprint=backend.fingerprint())
         rec = CallRecord(model=request.model)
-        if self.cache is not None:
-            hit = self.cache.get(key)
+        batcher = self._batcher()
+        if batcher is not None:
+            hit = await batcher.get(key)
             if hit is not None:
                 rec.cache_hits = 1
                 rec.attempts = 1
                 rec.prompt_tokens, rec.completion_tokens = hit.prompt_tokens, hit.completion_tokens
                 return hit, rec
         self._check_budget()
-        limiter = self._limiter(request.model, config)
+        gate = self._gate(request.model, config)
         estimated = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
-        last: ProviderError | None = None
-        for retry in range(config.max_retries + 1):
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(config.max_retries + 1),
+            retry=retry_if_exception(_retryable),
+            wait=self._wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt_state in retrying:
+            with attempt_state:
+                raw = await self._attempt(gate, backend, request, response_model, rec, config, estimated)
+        rec.model_calls += 1
+        rec.prompt_tokens, rec.completion_tokens = raw.prompt_tokens, raw.completion_tokens
+        rec.cost_usd = config.cost(raw.prompt_tokens, raw.completion_tokens)
+        with self._lock:
+            self.billed_tokens += raw.prompt_tokens + raw.completion_tokens
+            self.billed_usd += rec.cost_usd
+        if batcher is not None:
+            batcher.put(key, request.model, raw)
+        return raw, rec
+
+    async def _attempt(
+        self,
+        gate: ModelGate,
+        backend: Backend,
+        request: CompletionRequest,
+        response_model: type[BaseModel] | None,
+        rec: CallRecord,
+        config: ModelConfig,
+        estimated_tokens: int,
+    ) -> RawCompletion:
+        gate.breaker.check()
+        await gate.wait_unpaused()
+        async with gate.concurrency.slot():
+            await gate.buckets.admit(estimated_tokens)
+            gate.breaker.check()  # it may have opened while this call waited for a slot
             rec.attempts += 1
-            async with limiter.semaphore:
-                await limiter.admit(estimated)
-                started = time.perf_counter()
-                try:
-                    raw = await asyncio.wait_for(
-                        self._call(backend, request, response_model), config.timeout_s
-                    )
-                except TimeoutError:
-                    last = ProviderError(
-                        request.model, f"timed out after {config.timeout_s:g}s", retryable=True
-                    )
-                except ProviderError as e:
-                    last = e
-                else:
-                    last = None
+            started = time.perf_counter()
+            error: ProviderError | None
+            try:
+                raw = await asyncio.wait_for(self._call(backend, request, response_model), config.timeout_s)
+            except TimeoutError:
+                error = ProviderError(
+                    request.model, f"timed out after {config.timeout_s:g}s", retryable=True, kind="timeout"
+                )
+            except ProviderError as e:
+                error = e
+            else:
+                error = None
+            finally:
                 rec.latency_s += time.perf_counter() - started
-            if last is None:
-                rec.model_calls += 1
-                rec.prompt_tokens, rec.completion_tokens = raw.prompt_tokens, raw.completion_tokens
-                rec.cost_usd = config.cost(raw.prompt_tokens, raw.completion_tokens)
-                if self.cache is not None:
-                    self.cache.put(key, request.model, raw)
-                return raw, rec
-            if not last.retryable or retry == config.max_retries:
-                break
-            await self._sleep(self._backoff(retry, last.retry_after))
-        assert last is not None
-        raise last
+        if error is None:
+            gate.concurrency.on_success()
+            gate.breaker.record_success()
+            return raw
+        if error.kind in ("rate_limit", "timeout"):
+            gate.concurrency.on_congestion()
+        if error.kind == "rate_limit":
+            if error.retry_after:
+                gate.pause(min(self.max_backoff_s, error.retry_after))
+        else:
+            gate.breaker.record_failure(error, connection=error.kind == "connection")
+        raise error
 
     def complete(self, request: CompletionRequest, *, attempt: int = 0) -> tuple[RawCompletion, CallRecord]:
         """Blocking :meth:`acomplete`."""
         return run_sync(self.acomplete(request, attempt=attempt))
 
-    def _backoff(self, retry: int, retry_after: float | None) -> float:
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return min(self.max_backoff_s, max(0.0, retry_after))
         # Exponential backoff with full jitter: spreads retries of many concurrent callers.
-        return min(self.max_backoff_s, 0.5 * (2**retry)) * random.uniform(0.5, 1.0)
+        return min(self.max_backoff_s, 0.5 * (2 ** (state.attempt_number - 1))) * random.uniform(0.5, 1.0)
 
     # ------------------------------------------------------------------ structured calls
     async def astructured(
@@ -294,11 +370,15 @@ class LLMClient:
         """Ask the first model of ``models`` for a ``response_model``; fall back down the chain.
 
         A malformed or schema-violating reply is retried with a new sampling seed, then the next
-        model is tried; if all fail, the result carries the reason instead of raising.
+        model is tried; if all fail, the result carries the reason instead of raising. Only when
+        every model of the chain is down (circuit open) does this raise
+        :class:`~synth_pipelines.llm.limits.CircuitOpen`: there is nobody left to ask.
         """
         msgs = tuple(messages)
         total = CallRecord(model=models[0])
         errors: list[str] = []
+        down: list[CircuitOpen] = []
+        provider_failed = False
         last_text = ""
         for model in models:
             for attempt in range(self.parse_attempts):
@@ -312,8 +392,12 @@ class LLMClient:
                 )
                 try:
                     raw, rec = await self.acomplete(request, attempt=attempt, response_model=response_model)
+                except CircuitOpen as e:
+                    down.append(e)
+                    break
                 except ProviderError as e:
                     errors.append(str(e))
+                    provider_failed = True
                     break  # this model is down after its retries: next in the chain
                 _merge(total, rec)
                 total.model = model
@@ -328,9 +412,12 @@ class LLMClient:
                         prompt_hash=prompt_hash(msgs, json_schema),
                     )
                 errors.append(f"{model} attempt {attempt + 1}: {reason}")
+        if len(down) == len(models):
+            raise down[-1]
         self._record(total, failed=True)
         return StructuredResult(
-            error="; ".join(errors) or "no model available",
+            error="; ".join([*errors, *(str(e) for e in down)]) or "no model available",
+            failure_kind="provider" if provider_failed or down else "reply",
             raw_text=last_text[:2000],
             record=total,
             prompt_hash=prompt_hash(msgs, json_schema),
@@ -361,12 +448,62 @@ class LLMClient:
         )
 
     # ------------------------------------------------------------------ fan-out
-    def map(self, fn: Callable[[Any], R], items: Sequence[Any], *, concurrency: int) -> list[R]:
-        """Apply a blocking ``fn`` to items from ``concurrency`` threads, preserving order."""
-        if concurrency <= 1 or len(items) <= 1:
-            return [fn(i) for i in items]
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return list(pool.map(fn, items))
+    async def apool(
+        self,
+        fn: Callable[[I], Awaitable[R]],
+        items: Iterable[I],
+        *,
+        width: int,
+        on_result: Callable[[I, R], None] | None = None,
+        collect: bool = True,
+    ) -> list[R]:
+        """Run ``fn`` over ``items`` with ``width`` worker tasks on the provider loop.
+
+        Items are pulled lazily (a generator of 100,000 items is never materialized), results come
+        back in input order when ``collect``, and ``on_result`` sees each as it finishes (in the
+        loop thread). The first exception cancels the other workers and is raised.
+        """
+        numbered = enumerate(items)
+        results: dict[int, R] = {}
+
+        async def worker() -> None:
+            for index, item in numbered:
+                result = await fn(item)
+                if on_result is not None:
+                    on_result(item, result)
+                if collect:
+                    results[index] = result
+
+        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, width))]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [results[i] for i in range(len(results))]
+
+    def pool(
+        self,
+        fn: Callable[[I], Awaitable[R]],
+        items: Iterable[I],
+        *,
+        width: int,
+        on_result: Callable[[I, R], None] | None = None,
+        collect: bool = True,
+    ) -> list[R]:
+        """Blocking :meth:`apool`."""
+        return run_sync(self.apool(fn, items, width=width, on_result=on_result, collect=collect))
+
+    async def aflush(self) -> None:
+        batcher = self._batcher()
+        if batcher is not None:
+            await batcher.flush()
+
+    def flush(self) -> None:
+        """Make every cached reply durable (assets call this before they finish)."""
+        run_sync(self.aflush())
 
 
 def _merge(total: CallRecord, rec: CallRecord) -> None:

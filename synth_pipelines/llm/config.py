@@ -38,7 +38,10 @@ class ModelConfig(BaseModel):
     transport: Literal["aiohttp", "sdk"] = "aiohttp"
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
-    max_concurrency: int = Field(default=8, ge=1)
+    # The ceiling of concurrent calls. With ``adaptive_concurrency`` the client starts at 4, doubles
+    # per round trip and halves on 429s and timeouts (AIMD), so the ceiling need not be guessed.
+    max_concurrency: int = Field(default=64, ge=1)
+    adaptive_concurrency: bool = True
     rpm: int | None = Field(default=None, ge=1, description="requests per minute")
     tpm: int | None = Field(default=None, ge=1, description="tokens per minute (estimated)")
     # For routing: a 0..1 quality rating and an expected decode speed (tokens/s).

@@ -42,7 +42,10 @@ def build_client(
     budget_tokens: int | None = None,
     parse_attempts: int = 2,
     strategy: Strategy | None = None,
+    limits_path: str | Path | None = None,
 ) -> LLMClient:
+    """A client over ``profile``'s models. ``cache_path`` is the response cache (None: no cache) and
+    ``limits_path`` the SQLite file whose RPM/TPM buckets every process shares (None: per process)."""
     backends = {name: backend_for(name, cfg, api_key) for name, cfg in profile.models.items()}
     cache = ResponseCache(cache_path) if cache_path is not None else None
     return LLMClient(
@@ -53,19 +56,22 @@ def build_client(
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
         strategy=strategy,
+        limits_path=Path(limits_path) if limits_path is not None else None,
     )
 
 
 @atexit.register
 def _close_sessions() -> None:
-    """Close pooled HTTP sessions on the provider loop before the interpreter exits."""
-    from synth_pipelines.llm.client import _LOOP, run_sync
+    """Write pending cache entries and close pooled HTTP sessions before the interpreter exits."""
+    from synth_pipelines.llm.client import _BATCHERS, _LOOP, run_sync
 
     closers = [b.aclose for b in _BACKENDS.values() if hasattr(b, "aclose")]
-    if not closers or _LOOP is None or not _LOOP.is_running():
+    if _LOOP is None or not _LOOP.is_running():
         return
 
     async def close_all() -> None:
+        for batcher in list(_BATCHERS.values()):
+            await batcher.flush()
         for close in closers:
             await close()
 

@@ -58,6 +58,9 @@ class StructuredResult(BaseModel, Generic[T]):
 
     value: T | None = None
     error: str | None = None
+    # Why there is no value: "reply" (the model answered, but nothing usable) or "provider" (no
+    # answer: HTTP errors, timeouts, endpoint down). Provider failures are retried on a rerun.
+    failure_kind: Literal["reply", "provider"] | None = None
     raw_text: str = ""
     record: CallRecord
     prompt_hash: str = ""
@@ -110,13 +113,30 @@ class UsageTotals(BaseModel):
         m["latency_s"] += rec.latency_s
 
 
+ErrorKind = Literal["connection", "timeout", "rate_limit", "http", "circuit_open", "other"]
+
+
 class ProviderError(RuntimeError):
-    """A call that failed for a reason other than a malformed reply (timeout, HTTP error, missing model)."""
+    """A call that failed for a reason other than a malformed reply (timeout, HTTP error, missing model).
+
+    ``kind`` says what failed (the client's congestion control and circuit breaker act on it),
+    ``status`` is the HTTP status when there was one, and ``detail`` the message without the model.
+    """
 
     def __init__(
-        self, model: str, message: str, *, retryable: bool = False, retry_after: float | None = None
+        self,
+        model: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        kind: ErrorKind = "other",
+        status: int | None = None,
     ):
         self.model = model
+        self.detail = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.kind = kind
+        self.status = status
         super().__init__(f"model {model!r}: {message}")

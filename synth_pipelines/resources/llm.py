@@ -35,10 +35,12 @@ class LLMResource(dg.ConfigurableResource):
         return load_profile(self.profile)
 
     def client(self, cache_path: str | Path) -> LLMClient:
-        """A client for one asset execution (fresh usage totals; backends and cache are shared)."""
+        """A client for one asset execution (fresh usage totals and per-model gates; backends, the
+        cache and the RPM/TPM buckets beside it in the state folder are shared)."""
         return build_client(
             self.load_profile(),
             cache_path if self.use_cache else None,
+            limits_path=Path(cache_path).parent / "limits.sqlite",
             api_key=self.api_key,
             budget_usd=self.budget_usd,
             budget_tokens=self.budget_tokens,

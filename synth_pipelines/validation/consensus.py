@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.client import LLMClient, run_sync
 from synth_pipelines.llm.config import WeightedModel
 from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.spec.example_schema import json_schema_for_model
@@ -33,6 +33,7 @@ class JudgeScore(BaseModel):
     score: float | None = None  # mean over criteria, 0..1
     reason: str = ""
     error: str | None = None
+    error_kind: str | None = None  # "reply" or "provider", as for generation
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -115,11 +116,11 @@ def judge_messages(spec: DomainSpec, problem: str, example: dict[str, Any]) -> l
     ]
 
 
-def judge_one(
+async def ajudge_one(
     client: LLMClient, judge: WeightedModel, spec: DomainSpec, messages: list[ChatMessage], example_id: str
 ) -> JudgeScore:
     model_cls = verdict_model(tuple(spec.validation.criteria))
-    result = client.structured(
+    result = await client.astructured(
         [judge.model],
         messages,
         model_cls,
@@ -139,6 +140,7 @@ def judge_one(
     )
     if result.value is None:
         base.error = result.error
+        base.error_kind = result.failure_kind
         return base
     data = result.value.model_dump()
     base.scores = {c: (int(data[c]) - 1) / (len(SCALE) - 1) for c in spec.validation.criteria}
@@ -147,7 +149,7 @@ def judge_one(
     return base
 
 
-def judge_example(
+async def ajudge_example(
     client: LLMClient,
     spec: DomainSpec,
     judges: list[WeightedModel],
@@ -157,6 +159,7 @@ def judge_example(
     example: dict[str, Any],
     early_stop: bool = True,
 ) -> Consensus:
+    """Judges in descending weight, stopping once the rest could not change the outcome."""
     threshold = spec.validation.consensus_threshold
     messages = judge_messages(spec, problem, example)
     done: list[JudgeScore] = []
@@ -164,7 +167,7 @@ def judge_example(
         remaining = sum(j.weight for j in judges[i:])
         if early_stop and done and outcome_decided(done, remaining, threshold):
             break
-        done.append(judge_one(client, judge, spec, messages, example_id))
+        done.append(await ajudge_one(client, judge, spec, messages, example_id))
     skipped = len(judges) - len(done)
     consensus = weighted_mean(done)
     scores = [j.score for j in done if j.score is not None]
@@ -183,4 +186,28 @@ def judge_example(
     reason = None if passed else f"consensus {consensus:.2f} below threshold {threshold:.2f}"
     return Consensus(
         consensus=consensus, passed=passed, spread=spread, judges=done, skipped_calls=skipped, reason=reason
+    )
+
+
+def judge_example(
+    client: LLMClient,
+    spec: DomainSpec,
+    judges: list[WeightedModel],
+    *,
+    example_id: str,
+    problem: str,
+    example: dict[str, Any],
+    early_stop: bool = True,
+) -> Consensus:
+    """Blocking :func:`ajudge_example` (for DSPy's metric and other synchronous callers)."""
+    return run_sync(
+        ajudge_example(
+            client,
+            spec,
+            judges,
+            example_id=example_id,
+            problem=problem,
+            example=example,
+            early_stop=early_stop,
+        )
     )

@@ -220,6 +220,8 @@ def keep_best_per_cluster(labels: np.ndarray, scores: np.ndarray) -> tuple[np.nd
     Ties go to the earlier row, so the result is deterministic.
     """
     n = len(labels)
+    if n == 0:  # nothing accepted: nothing to keep (and no first row to mark)
+        return np.zeros(0, dtype=np.int64), {}
     order = np.lexsort((np.arange(n), -scores, labels))  # by cluster, best score first, then position
     sorted_labels = labels[order]
     first = np.concatenate(([True], sorted_labels[1:] != sorted_labels[:-1]))

@@ -49,3 +49,29 @@ def diversity_stats(
         "cluster_ratio": clusters.n_clusters / n if n else None,
         "cluster_threshold": cluster_threshold,
     }
+
+
+def similarity_sample(
+    unit_vectors: np.ndarray, *, max_pairs: int = 20_000, seed: int = 0
+) -> tuple[np.ndarray, int, bool]:
+    """Cosine similarities for a histogram: every pair when there are at most ``max_pairs``, else
+    ``max_pairs`` distinct random pairs (deterministic by ``seed``). Returns (similarities, pairs,
+    exact) so that metadata can say which it is. Memory is O(max_pairs), never n x n."""
+    n = unit_vectors.shape[0]
+    total = n * (n - 1) // 2
+    if total == 0:
+        return np.zeros(0, dtype=np.float32), 0, True
+    if total <= max_pairs:
+        left, right = np.triu_indices(n, 1)
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        left = rng.integers(0, n, size=max_pairs * 2)
+        right = rng.integers(0, n - 1, size=max_pairs * 2)
+        right = right + (right >= left)  # never a row with itself
+        # Distinct pairs, then a random subset (unique() sorts: taking its head would favour low rows).
+        pairs = rng.permutation(np.unique(np.minimum(left, right) * n + np.maximum(left, right)))[:max_pairs]
+        left, right = pairs // n, pairs % n
+        exact = False
+    sims = np.einsum("ij,ij->i", unit_vectors[left], unit_vectors[right])
+    return sims, len(sims), exact

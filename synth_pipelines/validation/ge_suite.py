@@ -67,20 +67,23 @@ def _bounds(name: str, field: FieldSpec) -> list[Any]:
     return out
 
 
-def examples_frame(spec: DomainSpec, rows: list[dict[str, Any]]) -> pd.DataFrame:
+def examples_frame(spec: DomainSpec, example_json: list[str]) -> pd.DataFrame:
     """One column per spec field, object dtype so GE checks each value's Python type."""
-    examples = [json.loads(r["example_json"]) for r in rows]
+    examples = [json.loads(text) for text in example_json]
     return pd.DataFrame(
         {name: pd.Series([e.get(name) for e in examples], dtype=object) for name in spec.fields}
     )
 
 
-def run_suite(spec: DomainSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Validate ``rows`` with the generated suite; return GE's verdict and a per-expectation summary."""
+def run_suite(spec: DomainSpec, example_json: list[str]) -> dict[str, Any]:
+    """Validate the examples with the generated suite; return GE's verdict and a per-expectation summary."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
+    # GE's "Calculating Metrics" bars would spill into `synth generate`'s own progress display.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch = (
         context.data_sources.add_pandas("synth")
         .add_dataframe_asset(spec.domain)
@@ -93,7 +96,7 @@ def run_suite(spec: DomainSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
         gx.ValidationDefinition(name="spec", data=batch, suite=suite)
     )
     result = validation.run(
-        batch_parameters={"dataframe": examples_frame(spec, rows)}, result_format="SUMMARY"
+        batch_parameters={"dataframe": examples_frame(spec, example_json)}, result_format="SUMMARY"
     )
     summary = []
     for r in result.results:

@@ -223,9 +223,39 @@ class Warehouse:
     def cache_path(self) -> Path:
         return self.state_dir / "cache" / "responses.sqlite"
 
-    def journal_path(self, asset: str, domain: str) -> Path:
-        """In-flight rows of a model-calling asset; appended per item, so always on a real filesystem."""
-        return self.state_dir / asset / f"domain={validate_domain_name(domain)}" / "_journal.jsonl"
+    def inflight_dir(self, asset: str, domain: str) -> Path:
+        """Rows of a model-calling asset in progress (Parquet parts); on a real filesystem, always."""
+        return self.state_dir / asset / f"domain={validate_domain_name(domain)}" / "_inflight"
+
+    def progress_path(self, domain: str) -> Path:
+        """What the running asset of a domain reports about itself (see ``warehouse.progress``)."""
+        return self.state_dir / "progress" / f"domain={validate_domain_name(domain)}.json"
+
+    def staging_file(self, asset: str, domain: str) -> Path:
+        """Where a partition file is built and checked before :meth:`publish_partition_file` makes it
+        the partition: a run that fails its checks never touches the published partition."""
+        return self.state_dir / ".staging" / asset / f"domain={validate_domain_name(domain)}" / PART_FILE
+
+    def publish_partition_file(self, asset: str, domain: str, built: Path) -> StoragePath:
+        """Make ``built`` (from :meth:`staging_file`) the partition's one file, atomically, and drop any
+        other file of the partition. ``built`` is consumed."""
+        path = self.partition_file(asset, domain)
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(built, path)
+            except OSError:  # the state folder is on another filesystem: copy next to it, then rename
+                tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+                shutil.copyfile(built, tmp)
+                os.replace(tmp, path)
+                built.unlink()
+        else:
+            atomic_write_bytes(path, built.read_bytes())
+            built.unlink()
+        for other in fresh_listing(path.parent).glob("*.parquet"):
+            if other.name != PART_FILE:
+                other.unlink()
+        return path
 
     def programs_dir(self, domain: str) -> StoragePath:
         return self.root / "programs" / f"domain={validate_domain_name(domain)}"
@@ -264,6 +294,17 @@ class Warehouse:
             if other.name != PART_FILE:
                 other.unlink()
         return path
+
+    def write_dataset(
+        self, asset: str, domain: str, table: pa.Table, *, column_types: dict[str, str] | None = None
+    ) -> StoragePath:
+        """Store an asset's partition in both places: the DuckDB mirror first, then the Parquet file.
+
+        If the mirror cannot be updated (another process holds the file lock past the retries), the
+        error propagates before the Parquet is touched, so the two never silently disagree.
+        """
+        self.replace_domain_rows(asset, domain, table, column_types=column_types)
+        return self.write_partition(asset, domain, table)
 
     def read_partition(self, asset: str, domain: str) -> pa.Table | None:
         path = self.partition_file(asset, domain)
@@ -311,20 +352,43 @@ class Warehouse:
                 conn.execute(f'ALTER TABLE {table_name} ADD COLUMN "{name}" {dtype}')
 
     def replace_domain_rows(
-        self, table_name: str, domain: str, table: pa.Table, *, column_types: dict[str, str] | None = None
+        self,
+        table_name: str,
+        domain: str,
+        source: pa.Table | Path,
+        *,
+        column_types: dict[str, str] | None = None,
     ) -> None:
-        """Replace one domain's rows in a DuckDB table in one transaction (create it on first use)."""
+        """Replace one domain's rows in a DuckDB table in one transaction (create it on first use).
+
+        ``source`` is an Arrow table (registered zero-copy) or a local Parquet file (DuckDB streams it),
+        so rows never pass through Python objects on the way in.
+        """
         validate_domain_name(domain)
         if not table_name.replace("_", "").isalnum():
             raise ValueError(f"bad table name {table_name!r}")
-        data = table.drop(["domain"]) if "domain" in table.column_names else table
-        data = data.append_column("domain", pa.array([domain] * data.num_rows, pa.string()))
-        casts = ", ".join(
-            f'CAST("{c}" AS {column_types[c]}) AS "{c}"' if column_types and c in column_types else f'"{c}"'
-            for c in data.column_names
-        )
         with self.duckdb() as conn:
-            conn.register("incoming", data)
+            if isinstance(source, Path):
+                file_columns = pq.read_schema(source).names
+                names = [c for c in file_columns if c != "domain"] + ["domain"]
+                columns = "* EXCLUDE (domain)" if "domain" in file_columns else "*"
+                path = str(source).replace("'", "''")
+                # ``domain`` passed validate_domain_name: a safe literal.
+                conn.execute(
+                    f"CREATE OR REPLACE TEMP VIEW incoming AS "
+                    f"SELECT {columns}, '{domain}' AS domain FROM read_parquet('{path}')"
+                )
+            else:
+                data = source.drop(["domain"]) if "domain" in source.column_names else source
+                data = data.append_column("domain", pa.array([domain] * data.num_rows, pa.string()))
+                names = data.column_names
+                conn.register("incoming", data)
+            casts = ", ".join(
+                f'CAST("{c}" AS {column_types[c]}) AS "{c}"'
+                if column_types and c in column_types
+                else f'"{c}"'
+                for c in names
+            )
             conn.execute("BEGIN")
             try:
                 conn.execute(
@@ -338,4 +402,7 @@ class Warehouse:
                 conn.execute("ROLLBACK")
                 raise
             finally:
-                conn.unregister("incoming")
+                if isinstance(source, Path):
+                    conn.execute("DROP VIEW IF EXISTS incoming")
+                else:
+                    conn.unregister("incoming")

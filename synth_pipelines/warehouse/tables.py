@@ -1,5 +1,6 @@
 """Arrow schemas of every table the pipeline writes. The same columns for every domain, so one glob over
-all partitions reads cleanly; a domain's typed example columns come from its spec (see ``spec.py``)."""
+all partitions reads cleanly; a domain's typed example columns come from its spec
+(see ``spec.example_schema``)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ RAW_GENERATIONS = pa.schema(
         ("status", pa.string()),
         ("example_json", pa.string()),
         ("error", pa.string()),
+        # "reply": the model answered unusably; "provider": no answer (retried on a rerun).
+        ("failure_kind", pa.string()),
         ("raw_text", pa.string()),
     ]
 )

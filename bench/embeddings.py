@@ -1,0 +1,88 @@
+"""``make bench-embed``: texts per second of each embedding backend next to sentence-transformers.
+
+The texts are the examples of the last ``make demo`` (``warehouse/validated_examples``) when there
+are any, plus texts made from the shipped specs (their hint examples and seed problems with each
+matrix condition), repeated to ``--texts``. Every backend embeds the same texts in the same run;
+the figures are ratios to torch (sentence-transformers) measured right before. For the ONNX
+backends the cosine to torch is reported, and whether int8 meets the 0.99 bar that gates it.
+
+The last line is ``embed_speedup_best=<fastest backend's texts/s / torch's>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from synth_pipelines.llm.embeddings import INT8_MIN_COSINE, backend_report, embed_texts
+from synth_pipelines.spec.text import example_text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def demo_texts() -> list[str]:
+    texts: list[str] = []
+    warehouse = REPO / "warehouse" / "validated_examples"
+    if warehouse.is_dir():
+        import duckdb
+
+        rows = duckdb.sql(f"select example_json from read_parquet('{warehouse}/*/*.parquet')").fetchall()
+        texts += [example_text(json.loads(r[0])) for r in rows]
+    for path in sorted((REPO / "schemas").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        texts += [example_text(e) for e in spec.get("hints", {}).get("examples", [])]
+        dims = spec.get("matrix", {}).get("dimensions", {})
+        for problem in spec.get("seed_problems", []):
+            for combo in itertools.product(*dims.values()):
+                texts.append(f"{problem} ({', '.join(map(str, combo))})")
+    return texts
+
+
+def timed_embed(texts: list[str], backend: str) -> tuple[np.ndarray, float]:
+    embed_texts(texts[:32], backend=backend)  # load (and for ONNX export/quantize) outside the timing
+    started = time.perf_counter()
+    vectors = embed_texts(texts, backend=backend)
+    return vectors, len(texts) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--texts", type=int, default=2000)
+    args = parser.parse_args()
+    base = demo_texts()
+    texts = list(itertools.islice(itertools.cycle(base), args.texts))
+    # A fresh export folder: the int8 verdict is taken on these texts, not remembered from elsewhere.
+    os.environ["SYNTH_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-embed-")
+    words = sum(len(t.split()) for t in texts) / len(texts)
+    print(f"{len(texts)} texts ({len(base)} distinct, {words:.0f} words on average), {os.cpu_count()} cores")
+    reference, torch_rate = timed_embed(texts, "torch")
+    print(f"torch (sentence-transformers)  {torch_rate:7.1f} texts/s  1.00x")
+    best = 1.0
+    for backend in ("onnx", "onnx-int8"):
+        vectors, rate = timed_embed(texts, backend)
+        report = backend_report(None, backend)  # type: ignore[arg-type]
+        cos = np.einsum("ij,ij->i", vectors, reference)
+        best = max(best, rate / torch_rate)
+        print(
+            f"{backend:<30} {rate:7.1f} texts/s  {rate / torch_rate:.2f}x  serving {report['serving']}; "
+            f"cosine to torch min {cos.min():.4f} mean {cos.mean():.4f}"
+        )
+        if backend == "onnx-int8":
+            verdict = "meets" if report.get("int8_ok") else "misses"
+            print(
+                f"  int8 weights {verdict} the bar (min cosine {report.get('int8_min_cosine')} on "
+                f"{report.get('int8_probe_texts')} probe texts, required {INT8_MIN_COSINE})"
+            )
+    print(f"embed_speedup_best={best:.2f}")
+
+
+if __name__ == "__main__":
+    main()

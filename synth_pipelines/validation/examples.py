@@ -1,0 +1,217 @@
+"""The validated examples: every gate applied to a batch of raw generations, Arrow in and Arrow out.
+
+Gates, in order: the generation's own status, rule checks (schema compliance, degenerate text, PII),
+exact duplicates on the spec's uniqueness fields, the judge panel's weighted consensus, and near
+duplicates among what the panel accepted. Provenance columns travel from the raw table to the
+output tables by position (``take``), never through per-row Python dicts; only the columns a gate
+reads are turned into Python values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.config import WeightedModel
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.text import example_text
+from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_example
+from synth_pipelines.validation.dedup import near_duplicate_selection
+from synth_pipelines.validation.rules import dedup_key, example_json_text, rule_check
+from synth_pipelines.warehouse.progress import Progress
+from synth_pipelines.warehouse.tables import JUDGED, PROVENANCE, REJECTED_EXAMPLES, VALIDATED_EXAMPLES
+
+
+@dataclass
+class ValidationOutcome:
+    """What the gates decided for one batch of raw generations."""
+
+    accepted: pa.Table
+    rejected: pa.Table
+    verdicts: list[Consensus]
+    candidates: int
+    stage_counts: Counter[str] = field(default_factory=Counter)
+    reason_counts: Counter[str] = field(default_factory=Counter)
+    near_duplicates_removed: int = 0
+
+    @property
+    def judge_calls(self) -> list[JudgeScore]:
+        return [j for v in self.verdicts for j in v.judges]
+
+    def all_judges_failed_on_provider(self) -> str | None:
+        """The commonest error when every judge call failed for want of an answer, else None."""
+        calls = self.judge_calls
+        failed = [j for j in calls if j.error_kind == "provider"]
+        if not self.candidates or not calls or len(failed) != len(calls):
+            return None
+        return Counter((j.error or "")[:200] for j in failed).most_common(1)[0][0]
+
+
+def validate_examples(
+    spec: DomainSpec,
+    raw: pa.Table,
+    client: LLMClient,
+    judges: list[WeightedModel],
+    *,
+    early_stop: bool = True,
+    progress: Progress | None = None,
+) -> ValidationOutcome:
+    """Run every gate over ``raw`` (a ``raw_generations`` table). Judging runs on the client's pool;
+    a provider outage on every validator raises out of it (circuit open), never scores 0."""
+    cols = raw.select(["example_id", "status", "error", "example_json", "problem"]).to_pydict()
+    n = raw.num_rows
+    stage: list[str | None] = [None] * n
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    examples: list[dict[str, Any] | None] = [None] * n
+    keys: list[str | None] = [None] * n
+    seen_keys: dict[str, str] = {}
+    candidates: list[int] = []
+    for i in range(n):
+        if cols["status"][i] != "ok":
+            stage[i], reasons[i] = "generation", [cols["error"][i] or "generation failed"]
+            continue
+        example, found = rule_check(spec, cols["example_json"][i], prompt_text=cols["problem"][i])
+        examples[i] = example
+        if example is None or found:
+            stage[i], reasons[i] = "rules", found
+            continue
+        key = keys[i] = dedup_key(spec, example)
+        if key in seen_keys:
+            stage[i], reasons[i] = "dedup", [f"exact duplicate of {seen_keys[key]}"]
+            continue
+        seen_keys[key] = cols["example_id"][i]
+        candidates.append(i)
+
+    async def judge(i: int) -> Consensus:
+        return await ajudge_example(
+            client,
+            spec,
+            judges,
+            example_id=cols["example_id"][i],
+            problem=cols["problem"][i],
+            example=examples[i] or {},
+            early_stop=early_stop,
+        )
+
+    def judged(i: int, verdict: Consensus) -> None:
+        if progress is not None:
+            billed = [j for j in verdict.judges if j.model_calls]
+            progress.advance(
+                tokens=sum(j.prompt_tokens + j.completion_tokens for j in billed),
+                cost_usd=sum(j.cost_usd for j in billed),
+            )
+
+    try:
+        verdict_list = client.pool(
+            judge, candidates, width=client.concurrency_for(j.model for j in judges), on_result=judged
+        )
+    finally:
+        client.flush()
+    verdicts = dict(zip(candidates, verdict_list, strict=True))
+    accepted: list[int] = []
+    for i, verdict in verdicts.items():
+        if verdict.passed:
+            accepted.append(i)
+        else:
+            stage[i], reasons[i] = "consensus", [verdict.reason or "below threshold"]
+
+    # Near duplicates among accepted examples collapse to their best-scored member.
+    keep, replaced_by = near_duplicate_selection(
+        [example_text(examples[i] or {}, spec.uniqueness_fields()) for i in accepted],
+        [verdicts[i].consensus or 0.0 for i in accepted],
+        threshold=spec.validation.near_duplicate_threshold,
+    )
+    replaced: dict[int, list[str]] = {}
+    for dropped, winner in replaced_by.items():
+        i, w = accepted[dropped], accepted[winner]
+        replaced.setdefault(w, []).append(cols["example_id"][i])
+        stage[i], reasons[i] = "near_duplicate", [f"near duplicate of {cols['example_id'][w]}"]
+    accepted = [accepted[k] for k in keep]
+    rejected = [i for i in range(n) if stage[i] is not None]
+
+    columns = _JudgedColumns(
+        verdicts=verdicts,
+        example_json=[
+            example_json_text(e) if e is not None else cols["example_json"][i] for i, e in enumerate(examples)
+        ],
+        dedup_keys=keys,
+        replaced=replaced,
+        threshold=spec.validation.consensus_threshold,
+        spec_version=spec.version_str,
+    )
+    rejected_judged = columns.for_rows(rejected)
+    rejected_judged["fail_stage"] = pa.array([stage[i] for i in rejected], pa.string())
+    rejected_judged["fail_reasons"] = pa.array([reasons[i] for i in rejected], pa.list_(pa.string()))
+    return ValidationOutcome(
+        accepted=_rows_table(raw, accepted, columns.for_rows(accepted), VALIDATED_EXAMPLES),
+        rejected=_rows_table(raw, rejected, rejected_judged, REJECTED_EXAMPLES),
+        verdicts=verdict_list,
+        candidates=len(candidates),
+        stage_counts=Counter(str(stage[i]) for i in rejected),
+        reason_counts=Counter(
+            f"rules: {reason.split(':', 1)[-1].strip()}" if stage[i] == "rules" else str(stage[i])
+            for i in rejected
+            for reason in reasons[i]
+        ),
+        near_duplicates_removed=len(replaced_by),
+    )
+
+
+@dataclass
+class _JudgedColumns:
+    """Builds the validation columns (``tables.JUDGED``) for any subset of rows."""
+
+    verdicts: dict[int, Consensus]
+    example_json: list[str | None]
+    dedup_keys: list[str | None]
+    replaced: dict[int, list[str]]
+    threshold: float
+    spec_version: str
+
+    def for_rows(self, indices: list[int]) -> dict[str, pa.Array]:
+        types = dict(JUDGED)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        v = self.verdicts
+        columns: dict[str, list[Any]] = {
+            "example_json": [self.example_json[i] for i in indices],
+            "dedup_key": [self.dedup_keys[i] for i in indices],
+            "consensus": [v[i].consensus if i in v else None for i in indices],
+            "consensus_threshold": [self.threshold] * len(indices),
+            "validator_spread": [v[i].spread if i in v else None for i in indices],
+            "validator_scores": [_validator_scores(v.get(i)) for i in indices],
+            "validators_skipped": [v[i].skipped_calls if i in v else 0 for i in indices],
+            "replaced_example_ids": [self.replaced.get(i) for i in indices],
+            "spec_version": [self.spec_version] * len(indices),
+            "validated_at": [now] * len(indices),
+        }
+        return {name: pa.array(values, types[name]) for name, values in columns.items()}
+
+
+def _validator_scores(c: Consensus | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": j.model,
+            "weight": j.weight,
+            "score": j.score,
+            "criteria_json": json.dumps(j.scores),
+            "reason": j.reason,
+            "error": j.error,
+        }
+        for j in (c.judges if c is not None else [])
+    ]
+
+
+def _rows_table(
+    raw: pa.Table, indices: list[int], judged: dict[str, pa.Array], schema: pa.Schema
+) -> pa.Table:
+    """Provenance columns taken from ``raw`` by position, plus the judged columns, in ``schema``."""
+    base = raw.take(pa.array(indices, pa.int64()))
+    columns = {name: base.column(name) for name, _ in PROVENANCE}
+    columns.update(judged)
+    return pa.table({name: columns[name] for name in schema.names}).cast(schema)
