@@ -54,8 +54,7 @@ def test_definitions_import_stays_light() -> None:
 
     heavy = ("dagster_dbt", "dbt", "dspy", "litellm", "torch", "sentence_transformers", "great_expectations")
     script = (
-        "import sys, synth_pipelines.definitions\n"
-        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+        f"import sys, synth_pipelines.definitions\nprint(','.join(m for m in {heavy!r} if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

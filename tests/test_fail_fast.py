@@ -49,25 +49,27 @@ def _failure(result: dg.ExecuteInJobResult) -> str:
 
 def test_dead_endpoint_fails_fast_then_rerun_resumes(tmp_path: Path, scripted_schemas_dir: Path) -> None:
     warehouse = tmp_path / "warehouse"
-    server = FakeOpenAIServer(FaultPlan(latency_s=0.05)).start()
+    # The server crashes after 15 requests: connections reset, then the port refuses them.
+    server = FakeOpenAIServer(FaultPlan(latency_s=0.05, die_after=15)).start()
     port = server.port
     profile = profile_file(tmp_path, server.base_url, max_retries=4, timeout_s=5)
-    stopped: dict[str, float] = {}
+    crashed: dict[str, float] = {}
 
-    def stop_midway() -> None:
-        while server.stats.requests < 15:
-            time.sleep(0.005)
-        server.stop()  # the port is closed from here on: connection refused
-        stopped["at"] = time.monotonic()
+    def note_crash() -> None:
+        server.dead.wait(120)
+        crashed["at"] = time.monotonic()
 
-    threading.Thread(target=stop_midway, daemon=True).start()
+    watcher = threading.Thread(target=note_crash, daemon=True)
+    watcher.start()
     result = _materialize(warehouse, scripted_schemas_dir, profile)
     failed_at = time.monotonic()
+    watcher.join(5)
+    server.stop()
     assert not result.success
     message = _failure(result)
     assert f"127.0.0.1:{port}" in message and "looks down" in message and "rerun resumes" in message
     # Not minutes of per-item retries: the breaker opened on the first connection failures.
-    assert failed_at - stopped["at"] < 10
+    assert failed_at - crashed["at"] < 10
     parts = InflightRows(warehouse / "raw_generations" / f"domain={DOMAIN}" / "_inflight", RAW_GENERATIONS)
     kept = parts.read_columns(["example_id", "status"]).to_pydict()
     finished = {eid for eid, status in zip(kept["example_id"], kept["status"], strict=True) if status == "ok"}

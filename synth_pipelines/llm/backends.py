@@ -16,6 +16,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
+from synth_pipelines.llm.cache import schema_text
 from synth_pipelines.llm.config import ModelConfig
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest, ProviderError, RawCompletion
 
@@ -186,8 +189,7 @@ class OpenAICompatBackend:
         raise TypeError("OpenAICompatBackend is asynchronous: the client calls acomplete()")
 
     def fingerprint(self) -> str:
-        url_hash = hashlib.sha256((self.config.base_url or "").encode()).hexdigest()[:12]
-        return f"openai:{self.config.model_id}:{url_hash}"
+        return _endpoint_fingerprint(self.config)
 
     def _clients(self) -> tuple[Any, Any]:
         # Created lazily inside the provider event loop: the aiohttp session is bound to it.
@@ -285,6 +287,9 @@ class AiohttpChatBackend:
     the request itself at hundreds of requests per second on 2 cores (see ``make bench-llm``).
     """
 
+    # The session's ClientTimeout ends a call after ``timeout_s``: the client need not add its own timer.
+    enforces_timeout = True
+
     def __init__(self, name: str, config: ModelConfig, api_key: str | None):
         self.name = name
         self.config = config
@@ -299,8 +304,7 @@ class AiohttpChatBackend:
         return f"AiohttpChatBackend({self.name!r}, base_url={self.config.base_url!r})"
 
     def fingerprint(self) -> str:
-        url_hash = hashlib.sha256((self.config.base_url or "").encode()).hexdigest()[:12]
-        return f"openai:{self.config.model_id}:{url_hash}"
+        return _endpoint_fingerprint(self.config)
 
     def complete(self, request: CompletionRequest) -> RawCompletion:
         raise TypeError("AiohttpChatBackend is asynchronous: the client calls acomplete()")
@@ -334,12 +338,13 @@ class AiohttpChatBackend:
         }
         if request.json_schema is not None:
             name = response_model.__name__ if response_model is not None else "response"
+            # The schema, the same for thousands of calls, is serialized once (orjson.Fragment).
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": name, "schema": request.json_schema},
+                "json_schema": {"name": name, "schema": orjson.Fragment(schema_text(request.json_schema))},
             }
         try:
-            async with self._client_session().post(self._url, data=json.dumps(body)) as resp:
+            async with self._client_session().post(self._url, data=orjson.dumps(body)) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 payload = await resp.read()
@@ -374,7 +379,7 @@ class AiohttpChatBackend:
                 status=status,
             )
         try:
-            data = json.loads(payload)
+            data = orjson.loads(payload)
             choice = data["choices"][0]
             message = choice.get("message") or {}
             text = message.get("content") or ""
@@ -386,11 +391,18 @@ class AiohttpChatBackend:
                 self.name, "the endpoint returned a malformed completion envelope", retryable=True
             ) from None
         return RawCompletion(
-            text=text,
+            text=str(text),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             finish_reason=str(choice.get("finish_reason") or "stop"),
         )
+
+
+@cache
+def _endpoint_fingerprint(config: ModelConfig) -> str:
+    """Identity of a remote model for cache keys: the model id and a hash of the endpoint URL."""
+    url_hash = hashlib.sha256((config.base_url or "").encode()).hexdigest()[:12]
+    return f"openai:{config.model_id}:{url_hash}"
 
 
 MAX_SERVER_MESSAGE = 300

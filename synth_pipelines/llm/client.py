@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from synth_pipelines.llm.backends import Backend
-from synth_pipelines.llm.cache import CacheBatcher, ResponseCache, request_key
+from synth_pipelines.llm.cache import CacheBatcher, ResponseCache, request_key, schema_text
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
 from synth_pipelines.llm.limits import CircuitOpen, ModelGate
 from synth_pipelines.llm.router import Strategy, order_models
@@ -90,9 +90,15 @@ class BudgetExhausted(RuntimeError):
     """The run's token or dollar budget is spent. Callers stop cleanly and keep what they have."""
 
 
+_ascii = json.encoder.encode_basestring_ascii  # json.dumps of a str, without building an encoder
+
+
 def prompt_hash(messages: Sequence[ChatMessage], json_schema: dict[str, Any] | None = None) -> str:
-    payload = json.dumps([[m.role, m.content] for m in messages] + [json_schema], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """Hash of ``json.dumps([[role, content], ..., schema], sort_keys=True)``: the prompt's identity
+    (assembled from parts so that the shared schema is serialized once)."""
+    parts = [f"[{_ascii(m.role)}, {_ascii(m.content)}]" for m in messages]
+    parts.append(schema_text(json_schema, ascii=True))
+    return hashlib.sha256(f"[{', '.join(parts)}]".encode()).hexdigest()[:16]
 
 
 def extract_json(text: str) -> Any:
@@ -130,6 +136,10 @@ def parse_reply(text: str, response_model: type[T]) -> tuple[T | None, str | Non
 
 def _retryable(error: BaseException) -> bool:
     return isinstance(error, ProviderError) and error.retryable
+
+
+def _outcome_error(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
 
 
 class LLMClient:
@@ -280,16 +290,14 @@ class LLMClient:
         self._check_budget()
         gate = self._gate(request.model, config)
         estimated = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(config.max_retries + 1),
-            retry=retry_if_exception(_retryable),
-            wait=self._wait,
-            sleep=self._sleep,
-            reraise=True,
-        )
-        async for attempt_state in retrying:
-            with attempt_state:
-                raw = await self._attempt(gate, backend, request, response_model, rec, config, estimated)
+        try:
+            # The first attempt runs bare: most calls succeed, and tenacity's per-call setup costs
+            # more client CPU than the rest of the call (see make bench-llm).
+            raw = await self._attempt(gate, backend, request, response_model, rec, config, estimated)
+        except ProviderError as first:
+            if not first.retryable or config.max_retries == 0:
+                raise
+            raw = await self._retry(first, gate, backend, request, response_model, rec, config, estimated)
         rec.model_calls += 1
         rec.prompt_tokens, rec.completion_tokens = raw.prompt_tokens, raw.completion_tokens
         rec.cost_usd = config.cost(raw.prompt_tokens, raw.completion_tokens)
@@ -299,6 +307,33 @@ class LLMClient:
         if batcher is not None:
             batcher.put(key, request.model, raw)
         return raw, rec
+
+    async def _retry(
+        self,
+        first: ProviderError,
+        gate: ModelGate,
+        backend: Backend,
+        request: CompletionRequest,
+        response_model: type[BaseModel] | None,
+        rec: CallRecord,
+        config: ModelConfig,
+        estimated_tokens: int,
+    ) -> RawCompletion:
+        """Attempts 2..max_retries+1 with tenacity: backoff with jitter, or Retry-After when given."""
+        await self._sleep(self._backoff(1, first))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(config.max_retries),
+            retry=retry_if_exception(_retryable),
+            wait=lambda state: self._backoff(state.attempt_number + 1, _outcome_error(state)),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt_state in retrying:
+            with attempt_state:
+                return await self._attempt(
+                    gate, backend, request, response_model, rec, config, estimated_tokens
+                )
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _attempt(
         self,
@@ -319,7 +354,11 @@ class LLMClient:
             started = time.perf_counter()
             error: ProviderError | None
             try:
-                raw = await asyncio.wait_for(self._call(backend, request, response_model), config.timeout_s)
+                # One timer per call: the backend's own when it has one, else asyncio.timeout (which,
+                # unlike wait_for, makes no extra task).
+                deadline = None if getattr(backend, "enforces_timeout", False) else config.timeout_s
+                async with asyncio.timeout(deadline):
+                    raw = await self._call(backend, request, response_model)
             except TimeoutError:
                 error = ProviderError(
                     request.model, f"timed out after {config.timeout_s:g}s", retryable=True, kind="timeout"
@@ -347,13 +386,13 @@ class LLMClient:
         """Blocking :meth:`acomplete`."""
         return run_sync(self.acomplete(request, attempt=attempt))
 
-    def _wait(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome is not None else None
+    def _backoff(self, attempt: int, error: BaseException | None) -> float:
+        """Seconds to wait before retrying after ``attempt`` (1-based) failed with ``error``."""
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return min(self.max_backoff_s, max(0.0, retry_after))
         # Exponential backoff with full jitter: spreads retries of many concurrent callers.
-        return min(self.max_backoff_s, 0.5 * (2 ** (state.attempt_number - 1))) * random.uniform(0.5, 1.0)
+        return min(self.max_backoff_s, 0.5 * (2 ** (attempt - 1))) * random.uniform(0.5, 1.0)
 
     # ------------------------------------------------------------------ structured calls
     async def astructured(
@@ -382,6 +421,7 @@ class LLMClient:
         last_text = ""
         for model in models:
             for attempt in range(self.parse_attempts):
+                # Built from values this method already holds: no need to validate them again.
                 request = CompletionRequest(
                     model=model,
                     messages=msgs,
@@ -407,6 +447,8 @@ class LLMClient:
                     self._record(total, failed=False)
                     return StructuredResult(
                         value=value,
+                        error=None,
+                        failure_kind=None,
                         raw_text=raw.text,
                         record=total,
                         prompt_hash=prompt_hash(msgs, json_schema),

@@ -1,10 +1,17 @@
-"""Value types that cross the provider boundary: messages in, parsed objects and usage out."""
+"""Value types that cross the provider boundary: messages in, parsed objects and usage out.
+
+Messages are pydantic models (they are validated where callers build them). The types the client
+makes and updates once or more per call (request, raw completion, call record, result, totals) are
+slotted dataclasses: pydantic's construction and attribute hooks cost more client CPU than the
+rest of a call (see ``make bench-llm``), and everything in them was validated on the way in.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -16,10 +23,9 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class CompletionRequest(BaseModel):
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
     """Everything that determines a model's reply. Its canonical JSON is the cache key."""
-
-    model_config = ConfigDict(frozen=True)
 
     model: str
     messages: tuple[ChatMessage, ...]
@@ -29,7 +35,8 @@ class CompletionRequest(BaseModel):
     seed: int = 0
 
 
-class RawCompletion(BaseModel):
+@dataclass(slots=True)
+class RawCompletion:
     """What a backend returns: the text and the token counts it reports."""
 
     text: str
@@ -38,8 +45,11 @@ class RawCompletion(BaseModel):
     finish_reason: str = "stop"
 
 
-class CallRecord(BaseModel):
-    """Accounting for one logical call (possibly several attempts)."""
+@dataclass(slots=True)
+class CallRecord:
+    """Accounting for one logical call (possibly several attempts). A slotted dataclass, not a
+    pydantic model: it is updated a dozen times per call on the hot path and never crosses a
+    boundary on its own."""
 
     model: str
     prompt_tokens: int = 0
@@ -51,18 +61,17 @@ class CallRecord(BaseModel):
     model_calls: int = 0
 
 
-class StructuredResult(BaseModel, Generic[T]):
+@dataclass(slots=True)
+class StructuredResult(Generic[T]):
     """A parsed object, or the reason there is none. A bad reply never raises out of the client."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
+    record: CallRecord
     value: T | None = None
     error: str | None = None
     # Why there is no value: "reply" (the model answered, but nothing usable) or "provider" (no
     # answer: HTTP errors, timeouts, endpoint down). Provider failures are retried on a rerun.
     failure_kind: Literal["reply", "provider"] | None = None
     raw_text: str = ""
-    record: CallRecord
     prompt_hash: str = ""
 
     @property
@@ -70,7 +79,8 @@ class StructuredResult(BaseModel, Generic[T]):
         return self.value is not None
 
 
-class UsageTotals(BaseModel):
+@dataclass(slots=True)
+class UsageTotals:
     """Per-model totals accumulated by a client; goes into materialization metadata."""
 
     calls: int = 0
@@ -81,7 +91,7 @@ class UsageTotals(BaseModel):
     completion_tokens: int = 0
     cost_usd: float = 0.0
     latency_s: float = 0.0
-    per_model: dict[str, dict[str, float]] = Field(default_factory=dict)
+    per_model: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add(self, rec: CallRecord, *, failed: bool) -> None:
         self.calls += 1

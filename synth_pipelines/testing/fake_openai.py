@@ -3,7 +3,8 @@
 Used by the tests and ``make bench-llm``; it listens on 127.0.0.1 only. Replies are JSON values
 that satisfy the request's ``response_format`` schema, so the whole graph can run against it.
 Faults are injected by a deterministic per-request schedule: latency, 429 with ``Retry-After``,
-500, a hang past the client's timeout, and broken JSON.
+500, a hang past the client's timeout, and broken JSON. ``die_after`` makes the server crash after
+that many requests: it resets every connection and stops listening, as a killed process does.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class FaultPlan:
     first_n_500: int = 0
     first_n_broken: int = 0
     first_n_hang: int = 0
+    die_after: int | None = None
     seed: int = 0
 
 
@@ -75,6 +77,8 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        self._site: web.SockSite | None = None
+        self.dead = threading.Event()
         self.port = 0
 
     @property
@@ -111,6 +115,11 @@ class FakeOpenAIServer:
             n = self.stats.requests
             self.stats.auth_headers.append(request.headers.get("Authorization", ""))
             self.stats.models.append(str(body.get("model")))
+        if self.plan.die_after is not None and n > self.plan.die_after:
+            await self._crash()
+            assert request.transport is not None
+            request.transport.abort()  # connection reset, as from a killed process
+            raise ConnectionResetError("the fake server has crashed")
         fault = self._decide(n)
         if self.plan.latency_s:
             await asyncio.sleep(self.plan.latency_s)
@@ -160,6 +169,16 @@ class FakeOpenAIServer:
             }
         )
 
+    async def _crash(self) -> None:
+        if self.dead.is_set() or self._site is None:
+            return
+        self.dead.set()
+        await self._site.stop()  # the listening socket closes: new connections are refused
+        if self._runner is not None and self._runner.server is not None:
+            for handler in list(self._runner.server.connections):
+                if handler.transport is not None:
+                    handler.transport.abort()
+
     # ------------------------------------------------------------------ lifecycle
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -174,6 +193,7 @@ class FakeOpenAIServer:
         self.port = sock.getsockname()[1]
         site = web.SockSite(runner, sock, backlog=1024)
         loop.run_until_complete(site.start())
+        self._site = site
         self._runner = runner
         self._ready.set()
         loop.run_forever()
