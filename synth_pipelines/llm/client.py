@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,6 +133,19 @@ def parse_reply(text: str, response_model: type[T]) -> tuple[T | None, str | Non
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "<root>"
         return None, f"schema violation at {loc}: {first['msg']} ({e.error_count()} error(s))"
+
+
+@dataclass(slots=True)
+class _Call:
+    """One completion in flight: what every attempt at it needs."""
+
+    gate: ModelGate
+    backend: Backend
+    request: CompletionRequest
+    response_model: type[BaseModel] | None
+    rec: CallRecord
+    config: ModelConfig
+    estimated_tokens: int
 
 
 def _retryable(error: BaseException) -> bool:
@@ -288,16 +302,23 @@ class LLMClient:
                 rec.prompt_tokens, rec.completion_tokens = hit.prompt_tokens, hit.completion_tokens
                 return hit, rec
         self._check_budget()
-        gate = self._gate(request.model, config)
-        estimated = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
+        call = _Call(
+            gate=self._gate(request.model, config),
+            backend=backend,
+            request=request,
+            response_model=response_model,
+            rec=rec,
+            config=config,
+            estimated_tokens=sum(len(m.content) for m in request.messages) // 4 + request.max_tokens,
+        )
         try:
             # The first attempt runs bare: most calls succeed, and tenacity's per-call setup costs
             # more client CPU than the rest of the call (see make bench-llm).
-            raw = await self._attempt(gate, backend, request, response_model, rec, config, estimated)
+            raw = await self._attempt(call)
         except ProviderError as first:
             if not first.retryable or config.max_retries == 0:
                 raise
-            raw = await self._retry(first, gate, backend, request, response_model, rec, config, estimated)
+            raw = await self._retry(first, call)
         rec.model_calls += 1
         rec.prompt_tokens, rec.completion_tokens = raw.prompt_tokens, raw.completion_tokens
         rec.cost_usd = config.cost(raw.prompt_tokens, raw.completion_tokens)
@@ -308,21 +329,11 @@ class LLMClient:
             batcher.put(key, request.model, raw)
         return raw, rec
 
-    async def _retry(
-        self,
-        first: ProviderError,
-        gate: ModelGate,
-        backend: Backend,
-        request: CompletionRequest,
-        response_model: type[BaseModel] | None,
-        rec: CallRecord,
-        config: ModelConfig,
-        estimated_tokens: int,
-    ) -> RawCompletion:
+    async def _retry(self, first: ProviderError, call: _Call) -> RawCompletion:
         """Attempts 2..max_retries+1 with tenacity: backoff with jitter, or Retry-After when given."""
         await self._sleep(self._backoff(1, first))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(config.max_retries),
+            stop=stop_after_attempt(call.config.max_retries),
             retry=retry_if_exception(_retryable),
             wait=lambda state: self._backoff(state.attempt_number + 1, _outcome_error(state)),
             sleep=self._sleep,
@@ -330,25 +341,15 @@ class LLMClient:
         )
         async for attempt_state in retrying:
             with attempt_state:
-                return await self._attempt(
-                    gate, backend, request, response_model, rec, config, estimated_tokens
-                )
+                return await self._attempt(call)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _attempt(
-        self,
-        gate: ModelGate,
-        backend: Backend,
-        request: CompletionRequest,
-        response_model: type[BaseModel] | None,
-        rec: CallRecord,
-        config: ModelConfig,
-        estimated_tokens: int,
-    ) -> RawCompletion:
+    async def _attempt(self, call: _Call) -> RawCompletion:
+        gate, backend, request, rec, config = call.gate, call.backend, call.request, call.rec, call.config
         gate.breaker.check()
         await gate.wait_unpaused()
         async with gate.concurrency.slot():
-            await gate.buckets.admit(estimated_tokens)
+            await gate.buckets.admit(call.estimated_tokens)
             gate.breaker.check()  # it may have opened while this call waited for a slot
             rec.attempts += 1
             started = time.perf_counter()
@@ -358,7 +359,7 @@ class LLMClient:
                 # unlike wait_for, makes no extra task).
                 deadline = None if getattr(backend, "enforces_timeout", False) else config.timeout_s
                 async with asyncio.timeout(deadline):
-                    raw = await self._call(backend, request, response_model)
+                    raw = await self._call(backend, request, call.response_model)
             except TimeoutError:
                 error = ProviderError(
                     request.model, f"timed out after {config.timeout_s:g}s", retryable=True, kind="timeout"
