@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill clean-warehouse
+.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun clean-warehouse
 
 setup: $(STAMP)
 
@@ -81,6 +81,10 @@ bench-embed: setup
 # A 4-domain backfill through the Dagster daemon, before/after run-granularity pools: wall and CPU.
 bench-backfill: setup
 	$(BIN)/python -m bench.backfill
+
+# An unchanged rerun of the demo domain through the Dagster job: seconds, model calls, ratio to the first run.
+bench-rerun: setup
+	$(BIN)/python -m bench.rerun
 
 bench: bench-llm bench-quality bench-embed
 

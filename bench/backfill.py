@@ -96,7 +96,14 @@ def run_variant(variant: str, base_url: str) -> dict[str, Any]:
         wall = time.perf_counter() - started
         daemon.terminate()
         daemon.wait(30)
-        return {"wall_s": wall, "cpu_s": cpu, "peak_runs_in_progress": peak_in_progress, "statuses": statuses}
+        waiting = subprocess.run([sys.executable, "-c", _WAITING], env=env, capture_output=True, text=True)
+        return {
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "peak_runs_in_progress": peak_in_progress,
+            "statuses": statuses,
+            **json.loads(waiting.stdout or "{}"),
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -112,6 +119,26 @@ import json
 import dagster as dg
 runs = dg.DagsterInstance.get().get_runs()
 print(json.dumps([r.status.value for r in runs]))
+"""
+
+# How long each run existed as a process before the pool was free for it: the time from its
+# RUN_STARTING to the end of the previous run's last pool step (0 when it started after it).
+_WAITING = """
+import json
+import dagster as dg
+POOL = {"seed_problems", "raw_generations", "validated_examples", "compiled_program"}
+instance = dg.DagsterInstance.get()
+def events(run_id):
+    return [(r.timestamp, r.dagster_event) for r in instance.all_logs(run_id) if r.dagster_event is not None]
+spans = []
+for run in instance.get_runs():
+    evs = events(run.run_id)
+    starting = next(t for t, e in evs if e.event_type_value == dg.DagsterEventType.RUN_STARTING.value)
+    pool = [t for t, e in evs if e.step_key in POOL and e.event_type_value in ("STEP_START", "STEP_SUCCESS")]
+    spans.append((starting, min(pool), max(pool)))
+spans.sort()
+waiting = [max(0.0, spans[i - 1][2] - spans[i][0]) for i in range(1, len(spans))]
+print(json.dumps({"process_seconds_before_pool_was_free": round(sum(waiting), 1)}))
 """
 
 
@@ -130,7 +157,7 @@ def _watch(daemon: subprocess.Popen[bytes], env: dict[str, str]) -> tuple[float,
                 cpu_by_pid[proc.pid] = max(cpu_by_pid.get(proc.pid, 0.0), times.user + times.system)
             except psutil.Error:
                 continue
-        if time.monotonic() - last_poll > 3:
+        if time.monotonic() - last_poll > 1:
             last_poll = time.monotonic()
             done = subprocess.run([sys.executable, "-c", _STATUS], env=env, capture_output=True, text=True)
             statuses = json.loads(done.stdout or "[]")
@@ -151,7 +178,9 @@ def main() -> None:
             print(
                 f"{variant:<7} wall {r['wall_s']:6.1f} s  CPU {r['cpu_s']:6.1f} s  "
                 f"(daemon + runs; {r['cpu_s'] / r['wall_s']:.2f} cores busy on average)  "
-                f"runs in progress at once: {r['peak_runs_in_progress']}  final: {r['statuses']}"
+                f"runs in progress at once: {r['peak_runs_in_progress']}; seconds runs spent as processes "
+                f"waiting for the pool: {r.get('process_seconds_before_pool_was_free')}; "
+                f"final: {r['statuses']}"
             )
     finally:
         stop_server(server)

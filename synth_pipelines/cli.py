@@ -149,7 +149,12 @@ def generate(
     ] = None,
 ) -> None:
     """Materialize the whole graph for one domain, with a progress bar."""
+    import warnings
+
     import dagster as dg
+
+    # Dagster flags partitioned asset checks as a preview feature on every load: not the user's concern.
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
     from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
     from synth_pipelines.runner import materialize_domain, run_report, summarize
@@ -306,12 +311,18 @@ def validate_file(
 @app.command()
 def status(warehouse: WarehouseOpt = None) -> None:
     """Per-domain counts, pass rate, diversity, program score and last run."""
+    from synth_pipelines.warehouse.progress import running
     from synth_pipelines.warehouse.status import domain_status
 
     wh = _warehouse(warehouse)
     rows = domain_status(wh)
-    if not rows:
+    live = running(wh.progress_path("status").parent)
+    if not rows and not live:
         raise _fail(f"nothing materialized under {wh.root} yet; run `synth generate --domain ...`")
+    for snap in live:
+        typer.echo(f"in progress: {snap.domain} {snap.asset}: {snap.line()}")
+    if not rows:
+        return
     header = (
         f"{'domain':<22}{'generated':>10}{'accepted':>10}{'pass':>7}{'diversity':>11}{'program':>9}  last run"
     )

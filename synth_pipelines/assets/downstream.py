@@ -58,7 +58,7 @@ def example_embeddings(
     cols = _example_rows(wh, domain)
     texts = [example_text(json.loads(j)) for j in cols["example_json"]]
     started = time.perf_counter()
-    vectors = embedder.embed(texts)
+    vectors = embedder.embed(texts, cache_path=wh.embedding_cache_path)
     embed_s = time.perf_counter() - started
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
     table = pa.table(
@@ -190,7 +190,9 @@ def compiled_program(
         def judge(pairs: Any) -> list[float]:
             return client.pool(judge_pair, pairs, width=client.concurrency_for(j.model for j in judges))
 
-    metric = build_metric(spec, program_spec, embedder.embed, judge)
+    metric = build_metric(
+        spec, program_spec, lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path), judge
+    )
     train_pool = stratified_sample(train_rows, program_spec.train_sample)
     eval_rows = stratified_sample(test_rows, program_spec.eval_sample)
     train, test = to_dspy_examples(train_pool, program_spec), to_dspy_examples(eval_rows, program_spec)

@@ -84,10 +84,19 @@ def bundled_model_dir() -> Path:
 _LOCK = threading.Lock()
 
 
-@cache
-def _load_torch(model_dir: str) -> Any:
+def _quiet_transformers() -> None:
+    """No hub access, and no "Loading weights" bar in the middle of the CLI's own progress display."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+@cache
+def _load_torch(model_dir: str) -> Any:
+    _quiet_transformers()
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(model_dir, device="cpu")
@@ -130,6 +139,7 @@ def export_onnx(model_dir: Path, out: Path) -> Path:
     target = out / "model.onnx"
     if target.is_file():
         return target
+    _quiet_transformers()
     import torch
     from transformers import AutoModel
 
@@ -266,17 +276,85 @@ def backend_report(model_dir: str | None, backend: EmbeddingBackend) -> dict[str
     return entry[1] if entry else {"requested": backend, "serving": "not loaded yet"}
 
 
+class EmbeddingCache:
+    """Vectors already computed, by (model, backend, text), in a SQLite file in the state folder.
+
+    An unchanged rerun embeds nothing and loads no model. The key names the backend because int8
+    vectors differ slightly from torch's.
+    """
+
+    def __init__(self, path: Path):
+        from synth_pipelines.llm.sqlite import SharedDatabase
+
+        self._db = SharedDatabase(path)
+        self._db.conn().execute(
+            "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL)"
+        )
+
+    @staticmethod
+    def keys(texts: list[str], identity: str) -> list[str]:
+        return [hashlib.sha256(f"{identity}\x00{t}".encode()).hexdigest() for t in texts]
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        conn = self._db.conn()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, blob in conn.execute(
+                f"SELECT key, vector FROM embeddings WHERE key IN ({marks})", chunk
+            ):
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, keys: list[str], vectors: np.ndarray) -> None:
+        conn = self._db.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (key, vector) VALUES (?, ?)",
+                [
+                    (k, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                    for k, v in zip(keys, vectors, strict=True)
+                ],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
 def embed_texts(
     texts: list[str],
     *,
     model_dir: str | None = None,
     batch_size: int = 64,
     backend: EmbeddingBackend = "torch",
+    cache_path: Path | None = None,
 ) -> np.ndarray:
-    """L2-normalized float32 embeddings, shape (n, 384)."""
+    """L2-normalized float32 embeddings, shape (n, 384). With ``cache_path``, texts embedded before
+    (same model and backend) are read back instead of computed."""
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     folder = Path(model_dir) if model_dir else bundled_model_dir()
+    if cache_path is None:
+        return _compute(texts, folder, batch_size, backend)
+    cache = EmbeddingCache(cache_path)
+    keys = EmbeddingCache.keys(texts, f"{EMBEDDING_MODEL_NAME}:{_model_digest(folder)}:{backend}")
+    found = cache.get_many(list(dict.fromkeys(keys)))
+    missing = [i for i, k in enumerate(keys) if k not in found]
+    out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    if missing:
+        computed = _compute([texts[i] for i in missing], folder, batch_size, backend)
+        out[missing] = computed
+        cache.put_many([keys[i] for i in missing], computed)
+    for i, key in enumerate(keys):
+        if key in found:
+            out[i] = found[key]
+    return out
+
+
+def _compute(texts: list[str], folder: Path, batch_size: int, backend: EmbeddingBackend) -> np.ndarray:
     with _LOCK:
         if backend == "torch":
             return _torch_embed(texts, str(folder), batch_size)

@@ -1,5 +1,6 @@
 """Sentence embeddings for diversity statistics and the semantic-similarity program metric."""
 
+from pathlib import Path
 from typing import Any, cast, get_args
 
 import dagster as dg
@@ -28,9 +29,15 @@ class EmbedderResource(dg.ConfigurableResource):
             )
         return cast(EmbeddingBackend, self.backend)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], *, cache_path: Path | None = None) -> np.ndarray:
+        """Embeddings of ``texts``; with ``cache_path`` (the state folder's), texts embedded before are
+        read back, so an unchanged rerun loads no model."""
         return embed_texts(
-            texts, model_dir=self.model_dir, batch_size=self.batch_size, backend=self._backend()
+            texts,
+            model_dir=self.model_dir,
+            batch_size=self.batch_size,
+            backend=self._backend(),
+            cache_path=cache_path,
         )
 
     def model_name(self) -> str:

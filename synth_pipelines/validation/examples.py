@@ -88,6 +88,9 @@ def validate_examples(
         seen_keys[key] = cols["example_id"][i]
         candidates.append(i)
 
+    if progress is not None and n > len(candidates):
+        progress.advance(n - len(candidates))  # decided by the rules, no judge needed
+
     async def judge(i: int) -> Consensus:
         return await ajudge_example(
             client,

@@ -6,14 +6,16 @@ suite never drifts from the model that generated and validated the data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from synth_pipelines.spec.model import DomainSpec, FieldSpec
+from synth_pipelines.spec.model import DomainSpec, FieldSpec, spec_digest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -73,6 +75,39 @@ def examples_frame(spec: DomainSpec, example_json: list[str]) -> pd.DataFrame:
     return pd.DataFrame(
         {name: pd.Series([e.get(name) for e in examples], dtype=object) for name in spec.fields}
     )
+
+
+# Bump when expectations_for or examples_frame change what the suite checks.
+SUITE_VERSION = 1
+
+
+def suite_input_digest(spec: DomainSpec, example_json: list[str]) -> str:
+    """Everything the suite's verdict depends on: the spec's fields, the suite's code version, the
+    Great Expectations release and the exact data. Computed without importing GE."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    for part in (spec_digest(spec), str(SUITE_VERSION), version("great-expectations")):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    for text in example_json:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def run_suite_cached(spec: DomainSpec, example_json: list[str], cache_dir: Path) -> dict[str, Any]:
+    """:func:`run_suite`, remembered by :func:`suite_input_digest`: the same spec and data give the
+    same verdict, so an unchanged rerun neither imports GE nor runs it. ``cached`` says which."""
+    path = cache_dir / "great_expectations" / f"{suite_input_digest(spec, example_json)}.json"
+    if path.is_file():
+        return {**json.loads(path.read_text()), "cached": True}
+    outcome = run_suite(spec, example_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(outcome, default=str))
+    os.replace(tmp, path)
+    return {**outcome, "cached": False}
 
 
 def run_suite(spec: DomainSpec, example_json: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,24 @@ class ProgressSnapshot(BaseModel):
 class Progress:
     """Thread-safe counter for one asset run, persisted to ``path`` at most every ``interval_s``."""
 
-    def __init__(self, path: Path, *, asset: str, domain: str, total: int, interval_s: float = 1.0):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        asset: str,
+        domain: str,
+        total: int,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.path = path
         self.asset = asset
         self.domain = domain
         self.total = total
         self.interval_s = interval_s
+        self._clock = clock
         self._lock = threading.Lock()
-        self._started = time.monotonic()
+        self._started = clock()
         self._last_write = 0.0
         self.done = 0
         self.resumed = 0
@@ -71,13 +82,13 @@ class Progress:
             self.resumed += rows if resumed else 0
             self.tokens += tokens
             self.cost_usd += cost_usd
-            due = time.monotonic() - self._last_write >= self.interval_s
+            due = self._clock() - self._last_write >= self.interval_s
         if due:
             self._write(finished=False)
 
     def snapshot(self, *, finished: bool = False) -> ProgressSnapshot:
         with self._lock:
-            elapsed = time.monotonic() - self._started
+            elapsed = self._clock() - self._started
             # Rows served from earlier runs arrive at once and say nothing about the pace.
             fresh = self.done - self.resumed
             rate = fresh / elapsed if elapsed > 0 and fresh > 0 else None
@@ -103,7 +114,7 @@ class Progress:
     def _write(self, *, finished: bool) -> ProgressSnapshot:
         snap = self.snapshot(finished=finished)
         with self._lock:
-            self._last_write = time.monotonic()
+            self._last_write = self._clock()
         with contextlib.suppress(OSError):  # progress is a courtesy: never fail the work over it
             atomic_write_text(self.path, snap.model_dump_json())
         return snap
@@ -117,6 +128,16 @@ class Progress:
             "rows_per_s": snap.rows_per_s or 0.0,
             "elapsed_s": snap.elapsed_s,
         }
+
+
+def running(folder: Path, *, max_age_s: float = 60.0) -> list[ProgressSnapshot]:
+    """The assets reporting progress right now: unfinished, and heard from in the last ``max_age_s``
+    (a killed run stops reporting, so it drops out instead of looking busy forever)."""
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    snapshots = (read_progress(path) for path in sorted(folder.glob("domain=*.json")))
+    return [s for s in snapshots if s is not None and not s.finished and now - s.updated_at <= max_age_s]
 
 
 def read_progress(path: Path) -> ProgressSnapshot | None:

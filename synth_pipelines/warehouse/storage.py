@@ -223,6 +223,15 @@ class Warehouse:
     def cache_path(self) -> Path:
         return self.state_dir / "cache" / "responses.sqlite"
 
+    @property
+    def embedding_cache_path(self) -> Path:
+        return self.state_dir / "cache" / "embeddings.sqlite"
+
+    @property
+    def check_cache_dir(self) -> Path:
+        """Results of expensive checks by the digest of their inputs (see ``validation.ge_suite``)."""
+        return self.state_dir / "cache" / "checks"
+
     def inflight_dir(self, asset: str, domain: str) -> Path:
         """Rows of a model-calling asset in progress (Parquet parts); on a real filesystem, always."""
         return self.state_dir / asset / f"domain={validate_domain_name(domain)}" / "_inflight"

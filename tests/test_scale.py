@@ -1,0 +1,244 @@
+"""The parts that keep large runs linear and reruns cheap: content caches, bounded samples, progress,
+adaptive concurrency against a server that pushes back, and the ONNX embedding backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import BaseModel, Field
+
+import synth_pipelines.llm.embeddings as embeddings
+from synth_pipelines.llm.cache import KeyFilter, ResponseCache, request_key
+from synth_pipelines.llm.types import ChatMessage, CompletionRequest, RawCompletion
+from synth_pipelines.spec.model import parse_spec
+from synth_pipelines.validation.diversity import similarity_sample
+from synth_pipelines.warehouse.progress import Progress, read_progress
+
+# ------------------------------------------------------------------------------ response cache filter
+
+
+def _key(i: int) -> str:
+    request = CompletionRequest(model="m", messages=(ChatMessage(role="user", content=f"q{i}"),))
+    return request_key(request, attempt=0, model_fingerprint="fp")
+
+
+def test_key_filter_answers_misses_and_sees_other_writers(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    cache.put_many([(_key(i), "m", RawCompletion(text=str(i))) for i in range(100)])
+    bloom = KeyFilter(cache)
+    bloom.load()
+    assert all(bloom.maybe(_key(i)) for i in range(100))  # never a false negative
+    absent = [_key(i) for i in range(1000, 3000)]
+    assert sum(bloom.maybe(k) for k in absent) < 20  # false positives are rare (~0.2%)
+    # Another process writes: visible after a refresh, without reloading everything.
+    ResponseCache(tmp_path / "c.sqlite").put(_key(5000), "m", RawCompletion(text="late"))
+    assert not bloom.maybe(_key(5000))
+    bloom.refresh()
+    assert bloom.maybe(_key(5000))
+    bloom.add(_key(6000))  # this process's own write: at once
+    assert bloom.maybe(_key(6000))
+
+
+# ---------------------------------------------------------------------------------- embedding cache
+
+
+def test_embedding_cache_computes_each_text_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[str] = []
+
+    def fake_compute(texts, folder, batch_size, backend):  # stands in for the model
+        computed.extend(texts)
+        return np.stack([np.full(384, len(t), dtype=np.float32) for t in texts])
+
+    monkeypatch.setattr(embeddings, "_compute", fake_compute)
+    path = tmp_path / "emb.sqlite"
+    first = embeddings.embed_texts(["a", "bb", "a"], cache_path=path)
+    assert computed == ["a", "bb", "a"]
+    computed.clear()
+    again = embeddings.embed_texts(["bb", "ccc", "a"], cache_path=path)
+    assert computed == ["ccc"]  # only the new text reached the model
+    assert np.array_equal(again[0], first[1]) and np.array_equal(again[2], first[0])
+    computed.clear()
+    embeddings.embed_texts(["a"], cache_path=path, backend="onnx-int8")
+    assert computed == ["a"]  # another backend's vectors are not reused
+
+
+# ------------------------------------------------------------------------------------ GE result cache
+
+
+def test_great_expectations_verdict_is_reused_for_identical_inputs(tmp_path: Path) -> None:
+    from synth_pipelines.validation.ge_suite import run_suite_cached
+
+    spec = parse_spec(
+        {
+            "name": "t",
+            "version": 1,
+            "domain": "demo",
+            "type": "api-example",
+            "description": "d",
+            "fields": {"q": {"type": "string", "max_length": 10}},
+        }
+    )
+    data = ['{"q": "abc"}', '{"q": "abd"}']
+    first = run_suite_cached(spec, data, tmp_path)
+    again = run_suite_cached(spec, data, tmp_path)
+    assert first["cached"] is False and again["cached"] is True
+    assert again["success"] == first["success"] and again["statistics"] == first["statistics"]
+    changed = run_suite_cached(spec, [*data, '{"q": "waytoolongvalue"}'], tmp_path)
+    assert changed["cached"] is False and changed["success"] is False
+
+
+# --------------------------------------------------------------------------------- bounded samples
+
+
+def test_similarity_sample_is_exact_when_small_and_bounded_when_large() -> None:
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal((40, 8)).astype(np.float32)
+    small /= np.linalg.norm(small, axis=1, keepdims=True)
+    sims, pairs, exact = similarity_sample(small, max_pairs=10_000)
+    assert exact and pairs == 40 * 39 // 2
+    full = small @ small.T
+    assert np.allclose(np.sort(sims), np.sort(full[np.triu_indices(40, 1)]), atol=1e-6)
+    big = rng.standard_normal((20_000, 8)).astype(np.float32)
+    big /= np.linalg.norm(big, axis=1, keepdims=True)
+    sims, pairs, exact = similarity_sample(big, max_pairs=5_000)
+    assert not exact and pairs == len(sims) == 5_000
+    # Random unit vectors in 8-d: cosine ~ N(0, 1/8); the sample sees the same distribution.
+    assert abs(float(np.mean(sims))) < 0.02 and 0.3 < float(np.std(sims)) < 0.4
+
+
+def test_stratified_sample_keeps_every_cell_in_proportion() -> None:
+    from synth_pipelines.learning.program import mean_ci, stratified_sample
+
+    rows = [{"example_id": f"e{i}", "cell_id": "big" if i < 900 else f"small{i % 3}"} for i in range(1000)]
+    picked = stratified_sample(rows, 100)
+    cells = [r["cell_id"] for r in picked]
+    assert len(picked) == 100 and len({r["example_id"] for r in picked}) == 100
+    assert cells.count("big") == 90 and all(cells.count(f"small{k}") in (3, 4) for k in range(3))
+    assert stratified_sample(rows, 100) == picked  # deterministic
+    assert stratified_sample(rows[:10], 100) == rows[:10]
+    mean, low, high = mean_ci([0.0, 1.0] * 50)
+    assert mean == 0.5 and low is not None and high is not None
+    assert 0.39 < low < 0.41 and 0.59 < high < 0.61  # t(99) * 0.5025 / 10 ~ 0.0997
+    assert mean_ci([0.7]) == (0.7, None, None)
+
+
+# --------------------------------------------------------------------------------------- progress
+
+
+def test_progress_reports_rate_tokens_dollars_and_eta(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    now = [0.0]
+    progress = Progress(
+        path, asset="raw_generations", domain="d", total=100, interval_s=0.0, clock=lambda: now[0]
+    )
+    progress.advance(10, resumed=True)  # served from an earlier run: says nothing about the pace
+    for _ in range(20):
+        now[0] += 0.5  # two new rows per second
+        progress.advance(tokens=100, cost_usd=0.001)
+    live = read_progress(path)
+    assert live is not None and live.done == 30 and live.resumed == 10 and live.tokens == 2000
+    assert live.cost_usd == pytest.approx(0.02)
+    assert live.rows_per_s == pytest.approx(2.0) and live.eta_s == pytest.approx(35.0)  # 70 rows left
+    line = live.line()
+    assert "30/100 rows" in line and "2.0k tokens" in line and "$0.0200" in line and "ETA" in line
+    done = progress.finish()
+    assert done.finished and "ETA" not in done.line()
+
+
+# ------------------------------------------------------------------------ adaptive concurrency live
+
+
+class Reply(BaseModel):
+    answer: str = Field(min_length=1, max_length=40)
+
+
+def test_aimd_backs_off_on_429s_and_finishes_every_item(tmp_path: Path) -> None:
+    from synth_pipelines.llm.client import LLMClient
+    from synth_pipelines.llm.config import ModelConfig, ProviderProfile, Roles, WeightedModel
+    from synth_pipelines.llm.factory import backend_for
+    from synth_pipelines.spec.example_schema import json_schema_for_model
+    from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
+
+    schema = json_schema_for_model(Reply)
+    with FakeOpenAIServer(FaultPlan(latency_s=0.02, rate_429=0.2, retry_after_s=0.05)) as server:
+        config = ModelConfig(kind="openai", base_url=server.base_url, model_id="m", max_concurrency=64)
+        profile = ProviderProfile(
+            name="aimd",
+            models={"m": config},
+            roles=Roles(generator=["m"], validators=[WeightedModel(model="m")], program="m"),
+        )
+        client = LLMClient(profile, {"m": backend_for("m", config, None)})
+
+        async def one(i: int) -> bool:
+            result = await client.astructured(
+                ["m"], [ChatMessage(role="user", content=f"q{i}")], Reply, json_schema=schema
+            )
+            return result.ok
+
+        results = client.pool(one, range(400), width=64)
+        stats = client.gate_stats()["m"]
+        faults = server.stats.faults.get("429", 0)
+    assert all(results) and faults > 20
+    assert stats["congestion_cuts"] >= 1 and stats["concurrency_limit"] < 64
+
+
+# --------------------------------------------------------------------------------- ONNX embeddings
+
+
+def test_onnx_backends_match_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(embeddings, "_ENCODERS", {})
+    texts = [*embeddings.PROBE_SENTENCES, "a short one", "x " * 400]  # the last is truncated at 256
+    reference = embeddings.embed_texts(texts, backend="torch")
+    onnx = embeddings.embed_texts(texts, backend="onnx")
+    assert float(np.einsum("ij,ij->i", reference, onnx).min()) > 0.9999
+    int8 = embeddings.embed_texts(texts, backend="onnx-int8")
+    report = embeddings.backend_report(None, "onnx-int8")
+    cosines = np.einsum("ij,ij->i", reference, int8)
+    # The gate is honest either way: int8 serves only when it met the bar on its probe.
+    assert report["serving"] == ("onnx-int8" if report["int8_ok"] else "onnx")
+    assert report["int8_ok"] == (report["int8_min_cosine"] >= embeddings.INT8_MIN_COSINE)
+    if report["int8_ok"]:
+        assert float(cosines.min()) > 0.98
+    verdict = json.loads(
+        (embeddings.export_dir(embeddings.bundled_model_dir()) / "int8_verdict.json").read_text()
+    )
+    assert verdict["int8_probe_texts"] >= len(embeddings.PROBE_SENTENCES)
+
+
+def test_status_shows_what_is_running(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from typer.testing import CliRunner
+
+    from synth_pipelines.cli import app
+    from synth_pipelines.warehouse.progress import running
+    from synth_pipelines.warehouse.storage import Warehouse
+
+    wh = Warehouse(tmp_path / "wh")
+    live = Progress(
+        wh.progress_path("alpha"), asset="raw_generations", domain="alpha", total=50, interval_s=0
+    )
+    live.advance(5, tokens=300, cost_usd=0.01)
+    done = Progress(
+        wh.progress_path("beta"), asset="validated_examples", domain="beta", total=5, interval_s=0
+    )
+    done.advance(5)
+    done.finish()
+    stale = Progress(
+        wh.progress_path("gamma"), asset="raw_generations", domain="gamma", total=9, interval_s=0
+    )
+    stale.advance(1)
+    old = time.time() - 3600  # a run killed an hour ago stopped reporting
+    snap = read_progress(wh.progress_path("gamma"))
+    assert snap is not None
+    wh.progress_path("gamma").write_text(snap.model_copy(update={"updated_at": old}).model_dump_json())
+    assert [s.domain for s in running(wh.progress_path("x").parent)] == ["alpha"]
+    result = CliRunner().invoke(app, ["status", "--warehouse", str(tmp_path / "wh")], env={**os.environ})
+    assert result.exit_code == 0, result.output
+    assert "in progress: alpha raw_generations: 5/50 rows" in result.output
+    assert "beta" not in result.output and "gamma" not in result.output
