@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from synth_pipelines.spec.model import parse_spec
 from synth_pipelines.warehouse.exports import (
     dpo_rows,
@@ -97,8 +99,66 @@ def test_grpo_keeps_only_verified_answers() -> None:
     assert dropped == {"wrong_answer": 1, "not_evaluable": 3}
 
 
-def test_evaluator_rejects_non_arithmetic_and_times_out() -> None:
-    results = evaluate_expressions(["1+1", "open('x')", "(lambda: 1)()"])
-    assert results[0] == {"value": 2.0}
-    assert "only arithmetic" in results[1]["error"] and "only arithmetic" in results[2]["error"]
-    assert "timed out" in evaluate_expressions(["1"], timeout_s=0.000001)[0]["error"]
+def test_evaluator_rejects_non_arithmetic_in_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synth_pipelines.warehouse.exports as exports
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("a rejected expression must never reach the verifier process")
+
+    monkeypatch.setattr(exports.subprocess, "Popen", no_process)
+    results = evaluate_expressions(["open('x')", "(lambda: 1)()", "True + 1", "'a' * 3", "1 +", "9" * 600])
+    reasons = [r["error"] for r in results]
+    assert "Call is not arithmetic" in reasons[0] and "Call is not arithmetic" in reasons[1]
+    assert "True is not a number" in reasons[2] and "'a' is not a number" in reasons[3]
+    assert "not an arithmetic expression" in reasons[4] and "longer than 500" in reasons[5]
+
+
+def test_powers_evaluate_and_the_guard_bounds_the_exponent() -> None:
+    results = evaluate_expressions(["2**10", "(-2)**3", "2**-1", "2**0.5", "2**1000", "9**9**9", "2**(3+4)"])
+    assert [r.get("value") for r in results[:4]] == [1024.0, -8.0, 0.5, pytest.approx(2**0.5)]
+    assert "exponent 1000 is larger than 64" in results[4]["error"]
+    assert (
+        "exponent must be a number" in results[5]["error"]
+        and "exponent must be a number" in results[6]["error"]
+    )
+
+
+def test_each_expression_has_its_own_timeout() -> None:
+    slow = "((999999**64)**64)**64"  # allowed, and about half a second of big-integer arithmetic
+    results = evaluate_expressions(["1+1", slow, "2*3"], timeout_s=0.1)
+    assert results[0] == {"value": 2.0} and results[2] == {"value": 6.0}
+    assert "TimeoutError" in results[1]["error"]
+
+
+def test_verifier_runs_isolated_and_limited(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synth_pipelines.warehouse.exports as exports
+
+    seen: dict[str, object] = {}
+    real = exports.subprocess.Popen
+
+    def spy(args, **kwargs):
+        seen.update(args=args, env=kwargs.get("env"))
+        return real(args, **kwargs)
+
+    monkeypatch.setenv("SYNTH_OPENAI_API_KEY", "sk-must-not-reach-the-child")
+    monkeypatch.setattr(exports.subprocess, "Popen", spy)
+    assert evaluate_expressions(["6*7"]) == [{"value": 42.0}]
+    assert seen["env"] == {} and "-I" in seen["args"]  # nothing inherited, isolated mode
+    assert "RLIMIT_CPU" in exports._VERIFIER and "RLIMIT_AS" in exports._VERIFIER
+
+
+def test_a_dying_verifier_blames_one_expression_and_finishes_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import synth_pipelines.warehouse.exports as exports
+
+    # A child that answers one expression, then dies (as on a limit or a crash).
+    monkeypatch.setattr(
+        exports,
+        "_VERIFIER",
+        "import json, sys\njson.loads(sys.stdin.read())\n"
+        "print(json.dumps({'value': 1.0}), flush=True)\nsys.exit(9)",
+    )
+    results = evaluate_expressions(["1", "2", "3"])
+    assert results[0] == {"value": 1.0} and results[2] == {"value": 1.0}  # the rest went to a new child
+    assert "verifier stopped on this expression" in results[1]["error"]

@@ -15,7 +15,6 @@ from synth_pipelines.spec.model import parse_spec
 from synth_pipelines.validation import gates
 from synth_pipelines.validation.dedup import (
     embedding_clusters,
-    keep_best_per_cluster,
     near_duplicate_clusters,
     near_duplicate_selection,
 )
@@ -85,9 +84,39 @@ def test_near_duplicates_found_and_best_kept() -> None:
     assert 7 in keep and replaced_by[201] == 7  # tie: the earlier row wins
 
 
-def test_keep_best_per_cluster_records_replacements() -> None:
-    keep, replaced = keep_best_per_cluster(np.array([0, 0, 1, 0]), np.array([0.1, 0.7, 0.3, 0.7]))
-    assert keep.tolist() == [1, 2] and replaced == {1: [3, 0]}
+def test_near_duplicate_selection_of_nothing_is_nothing() -> None:
+    # Zero accepted examples (every judge call failed, or every row was rejected) used to crash here.
+    assert near_duplicate_selection([], [], threshold=0.8) == ([], {})
+
+
+def test_short_texts_are_compared_on_their_characters() -> None:
+    # A uniqueness field holding one short value renders as two words ("method: GET"): shorter than
+    # a word 3-shingle, these once all collapsed into the same signature and all but one were dropped.
+    texts = ["method: GET", "method: POST", "method: PUT", "method: DELETE", "method: get"]
+    keep, replaced_by = near_duplicate_selection(texts, [0.5] * 5, threshold=0.8)
+    assert keep == [0, 1, 2, 3] and replaced_by == {4: 0}
+
+
+def test_kept_rows_are_never_near_and_every_dropped_row_is_near_a_kept_one() -> None:
+    from synth_pipelines.validation.dedup import minhash_signatures
+
+    rng = random.Random(11)
+    vocabulary = [f"w{i}" for i in range(400)]
+    base = [rng.choice(vocabulary) for _ in range(200)]
+    # Overlapping windows: each text is a near duplicate of the next, rarely of the one after: chains.
+    texts = [" ".join(base[i : i + 40]) for i in range(0, 150, 3)]
+    scores = [rng.random() for _ in texts]
+    threshold = 0.8
+    keep, replaced_by = near_duplicate_selection(texts, scores, threshold=threshold)
+    sig = minhash_signatures(texts)
+    similar = (sig[:, None, :] == sig[None, :, :]).mean(axis=2) >= threshold  # every pair, small n
+    kept = set(keep)
+    assert kept.isdisjoint(replaced_by) and kept | set(replaced_by) == set(range(len(texts)))
+    assert not any(similar[i, j] for i in kept for j in kept if i < j)
+    assert all(replaced_by[d] in kept and similar[d, replaced_by[d]] for d in replaced_by)
+    # Chains exist here, and single linkage would have dropped rows that no kept row is near.
+    clusters = near_duplicate_clusters(texts, threshold=threshold)
+    assert clusters.n_clusters < len(keep)
 
 
 def test_embedding_clusters_link_close_vectors_only() -> None:

@@ -165,3 +165,28 @@ def test_fields_named_like_schema_keywords_survive() -> None:
     schema = example_json_schema(spec)
     assert set(schema["properties"]) == {"title", "type"}
     assert schema["required"] == ["title", "type"]
+
+
+@pytest.mark.parametrize(
+    "written", ["reasoning_memory", "reasoning-memory", "Reasoning_Memory ", "REASONING-MEMORY"]
+)
+def test_spec_type_accepts_both_spellings_and_stores_one(written: str) -> None:
+    spec = parse_spec(
+        {
+            "name": "t",
+            "version": 1,
+            "domain": "demo",
+            "type": written,
+            "description": "d",
+            "fields": {"q": {"type": "string"}},
+        }
+    )
+    assert spec.type == "reasoning-memory"
+
+
+def test_unknown_spec_type_still_names_the_choices() -> None:
+    with pytest.raises(SpecError, match=r"type: got 'reasoning_memroy'.*reasoning-memory"):
+        parse_spec(
+            {"name": "t", "version": 1, "domain": "demo", "type": "reasoning_memroy", "description": "d",
+             "fields": {"q": {"type": "string"}}},
+        )  # fmt: skip

@@ -93,9 +93,35 @@ def render_plain_prompt(messages: tuple[ChatMessage, ...]) -> str:
     return "\n\n".join(parts) + "\n\nAnswer:\n"
 
 
+# Sampling options every llama.cpp call uses; part of the cache fingerprint, since they change replies.
+REPEAT_PENALTY = 1.1
+
+
+@cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a model file, once per (path, size, mtime) per process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 class LlamaCppBackend:
     """In-process llama.cpp. The model loads lazily once per process; calls are serialized by a lock
-    because a ``Llama`` context is not thread-safe (and 2 cores gain nothing from parallel decoding)."""
+    because a ``Llama`` context is not thread-safe (and 2 cores gain nothing from parallel decoding).
+
+    A call the client gives up on (its timeout) is stopped, not abandoned: the client sets the call's
+    ``cancel`` event, and llama.cpp's abort callback, checked during every decode, makes the decode
+    fail, so the generation ends and the lock is free again within a token instead of after the
+    whole reply."""
+
+    supports_cancel = True
 
     def __init__(self, name: str, config: ModelConfig):
         self.name = name
@@ -103,6 +129,8 @@ class LlamaCppBackend:
         self._path: Path | None = None
         self._llm: Any = None
         self._lock = threading.Lock()
+        self._cancel = threading.Event()  # the running call's; swapped under the lock
+        self._abort_callback: Any = None  # kept alive as long as the context that calls it
 
     @property
     def path(self) -> Path:
@@ -111,33 +139,46 @@ class LlamaCppBackend:
         return self._path
 
     def fingerprint(self) -> str:
-        return f"gguf:{self.path.name}:{self.path.stat().st_size}"
+        """The weights (a hash of the file's content) and every option that changes a reply."""
+        c = self.config
+        return (
+            f"gguf:{file_fingerprint(self.path)}:template={c.chat_template}:n_ctx={c.n_ctx}"
+            f":repeat_penalty={REPEAT_PENALTY}"
+        )
 
     def _model(self) -> Any:
         if self._llm is None:
+            import llama_cpp
             from llama_cpp import Llama
 
-            self._llm = Llama(
+            llm = Llama(
                 model_path=str(self.path),
                 n_ctx=self.config.n_ctx,
                 n_threads=self.config.n_threads or max(1, os.cpu_count() or 1),
                 verbose=False,
                 seed=0,
             )
+            # llama.cpp asks this during every decode; True aborts it (llama_decode then fails).
+            self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._cancel.is_set())
+            llama_cpp.llama_set_abort_callback(llm._ctx.ctx, self._abort_callback, None)
+            self._llm = llm
         return self._llm
 
-    def complete(self, request: CompletionRequest) -> RawCompletion:
+    def complete(self, request: CompletionRequest, cancel: threading.Event | None = None) -> RawCompletion:
         grammar = (
             _grammar_for(json.dumps(request.json_schema, sort_keys=True)) if request.json_schema else None
         )
         with self._lock:
+            if cancel is not None and cancel.is_set():  # given up on while it waited for the lock
+                raise ProviderError(self.name, "cancelled before it started", kind="timeout", retryable=True)
             llm = self._model()
+            self._cancel = cancel or threading.Event()
             common: dict[str, Any] = {
                 "temperature": request.temperature,
                 "max_tokens": request.max_tokens,
                 "seed": request.seed,
                 "grammar": grammar,
-                "repeat_penalty": 1.1,
+                "repeat_penalty": REPEAT_PENALTY,
             }
             try:
                 if self.config.chat_template:
@@ -149,6 +190,15 @@ class LlamaCppBackend:
                     prompt = render_plain_prompt(request.messages)
                     out = llm.create_completion(prompt=prompt, **common)
                     text = out["choices"][0]["text"] or ""
+            except RuntimeError:  # llama_decode failed: aborted by the callback when cancelled
+                if not self._cancel.is_set():
+                    raise
+                raise ProviderError(
+                    self.name,
+                    "stopped: the client gave up on this call (timeout)",
+                    kind="timeout",
+                    retryable=True,
+                ) from None
             except ValueError as e:  # e.g. prompt longer than the context window
                 raise ProviderError(self.name, f"llama.cpp rejected the request: {e}") from e
         usage = out.get("usage") or {}

@@ -278,7 +278,14 @@ class LLMClient:
         if acomplete is not None:
             return await acomplete(request, response_model=response_model)
         # In-process and scripted backends are synchronous: keep the loop free while they work.
-        return await asyncio.to_thread(backend.complete, request)
+        if not getattr(backend, "supports_cancel", False):
+            return await asyncio.to_thread(backend.complete, request)
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(backend.complete, request, cancel)  # type: ignore[call-arg]
+        except BaseException:
+            cancel.set()  # a timeout (or any abandonment) stops the generation at its next token
+            raise
 
     async def acomplete(
         self, request: CompletionRequest, *, attempt: int = 0, response_model: type[BaseModel] | None = None

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
@@ -192,6 +192,17 @@ class DomainSpec(_Strict):
     privacy: Privacy = Field(default_factory=Privacy)
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     verification: VerificationSpec | None = None
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _canonical_type(cls, value: Any) -> Any:
+        """The seed proposal writes types both ways (``reasoning_memory``, ``skill-demonstration``):
+        accept either, in any case, and store the hyphenated form."""
+        if not isinstance(value, str):
+            return value
+        canonical = value.strip().lower().replace("_", "-")
+        # An unknown type is left as written, so that the error quotes what the user typed.
+        return canonical if canonical in get_args(SpecType) else value
 
     @model_validator(mode="after")
     def _cross_refs(self) -> DomainSpec:

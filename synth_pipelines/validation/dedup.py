@@ -1,11 +1,15 @@
 """Near-duplicate detection and clustering, vectorized so 100,000 examples take seconds, not hours.
 
-* Text: MinHash signatures over word shingles (numpy, batched) + LSH banding to find candidate
-  pairs, verified by the signatures' estimated Jaccard similarity.
+* Text: MinHash signatures over word 3-shingles (numpy, batched), or over character 3-grams for a
+  text shorter than three words (so that short values such as ``method: GET`` and ``method: POST``
+  stay apart), + LSH banding to find candidate pairs, verified by the estimated Jaccard similarity.
 * Embeddings: random-hyperplane (SimHash) banding to find candidate pairs, verified by cosine.
 
-Both end in connected components (scipy), so the work is O(n) in Python plus sorting in numpy;
-nothing builds an n x n matrix.
+Dedup keeps rows greedily, best score first: a row is dropped only when a row already kept is a
+near duplicate of it. So no two kept rows are near duplicates, and every dropped row names a kept
+one that it is near (single-linkage clusters would chain A~B~C and drop C for A, which it is not
+near). Cluster counts for diversity statistics still use connected components. Nothing builds an
+n x n matrix.
 """
 
 from __future__ import annotations
@@ -77,33 +81,52 @@ def _batch_shingles(token_ids: np.ndarray, lengths: np.ndarray, k: int) -> tuple
     return out & _MASK32, counts_out
 
 
+def _document_tokens(text: str, shingle: int) -> tuple[list[str], int]:
+    """A document's units for shingling and the shingle size to use on them: its words, or for a
+    text with fewer than ``shingle`` words its character 3-grams (tagged so they never meet a word)."""
+    words = _WORD.findall(text.lower())
+    if len(words) >= shingle:
+        return words, shingle
+    joined = " ".join(words)
+    if len(joined) <= 3:
+        return ([f"\x00{joined}"] if joined else []), 1
+    return [f"\x00{joined[i : i + 3]}" for i in range(len(joined) - 2)], 1
+
+
 def minhash_signatures(
     texts: list[str], *, num_perm: int = 128, shingle: int = 3, seed: int = 1, batch_docs: int = 4096
 ) -> np.ndarray:
-    """MinHash signatures over word ``shingle``-grams, shape (n, num_perm), uint32."""
+    """MinHash signatures, shape (n, num_perm), uint32: over word ``shingle``-grams, or character
+    3-grams for texts shorter than ``shingle`` words. An empty text gets the all-maximum signature."""
     rng = np.random.default_rng(seed)
     # Multiply-shift hashing ((a*h + b) mod 2^64) >> 32 with odd a: a universal family that needs
     # no modulo, which is the slow part of the classic (a*h + b) mod p.
     a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
     vocab: dict[str, int] = {}
-    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    out = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
     for start in range(0, len(texts), batch_docs):
-        tokens = [_WORD.findall(t.lower()) for t in texts[start : start + batch_docs]]
-        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-        flat = list(itertools.chain.from_iterable(tokens))
-        for w in flat:
-            if w not in vocab:
-                vocab[w] = len(vocab) + 1
-        ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.uint64, count=len(flat))
-        shingles, counts = _batch_shingles(ids, lengths, shingle)
-        # (permutations x shingles), computed in place and reduced along contiguous rows: ~10x faster
-        # than the transposed layout with temporaries.
-        permuted = a[:, None] * shingles[None, :]
-        permuted += b[:, None]
-        permuted >>= np.uint64(32)
-        offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        out[start : start + len(tokens)] = np.minimum.reduceat(permuted.astype(np.uint32), offsets, axis=1).T
+        docs = [_document_tokens(t, shingle) for t in texts[start : start + batch_docs]]
+        for size in {k for _, k in docs}:  # word shingles and character grams, each vectorized
+            rows = [i for i, (tokens, k) in enumerate(docs) if k == size and tokens]
+            if not rows:
+                continue
+            tokens = [docs[i][0] for i in rows]
+            lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+            flat = list(itertools.chain.from_iterable(tokens))
+            for w in flat:
+                if w not in vocab:
+                    vocab[w] = len(vocab) + 1
+            ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.uint64, count=len(flat))
+            shingles, counts = _batch_shingles(ids, lengths, size)
+            # (permutations x shingles), computed in place and reduced along contiguous rows: ~10x
+            # faster than the transposed layout with temporaries.
+            permuted = a[:, None] * shingles[None, :]
+            permuted += b[:, None]
+            permuted >>= np.uint64(32)
+            offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            reduced = np.minimum.reduceat(permuted.astype(np.uint32), offsets, axis=1).T
+            out[start + np.asarray(rows)] = reduced
     return out
 
 
@@ -160,13 +183,13 @@ def _hash_rows(block: np.ndarray) -> np.ndarray:
     return key
 
 
-def near_duplicate_clusters(
+def near_duplicate_pairs(
     texts: list[str], *, threshold: float = 0.8, num_perm: int = 128, shingle: int = 3
-) -> Clusters:
-    """Clusters of texts whose estimated Jaccard similarity of word shingles is >= ``threshold``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (left, right), left < right, whose estimated Jaccard similarity is >= ``threshold``."""
     n = len(texts)
     if n < 2:
-        return _components(n, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     sig = minhash_signatures(texts, num_perm=num_perm, shingle=shingle)
     # Band for a lower similarity than we verify at: recall first, the exact check removes the rest.
     bands, rows = choose_bands(num_perm, max(0.05, threshold - 0.15))
@@ -179,7 +202,15 @@ def near_duplicate_clusters(
     if len(left):
         similar = (sig[left] == sig[right]).mean(axis=1) >= threshold
         left, right = left[similar], right[similar]
-    return _components(n, left, right)
+    return left, right
+
+
+def near_duplicate_clusters(
+    texts: list[str], *, threshold: float = 0.8, num_perm: int = 128, shingle: int = 3
+) -> Clusters:
+    """Clusters of texts linked by estimated Jaccard similarity >= ``threshold`` (for statistics)."""
+    left, right = near_duplicate_pairs(texts, threshold=threshold, num_perm=num_perm, shingle=shingle)
+    return _components(len(texts), left, right)
 
 
 def embedding_clusters(
@@ -214,33 +245,34 @@ def embedding_clusters(
     return _components(n, left, right)
 
 
-def keep_best_per_cluster(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, dict[int, list[int]]]:
-    """Index of the best-scored row of every cluster, and for each kept row the rows it replaced.
-
-    Ties go to the earlier row, so the result is deterministic.
-    """
-    n = len(labels)
-    if n == 0:  # nothing accepted: nothing to keep (and no first row to mark)
-        return np.zeros(0, dtype=np.int64), {}
-    order = np.lexsort((np.arange(n), -scores, labels))  # by cluster, best score first, then position
-    sorted_labels = labels[order]
-    first = np.concatenate(([True], sorted_labels[1:] != sorted_labels[:-1]))
-    keepers = order[first]
-    winner_of_cluster = dict(zip(sorted_labels[first].tolist(), keepers.tolist(), strict=True))
-    replaced: dict[int, list[int]] = {}
-    for idx in order[~first].tolist():
-        replaced.setdefault(winner_of_cluster[int(labels[idx])], []).append(idx)
-    return np.sort(keepers), replaced
-
-
 def near_duplicate_selection(
     texts: list[str], scores: list[float], *, threshold: float
 ) -> tuple[list[int], dict[int, int]]:
-    """Which rows to keep when near duplicates collapse to their best-scored member.
+    """Which rows to keep when near duplicates collapse, and for every dropped row the kept row that
+    replaced it.
 
-    Returns the kept row indices (in input order) and, for every dropped row, the index that replaced it.
+    Greedy, best score first (ties: earlier row): a row is kept unless a row already kept is a near
+    duplicate of it. Hence no two kept rows are near duplicates, and every dropped row is a near
+    duplicate of the kept row named for it (the best-scored such row).
     """
-    clusters = near_duplicate_clusters(texts, threshold=threshold)
-    keep, replaced = keep_best_per_cluster(clusters.labels, np.asarray(scores, dtype=np.float64))
-    replaced_by = {dropped: winner for winner, losers in replaced.items() for dropped in losers}
-    return keep.tolist(), replaced_by
+    n = len(texts)
+    left, right = near_duplicate_pairs(texts, threshold=threshold)
+    # Adjacency in CSR form: neighbours of row i are nbr[start[i]:start[i + 1]].
+    heads = np.concatenate((left, right))
+    tails = np.concatenate((right, left))
+    order = np.argsort(heads, kind="stable")
+    nbr = tails[order]
+    start = np.searchsorted(heads[order], np.arange(n + 1))
+    kept = np.zeros(n, dtype=bool)
+    replaced_by: dict[int, int] = {}
+    rank = np.lexsort((np.arange(n), -np.asarray(scores, dtype=np.float64)))
+    position = np.empty(n, dtype=np.int64)
+    position[rank] = np.arange(n)
+    for i in rank.tolist():
+        neighbours = nbr[start[i] : start[i + 1]]
+        winners = neighbours[kept[neighbours]]
+        if len(winners):
+            replaced_by[i] = int(winners[np.argmin(position[winners])])
+        else:
+            kept[i] = True
+    return np.flatnonzero(kept).tolist(), replaced_by

@@ -154,46 +154,139 @@ _ALLOWED_NODES = (
     ast.USub,
     ast.UAdd,
 )
+MAX_EXPRESSION_CHARS = 500
+MAX_EXPONENT = 64
+MAX_POWERS = 3
+VERIFIER_MEMORY_MB = 256
+
+
+def check_expression(expression: str) -> str | None:
+    """Why ``expression`` may not be evaluated, or None: only numbers, + - * / // % and ** with a
+    constant exponent of at most 64 (at most three of them), so no expression can run code or take
+    unbounded time or memory. Checked here, before anything reaches the verifier process."""
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        return f"longer than {MAX_EXPRESSION_CHARS} characters"
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        return "not an arithmetic expression"
+    powers = 0
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED_NODES):
+            return f"{type(node).__name__} is not arithmetic"
+        if isinstance(node, ast.Constant) and (
+            isinstance(node.value, bool) or not isinstance(node.value, int | float)
+        ):
+            return f"{node.value!r} is not a number"
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            powers += 1
+            exponent = _number(node.right)
+            if exponent is None:
+                return "an exponent must be a number, not an expression"
+            if abs(exponent) > MAX_EXPONENT:
+                return f"exponent {exponent:g} is larger than {MAX_EXPONENT}"
+    if powers > MAX_POWERS:
+        return f"more than {MAX_POWERS} powers"
+    return None
+
+
+def _number(node: ast.expr) -> float | None:
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    ):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        inner = _number(node.operand)
+        return None if inner is None else (-inner if isinstance(node.op, ast.USub) else inner)
+    return None
+
+
+# The child limits itself before reading anything (CPU, address space, no file writes), evaluates
+# one expression at a time under its own timer, and prints each result as a line as soon as it has
+# it, so that a crash loses nothing already done. Its environment is empty: no key can leak into it.
 _VERIFIER = r"""
-import ast, json, sys
+import ast, json, resource, signal, sys
+timeout, cpu_s, memory = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div,
            ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd)
-results = []
+def expired(signum, frame):
+    raise TimeoutError(f"took longer than {timeout:g}s")
+signal.signal(signal.SIGALRM, expired)
 for expr in json.loads(sys.stdin.read()):
     try:
         tree = ast.parse(expr, mode="eval")
         if not all(isinstance(n, ALLOWED) for n in ast.walk(tree)):
             raise ValueError("only arithmetic is allowed")
-        if any(isinstance(n, ast.Pow) and isinstance(n.right, ast.Constant) and abs(n.right.value) > 64
-               for n in ast.walk(tree)):
-            raise ValueError("exponent too large")
-        results.append({"value": float(eval(compile(tree, "<expr>", "eval"), {"__builtins__": {}}, {}))})
-    except Exception as e:
-        results.append({"error": type(e).__name__ + ": " + str(e)[:80]})
-print(json.dumps(results))
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            value = float(eval(compile(tree, "<expr>", "eval"), {"__builtins__": {}}, {}))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        result = {"value": value}
+    except BaseException as e:
+        result = {"error": type(e).__name__ + ": " + str(e)[:80]}
+    sys.stdout.write(json.dumps(result) + chr(10))
+    sys.stdout.flush()
 """
 
 
 def evaluate_expressions(expressions: list[str], *, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """Evaluate arithmetic expressions in an isolated subprocess (``python -I``) with a timeout.
+    """Evaluate arithmetic expressions: checked by :func:`check_expression` here, then run in an
+    isolated, resource-limited subprocess (``python -I``, empty environment) with ``timeout_s`` per
+    expression. Returns ``{"value": float}`` or ``{"error": reason}`` for each, in order.
 
-    Only numbers and + - * / // % ** are accepted (checked on the AST in the child too), so a
-    generated "solution" can never run arbitrary code here.
+    If the child dies (a limit, a crash), the results it printed are kept, the expression it was on
+    is reported as the culprit, and a new child takes the rest.
     """
+    results: list[dict[str, Any] | None] = [None] * len(expressions)
+    for i, expression in enumerate(expressions):
+        reason = check_expression(expression)
+        if reason is not None:
+            results[i] = {"error": f"rejected: {reason}"}
+    pending = [i for i, r in enumerate(results) if r is None]
+    while pending:
+        done = _run_verifier([expressions[i] for i in pending], timeout_s)
+        for i, result in zip(pending, done, strict=False):
+            results[i] = result
+        if len(done) < len(pending):
+            culprit = pending[len(done)]
+            results[culprit] = {
+                "error": f"the verifier stopped on this expression (limit or timeout of {timeout_s:g}s)"
+            }
+            pending = pending[len(done) + 1 :]
+        else:
+            pending = []
+    return [r if r is not None else {"error": "not evaluated"} for r in results]
+
+
+def _run_verifier(expressions: list[str], timeout_s: float) -> list[dict[str, Any]]:
+    """The results the child printed before it finished or was stopped (fewer on a crash)."""
+    cpu_s = int(timeout_s * len(expressions)) + 2
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", _VERIFIER, str(timeout_s), str(cpu_s), str(VERIFIER_MEMORY_MB << 20)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={},
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-c", _VERIFIER],
-            input=json.dumps(expressions),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
+        out, _ = proc.communicate(json.dumps(expressions), timeout=timeout_s * len(expressions) + 5)
     except subprocess.TimeoutExpired:
-        return [{"error": f"verifier timed out after {timeout_s:g}s"}] * len(expressions)
-    if proc.returncode != 0:
-        return [{"error": f"verifier failed: {proc.stderr.strip()[-200:]}"}] * len(expressions)
-    return list(json.loads(proc.stdout))
+        proc.kill()
+        out, _ = proc.communicate()
+    results = []
+    for line in out.splitlines():
+        try:
+            results.append(dict(json.loads(line)))
+        except ValueError:
+            break  # a torn last line from a killed child
+    return results
 
 
 def grpo_rows(
