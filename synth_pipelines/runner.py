@@ -199,11 +199,15 @@ def _display(path: StoragePath) -> str:
 
 
 def sync_partitions(instance: dg.DagsterInstance, schemas_dir: str | Path) -> list[str]:
-    """Add a ``domain`` partition for every valid spec (what the sensor does, on demand).
+    """Add a ``domain`` partition for every valid spec (what the sensor does, on demand), and
+    register the model pool's limit so the first backfill already queues for it.
 
     Returns the added keys.
     """
+    from synth_pipelines.resources.pools import ensure_pool_limit
     from synth_pipelines.sensors.domain_spec import plan_spec_runs
+
+    ensure_pool_limit(instance)
 
     existing = set(instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME))
     plan = plan_spec_runs(schemas_dir, existing, {})

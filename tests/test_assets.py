@@ -255,7 +255,7 @@ def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> Non
     p = schemas_dir / "data_analysis.yaml"
     p.write_text(p.read_text() + "\n# edited\n")
     plan = plan_spec_runs(schemas_dir, {"api_development", "data_analysis"}, json.loads(cursor))
-    assert [d for d, _ in plan.runs] == ["data_analysis"]
+    assert [r.domain for r in plan.runs] == ["data_analysis"]
     assert "Bad Name.yaml" in " ".join(plan.skipped)
 
 
@@ -278,3 +278,32 @@ def test_budget_stops_generation_cleanly_and_says_so(
     raw = meta["raw_generations"]
     assert "budget of 300 tokens" in raw["stopped_reason"].value
     assert 0 < raw["rows"].value < 12  # kept what it had
+
+
+def test_full_graph_with_the_shipped_diversity_threshold(
+    warehouse_root: Path, schemas_dir: Path, scripted_backends
+) -> None:
+    """The real gate, not the zeroed fixture: scripted replies draw on a 24-word vocabulary, so their
+    diversity (~0.24) is below the shipped threshold, the blocking check fails, and the program is
+    not built on them."""
+    from synth_pipelines.spec.model import load_spec
+
+    threshold = load_spec(schemas_dir / "api_development.yaml").spec.validation.diversity_threshold
+    assert threshold > 0
+    result = materialize_domain(
+        "api_development",
+        instance=dg.DagsterInstance.ephemeral(),
+        target_count=8,
+        resources=resources(warehouse_root, schemas_dir),
+    )
+    checks = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    diversity = checks["embedding_diversity"]
+    measured = diversity.metadata["measured"].value
+    assert diversity.metadata["threshold"].value == threshold
+    assert measured < threshold and not diversity.passed
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert "example_embeddings" in materialized and "compiled_program" not in materialized

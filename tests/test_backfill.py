@@ -21,6 +21,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from synth_pipelines.runner import sync_partitions
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from tests.s3 import bucket_keys
 from tests.test_openai_compat import profile_file
@@ -56,14 +57,9 @@ def test_backfill_runs_queue_for_the_pool_in_the_daemon(
             monkeypatch.setenv(key, value)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         instance = dg.DagsterInstance.get()
-        instance.add_dynamic_partitions("domain", domains)
-        daemon = subprocess.Popen(
-            [str(bin_dir / "dagster-daemon"), "run", "-m", LOCATION],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        sync_partitions(instance, scripted_schemas_dir)  # what `make partitions` does
+        assert set(domains) <= set(instance.get_dynamic_partitions("domain"))
+        daemon: subprocess.Popen[bytes] | None = None
         try:
             config = json.dumps({"ops": {"problem_matrix": {"config": {"target_count": 4}}}})
             for domain in domains:  # submitted together, as a backfill does
@@ -72,6 +68,15 @@ def test_backfill_runs_queue_for_the_pool_in_the_daemon(
                      "--tags", json.dumps({"dagster/partition": domain}), "--config-json", config],
                     cwd=REPO, env=env, check=True, capture_output=True, timeout=120,
                 )  # fmt: skip
+            # The daemon starts with both runs already queued, so its first tick sees both: on a
+            # fresh instance that is the tick where an unregistered pool would let both through.
+            daemon = subprocess.Popen(
+                [str(bin_dir / "dagster-daemon"), "run", "-m", LOCATION],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             queued_while_other_ran = False
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
@@ -84,8 +89,9 @@ def test_backfill_runs_queue_for_the_pool_in_the_daemon(
                     break
                 time.sleep(0.5)
         finally:
-            daemon.terminate()
-            daemon.wait(30)
+            if daemon is not None:
+                daemon.terminate()
+                daemon.wait(30)
     instance = dg.DagsterInstance.from_config(str(home))  # a fresh view of what the runs wrote
     runs = instance.get_runs()
     results = {r.tags["dagster/partition"]: r for r in runs}

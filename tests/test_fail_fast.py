@@ -11,11 +11,10 @@ import dagster as dg
 import duckdb
 
 from synth_pipelines.assets import PIPELINE_ASSETS
-from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
-from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
+from tests.materialize import materialize_domain
 from tests.test_openai_compat import profile_file
 
 UP_TO_RAW = PIPELINE_ASSETS[:4]
@@ -23,20 +22,11 @@ PLANNED = 40
 DOMAIN = "api_development"
 
 
-def _materialize(warehouse: Path, schemas: Path, profile: Path) -> dg.ExecuteInJobResult:
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [DOMAIN])
-    return dg.materialize(
-        UP_TO_RAW,
-        partition_key=DOMAIN,
-        instance=instance,
-        resources={
-            "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(schemas)),
-            "llm": LLMResource(profile=str(profile)),
-            "embedder": EmbedderResource(),
-        },
-        run_config={"ops": {"problem_matrix": {"config": {"target_count": PLANNED}}}},
-        raise_on_error=False,
+def _materialize(
+    warehouse: Path, schemas: Path, profile: Path, *, target: int = PLANNED
+) -> dg.ExecuteInJobResult:
+    return materialize_domain(
+        UP_TO_RAW, warehouse, schemas, llm=str(profile), target=target, raise_on_error=False
     )
 
 
@@ -88,3 +78,69 @@ def test_dead_endpoint_fails_fast_then_rerun_resumes(tmp_path: Path, scripted_sc
     assert len(rows) == PLANNED == len({r[0] for r in rows})
     assert all(status == "ok" for _, status in rows)
     assert not parts.folder.exists()  # published: the in-flight parts are gone
+
+
+def test_synth_generate_completes_every_item_through_thirty_percent_faults(
+    tmp_path: Path, scripted_schemas_dir: Path, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from synth_pipelines.cli import app
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # an ephemeral instance for this run
+    plan = FaultPlan(
+        latency_s=0.01,
+        rate_429=0.075,
+        retry_after_s=0.05,
+        rate_500=0.075,
+        rate_hang=0.075,
+        hang_s=3.0,
+        rate_broken_json=0.075,
+        seed=7,
+    )
+    warehouse = tmp_path / "warehouse"
+    with FakeOpenAIServer(plan) as server:
+        profile = profile_file(tmp_path, server.base_url, timeout_s=0.5, max_retries=8)
+        result = CliRunner().invoke(
+            app,
+            ["generate", "--domain", DOMAIN, "--count", str(PLANNED), "--profile", str(profile),
+             "--warehouse", str(warehouse), "--schemas", str(scripted_schemas_dir)],
+        )  # fmt: skip
+        faults = dict(server.stats.faults)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert all(faults.get(kind, 0) > 0 for kind in ("429", "500", "hang", "broken_json")), faults
+    rows = duckdb.sql(
+        f"select example_id, status from read_parquet('{warehouse}/raw_generations/*/*.parquet')"
+    ).fetchall()
+    assert len(rows) == PLANNED == len({r[0] for r in rows})  # every item, once
+    assert all(status == "ok" for _, status in rows)
+
+
+def test_an_outage_keeps_the_previous_partition_and_the_rerun_asks_nothing_twice(
+    tmp_path: Path, scripted_schemas_dir: Path
+) -> None:
+    warehouse = tmp_path / "warehouse"
+    with FakeOpenAIServer(FaultPlan(latency_s=0.02)) as healthy:
+        port = healthy.port
+        profile = profile_file(tmp_path, healthy.base_url, max_retries=4, timeout_s=5)
+        first = _materialize(warehouse, scripted_schemas_dir, profile, target=20)
+        assert first.success
+    previous = _raw_ids(warehouse)
+    assert len(previous) == 20
+    # Twice the plan: the first 20 items are cached; the server dies 10 requests into the rest.
+    with FakeOpenAIServer(FaultPlan(latency_s=0.05, die_after=10), port=port):
+        failed = _materialize(warehouse, scripted_schemas_dir, profile, target=40)
+    assert not failed.success and "looks down" in _failure(failed)
+    assert _raw_ids(warehouse) == previous  # the previous partition is intact
+    parts = InflightRows(warehouse / "raw_generations" / f"domain={DOMAIN}" / "_inflight", RAW_GENERATIONS)
+    kept = set(parts.read_columns(["example_id"]).column("example_id").to_pylist())
+    with FakeOpenAIServer(FaultPlan(latency_s=0.02), port=port) as revived:
+        again = _materialize(warehouse, scripted_schemas_dir, profile, target=40)
+        asked = revived.stats.requests
+    assert again.success and len(_raw_ids(warehouse)) == 40
+    assert asked <= 40 - len(set(previous) | kept)  # nothing finished was asked again
+
+
+def _raw_ids(warehouse: Path) -> list[str]:
+    path = warehouse / "raw_generations" / f"domain={DOMAIN}" / "part-0.parquet"
+    return sorted(r[0] for r in duckdb.sql(f"select example_id from read_parquet('{path}')").fetchall())

@@ -11,13 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
-from synth_pipelines.generation.matrix import build_matrix
+from synth_pipelines.generation.matrix import build_matrix, feedback_extras
 from synth_pipelines.learning.feedback import DomainState, decide
 from synth_pipelines.learning.outcomes import (
     AgentOutcome,
     SuccessRate,
     ingest_inbox,
     record_outcomes,
+    record_performance,
     rolling_success,
 )
 from synth_pipelines.resources import WarehouseResource
@@ -122,20 +123,23 @@ def test_rolling_success_counts_window_cells_and_program_score(tmp_path: Path) -
         [outcome(i, i < 3, cell="c_a" if i < 5 else "c_b") for i in range(10)]
         + [outcome(99, False, recorded_at=now - timedelta(days=30))],
     )
-    rates = rolling_success(wh, window=timedelta(days=7), now=now)
+    week = {"api_development": timedelta(days=7)}
+    rates = rolling_success(wh, windows=week, now=now)
     assert rates["api_development"].n == 10 and rates["api_development"].rate == pytest.approx(0.3)
     assert rates["api_development"].per_cell["c_a"] == (pytest.approx(0.6), 5)
-    with wh.duckdb() as conn:
-        conn.execute(
-            "CREATE TABLE agent_performance (domain VARCHAR, source VARCHAR, score DOUBLE, n BIGINT, "
-            "metric VARCHAR, run_id VARCHAR, recorded_at TIMESTAMP)"
-        )
-        conn.execute(
-            "INSERT INTO agent_performance VALUES "
-            "('api_development', 'compiled_program', 0.9, 4, 'm', 'r', ?)",
-            [now.replace(tzinfo=None)],
-        )
-    rates = rolling_success(wh, window=timedelta(days=7), now=now + timedelta(seconds=1), program_weight=5)
+    record_performance(
+        wh,
+        {
+            "domain": "api_development",
+            "source": "compiled_program",
+            "score": 0.9,
+            "n": 4,
+            "metric": "m",
+            "run_id": "r",
+            "recorded_at": now.replace(tzinfo=None),
+        },
+    )
+    rates = rolling_success(wh, windows=week, now=now + timedelta(seconds=1), program_weight=5)
     assert rates["api_development"].n == 15
     assert rates["api_development"].rate == pytest.approx((3 + 4.5) / 15)
     assert rates["api_development"].program_score == 0.9
@@ -181,7 +185,8 @@ def test_simulated_loop_through_the_sensor(tmp_path: Path, schemas_dir: Path) ->
     assert weak == [weak_cell]  # ok_cell (3/4) is above the threshold
 
     before = {c.cell_id: c.target for c in cells}
-    after = {c.cell_id: c.target for c in build_matrix(spec, ["s1"], weak_cells=weak)}
+    boosted = build_matrix(spec, ["s1"], extra_targets=feedback_extras(spec, weak))
+    after = {c.cell_id: c.target for c in boosted}
     assert after[weak_cell] > before[weak_cell]
 
     second = tick(first.cursor)

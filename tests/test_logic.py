@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synth_pipelines.generation.matrix import build_matrix, largest_remainder
+from synth_pipelines.generation.matrix import build_matrix, feedback_extras, largest_remainder
 from synth_pipelines.spec.model import parse_spec
 from synth_pipelines.validation.consensus import JudgeScore, outcome_decided, weighted_mean
 from synth_pipelines.validation.diversity import distinct_n, mean_pairwise_cosine_distance
@@ -62,16 +62,17 @@ def test_matrix_is_deterministic_and_target_override() -> None:
     assert sum(c.target for c in build_matrix(spec, ["s1"], target_count=5)) == 5
 
 
-def test_weak_cells_get_more() -> None:
+def test_weak_cells_get_more_and_nothing_else_shrinks() -> None:
     spec = spec_with()
     cells = build_matrix(spec, ["s1"])
     weak = [cells[0].cell_id, cells[1].cell_id]
-    boosted = {c.cell_id: c for c in build_matrix(spec, ["s1"], weak_cells=weak)}
-    for cid in weak:
-        before = next(c.target for c in cells if c.cell_id == cid)
-        assert boosted[cid].target > before
-        assert boosted[cid].weak
-    assert sum(c.target for c in boosted.values()) > 20
+    extras = feedback_extras(spec, [*weak, "c_not_a_cell"])
+    assert set(extras) == set(weak) and all(n >= 1 for n in extras.values())
+    boosted = {c.cell_id: c for c in build_matrix(spec, ["s1"], extra_targets=extras)}
+    for c in cells:
+        assert boosted[c.cell_id].target == c.target + extras.get(c.cell_id, 0)
+        assert boosted[c.cell_id].weak == (c.cell_id in weak)
+    assert sum(c.target for c in boosted.values()) == 20 + sum(extras.values())
 
 
 def test_rule_check_compliance_and_degenerate() -> None:

@@ -137,8 +137,12 @@ def test_full_graph_with_the_warehouse_on_s3(
 
     wh = resources["warehouse"].get()
     spec = load_spec(scripted_schemas_dir / "api_development.yaml").spec
-    program = load_program(spec, wh.programs_dir("api_development") / "program.json")
-    assert program.predict is not None
+    state_path = wh.programs_dir("api_development") / "program.json"
+    program = load_program(spec, state_path)
+    saved_demos = json.loads(state_path.read_text())["predict"]["demos"]
+    assert len(program.predict.demos) == len(saved_demos) > 0  # the state round-trips from the bucket
+    first = program.predict.demos[0]
+    assert dict(first.toDict() if hasattr(first, "toDict") else first) == saved_demos[0]
 
     calls = sum(b.calls for b in scripted_backends.values())
     again = materialize_domain("api_development", instance=instance, target_count=8, resources=resources)

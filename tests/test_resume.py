@@ -10,15 +10,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 
 from synth_pipelines.assets import PIPELINE_ASSETS
-from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
-from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
+from tests.materialize import materialize_domain
 from tests.test_openai_compat import profile_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,19 +70,7 @@ def test_sigkill_mid_generation_then_resume(tmp_path: Path, schemas_dir: Path) -
         calls_before = server.stats.requests
         assert not (warehouse / "raw_generations/domain=api_development/part-0.parquet").exists()
 
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, ["api_development"])
-        result = dg.materialize(
-            UP_TO_RAW,
-            partition_key="api_development",
-            instance=instance,
-            resources={
-                "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(schemas_dir)),
-                "llm": LLMResource(profile=str(profile)),
-                "embedder": EmbedderResource(),
-            },
-            run_config={"ops": {"problem_matrix": {"config": {"target_count": TARGET}}}},
-        )
+        result = materialize_domain(UP_TO_RAW, warehouse, schemas_dir, llm=str(profile), target=TARGET)
         assert result.success
         new_calls = server.stats.requests - calls_before
     # Finished items were not asked again (an item in flight at the kill may be, once).

@@ -242,3 +242,23 @@ def test_status_shows_what_is_running(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "in progress: alpha raw_generations: 5/50 rows" in result.output
     assert "beta" not in result.output and "gamma" not in result.output
+
+
+def test_pool_limit_is_registered_once_and_never_overrides_a_hand_set_limit() -> None:
+    import dagster as dg
+
+    from synth_pipelines.resources.pools import ensure_pool_limit
+
+    pools = {"concurrency": {"pools": {"granularity": "run", "default_limit": 1}}}
+    with dg.instance_for_test(overrides=pools) as instance:
+        storage = instance.event_log_storage
+        assert "llm" not in storage.get_concurrency_keys()  # the window the daemon's queue misses
+        assert ensure_pool_limit(instance, "llm") is True
+        assert storage.get_concurrency_info("llm").slot_count == 1
+        assert ensure_pool_limit(instance, "llm") is False  # known now: nothing written
+        storage.set_concurrency_slots("other", 3)  # `dagster instance concurrency set other 3`
+        assert ensure_pool_limit(instance, "other") is False
+        assert storage.get_concurrency_info("other").slot_count == 3
+    with dg.instance_for_test() as instance:  # no default limit: nothing to apply
+        assert ensure_pool_limit(instance, "llm") is False
+        assert "llm" not in instance.event_log_storage.get_concurrency_keys()

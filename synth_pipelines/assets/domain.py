@@ -12,8 +12,9 @@ from synth_pipelines.assets._common import (
     require_upstream,
     usage_metadata,
 )
-from synth_pipelines.generation.matrix import build_matrix
+from synth_pipelines.generation.matrix import build_matrix, feedback_extras
 from synth_pipelines.generation.seeds import build_seed_problems
+from synth_pipelines.learning.feedback import feedback_targets, record_feedback_targets
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
@@ -126,7 +127,9 @@ def seed_problems(
 class MatrixConfig(dg.Config):
     target_count: int | None = Field(default=None, ge=1, description="Override the spec's target_count.")
     weak_cells: list[str] = Field(
-        default_factory=list, description="Cell ids the feedback loop reports weak."
+        default_factory=list,
+        description="Cell ids the feedback loop reports weak: their extra examples are recorded for the "
+        "domain and kept by every later run.",
     )
     weak_boost: float = Field(default=3.0, ge=1.0, description="Weight multiplier for weak cells.")
 
@@ -139,21 +142,24 @@ def problem_matrix(
 ) -> dg.MaterializeResult:
     """The generation plan (grain: one row per matrix cell = dimension values x complexity level).
 
-    Each cell is tied to a seed problem and given a target count; targets follow the spec's
-    complexity distribution and sum to ``target_count``, and weak cells reported by the feedback
-    loop get more.
+    Each cell is tied to a seed problem and given a target count: the spec's complexity
+    distribution over ``target_count``, plus the extra examples the feedback loop has recorded for
+    the domain's weak cells (``feedback_targets``). Weak cells named in this run's config are
+    recorded first, once per run, so their boost outlasts the run; no cell's target ever shrinks.
     """
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
     seeds = require_upstream(wh, "seed_problems", domain).to_pylist()
-    cells = build_matrix(
-        spec,
-        [s["seed_id"] for s in seeds],
-        target_count=config.target_count,
-        weak_cells=config.weak_cells,
-        weak_boost=config.weak_boost,
+    newly = feedback_extras(
+        spec, config.weak_cells, target_count=config.target_count, weak_boost=config.weak_boost
     )
+    recorded_now = record_feedback_targets(wh, domain, newly, source=context.run_id)
+    extras = feedback_targets(wh, domain)
+    cells = build_matrix(
+        spec, [s["seed_id"] for s in seeds], target_count=config.target_count, extra_targets=extras
+    )
+    known = {c.cell_id for c in cells}
     rows = [
         {**c.model_dump(exclude={"conditions"}), "conditions_json": json.dumps(c.conditions, sort_keys=True)}
         for c in cells
@@ -170,6 +176,10 @@ def problem_matrix(
             "cells_with_target": len(active),
             "total_target": sum(r["target"] for r in rows),
             "weak_cells": len([c for c in cells if c.weak]),
+            "feedback_extra_examples": sum(v for k, v in extras.items() if k in known),
+            "feedback_recorded_this_run": dg.MetadataValue.json(newly if recorded_now else {}),
+            # Cells that earlier feedback named but the spec no longer has (their extras do not apply).
+            "feedback_for_unknown_cells": dg.MetadataValue.json(sorted(set(extras) - known)),
             "target_by_complexity": dg.MetadataValue.json(by_level),
             "path": dg.MetadataValue.path(str(path)),
             "preview": markdown_table(

@@ -46,23 +46,8 @@ def _cell_order(conditions: dict[str, str], level: str) -> str:
     return cell_id_for(conditions, level)
 
 
-def build_matrix(
-    spec: DomainSpec,
-    seed_ids: list[str],
-    *,
-    target_count: int | None = None,
-    weak_cells: list[str] | None = None,
-    weak_boost: float = 3.0,
-) -> list[MatrixCell]:
-    """Cartesian product of dimensions x complexity; targets follow the complexity distribution.
-
-    Within a complexity level the level's share is spread evenly over its cells, in a
-    hash-determined order so that small totals still cover different dimension values. Cells named
-    in ``weak_cells`` get ``weak_boost`` times the weight and the total grows by their extra share.
-    """
-    if not seed_ids:
-        raise ValueError(f"domain {spec.domain!r} has no seed problems to build a matrix from")
-    total = target_count if target_count is not None else spec.target_count
+def _planned_cells(spec: DomainSpec, total: int) -> tuple[list[tuple[dict[str, str], str, float]], list[int]]:
+    """Every (conditions, level, weight) cell in plan order, and its base target summing to ``total``."""
     dims = spec.matrix.dimensions
     names = sorted(dims)
     combos = [
@@ -78,26 +63,56 @@ def build_matrix(
         ordered = sorted(combos, key=partial(_cell_order, level=level))
         base += largest_remainder(level_total, [1.0] * len(ordered))
         cells += [(combo, level, level_weight / len(ordered)) for combo in ordered]
-    weak = set(weak_cells or [])
+    return cells, base
+
+
+def build_matrix(
+    spec: DomainSpec,
+    seed_ids: list[str],
+    *,
+    target_count: int | None = None,
+    extra_targets: dict[str, int] | None = None,
+) -> list[MatrixCell]:
+    """Cartesian product of dimensions x complexity; targets follow the complexity distribution and
+    sum to ``target_count`` (the spec's by default), plus ``extra_targets`` that the feedback loop
+    recorded for weak cells. Extras only add: no cell's base target ever shrinks, so the examples a
+    domain already has keep their ids (and their cached generations).
+    """
+    if not seed_ids:
+        raise ValueError(f"domain {spec.domain!r} has no seed problems to build a matrix from")
+    cells, base = _planned_cells(spec, target_count if target_count is not None else spec.target_count)
+    extras = extra_targets or {}
     out: list[MatrixCell] = []
-    extra_weights = [w * (weak_boost - 1) if cell_id_for(c, lvl) in weak else 0.0 for c, lvl, w in cells]
-    extra_total = (
-        math.ceil(total * sum(extra_weights) / max(1e-12, sum(w for _, _, w in cells))) if weak else 0
-    )
-    extra = largest_remainder(extra_total, extra_weights) if extra_total else [0] * len(cells)
     for i, (combo, level, _) in enumerate(cells):
         cid = cell_id_for(combo, level)
-        target = base[i] + extra[i]
-        if cid in weak and target == 0:
-            target = 1  # a weak cell always gets new examples
         out.append(
             MatrixCell(
                 cell_id=cid,
                 conditions=combo,
                 complexity=level,
                 seed_id=seed_ids[i % len(seed_ids)],
-                target=target,
-                weak=cid in weak,
+                target=base[i] + max(0, extras.get(cid, 0)),
+                weak=extras.get(cid, 0) > 0,
             )
         )
     return out
+
+
+def feedback_extras(
+    spec: DomainSpec, weak_cells: list[str], *, target_count: int | None = None, weak_boost: float = 3.0
+) -> dict[str, int]:
+    """The examples one feedback episode adds to its weak cells: as if each weak cell weighed
+    ``weak_boost`` times as much, in proportion to the domain's total; at least one per weak cell.
+    Unknown cell ids are ignored (the spec may have changed since the outcomes were recorded)."""
+    total = target_count if target_count is not None else spec.target_count
+    cells, _ = _planned_cells(spec, total)
+    weak = set(weak_cells)
+    ids = [cell_id_for(c, lvl) for c, lvl, _ in cells]
+    extra_weights = [
+        w * (weak_boost - 1) if cid in weak else 0.0 for cid, (_, _, w) in zip(ids, cells, strict=True)
+    ]
+    if not any(extra_weights):
+        return {}
+    extra_total = math.ceil(total * sum(extra_weights) / max(1e-12, sum(w for _, _, w in cells)))
+    extra = largest_remainder(extra_total, extra_weights)
+    return {cid: max(1, n) for cid, n in zip(ids, extra, strict=True) if cid in weak}

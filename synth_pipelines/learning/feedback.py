@@ -1,17 +1,71 @@
-"""The feedback loop's decision logic: when to regenerate a domain, and aimed at which cells.
+"""The feedback loop: when to regenerate a domain, aimed at which cells, and what it added.
 
-Pure and deterministic given (success rates, specs, state, runs in flight, now), so the sensor is a
-thin shell around :func:`decide` and the loop can be simulated in tests.
+:func:`decide` is pure and deterministic given (success rates, specs, state, runs in flight, now),
+so the sensor is a thin shell around it and the loop can be simulated in tests.
+
+What a regeneration adds to its weak cells is recorded per domain and cell in the warehouse
+(``feedback_targets``, Parquet + DuckDB mirror) by :func:`record_feedback_targets`, so that every
+later run of ``problem_matrix`` keeps those examples: the matrix is a function of the spec plus the
+recorded feedback, not of one run's config.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from synth_pipelines.learning.outcomes import SuccessRate
 from synth_pipelines.spec.model import FeedbackSpec
+from synth_pipelines.warehouse.storage import Warehouse
+
+FEEDBACK_TARGETS = "feedback_targets"
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("extra", pa.int64()),
+        ("source", pa.string()),  # the run that recorded it (one record per run, however often retried)
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def feedback_targets(warehouse: Warehouse, domain: str) -> dict[str, int]:
+    """Extra examples per cell that feedback has added to ``domain`` so far (summed over episodes)."""
+    table = warehouse.read_dataset(FEEDBACK_TARGETS, columns=["domain", "cell_id", "extra"])
+    totals: dict[str, int] = {}
+    if table is None:
+        return totals
+    rows = table.filter(pc.equal(table.column("domain"), domain)).to_pydict()
+    for cell, extra in zip(rows["cell_id"], rows["extra"], strict=True):
+        totals[cell] = totals.get(cell, 0) + int(extra)
+    return totals
+
+
+def record_feedback_targets(warehouse: Warehouse, domain: str, extras: dict[str, int], source: str) -> bool:
+    """Record what one feedback episode adds. Idempotent per ``source`` (a retried run records
+    nothing twice); returns whether anything was recorded."""
+    if not extras:
+        return False
+    recorded = warehouse.read_dataset(FEEDBACK_TARGETS, columns=["domain", "source"])
+    if recorded is not None:
+        mine = recorded.filter(pc.equal(recorded.column("domain"), domain))
+        if source in set(mine.column("source").to_pylist()):
+            return False
+    now = datetime.now(UTC)
+    table = pa.table(
+        {
+            "cell_id": pa.array(list(extras), pa.string()),
+            "extra": pa.array(list(extras.values()), pa.int64()),
+            "source": pa.array([source] * len(extras), pa.string()),
+            "recorded_at": pa.array([now] * len(extras), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    warehouse.append_dataset(FEEDBACK_TARGETS, domain, table.cast(FEEDBACK_SCHEMA))
+    warehouse.sync_mirror(FEEDBACK_TARGETS, [domain])
+    return True
 
 
 class DomainState(BaseModel):

@@ -2,8 +2,13 @@
 
 Outcomes arrive three ways — :func:`record_outcomes` (Python), ``synth record-outcome`` (CLI) and
 JSONL/Parquet files dropped in the inbox folder (:func:`ingest_inbox`, run by the sensor) — and land
-in the DuckDB table ``agent_outcomes``. Bad rows (unsafe or unknown domain, missing fields,
+in the append-only Parquet dataset ``agent_outcomes/domain=<d>/`` under the warehouse root, mirrored
+to the DuckDB table ``agent_outcomes``. Bad rows (unsafe or unknown domain, missing fields,
 duplicate ids) are rejected with a reason; the good rows of the same batch are kept.
+
+The Parquet is the record; DuckDB is a mirror for SQL users and dbt. Whatever only *reads*
+(:func:`rolling_success`, so the sensor; ``synth status``) reads the Parquet and never takes the
+DuckDB file's lock, so a reader can never lock out a writer.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
@@ -27,7 +33,33 @@ from synth_pipelines.warehouse.storage import (
 )
 
 OUTCOMES_TABLE = "agent_outcomes"
+PERFORMANCE_TABLE = "agent_performance"
 INBOX = "outcomes_inbox"
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("outcome_id", pa.string()),
+        ("domain", pa.string()),
+        ("cell_id", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("success", pa.bool_()),
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("agent", pa.string()),
+    ]
+)
+PERFORMANCE_SCHEMA = pa.schema(
+    [
+        ("domain", pa.string()),
+        ("source", pa.string()),
+        ("score", pa.float64()),
+        ("n", pa.int64()),
+        ("metric", pa.string()),
+        ("run_id", pa.string()),
+        ("recorded_at", pa.timestamp("us")),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("parse_failures", pa.int64()),
+    ]
+)
 
 
 class AgentOutcome(BaseModel):
@@ -71,12 +103,34 @@ class IngestReport(BaseModel):
         return "\n".join(lines)
 
 
-def _ensure_table(conn: Any) -> None:
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {OUTCOMES_TABLE} (outcome_id VARCHAR PRIMARY KEY, "
-        "domain VARCHAR NOT NULL, cell_id VARCHAR, tags VARCHAR[], success BOOLEAN NOT NULL, "
-        "recorded_at TIMESTAMPTZ NOT NULL, agent VARCHAR NOT NULL)"
-    )
+def _adopt_legacy(warehouse: Warehouse, name: str) -> None:
+    """Warehouses written before the Parquet record kept outcomes and scores only in DuckDB: copy
+    them to Parquet once (read-only access), so that nothing recorded earlier is lost."""
+    if warehouse.read_dataset(name, columns=["domain"]) is not None or not warehouse.duckdb_path.is_file():
+        return
+    import duckdb
+
+    try:
+        conn = duckdb.connect(str(warehouse.duckdb_path), read_only=True)
+    except duckdb.Error:
+        return  # locked by a writer right now: adopted on a later call
+    try:
+        has = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+        ).fetchone()
+        if not has or not has[0]:
+            return
+        legacy: pa.Table = conn.sql(f"SELECT * FROM {name}").arrow()
+    finally:
+        conn.close()
+    schema = OUTCOME_SCHEMA if name == OUTCOMES_TABLE else PERFORMANCE_SCHEMA
+    for domain in sorted(set(legacy.column("domain").to_pylist())):
+        rows = legacy.filter(pc.equal(legacy.column("domain"), domain))
+        columns = {
+            f.name: rows.column(f.name) if f.name in rows.column_names else pa.nulls(rows.num_rows)
+            for f in schema
+        }
+        warehouse.append_dataset(name, domain, pa.table(columns).cast(schema))
 
 
 def _explain(error: ValidationError) -> str:
@@ -125,44 +179,27 @@ def record_outcomes(
         valid.append(outcome)
     if not valid:
         return report
-    with warehouse.duckdb() as conn:
-        _ensure_table(conn)
-        existing = {
-            r[0]
-            for r in conn.execute(
-                f"SELECT outcome_id FROM {OUTCOMES_TABLE} WHERE outcome_id IN (SELECT unnest(?))",
-                [[o.outcome_id for o in valid]],
-            ).fetchall()
-        }
-        fresh = []
-        for o in valid:
-            if o.outcome_id in existing:
-                report.rejected.append(
-                    RejectedOutcome(
-                        position=-1, outcome_id=o.outcome_id, reason="outcome_id already recorded"
-                    )
-                )
-            else:
-                fresh.append(o)
-        if fresh:
-            table = pa.Table.from_pylist(
-                [o.model_dump() for o in fresh],
-                schema=pa.schema(
-                    [
-                        ("outcome_id", pa.string()),
-                        ("domain", pa.string()),
-                        ("cell_id", pa.string()),
-                        ("tags", pa.list_(pa.string())),
-                        ("success", pa.bool_()),
-                        ("recorded_at", pa.timestamp("us", tz="UTC")),
-                        ("agent", pa.string()),
-                    ]
-                ),
+    _adopt_legacy(warehouse, OUTCOMES_TABLE)
+    recorded = warehouse.read_dataset(OUTCOMES_TABLE, columns=["outcome_id"])
+    existing = set(recorded.column("outcome_id").to_pylist()) if recorded is not None else set()
+    fresh = []
+    for o in valid:
+        if o.outcome_id in existing:
+            report.rejected.append(
+                RejectedOutcome(position=-1, outcome_id=o.outcome_id, reason="outcome_id already recorded")
             )
-            conn.register("new_outcomes", table)
-            conn.execute(f"INSERT INTO {OUTCOMES_TABLE} BY NAME SELECT * FROM new_outcomes")
-            conn.unregister("new_outcomes")
-        report.accepted = len(fresh)
+        else:
+            fresh.append(o)
+    by_domain: dict[str, list[AgentOutcome]] = {}
+    for o in fresh:
+        by_domain.setdefault(o.domain, []).append(o)
+    for domain, outcomes in by_domain.items():
+        table = pa.Table.from_pylist([o.model_dump() for o in outcomes], schema=OUTCOME_SCHEMA)
+        warehouse.append_dataset(OUTCOMES_TABLE, domain, table)
+    report.accepted = len(fresh)
+    if fresh:
+        # Recorded in Parquet now; the mirror follows (and heals itself on the next write if not).
+        warehouse.sync_mirror(OUTCOMES_TABLE, by_domain)
     return report
 
 
@@ -211,18 +248,14 @@ PERFORMANCE_COLUMNS = {
 
 
 def record_performance(warehouse: Warehouse, row: dict[str, Any]) -> None:
-    """Append one measured score to ``agent_performance`` (the feedback loop's table): a compiled
-    program's held-out score counts as agent success. Older tables gain the newer columns."""
-    with warehouse.duckdb() as conn:
-        columns = ", ".join(f"{name} {kind}" for name, kind in PERFORMANCE_COLUMNS.items())
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {PERFORMANCE_TABLE} ({columns})")
-        for name, kind in PERFORMANCE_COLUMNS.items():
-            conn.execute(f"ALTER TABLE {PERFORMANCE_TABLE} ADD COLUMN IF NOT EXISTS {name} {kind}")
-        names = [n for n in PERFORMANCE_COLUMNS if n in row]
-        conn.execute(
-            f"INSERT INTO {PERFORMANCE_TABLE} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-            [row[n] for n in names],
-        )
+    """Append one measured score to ``agent_performance`` (Parquet record + DuckDB mirror): a compiled
+    program's held-out score counts as agent success in the feedback loop."""
+    _adopt_legacy(warehouse, PERFORMANCE_TABLE)
+    table = pa.Table.from_pylist(
+        [{k: row.get(k) for k in PERFORMANCE_SCHEMA.names}], schema=PERFORMANCE_SCHEMA
+    )
+    warehouse.append_dataset(PERFORMANCE_TABLE, row["domain"], table)
+    warehouse.sync_mirror(PERFORMANCE_TABLE, [row["domain"]])
 
 
 class SuccessRate(BaseModel):
@@ -234,50 +267,65 @@ class SuccessRate(BaseModel):
 
 
 def rolling_success(
-    warehouse: Warehouse, *, window: timedelta, now: datetime | None = None, program_weight: int = 5
+    warehouse: Warehouse,
+    *,
+    windows: dict[str, timedelta],
+    now: datetime | None = None,
+    program_weight: int = 5,
 ) -> dict[str, SuccessRate]:
-    """Success per domain (and per cell) over the window.
+    """Success per domain (and per cell), each domain over its own window (its spec's
+    ``feedback.window_hours``). Reads the Parquet record only: never the DuckDB file's lock.
 
     The latest ``compiled_program`` held-out score in the window counts as ``program_weight``
     outcomes with that success probability: a fresh program is one more data point.
     """
+    import duckdb
+
     now = now or datetime.now(UTC)
-    since = now - window
-    if not warehouse.duckdb_path.exists():
-        return {}
-    with warehouse.duckdb() as conn:
-        _ensure_table(conn)
-        per_domain = conn.execute(
-            f"SELECT domain, sum(success::INT), count(*) FROM {OUTCOMES_TABLE} "
-            "WHERE recorded_at >= ? GROUP BY domain",
-            [since],
-        ).fetchall()
-        per_cell = conn.execute(
-            f"SELECT domain, cell_id, avg(success::INT), count(*) FROM {OUTCOMES_TABLE} "
-            "WHERE recorded_at >= ? AND cell_id IS NOT NULL GROUP BY domain, cell_id",
-            [since],
-        ).fetchall()
-        has_perf = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'agent_performance'"
-        ).fetchone()
-        program: list[tuple[Any, ...]] = []
-        if has_perf and has_perf[0]:
-            program = conn.execute(
-                "SELECT domain, arg_max(score, recorded_at) FROM agent_performance "
-                "WHERE source = 'compiled_program' AND recorded_at >= ? GROUP BY domain",
-                [since.replace(tzinfo=None)],
+    outcomes = warehouse.read_dataset(OUTCOMES_TABLE, columns=["domain", "cell_id", "success", "recorded_at"])
+    performance = warehouse.read_dataset(
+        PERFORMANCE_TABLE, columns=["domain", "source", "score", "recorded_at"]
+    )
+    since = pa.table(
+        {
+            "domain": pa.array(list(windows), pa.string()),
+            "since": pa.array([now - w for w in windows.values()], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    conn = duckdb.connect()
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.register("since", since)
+        per_domain: list[tuple[Any, ...]] = []
+        per_cell: list[tuple[Any, ...]] = []
+        if outcomes is not None:
+            conn.register("outcomes", outcomes)
+            recent = "FROM outcomes o JOIN since w USING (domain) WHERE o.recorded_at >= w.since"
+            per_domain = conn.execute(
+                f"SELECT domain, sum(success::INT), count(*) {recent} GROUP BY domain"
             ).fetchall()
+            per_cell = conn.execute(
+                f"SELECT domain, cell_id, avg(success::INT), count(*) {recent} AND cell_id IS NOT NULL "
+                "GROUP BY domain, cell_id"
+            ).fetchall()
+        program: list[tuple[Any, ...]] = []
+        if performance is not None:
+            conn.register("performance", performance)
+            program = conn.execute(
+                "SELECT domain, arg_max(score, recorded_at) FROM performance p JOIN since w USING (domain) "
+                "WHERE p.source = 'compiled_program' AND p.recorded_at >= w.since::TIMESTAMP GROUP BY domain"
+            ).fetchall()
+    finally:
+        conn.close()
     out: dict[str, SuccessRate] = {}
-    program_scores = {d: float(s) for d, s in program}
     for domain, successes, n in per_domain:
-        out[domain] = SuccessRate(domain=domain, rate=None, n=int(n))
-        out[domain].rate = float(successes) / int(n)
-    for domain, score in program_scores.items():
+        out[domain] = SuccessRate(domain=domain, rate=float(successes) / int(n), n=int(n))
+    for domain, score in program:
         base = out.setdefault(domain, SuccessRate(domain=domain, rate=None, n=0))
-        successes = (base.rate or 0.0) * base.n + score * program_weight
+        successes = (base.rate or 0.0) * base.n + float(score) * program_weight
         base.n += program_weight
         base.rate = successes / base.n
-        base.program_score = score
+        base.program_score = float(score)
     for domain, cell, rate, n in per_cell:
         if domain in out:
             out[domain].per_cell[str(cell)] = (float(rate), int(n))

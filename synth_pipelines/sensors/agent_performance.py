@@ -13,11 +13,14 @@ from synth_pipelines.spec.model import FeedbackSpec, SpecError, discover_specs, 
 
 TRIGGER_TAG = "synth/trigger"
 DOMAIN_TAG = "synth/domain"
+PARTITION_TAG = "dagster/partition"
+# Every state in which a run may still write the domain's data.
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
 ]
 
 
@@ -32,11 +35,13 @@ def _feedback_specs(schemas_dir: str) -> dict[str, FeedbackSpec]:
 
 
 def _in_flight(instance: dg.DagsterInstance, domains: list[str]) -> set[str]:
+    """Domains with any unfinished run of the domain job: this sensor's, the spec sensor's, a
+    backfill's or one launched by hand. A regeneration now would only race it."""
     busy = set()
     for domain in domains:
         runs = instance.get_run_records(
             filters=dg.RunsFilter(
-                tags={TRIGGER_TAG: "agent_performance_sensor", DOMAIN_TAG: domain}, statuses=IN_FLIGHT
+                job_name=synth_domain_job.name, tags={PARTITION_TAG: domain}, statuses=IN_FLIGHT
             ),
             limit=1,
         )
@@ -55,7 +60,8 @@ def agent_performance_sensor(
     success per domain (and per cell) over the spec's ``feedback.window_hours`` from
     ``agent_outcomes`` plus the latest ``compiled_program`` score; and when a domain falls below
     ``feedback.success_threshold`` requests exactly one regeneration run whose run config names the
-    weak cells (``problem_matrix`` raises their targets). It holds while that run is in flight,
+    weak cells (``problem_matrix`` records them and raises their targets from then on). It holds
+    while any run of the domain is in flight (whoever launched it),
     re-arms only after success recovers above ``feedback.recover_threshold`` (hysteresis), respects
     a cooldown, keeps its state in a JSON cursor, and logs every decision with its numbers.
     """
@@ -66,8 +72,8 @@ def agent_performance_sensor(
     cursor = json.loads(context.cursor) if context.cursor else {}
     state = {d: DomainState.model_validate(s) for d, s in cursor.get("domains", {}).items()}
     now = datetime.now(UTC)
-    window = timedelta(hours=max((f.window_hours for f in specs.values()), default=168.0))
-    rates = rolling_success(wh, window=window, now=now)
+    windows = {domain: timedelta(hours=f.window_hours) for domain, f in specs.items()}
+    rates = rolling_success(wh, windows=windows, now=now)
     decisions, next_state = decide(rates, specs, state, _in_flight(context.instance, list(specs)), now)
     run_requests = []
     for decision in decisions:

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel
@@ -9,27 +10,47 @@ from pydantic import BaseModel
 from synth_pipelines.jobs import synth_domain_job
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources import WarehouseResource
+from synth_pipelines.resources.pools import LLM_POOL, ensure_pool_limit
 from synth_pipelines.spec.model import SpecError, discover_specs, load_spec
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+
+
+class SpecRun(BaseModel):
+    """One run to request: the domain, the spec file's hash, and how many changes of that domain's
+    spec this is (so that reverting to an earlier file is a new run, not a duplicate key)."""
+
+    domain: str
+    file_hash: str
+    sequence: int
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.domain}:{self.sequence}:{self.file_hash[:16]}"
 
 
 class SpecPlan(BaseModel):
     """What one sensor tick decided: partitions to add, runs to request, files skipped (and why)."""
 
     new_partitions: list[str]
-    runs: list[tuple[str, str]]  # (domain, file hash)
+    runs: list[SpecRun]
     skipped: dict[str, str]
-    cursor: dict[str, str]
+    cursor: dict[str, dict[str, Any]]
+
+
+def _cursor_entry(value: Any) -> dict[str, Any]:
+    # Cursors written before the sequence existed held the bare hash.
+    return {"hash": value, "sequence": 1} if isinstance(value, str) else dict(value)
 
 
 def plan_spec_runs(
-    schemas_dir: str | Path, existing_partitions: set[str], cursor: dict[str, str]
+    schemas_dir: str | Path, existing_partitions: set[str], cursor: dict[str, Any]
 ) -> SpecPlan:
-    """Pure decision logic: which valid specs are new or changed since the cursor (domain -> file hash)."""
+    """Pure decision logic: which valid specs are new or changed since the cursor
+    (domain -> {hash, sequence})."""
     new_partitions: list[str] = []
-    runs: list[tuple[str, str]] = []
+    runs: list[SpecRun] = []
     skipped: dict[str, str] = {}
-    next_cursor = dict(cursor)
+    next_cursor = {domain: _cursor_entry(value) for domain, value in cursor.items()}
     for domain, path in discover_specs(schemas_dir).items():
         try:
             validate_domain_name(domain, source=str(path))
@@ -39,9 +60,11 @@ def plan_spec_runs(
             continue
         if domain not in existing_partitions:
             new_partitions.append(domain)
-        if cursor.get(domain) != loaded.file_hash:
-            runs.append((domain, loaded.file_hash))
-            next_cursor[domain] = loaded.file_hash
+        seen = next_cursor.get(domain)
+        if seen is None or seen["hash"] != loaded.file_hash:
+            sequence = (seen["sequence"] if seen else 0) + 1
+            runs.append(SpecRun(domain=domain, file_hash=loaded.file_hash, sequence=sequence))
+            next_cursor[domain] = {"hash": loaded.file_hash, "sequence": sequence}
     return SpecPlan(new_partitions=new_partitions, runs=runs, skipped=skipped, cursor=next_cursor)
 
 
@@ -50,29 +73,36 @@ def domain_spec_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse
     """Watches ``schemas/`` for new or changed domain specs.
 
     Adds a ``domain`` partition for each new valid spec and requests one run of the whole graph per
-    (domain, file hash) — the run key — so the same file never triggers twice. Invalid specs and
-    unsafe file names are skipped with the validation message in the log. The cursor (JSON,
-    domain -> file hash) keeps ticks cheap and idempotent.
+    change of a spec file: the run key is the domain, the number of the change and the file's hash,
+    so the same file never triggers twice in a row, and a spec reverted to an earlier version still
+    runs. Invalid specs and unsafe file names are skipped with the validation message in the log.
+    It also registers the model pool at the instance's default limit, so that the first runs it
+    (or a backfill) queues already wait for the pool.
+    The cursor (JSON, domain -> {hash, sequence}) keeps ticks cheap and idempotent.
     """
+    if ensure_pool_limit(context.instance):
+        context.log.info(f"registered the {LLM_POOL!r} pool at the instance's default limit")
     cursor = json.loads(context.cursor) if context.cursor else {}
     existing = set(context.instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME))
     plan = plan_spec_runs(warehouse.schemas_dir, existing, cursor)
     for path, reason in plan.skipped.items():
         context.log.warning(f"skipping {path}: {reason}")
-    for domain, file_hash in plan.runs:
-        context.log.info(f"requesting a run for {domain} (spec sha256 {file_hash[:12]})")
+    for run in plan.runs:
+        context.log.info(
+            f"requesting a run for {run.domain} (spec change {run.sequence}, sha256 {run.file_hash[:12]})"
+        )
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"{domain}:{file_hash}",
-                partition_key=domain,
+                run_key=run.run_key,
+                partition_key=run.domain,
                 tags={
                     "synth/trigger": "domain_spec_sensor",
-                    "synth/domain": domain,
-                    "synth/spec_hash": file_hash[:16],
+                    "synth/domain": run.domain,
+                    "synth/spec_hash": run.file_hash[:16],
                 },
             )
-            for domain, file_hash in plan.runs
+            for run in plan.runs
         ],
         dynamic_partitions_requests=(
             [dg.AddDynamicPartitionsRequest(DOMAIN_PARTITIONS_NAME, plan.new_partitions)]

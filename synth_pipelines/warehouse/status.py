@@ -1,54 +1,58 @@
-"""Per-domain status from the warehouse's DuckDB tables (``synth status``)."""
+"""Per-domain status of a warehouse (``synth status``), read from the Parquet datasets alone.
+
+A status check is a reader: it never opens the DuckDB mirror, so it can neither wait on a writer nor
+make one wait.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pyarrow.compute as pc
+
 from synth_pipelines.warehouse.storage import Warehouse
 
-
-def _has(conn: Any, table: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-    ).fetchone()
-    return bool(row and row[0])
+PERFORMANCE = "agent_performance"
 
 
 def domain_status(wh: Warehouse) -> list[dict[str, Any]]:
     """One row per domain with generated/accepted counts, pass rate, diversity, program score, last run."""
-    if not wh.duckdb_path.exists():
-        return []
-    with wh.duckdb() as conn:
-        if not _has(conn, "raw_generations"):
-            return []
-        generated = dict(conn.execute("SELECT domain, count(*) FROM raw_generations GROUP BY 1").fetchall())
-        accepted: dict[str, int] = {}
-        last: dict[str, Any] = {}
-        if _has(conn, "validated_examples"):
-            for d, n, ts in conn.execute(
-                "SELECT domain, count(*), max(validated_at) FROM validated_examples GROUP BY 1"
-            ).fetchall():
-                accepted[d], last[d] = n, ts
-        program: dict[str, float] = {}
-        if _has(conn, "agent_performance"):
-            program = dict(
-                conn.execute(
-                    "SELECT domain, arg_max(score, recorded_at) FROM agent_performance "
-                    "WHERE source = 'compiled_program' GROUP BY 1"
-                ).fetchall()
-            )
+    scores = _latest_program_scores(wh)
     rows = []
-    for domain in sorted(generated):
+    for domain in wh.partition_domains("raw_generations"):
+        generated = wh.partition_rows("raw_generations", domain) or 0
+        validated = wh.read_partition("validated_examples", domain, columns=["validated_at"])
+        accepted = validated.num_rows if validated is not None else 0
+        last = (
+            pc.max(validated.column("validated_at")).as_py() if validated is not None and accepted else None
+        )
         diversity = wh.diversity_stats(domain)
         rows.append(
             {
                 "domain": domain,
-                "generated": int(generated[domain]),
-                "accepted": int(accepted.get(domain, 0)),
-                "pass_rate": accepted.get(domain, 0) / generated[domain] if generated[domain] else None,
+                "generated": generated,
+                "accepted": accepted,
+                "pass_rate": accepted / generated if generated else None,
                 "diversity": diversity.get("mean_pairwise_cosine_distance"),
-                "program_score": program.get(domain),
-                "last_run": last.get(domain),
+                "program_score": scores.get(domain),
+                "last_run": last,
             }
         )
     return rows
+
+
+def _latest_program_scores(wh: Warehouse) -> dict[str, float]:
+    table = wh.read_dataset(PERFORMANCE, columns=["domain", "source", "score", "recorded_at"])
+    if table is None:
+        return {}
+    programs = table.filter(pc.equal(table.column("source"), "compiled_program"))
+    latest: dict[str, tuple[Any, float]] = {}
+    for domain, score, at in zip(
+        programs.column("domain").to_pylist(),
+        programs.column("score").to_pylist(),
+        programs.column("recorded_at").to_pylist(),
+        strict=True,
+    ):
+        if domain not in latest or at >= latest[domain][0]:
+            latest[domain] = (at, float(score))
+    return {d: s for d, (_, s) in latest.items()}

@@ -23,12 +23,13 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from duckdb import DuckDBPyConnection
 from upath import UPath
@@ -147,11 +148,11 @@ def fresh_listing(folder: StoragePath) -> StoragePath:
     return folder
 
 
-def read_parquet(path: StoragePath) -> pa.Table:
+def read_parquet(path: StoragePath, *, columns: list[str] | None = None) -> pa.Table:
     if isinstance(path, Path):
-        return pq.read_table(path)
+        return pq.read_table(path, columns=columns)
     with path.open("rb") as f:
-        return pq.read_table(f)
+        return pq.read_table(f, columns=columns)
 
 
 def read_rows_file(path: StoragePath) -> list[dict[str, Any]]:
@@ -172,6 +173,8 @@ def read_rows_file(path: StoragePath) -> list[dict[str, Any]]:
 
 
 DEFAULT_REMOTE_STATE_DIR = ".synth_state"
+# How long a writer waits for the DuckDB mirror's file lock before failing (no data is lost then).
+DUCKDB_LOCK_WAIT_S = float(os.environ.get("SYNTH_DUCKDB_LOCK_WAIT_S", "300"))
 
 
 def location_from_env(root: str | None = None) -> tuple[str, str | None]:
@@ -315,11 +318,30 @@ class Warehouse:
         self.replace_domain_rows(asset, domain, table, column_types=column_types)
         return self.write_partition(asset, domain, table)
 
-    def read_partition(self, asset: str, domain: str) -> pa.Table | None:
+    def read_partition(self, asset: str, domain: str, *, columns: list[str] | None = None) -> pa.Table | None:
         path = self.partition_file(asset, domain)
         if not path.is_file():
             return None
-        return read_parquet(path)
+        return read_parquet(path, columns=columns)
+
+    def partition_rows(self, asset: str, domain: str) -> int | None:
+        """Rows in a partition, from the Parquet footer alone (no data read), or None when absent."""
+        path = self.partition_file(asset, domain)
+        if not path.is_file():
+            return None
+        if isinstance(path, Path):
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        with path.open("rb") as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+
+    def partition_domains(self, asset: str) -> list[str]:
+        """The domains that have a partition of ``asset``."""
+        folder = fresh_listing(self.root / asset)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.name.removeprefix("domain=") for p in folder.glob("domain=*") if (p / PART_FILE).is_file()
+        )
 
     def write_json(self, relative: str, payload: Any) -> StoragePath:
         path = self.root / relative
@@ -328,23 +350,82 @@ class Warehouse:
 
     # ---------------------------------------------------------------- duckdb
     @contextlib.contextmanager
-    def duckdb(self, *, retries: int = 60) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection; waits while another process holds the file lock."""
+    def duckdb(self, *, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection to the mirror, for writers only (readers read the Parquet).
+
+        DuckDB allows one writing process at a time; this waits for the file lock up to ``wait_s``,
+        then fails saying so. Writers write the mirror before the Parquet, so a failure here leaves
+        both on the previous version.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        wait_s = DUCKDB_LOCK_WAIT_S if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
         delay = 0.05
-        for attempt in range(retries):
+        while True:
             try:
                 conn = duckdb.connect(str(self.duckdb_path))
                 break
             except duckdb.IOException as e:
-                if "lock" not in str(e).lower() or attempt == retries - 1:
+                if "lock" not in str(e).lower():
                     raise
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"the DuckDB mirror {self.duckdb_path} stayed locked by another process for "
+                        f"{wait_s:g}s ({e}). Nothing was written; rerun when that process is done "
+                        "(a long dbt build or an open DuckDB shell on the file holds the lock)."
+                    ) from e
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
         try:
             yield conn
         finally:
             conn.close()
+
+    # ---------------------------------------------------------------- append-only datasets
+    def dataset_dir(self, name: str) -> StoragePath:
+        return self.root / name
+
+    def append_dataset(self, name: str, domain: str, table: pa.Table) -> StoragePath:
+        """Add ``table`` to an append-only dataset as a new part of the domain's partition."""
+        part = f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.dataset_dir(name) / f"domain={validate_domain_name(domain)}" / part
+        data = table.drop(["domain"]) if "domain" in table.column_names else table
+        atomic_write_parquet(path, data)
+        return path
+
+    def read_dataset(self, name: str, *, columns: list[str] | None = None) -> pa.Table | None:
+        """Every part of a dataset (hive-partitioned by domain) as one table, or None when empty.
+
+        Reads Parquet only: it never waits on the DuckDB mirror's lock."""
+        import pyarrow.dataset as pds
+
+        folder = fresh_listing(self.dataset_dir(name))
+        if not folder.is_dir():
+            return None
+        files = sorted(str(f) if isinstance(f, Path) else f.path for f in folder.glob("domain=*/*.parquet"))
+        if not files:
+            return None
+        filesystem = None
+        if not isinstance(folder, Path):
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            filesystem = PyFileSystem(FSSpecHandler(folder.fs))
+        base = str(folder) if isinstance(folder, Path) else folder.path
+        dataset = pds.dataset(
+            files, format="parquet", partitioning=pds.partitioning(flavor="hive"), partition_base_dir=base,
+            filesystem=filesystem,
+        )  # fmt: skip
+        return dataset.to_table(columns=columns)
+
+    def sync_mirror(self, name: str, domains: Iterable[str]) -> None:
+        """Make the DuckDB table ``name`` hold exactly the dataset's rows for ``domains`` (idempotent:
+        a mirror that missed an earlier write is healed by the next one)."""
+        data = self.read_dataset(name)
+        if data is None:
+            return
+        for domain in sorted(set(domains)):
+            rows = data.filter(pc.equal(data.column("domain"), domain))
+            self.replace_domain_rows(name, domain, rows)
 
     @staticmethod
     def _add_missing_columns(conn: DuckDBPyConnection, table_name: str, casts: str) -> None:

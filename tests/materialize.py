@@ -1,0 +1,44 @@
+"""Materialize part of the asset graph for one domain, in-process, the way the tests need it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
+from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.runner import run_config_for
+
+DOMAIN = "api_development"
+
+
+def materialize_domain(
+    assets: Sequence[Any],
+    warehouse: Path | str,
+    schemas: Path | str,
+    *,
+    llm: LLMResource | str = "local",
+    target: int | None = None,
+    domain: str = DOMAIN,
+    op_config: dict[str, dict[str, Any]] | None = None,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInJobResult:
+    """Run ``assets`` for ``domain`` on a fresh ephemeral instance. ``llm`` is a resource or a
+    profile (name or path); ``target`` sets the matrix's target count."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
+    return dg.materialize(
+        assets,
+        partition_key=domain,
+        instance=instance,
+        resources={
+            "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(schemas)),
+            "llm": llm if isinstance(llm, LLMResource) else LLMResource(profile=str(llm)),
+            "embedder": EmbedderResource(),
+        },
+        run_config=run_config_for(target, op_config=op_config),
+        raise_on_error=raise_on_error,
+    )
