@@ -198,3 +198,37 @@ def test_a_reverted_spec_runs_again(schemas_dir: Path) -> None:
     # Cursors written before the sequence (domain -> hash) still work.
     legacy = {d: entry["hash"] for d, entry in first.cursor.items()}
     assert plan_spec_runs(schemas_dir, set(), legacy).runs == []
+
+
+def test_scores_and_outcomes_kept_only_in_an_old_duckdb_file_are_adopted(tmp_path: Path) -> None:
+    """A warehouse written before the Parquet record: its DuckDB rows are copied over once, on the
+    next write, and nothing recorded earlier is lost (`make demo` on an old warehouse hit this)."""
+    import duckdb
+
+    from synth_pipelines.learning.outcomes import record_performance
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(wh.duckdb_path)) as conn:
+        conn.execute(
+            "CREATE TABLE agent_performance (domain VARCHAR, source VARCHAR, score DOUBLE, n BIGINT, "
+            "metric VARCHAR, run_id VARCHAR, recorded_at TIMESTAMP)"
+        )
+        conn.execute(
+            "INSERT INTO agent_performance VALUES ('api_development', 'compiled_program', 0.4, 10, "
+            "'llm_judge', 'old-run', TIMESTAMP '2026-01-01 00:00:00')"
+        )
+        conn.execute("CREATE TABLE agent_outcomes (outcome_id VARCHAR, domain VARCHAR, success BOOLEAN)")
+    record_performance(
+        wh,
+        {"domain": "api_development", "source": "compiled_program", "score": 0.7, "n": 12,
+         "metric": "llm_judge", "run_id": "new-run", "recorded_at": datetime(2026, 11, 1)},
+    )  # fmt: skip
+    table = wh.read_dataset("agent_performance", columns=["run_id", "score"])
+    assert table is not None
+    assert sorted(
+        zip(table.column("run_id").to_pylist(), table.column("score").to_pylist(), strict=True)
+    ) == [
+        ("new-run", 0.7),
+        ("old-run", 0.4),
+    ]

@@ -115,12 +115,12 @@ def _adopt_legacy(warehouse: Warehouse, name: str) -> None:
     except duckdb.Error:
         return  # locked by a writer right now: adopted on a later call
     try:
-        has = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-        ).fetchone()
-        if not has or not has[0]:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name = ?", [name]
+        ).fetchall()  # fetched to the end: DuckDB refuses the next query on an unfinished result
+        if not tables:
             return
-        legacy: pa.Table = conn.sql(f"SELECT * FROM {name}").arrow()
+        legacy: pa.Table = conn.execute(f"SELECT * FROM {name}").to_arrow_table()
     finally:
         conn.close()
     schema = OUTCOME_SCHEMA if name == OUTCOMES_TABLE else PERFORMANCE_SCHEMA
