@@ -305,6 +305,30 @@ def validate_file(
         raise typer.Exit(code=1)
 
 
+# --------------------------------------------------------------------------------------------- doctor
+
+
+@app.command()
+def doctor(profile: ProfileOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Call each model of a profile once: reachable, key accepted, the structured-output mode that
+    works (remembered for runs), latency and tokens. On a failure, says what to change."""
+    from synth_pipelines.llm.client import run_sync
+    from synth_pipelines.llm.config import ProfileError
+    from synth_pipelines.llm.doctor import check_models, render
+    from synth_pipelines.resources import LLMResource
+
+    resource = LLMResource(profile=_profile(profile), api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None)
+    try:
+        client = resource.client(_warehouse(warehouse).cache_path)
+    except ProfileError as e:
+        raise _fail(str(e)) from None
+    reports = run_sync(check_models(dict(client.profile.models), client.backends, client.modes))
+    typer.echo(render(reports))
+    failed = [r.model for r in reports if not r.ok]
+    if failed:
+        raise _fail(f"{len(failed)} of {len(reports)} model(s) not usable: {', '.join(failed)}")
+
+
 # --------------------------------------------------------------------------------------------- status
 
 

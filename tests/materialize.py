@@ -42,3 +42,12 @@ def materialize_domain(
         run_config=run_config_for(target, op_config=op_config),
         raise_on_error=raise_on_error,
     )
+
+
+def failure_message(result: dg.ExecuteInJobResult) -> str:
+    """The first failed step's description (what a user sees), else its error."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            return (data.user_failure_data.description if data.user_failure_data else "") or str(data.error)
+    raise AssertionError("no step failed")

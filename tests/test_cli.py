@@ -31,6 +31,7 @@ def test_help_lists_commands() -> None:
         "export",
         "record-outcome",
         "ingest-outcomes",
+        "doctor",
     ):
         assert command in out
 

@@ -16,7 +16,7 @@ from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.llm.types import CompletionRequest, ProviderError
 from synth_pipelines.resources import LLMResource
 from synth_pipelines.warehouse.storage import Warehouse
-from tests.materialize import materialize_domain
+from tests.materialize import failure_message, materialize_domain
 from tests.scripted import ScriptedBackend
 
 DOMAIN = "api_development"
@@ -69,14 +69,6 @@ def materialize(
         assets, warehouse, schemas, llm=llm or "local", target=target, op_config=op_config,
         raise_on_error=False,
     )  # fmt: skip
-
-
-def failure(result: dg.ExecuteInJobResult) -> str:
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            return (data.user_failure_data.description if data.user_failure_data else "") or str(data.error)
-    raise AssertionError("no step failed")
 
 
 def ids(warehouse: Path, asset: str) -> list[str]:
@@ -138,7 +130,7 @@ def test_nothing_judged_because_the_provider_failed_keeps_the_previous_partition
         llm=LLMResource(profile="local", use_cache=False),
     )
     assert not result.success
-    message = failure(result)
+    message = failure_message(result)
     assert "judge calls failed" in message and "does not exist" in message
     assert ids(wh_root, "validated_examples") == before  # the good data stayed
     rejected = Warehouse(wh_root).read_partition("rejected_examples", DOMAIN, columns=["fail_reasons"])
@@ -160,7 +152,7 @@ def test_a_budget_stop_does_not_replace_the_complete_partition(
         wh_root, scripted_schemas_dir, UP_TO_RAW, target=12, llm=LLMResource(profile="local", budget_tokens=1)
     )
     assert not result.success
-    message = failure(result)
+    message = failure_message(result)
     assert "was not published" in message and "budget of 1 tokens" in message and "allow_partial" in message
     assert ids(wh_root, "raw_generations") == complete
 
@@ -181,7 +173,7 @@ def test_mostly_failed_generation_fails_unless_partial_is_allowed(
     no_cache = LLMResource(profile="local", use_cache=False)
     result = materialize(wh_root, scripted_schemas_dir, UP_TO_RAW, target=12, llm=no_cache)
     assert not result.success
-    message = failure(result)
+    message = failure_message(result)
     assert "got no answer from the provider" in message and "HTTP 503" in message
     assert ids(wh_root, "raw_generations") == complete
     allowed = materialize(
@@ -274,7 +266,7 @@ def test_an_outage_while_scoring_fails_the_program_and_records_no_score(
         llm=LLMResource(profile="local", use_cache=False),
     )
     assert not result.success
-    assert "No score was recorded" in failure(result) and "HTTP 502" in failure(result)
+    assert "No score was recorded" in failure_message(result) and "HTTP 502" in failure_message(result)
     assert Warehouse(wh_root).read_dataset("agent_performance") is None
 
 

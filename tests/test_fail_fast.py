@@ -14,7 +14,7 @@ from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
-from tests.materialize import materialize_domain
+from tests.materialize import failure_message, materialize_domain
 from tests.test_openai_compat import profile_file
 
 UP_TO_RAW = PIPELINE_ASSETS[:4]
@@ -28,13 +28,6 @@ def _materialize(
     return materialize_domain(
         UP_TO_RAW, warehouse, schemas, llm=str(profile), target=target, raise_on_error=False
     )
-
-
-def _failure(result: dg.ExecuteInJobResult) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.user_failure_data:
-            return event.step_failure_data.user_failure_data.description or ""
-    raise AssertionError("no step failed with a description")
 
 
 def test_dead_endpoint_fails_fast_then_rerun_resumes(tmp_path: Path, scripted_schemas_dir: Path) -> None:
@@ -56,7 +49,7 @@ def test_dead_endpoint_fails_fast_then_rerun_resumes(tmp_path: Path, scripted_sc
     watcher.join(5)
     server.stop()
     assert not result.success
-    message = _failure(result)
+    message = failure_message(result)
     assert f"127.0.0.1:{port}" in message and "looks down" in message and "rerun resumes" in message
     # Not minutes of per-item retries: the breaker opened on the first connection failures.
     assert failed_at - crashed["at"] < 10
@@ -130,7 +123,7 @@ def test_an_outage_keeps_the_previous_partition_and_the_rerun_asks_nothing_twice
     # Twice the plan: the first 20 items are cached; the server dies 10 requests into the rest.
     with FakeOpenAIServer(FaultPlan(latency_s=0.05, die_after=10), port=port):
         failed = _materialize(warehouse, scripted_schemas_dir, profile, target=40)
-    assert not failed.success and "looks down" in _failure(failed)
+    assert not failed.success and "looks down" in failure_message(failed)
     assert _raw_ids(warehouse) == previous  # the previous partition is intact
     parts = InflightRows(warehouse / "raw_generations" / f"domain={DOMAIN}" / "_inflight", RAW_GENERATIONS)
     kept = set(parts.read_columns(["example_id"]).column("example_id").to_pylist())

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ProviderProfile, load_profile
 from synth_pipelines.llm.factory import build_client
+from synth_pipelines.llm.structured import endpoint_key
 from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialization_metadata, materialize_domain
@@ -60,9 +61,17 @@ def profile_file(tmp_path: Path, base_url: str, **model_over) -> Path:
 TRANSPORTS = ["aiohttp", "sdk"]
 
 
-def client_for(tmp_path: Path, server: FakeOpenAIServer, **model_over) -> LLMClient:
+def client_for(tmp_path: Path, server: FakeOpenAIServer, *, probed: bool = True, **model_over) -> LLMClient:
+    """A client of the fake server's two models. ``probed``: as if ``synth doctor`` had checked
+    them (json_schema works), so the requests a test counts are its own calls only."""
     profile: ProviderProfile = load_profile(str(profile_file(tmp_path, server.base_url, **model_over)))
-    return build_client(profile, tmp_path / "cache.sqlite", api_key=SENTINEL_KEY)
+    client = build_client(
+        profile, tmp_path / "cache.sqlite", api_key=SENTINEL_KEY, modes_path=tmp_path / "modes.sqlite"
+    )
+    if probed:
+        for config in profile.models.values():
+            client.modes.set(endpoint_key(config), "json_schema")
+    return client
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

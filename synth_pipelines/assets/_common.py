@@ -83,6 +83,8 @@ def usage_metadata(totals: UsageTotals) -> dict[str, Any]:
         "cost_usd": dg.MetadataValue.float(round(totals.cost_usd, 6)),
         "llm_latency_s": dg.MetadataValue.float(round(totals.latency_s, 3)),
         "models_used": dg.MetadataValue.text(", ".join(sorted(totals.per_model)) or "none"),
+        # How each model received the schema: what auto settled on against each endpoint.
+        "structured_output": dg.MetadataValue.json(dict(sorted(totals.structured_output.items()))),
         "usage_by_model": markdown_table(
             per_model,
             [

@@ -61,7 +61,7 @@ def _partition_summary(path: Any) -> dict[str, Any]:
             f"count(*) FILTER (status != 'ok' AND failure_kind = 'provider') FROM {source}"
         ).fetchone() or (0, 0, 0)
         errors = conn.execute(
-            f"SELECT left(coalesce(error, ''), 120) AS e, count(*) AS n FROM {source} WHERE status != 'ok' "
+            f"SELECT left(coalesce(error, ''), 240) AS e, count(*) AS n FROM {source} WHERE status != 'ok' "
             "GROUP BY e ORDER BY n DESC, e LIMIT 10"
         ).fetchall()
         cursor = conn.execute(

@@ -72,6 +72,7 @@ class RawGeneration(BaseModel):
     attempt: int
     cache_hit: bool
     created_at: str
+    structured_output: str | None = None
 
 
 def iter_plan_items(
@@ -265,6 +266,7 @@ def generate_examples(
             attempt=result.record.attempts,
             cache_hit=result.record.model_calls == 0,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            structured_output=result.record.structured_output,
         )
 
     def finished(item: PlannedItem, row: RawGeneration | None) -> None:

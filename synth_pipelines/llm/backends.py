@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import threading
 from functools import cache
 from pathlib import Path
@@ -20,6 +21,7 @@ import orjson
 
 from synth_pipelines.llm.cache import schema_text
 from synth_pipelines.llm.config import ModelConfig
+from synth_pipelines.llm.structured import StructuredMode, apply_mode, is_mode_rejection, reply_text
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest, ProviderError, RawCompletion
 
 
@@ -122,6 +124,8 @@ class LlamaCppBackend:
     whole reply."""
 
     supports_cancel = True
+    # How the schema constrains the reply: a GBNF grammar compiled from it, in-process.
+    structured_output = "grammar"
 
     def __init__(self, name: str, config: ModelConfig):
         self.name = name
@@ -219,18 +223,24 @@ class OpenAICompatBackend:
     """Any ``/v1/chat/completions`` endpoint through the official ``openai`` SDK, async, on its aiohttp
     transport (``DefaultAioHttpClient``): httpx's connection pool collapses under many concurrent calls.
 
-    Structured output goes through ``instructor`` (JSON-schema mode) when the caller passes a
-    response model; DSPy's calls arrive as a bare schema and use ``response_format=json_schema``
-    directly. Either way the client validates the text again, so a non-conforming reply becomes a
-    retry, not a crash. The SDK's and instructor's own retries are off: the client owns retry policy.
+    Structured output goes through ``instructor`` when the caller passes a response model, in the
+    instructor mode that matches the structured-output mode the client chose (``json_schema`` ->
+    JSON_SCHEMA, ``json_object`` -> JSON, ``tools`` -> TOOLS, ``prompt`` -> MD_JSON); DSPy's calls
+    arrive as a bare schema and are sent the same way as on the aiohttp transport. Either way the
+    client validates the text again, so a non-conforming reply becomes a retry, not a crash. The
+    SDK's and instructor's own retries are off: the client owns retry policy.
     """
+
+    # The client picks how the schema is sent (``llm/structured.py``) and passes it as ``mode``.
+    takes_structured_modes = True
 
     def __init__(self, name: str, config: ModelConfig, api_key: str | None):
         self.name = name
         self.config = config
         self._api_key = api_key or "not-needed"
+        self.has_api_key = bool(api_key)
         self._sdk: Any = None
-        self._instructor: Any = None
+        self._instructors: dict[str, Any] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatBackend({self.name!r}, base_url={self.config.base_url!r})"
@@ -241,10 +251,9 @@ class OpenAICompatBackend:
     def fingerprint(self) -> str:
         return _endpoint_fingerprint(self.config)
 
-    def _clients(self) -> tuple[Any, Any]:
+    def _client(self) -> Any:
         # Created lazily inside the provider event loop: the aiohttp session is bound to it.
         if self._sdk is None:
-            import instructor
             import openai
 
             self._sdk = openai.AsyncOpenAI(
@@ -254,16 +263,33 @@ class OpenAICompatBackend:
                 max_retries=0,
                 http_client=openai.DefaultAioHttpClient(timeout=self.config.timeout_s),
             )
-            self._instructor = instructor.from_openai(self._sdk, mode=instructor.Mode.JSON_SCHEMA)
-        return self._sdk, self._instructor
+        return self._sdk
+
+    def _instructor(self, mode: StructuredMode) -> Any:
+        if mode not in self._instructors:
+            import instructor
+
+            modes = {
+                "json_schema": instructor.Mode.JSON_SCHEMA,
+                "json_object": instructor.Mode.JSON,
+                "tools": instructor.Mode.TOOLS,
+                "prompt": instructor.Mode.MD_JSON,
+            }
+            self._instructors[mode] = instructor.from_openai(self._client(), mode=modes[mode])
+        return self._instructors[mode]
 
     async def acomplete(
-        self, request: CompletionRequest, *, response_model: type[Any] | None = None
+        self,
+        request: CompletionRequest,
+        *,
+        response_model: type[Any] | None = None,
+        mode: StructuredMode | None = None,
     ) -> RawCompletion:
         import openai
         from instructor.core.exceptions import InstructorRetryException
 
-        sdk, structured = self._clients()
+        sdk = self._client()
+        mode = mode or "json_schema"
         kwargs: dict[str, Any] = {
             "model": self.config.model_id,
             "messages": [m.model_dump() for m in request.messages],
@@ -272,9 +298,9 @@ class OpenAICompatBackend:
             "seed": request.seed,
         }
         try:
-            if response_model is not None:
+            if response_model is not None and request.json_schema is not None:
                 try:
-                    _, completion = await structured.chat.completions.create_with_completion(
+                    _, completion = await self._instructor(mode).chat.completions.create_with_completion(
                         response_model=response_model, max_retries=1, **kwargs
                     )
                 except InstructorRetryException as e:
@@ -287,10 +313,7 @@ class OpenAICompatBackend:
                         raise ProviderError(self.name, "no usable completion from the endpoint") from None
             else:
                 if request.json_schema is not None:
-                    kwargs["response_format"] = {
-                        "type": "json_schema",
-                        "json_schema": {"name": "response", "schema": request.json_schema},
-                    }
+                    apply_mode(kwargs, mode, request.json_schema, "response")
                 completion = await sdk.chat.completions.create(**kwargs)
         except openai.RateLimitError as e:
             raise ProviderError(
@@ -317,33 +340,29 @@ class OpenAICompatBackend:
                 f"model {self.name!r}: the endpoint rejected the API key; set {self.config.api_key_env}"
             ) from None
         except openai.APIStatusError as e:
-            retryable = e.status_code >= 500 or e.status_code in (408, 409)
-            raise ProviderError(
-                self.name,
-                _http_message(e.status_code, _sdk_body(e), self._api_key),
-                retryable=retryable,
-                retry_after=_retry_after(e),
-                kind="http",
-                status=e.status_code,
-            ) from None
+            body, retry_after = _sdk_body(e), _retry_after(e)
+            raise _status_error(self.name, e.status_code, body, self._api_key, mode, retry_after) from None
         return _raw_from_completion(completion)
 
 
 class AiohttpChatBackend:
     """``/v1/chat/completions`` spoken directly over one pooled aiohttp session.
 
-    The same wire protocol as the SDK path (Bearer auth, ``response_format=json_schema``, status
-    codes, ``Retry-After``) without the SDK's per-request typing layers, which cost more CPU than
+    The same wire protocol as the SDK path (Bearer auth, the structured-output mode the client chose,
+    status codes, ``Retry-After``) without the SDK's per-request typing layers, which cost more CPU than
     the request itself at hundreds of requests per second on 2 cores (see ``make bench-llm``).
     """
 
     # The session's ClientTimeout ends a call after ``timeout_s``: the client need not add its own timer.
     enforces_timeout = True
+    # The client picks how the schema is sent (``llm/structured.py``) and passes it as ``mode``.
+    takes_structured_modes = True
 
     def __init__(self, name: str, config: ModelConfig, api_key: str | None):
         self.name = name
         self.config = config
         self._api_key = api_key
+        self.has_api_key = bool(api_key)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -375,10 +394,15 @@ class AiohttpChatBackend:
             await self._session.close()
 
     async def acomplete(
-        self, request: CompletionRequest, *, response_model: type[Any] | None = None
+        self,
+        request: CompletionRequest,
+        *,
+        response_model: type[Any] | None = None,
+        mode: StructuredMode | None = None,
     ) -> RawCompletion:
         import aiohttp
 
+        mode = mode or "json_schema"
         body: dict[str, Any] = {
             "model": self.config.model_id,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -389,10 +413,8 @@ class AiohttpChatBackend:
         if request.json_schema is not None:
             name = response_model.__name__ if response_model is not None else "response"
             # The schema, the same for thousands of calls, is serialized once (orjson.Fragment).
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": name, "schema": orjson.Fragment(schema_text(request.json_schema))},
-            }
+            fragment = orjson.Fragment(schema_text(request.json_schema))
+            apply_mode(body, mode, request.json_schema, name, encoded=fragment)
         try:
             async with self._client_session().post(self._url, data=orjson.dumps(body)) as resp:
                 status = resp.status
@@ -419,22 +441,13 @@ class AiohttpChatBackend:
                 f"set {self.config.api_key_env}"
             )
         if status != 200:
-            retryable = status == 429 or status >= 500 or status in (408, 409)
-            raise ProviderError(
-                self.name,
-                _http_message(status, payload, self._api_key),
-                retryable=retryable,
-                retry_after=_parse_retry_after(retry_after),
-                kind="rate_limit" if status == 429 else "http",
-                status=status,
+            raise _status_error(
+                self.name, status, payload, self._api_key, mode, _parse_retry_after(retry_after)
             )
         try:
             data = orjson.loads(payload)
             choice = data["choices"][0]
-            message = choice.get("message") or {}
-            text = message.get("content") or ""
-            if not text and message.get("tool_calls"):
-                text = message["tool_calls"][0]["function"]["arguments"] or ""
+            text = reply_text(choice.get("message") or {})
             usage = data.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError):
             raise ProviderError(
@@ -458,6 +471,48 @@ def _endpoint_fingerprint(config: ModelConfig) -> str:
 MAX_SERVER_MESSAGE = 300
 
 
+def _status_error(
+    model: str,
+    status: int,
+    body: bytes | str | None,
+    api_key: str | None,
+    mode: StructuredMode | None,
+    retry_after: float | None,
+) -> ProviderError:
+    """The :class:`ProviderError` for an HTTP error status: the server's message, and whether the
+    server rejected the structured-output mode (``kind="unsupported"``: the client tries the next)."""
+    message = _http_message(status, body, api_key)
+    raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
+    if is_mode_rejection(status, f"{message} {raw[:4000]}", mode):
+        return ProviderError(
+            model, f"{message} (structured_output {mode!r} rejected)", kind="unsupported", status=status
+        )
+    return ProviderError(
+        model,
+        message,
+        retryable=status == 429 or status >= 500 or status in (408, 409),
+        retry_after=retry_after,
+        kind="rate_limit" if status == 429 else "http",
+        status=status,
+    )
+
+
+# A FastAPI/pydantic validation error as some servers put it in their message:
+# "{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be ...\""
+_PYDANTIC_ERROR = re.compile(
+    r"""'loc':\s*\(([^)]*)\),\s*'msg':\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')"""
+)
+
+
+def _readable_validation_errors(message: str) -> str:
+    """``body.response_format.type: Input should be 'text' or 'json_object'`` instead of a repr dump."""
+    found = []
+    for loc, double, single in _PYDANTIC_ERROR.findall(message):
+        where = ".".join(part.strip().strip("'\"") for part in loc.split(",") if part.strip())
+        found.append(f"{where}: {double or single}")
+    return "; ".join(found) if found else message
+
+
 def _http_message(status: int, body: bytes | str | None, api_key: str | None) -> str:
     """``HTTP <status>: <the server's own explanation>``, truncated, with the key redacted.
 
@@ -478,7 +533,7 @@ def _http_message(status: int, body: bytes | str | None, api_key: str | None) ->
             error = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in error)
         if error:
             message = str(error)
-    message = " ".join(message.split())
+    message = _readable_validation_errors(" ".join(message.split()))
     if api_key and len(api_key) >= 4:
         message = message.replace(api_key, "***")
     if len(message) > MAX_SERVER_MESSAGE:
@@ -503,10 +558,7 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 def _raw_from_completion(completion: Any) -> RawCompletion:
     choice = completion.choices[0]
-    message = choice.message
-    text = message.content or ""
-    if not text and getattr(message, "tool_calls", None):
-        text = message.tool_calls[0].function.arguments or ""
+    text = reply_text(choice.message.model_dump())
     usage = completion.usage
     return RawCompletion(
         text=text,

@@ -33,6 +33,14 @@ from synth_pipelines.llm.cache import CacheBatcher, ResponseCache, request_key, 
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
 from synth_pipelines.llm.limits import CircuitOpen, ModelGate
 from synth_pipelines.llm.router import Strategy, order_models
+from synth_pipelines.llm.structured import (
+    MODE_ORDER,
+    ModeMemory,
+    StructuredMode,
+    endpoint_key,
+    mode_chain,
+    next_mode,
+)
 from synth_pipelines.llm.types import (
     CallRecord,
     ChatMessage,
@@ -114,9 +122,17 @@ def extract_json(text: str) -> Any:
         return json.loads(cleaned, strict=False)
     except json.JSONDecodeError:
         start, end = cleaned.find("{"), cleaned.rfind("}")
-        if start != -1 and end > start:
+        if start == -1 or end <= start:
+            raise
+        # The first complete JSON object (prompt mode: "Here it is: {...} Hope that helps {x}").
+        try:
+            value, _ = _LENIENT.raw_decode(cleaned, start)
+            return value
+        except json.JSONDecodeError:
             return json.loads(cleaned[start : end + 1], strict=False)
-        raise
+
+
+_LENIENT = json.JSONDecoder(strict=False)
 
 
 def parse_reply(text: str, response_model: type[T]) -> tuple[T | None, str | None]:
@@ -146,6 +162,7 @@ class _Call:
     rec: CallRecord
     config: ModelConfig
     estimated_tokens: int
+    mode: StructuredMode | None
 
 
 def _retryable(error: BaseException) -> bool:
@@ -174,6 +191,7 @@ class LLMClient:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         strategy: Strategy | None = None,
         limits_path: Path | None = None,
+        modes: ModeMemory | None = None,
     ):
         self.profile = profile
         self.strategy: Strategy = strategy or profile.roles.strategy
@@ -184,6 +202,10 @@ class LLMClient:
         self.budget_tokens = budget_tokens
         self.max_backoff_s = max_backoff_s
         self.limits_path = limits_path
+        # The structured-output mode that works per endpoint (state folder; see llm/structured.py).
+        self.modes = modes or ModeMemory(None)
+        self._probe_locks: dict[str, asyncio.Lock] = {}
+        self._probe_failures: dict[str, str] = {}
         self._sleep = sleep or asyncio.sleep
         self._lock = threading.Lock()
         self._gates: dict[str, ModelGate] = {}
@@ -272,10 +294,15 @@ class LLMClient:
 
     @staticmethod
     async def _call(
-        backend: Backend, request: CompletionRequest, response_model: type[BaseModel] | None
+        backend: Backend,
+        request: CompletionRequest,
+        response_model: type[BaseModel] | None,
+        mode: StructuredMode | None = None,
     ) -> RawCompletion:
         acomplete = getattr(backend, "acomplete", None)
         if acomplete is not None:
+            if mode is not None:
+                return await acomplete(request, response_model=response_model, mode=mode)
             return await acomplete(request, response_model=response_model)
         # In-process and scripted backends are synchronous: keep the loop free while they work.
         if not getattr(backend, "supports_cancel", False):
@@ -287,45 +314,143 @@ class LLMClient:
             cancel.set()  # a timeout (or any abandonment) stops the generation at its next token
             raise
 
+    # ------------------------------------------------------------------ structured-output modes
+    def structured_mode(self, model: str) -> StructuredMode | None:
+        """How the schema is sent to ``model``: None for backends that do not take modes (embedded
+        llama.cpp constrains with a grammar), the configured mode, or under ``auto`` the one that
+        worked before (the strongest, json_schema, until a server has rejected it)."""
+        backend = self._backend(model)
+        if not getattr(backend, "takes_structured_modes", False):
+            return None
+        config = self.profile.models[model]
+        if config.structured_output != "auto":
+            return config.structured_output
+        return self.modes.get(endpoint_key(config)) or MODE_ORDER[0]
+
+    def _mode_label(self, backend: Backend, mode: StructuredMode | None) -> str | None:
+        return mode or getattr(backend, "structured_output", None)
+
+    def _fall_back(self, model: str, rejected: StructuredMode, error: ProviderError) -> StructuredMode:
+        """The mode after ``rejected`` (remembered for every later call), or a non-retryable error
+        that says what to change when none is left."""
+        config = self.profile.models[model]
+        key = endpoint_key(config)
+        candidate = next_mode(config.structured_output, rejected)
+        if candidate is None:
+            tried = "/".join(mode_chain(config.structured_output))
+            raise ProviderError(
+                model,
+                f"{error.detail}; the server accepted no structured-output mode ({tried} tried). "
+                "Set structured_output in the provider profile to one it supports (auto tries "
+                "json_schema, json_object, tools, prompt), or use another server.",
+                kind="http",
+                status=error.status,
+            )
+        # Concurrent calls may each see a rejection; never step back to a mode already given up on.
+        known = self.modes.get(key)
+        if known is not None and MODE_ORDER.index(known) > MODE_ORDER.index(candidate):
+            return known
+        self.modes.set(key, candidate, note=f"{rejected} rejected: {error.detail}")
+        return candidate
+
+    async def _probe(self, model: str) -> None:
+        """Check ``model`` once before its first call from this state folder: one tiny request per
+        structured-output mode until one works (remembered). Concurrent first calls wait for the
+        one check; if it fails they all raise its report (unreachable, key rejected, no mode), so
+        a wrong URL or server fails the fan-out in seconds instead of row by row."""
+        from synth_pipelines.llm.backends import ProviderConfigError
+        from synth_pipelines.llm.doctor import check_model
+
+        lock = self._probe_locks.setdefault(model, asyncio.Lock())
+        async with lock:
+            if model in self._probe_failures:
+                raise ProviderConfigError(self._probe_failures[model])
+            config = self.profile.models[model]
+            if self.modes.get(endpoint_key(config)) is not None:
+                return
+            report = await check_model(model, config, self._backend(model), self.modes)
+            if report.ok:
+                return
+            if report.failure == "unreachable":
+                # Maybe an outage rather than a wrong URL: the breaker treats it as one (the chain
+                # moves on; a half-open call later checks again), and its message says a rerun resumes.
+                gate = self._gate(model, config)
+                gate.breaker.trip(report.explain())
+                gate.breaker.check()
+            self._probe_failures[model] = report.explain()
+            raise ProviderConfigError(self._probe_failures[model])
+
+    def mode_stats(self) -> dict[str, str]:
+        """Per model, the structured-output mode its calls use now (for run metadata)."""
+        return {
+            model: label
+            for model in sorted(self.profile.models)
+            if model in self.backends
+            and (label := self._mode_label(self.backends[model], self.structured_mode(model))) is not None
+        }
+
+    # ------------------------------------------------------------------ completions
     async def acomplete(
         self, request: CompletionRequest, *, attempt: int = 0, response_model: type[BaseModel] | None = None
     ) -> tuple[RawCompletion, CallRecord]:
         """One completion with cache, limits, timeout and transient-error retries.
 
-        A cache hit is served before anything else (it is free, whatever the budget). Raises
+        A cache hit is served before anything else (it is free, whatever the budget). A server
+        that rejects the structured-output mode gets the next one (``auto``); an endpoint model never
+        checked from this state folder is checked first (:meth:`_probe`). Raises
         :class:`ProviderError` once retries are exhausted or the error is not retryable, and
         :class:`~synth_pipelines.llm.limits.CircuitOpen` while the model's endpoint is down.
         """
         backend = self._backend(request.model)
         config = self.profile.models[request.model]
-        key = request_key(request, attempt=attempt, model_fingerprint=backend.fingerprint())
         rec = CallRecord(model=request.model)
         batcher = self._batcher()
-        if batcher is not None:
-            hit = await batcher.get(key)
-            if hit is not None:
-                rec.cache_hits = 1
-                rec.attempts = 1
-                rec.prompt_tokens, rec.completion_tokens = hit.prompt_tokens, hit.completion_tokens
-                return hit, rec
-        self._check_budget()
-        call = _Call(
-            gate=self._gate(request.model, config),
-            backend=backend,
-            request=request,
-            response_model=response_model,
-            rec=rec,
-            config=config,
-            estimated_tokens=sum(len(m.content) for m in request.messages) // 4 + request.max_tokens,
-        )
-        try:
-            # The first attempt runs bare: most calls succeed, and tenacity's per-call setup costs
-            # more client CPU than the rest of the call (see make bench-llm).
-            raw = await self._attempt(call)
-        except ProviderError as first:
-            if not first.retryable or config.max_retries == 0:
-                raise
-            raw = await self._retry(first, call)
+        mode = self.structured_mode(request.model) if request.json_schema is not None else None
+        probed = False
+        while True:
+            rec.structured_output = self._mode_label(backend, mode)
+            # A reply obtained through another mode is another reply: the mode is part of the key
+            # (json_schema, the default, keeps the keys written before modes existed).
+            fingerprint = backend.fingerprint()
+            if mode is not None and mode != MODE_ORDER[0]:
+                fingerprint = f"{fingerprint}|{mode}"
+            key = request_key(request, attempt=attempt, model_fingerprint=fingerprint)
+            if batcher is not None:
+                hit = await batcher.get(key)
+                if hit is not None:
+                    rec.cache_hits = 1
+                    rec.attempts = max(1, rec.attempts)
+                    rec.prompt_tokens, rec.completion_tokens = hit.prompt_tokens, hit.completion_tokens
+                    return hit, rec
+            if mode is not None and not probed and self.modes.get(endpoint_key(config)) is None:
+                await self._probe(request.model)
+                probed = True
+                if (found := self.structured_mode(request.model)) != mode:
+                    mode = found
+                    continue  # the reply may be cached under the mode that works
+            self._check_budget()
+            call = _Call(
+                gate=self._gate(request.model, config),
+                backend=backend,
+                request=request,
+                response_model=response_model,
+                rec=rec,
+                config=config,
+                estimated_tokens=sum(len(m.content) for m in request.messages) // 4 + request.max_tokens,
+                mode=mode,
+            )
+            try:
+                # The first attempt runs bare: most calls succeed, and tenacity's per-call setup
+                # costs more client CPU than the rest of the call (see make bench-llm).
+                raw = await self._attempt(call)
+            except ProviderError as first:
+                if first.kind == "unsupported" and mode is not None:
+                    mode = self._fall_back(request.model, mode, first)
+                    continue
+                if not first.retryable or config.max_retries == 0:
+                    raise
+                raw = await self._retry(first, call)
+            break
         rec.model_calls += 1
         rec.prompt_tokens, rec.completion_tokens = raw.prompt_tokens, raw.completion_tokens
         rec.cost_usd = config.cost(raw.prompt_tokens, raw.completion_tokens)
@@ -366,7 +491,7 @@ class LLMClient:
                 # unlike wait_for, makes no extra task).
                 deadline = None if getattr(backend, "enforces_timeout", False) else config.timeout_s
                 async with asyncio.timeout(deadline):
-                    raw = await self._call(backend, request, call.response_model)
+                    raw = await self._call(backend, request, call.response_model, call.mode)
             except TimeoutError:
                 error = ProviderError(
                     request.model, f"timed out after {config.timeout_s:g}s", retryable=True, kind="timeout"
@@ -386,7 +511,7 @@ class LLMClient:
         if error.kind == "rate_limit":
             if error.retry_after:
                 gate.pause(min(self.max_backoff_s, error.retry_after))
-        else:
+        elif error.kind != "unsupported":  # the server is fine; the mode is not (the caller falls back)
             gate.breaker.record_failure(error, connection=error.kind == "connection")
         raise error
 
@@ -564,3 +689,4 @@ def _merge(total: CallRecord, rec: CallRecord) -> None:
     total.attempts += rec.attempts
     total.cache_hits += rec.cache_hits
     total.model_calls += rec.model_calls
+    total.structured_output = rec.structured_output

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
+# How an openai model receives the JSON schema (see ``llm/structured.py``); ``auto`` probes.
+StructuredOutput = Literal["auto", "json_schema", "json_object", "tools", "prompt"]
+
 
 class ModelConfig(BaseModel):
     """One model the project may call."""
@@ -36,6 +39,9 @@ class ModelConfig(BaseModel):
     # openai: "aiohttp" speaks the protocol on one pooled aiohttp session (fast); "sdk" goes through
     # the official openai SDK (aiohttp transport) with instructor for structured output.
     transport: Literal["aiohttp", "sdk"] = "aiohttp"
+    # openai: ``auto`` tries json_schema, json_object, tools, then the schema in the prompt, falling
+    # back when the server rejects a mode, and remembers what worked in the state folder.
+    structured_output: StructuredOutput = "auto"
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     # The ceiling of concurrent calls. With ``adaptive_concurrency`` the client starts at 4, doubles

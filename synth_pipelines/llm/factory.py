@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -13,12 +14,17 @@ from synth_pipelines.llm.cache import ResponseCache
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
 from synth_pipelines.llm.router import Strategy
+from synth_pipelines.llm.structured import ModeMemory
 
 _BACKENDS: dict[tuple[str, str], Backend] = {}
 _LOCK = threading.Lock()
 
 
 def backend_for(name: str, config: ModelConfig, api_key: str | None = None) -> Backend:
+    """The backend of one model. An endpoint model's key is the variable its ``api_key_env`` names
+    when that is set, else ``api_key`` (the resource's), so one profile can mix providers."""
+    if config.api_key_env and os.environ.get(config.api_key_env):
+        api_key = os.environ[config.api_key_env]
     # The key's hash (not the key) separates backends built with different credentials.
     key_id = hashlib.sha256((api_key or "").encode()).hexdigest()[:12]
     key = (name, config.model_dump_json() + key_id)
@@ -43,9 +49,11 @@ def build_client(
     parse_attempts: int = 2,
     strategy: Strategy | None = None,
     limits_path: str | Path | None = None,
+    modes_path: str | Path | None = None,
 ) -> LLMClient:
-    """A client over ``profile``'s models. ``cache_path`` is the response cache (None: no cache) and
-    ``limits_path`` the SQLite file whose RPM/TPM buckets every process shares (None: per process)."""
+    """A client over ``profile``'s models. ``cache_path`` is the response cache (None: no cache),
+    ``limits_path`` the SQLite file whose RPM/TPM buckets every process shares (None: per process)
+    and ``modes_path`` where the structured-output mode that works per endpoint is remembered."""
     backends = {name: backend_for(name, cfg, api_key) for name, cfg in profile.models.items()}
     cache = ResponseCache(cache_path) if cache_path is not None else None
     return LLMClient(
@@ -57,6 +65,7 @@ def build_client(
         budget_tokens=budget_tokens,
         strategy=strategy,
         limits_path=Path(limits_path) if limits_path is not None else None,
+        modes=ModeMemory(Path(modes_path) if modes_path is not None else None),
     )
 
 

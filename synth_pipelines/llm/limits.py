@@ -172,6 +172,10 @@ class CircuitBreaker:
         elif len(self._recent) >= self.min_calls and failures / len(self._recent) >= self.error_rate:
             self._open(f"{failures} of the last {len(self._recent)} calls failed, last: {error.detail}")
 
+    def trip(self, cause: str) -> None:
+        """Open now (a failed capability check found the endpoint unreachable)."""
+        self._open(cause)
+
     def _open(self, cause: str) -> None:
         self.opened_at = time.monotonic()
         self.cause = cause

@@ -59,6 +59,9 @@ class CallRecord:
     attempts: int = 0
     cache_hits: int = 0
     model_calls: int = 0
+    # How the schema reached the model: json_schema, json_object, tools, prompt (HTTP endpoints),
+    # grammar (embedded llama.cpp), or None (no schema, or a backend that does not say).
+    structured_output: str | None = None
 
 
 @dataclass(slots=True)
@@ -92,9 +95,13 @@ class UsageTotals:
     cost_usd: float = 0.0
     latency_s: float = 0.0
     per_model: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per model, how the schema reached it on its latest call (json_schema, json_object, ...).
+    structured_output: dict[str, str] = field(default_factory=dict)
 
     def add(self, rec: CallRecord, *, failed: bool) -> None:
         self.calls += 1
+        if rec.structured_output is not None:
+            self.structured_output[rec.model] = rec.structured_output
         self.model_calls += rec.model_calls
         self.cache_hits += rec.cache_hits
         self.failures += int(failed)
@@ -123,7 +130,8 @@ class UsageTotals:
         m["latency_s"] += rec.latency_s
 
 
-ErrorKind = Literal["connection", "timeout", "rate_limit", "http", "circuit_open", "other"]
+# "unsupported": the server rejected the structured-output mode (the client tries the next one).
+ErrorKind = Literal["connection", "timeout", "rate_limit", "http", "unsupported", "circuit_open", "other"]
 
 
 class ProviderError(RuntimeError):

@@ -36,11 +36,13 @@ class LLMResource(dg.ConfigurableResource):
 
     def client(self, cache_path: str | Path) -> LLMClient:
         """A client for one asset execution (fresh usage totals and per-model gates; backends, the
-        cache and the RPM/TPM buckets beside it in the state folder are shared)."""
+        cache, and the RPM/TPM buckets and structured-output modes beside it in the state folder
+        are shared)."""
         return build_client(
             self.load_profile(),
             cache_path if self.use_cache else None,
             limits_path=Path(cache_path).parent / "limits.sqlite",
+            modes_path=Path(cache_path).parent / "structured_modes.sqlite",
             api_key=self.api_key,
             budget_usd=self.budget_usd,
             budget_tokens=self.budget_tokens,

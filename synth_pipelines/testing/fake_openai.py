@@ -41,6 +41,13 @@ class FaultPlan:
     first_n_hang: int = 0
     die_after: int | None = None
     seed: int = 0
+    # Structured-output modes this server does not support: it answers them the way real servers
+    # do (llama-cpp-python: a 500 wrapping "Input should be 'text' or 'json_object'"; others a 400).
+    reject_modes: frozenset[str] = frozenset()
+    # What a 500 says (the server's own explanation is what a user needs to see).
+    error_message: str = "internal error"
+    # Model ids the server serves; others get a 404 as from OpenAI. None: any id.
+    known_models: frozenset[str] | None = None
 
 
 @dataclass
@@ -50,19 +57,60 @@ class ServerStats:
     faults: dict[str, int] = field(default_factory=dict)
     auth_headers: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)  # the structured-output mode of each request
 
     def fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
+
+
+# Where a prompt carries its schema: the text after this cue is a JSON Schema (the project's prompt
+# mode writes "... must match this JSON Schema:\n{...}"; the server only knows the cue).
+PROMPT_MARKER = "JSON Schema:"
+
+
+def request_mode(body: dict[str, Any]) -> str:
+    """How a request carries its schema: json_schema, json_object, tools, prompt, or none."""
+    rf = body.get("response_format") or {}
+    if rf.get("type") in ("json_schema", "json_object"):
+        return str(rf["type"])
+    if body.get("tools"):
+        return "tools"
+    if any(PROMPT_MARKER in str(m.get("content", "")) for m in body.get("messages") or []):
+        return "prompt"
+    return "none"
+
+
+def _schema_in_messages(body: dict[str, Any]) -> dict[str, Any] | None:
+    for message in body.get("messages") or []:
+        content = str(message.get("content", ""))
+        if PROMPT_MARKER in content:
+            text = content.split(PROMPT_MARKER, 1)[1].strip()
+            value, _ = json.JSONDecoder().raw_decode(text)
+            return value if isinstance(value, dict) else None
+    return None
 
 
 def _schema_from_request(body: dict[str, Any]) -> dict[str, Any] | None:
     rf = body.get("response_format") or {}
     if rf.get("type") == "json_schema":
         return (rf.get("json_schema") or {}).get("schema")
+    if rf.get("type") == "json_object":
+        return rf.get("schema") or _schema_in_messages(body)
     tools = body.get("tools") or []
-    if tools:  # instructor's tool mode
+    if tools:  # tool mode
         return tools[0].get("function", {}).get("parameters")
-    return None
+    return _schema_in_messages(body)
+
+
+_REJECTIONS: dict[str, tuple[int, str]] = {
+    "json_schema": (
+        500,
+        "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}",
+    ),
+    "json_object": (400, "response_format of type 'json_object' is not supported by this model"),
+    "tools": (400, "this model does not support tools / function calling"),
+}
 
 
 class FakeOpenAIServer:
@@ -115,11 +163,23 @@ class FakeOpenAIServer:
             n = self.stats.requests
             self.stats.auth_headers.append(request.headers.get("Authorization", ""))
             self.stats.models.append(str(body.get("model")))
+            mode = request_mode(body)
+            self.stats.modes.append(mode)
         if self.plan.die_after is not None and n > self.plan.die_after:
             await self._crash()
             assert request.transport is not None
             request.transport.abort()  # connection reset, as from a killed process
             raise ConnectionResetError("the fake server has crashed")
+        model = str(body.get("model"))
+        if self.plan.known_models is not None and model not in self.plan.known_models:
+            self.stats.fault("404")
+            error = {"message": f"The model `{model}` does not exist", "type": "invalid_request_error"}
+            return web.json_response({"error": error}, status=404)
+        if mode in self.plan.reject_modes and mode in _REJECTIONS:
+            self.stats.fault(f"rejected_{mode}")
+            status, explanation = _REJECTIONS[mode]
+            error = {"message": explanation, "type": "invalid_request_error"}
+            return web.json_response({"error": error}, status=status)
         fault = self._decide(n)
         if self.plan.latency_s:
             await asyncio.sleep(self.plan.latency_s)
@@ -132,7 +192,7 @@ class FakeOpenAIServer:
             )
         if fault == "500":
             self.stats.fault("500")
-            return web.json_response({"error": {"message": "internal error"}}, status=500)
+            return web.json_response({"error": {"message": self.plan.error_message}}, status=500)
         if fault == "hang":
             self.stats.fault("hang")
             await asyncio.sleep(self.plan.hang_s)
@@ -143,6 +203,8 @@ class FakeOpenAIServer:
         if fault == "broken_json":
             self.stats.fault("broken_json")
             content = content[: max(1, len(content) // 2)]
+        elif mode == "prompt":  # nothing enforces the format: chatter around the object, as models do
+            content = f"Sure! Here it is:\n```json\n{content}\n```\nAnything else? {{}}"
         self.stats.ok += 1
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if body.get("tools"):

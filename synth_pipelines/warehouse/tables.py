@@ -45,6 +45,9 @@ PROVENANCE = [
     ("attempt", pa.int64()),
     ("cache_hit", pa.bool_()),
     ("created_at", pa.string()),
+    # How the schema reached the generator: json_schema | json_object | tools | prompt (endpoints),
+    # grammar (embedded llama.cpp). Last, so files written before it read by position too.
+    ("structured_output", pa.string()),
 ]
 
 RAW_GENERATIONS = pa.schema(
