@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun clean-warehouse
+.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun bench-judges clean-warehouse
 
 setup: $(STAMP)
 
@@ -85,6 +85,11 @@ bench-backfill: setup
 # An unchanged rerun of the demo domain through the Dagster job: seconds, model calls, ratio to the first run.
 bench-rerun: setup
 	$(BIN)/python -m bench.rerun
+
+# The gate (spec rules + judge panel of SYNTH_PROFILE, default local) against hand-labelled sets:
+# Cohen's kappa per domain, per signal tried; last line judge_kappa=.
+bench-judges: setup
+	$(BIN)/python -m bench.judges
 
 bench: bench-llm bench-quality bench-embed
 

@@ -288,11 +288,17 @@ def validate_file(
     if file.suffix not in (".jsonl", ".parquet"):
         raise _fail(f"{file}: expected a .jsonl or .parquet file")
     rows = read_rows_file(file)
-    client = None
-    if models:
-        from synth_pipelines.resources import LLMResource
+    from synth_pipelines.llm.config import ProfileError
+    from synth_pipelines.resources import LLMResource
+    from synth_pipelines.validation.calibration import resolve_thresholds
 
-        client = LLMResource(profile=_profile(profile)).client(_warehouse(warehouse).cache_path)
+    resource = LLMResource(profile=_profile(profile))
+    try:
+        panel = resource.load_profile()
+    except ProfileError as e:
+        raise _fail(str(e)) from None
+    spec, _ = resolve_thresholds(spec, panel)
+    client = resource.client(_warehouse(warehouse).cache_path) if models else None
     result = validate_rows(spec, rows, client)
     out = report or file.with_name(f"{file.stem}.validation.json")
     out.write_text(json.dumps(result, indent=2, default=str))
@@ -303,6 +309,67 @@ def validate_file(
     )
     if s["passed"] < s["rows"]:
         raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------------------------- calibrate
+
+
+@app.command()
+def calibrate(
+    labels: Annotated[list[Path], typer.Argument(help="Labelled JSONL files (see README, Quality gates).")],
+    domain: Annotated[
+        str | None, typer.Option(help="The spec to apply (default: each file's name, e.g. api_development).")
+    ] = None,
+    profile: ProfileOpt = None,
+    schemas: SchemasOpt = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Score labelled examples with the rules, the on-topic similarity and the validator panel, and
+    print the consensus threshold (and on-topic minimum, kept only where it helps) that maximize
+    Cohen's kappa, per file and pooled, with accuracy and the confusion counts, plus the
+    `roles.calibration` block to paste into the profile."""
+    from datetime import UTC, datetime
+
+    from synth_pipelines.llm.config import ProfileError
+    from synth_pipelines.resources import LLMResource
+    from synth_pipelines.validation.calibration import LabelledFileError, load_labelled, resolve_thresholds
+    from synth_pipelines.validation.calibration import calibrate as run_calibration
+
+    resource = LLMResource(profile=_profile(profile), api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None)
+    try:
+        panel = resource.load_profile()
+    except ProfileError as e:
+        raise _fail(str(e)) from None
+    sets = []
+    for file in labels:
+        name = _domain(domain or file.stem)
+        try:
+            spec = load_spec(spec_path_for(_schemas(schemas), name)).spec
+            rows = load_labelled(file)
+        except (SpecError, FileNotFoundError, LabelledFileError) as e:
+            raise _fail(str(e)) from None
+        sets.append((resolve_thresholds(spec, panel)[0], str(file), rows))
+    client = resource.client(_warehouse(warehouse).cache_path)
+    from synth_pipelines.llm.embeddings import pair_similarity
+
+    results, pooled = run_calibration(sets, client, list(panel.roles.validators), pair_similarity)
+    for r in results:
+        typer.echo(f"{r.domain} ({r.file}): best {r.best.summary()}")
+        typer.echo(f"  with the on-topic gate: {r.best_with_on_topic.summary()}")
+        typer.echo(f"  rules alone: {r.rules_only.summary()}")
+    typer.echo(f"all sets: best {pooled.summary()}")
+    block = {
+        "calibration": {
+            "consensus_threshold": pooled.threshold,
+            "on_topic_threshold": pooled.on_topic_threshold,
+            "kappa": pooled.kappa,
+            "accuracy": pooled.accuracy,
+            "rows": pooled.rows,
+            "labelled_sets": [str(f) for f in labels],
+            "measured": f"synth calibrate, {datetime.now(UTC).date().isoformat()}",
+        }
+    }
+    typer.echo(f"\n# under roles: in the profile {panel.name!r}\n" + yaml.safe_dump(block, sort_keys=False))
 
 
 # --------------------------------------------------------------------------------------------- doctor
@@ -393,10 +460,10 @@ def export(
         out_dir = storage_location(out)
     except StorageError as e:
         raise _fail(f"--out: {e}", 2) from None
-    try:
-        spec = load_spec(spec_path_for(_schemas(schemas), domain)).spec
-    except (SpecError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    # The spec the data was validated with (thresholds resolved), not today's YAML.
+    spec = wh.materialized_spec(domain)
+    if spec is None:
+        raise _fail(f"{domain!r} has not been generated in {wh.root}; run `synth generate --domain {domain}`")
     fmt = format_ or spec.training_format
     if fmt not in FORMATS:
         raise _fail(f"format {fmt!r} is not exportable; choose one of {', '.join(FORMATS)}", 2)

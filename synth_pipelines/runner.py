@@ -140,7 +140,7 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
             ),
             "compiled_program": lambda m: (
                 f"held-out {m.get('metric')} score {float(m.get('score') or 0):.3f} "
-                f"(train {m.get('n_train')}, test {m.get('n_test')})"
+                f"(train {m.get('n_train')}, scored {m.get('n_eval')} of {m.get('n_heldout')} held out)"
             ),
         }[name](m)
         lines.append(f"  {name:<20} {detail}")

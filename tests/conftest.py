@@ -48,13 +48,22 @@ def scripted_backends(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def scripted_schemas_dir(schemas_dir: Path) -> Path:
-    """The shipped specs with the diversity gate off: scripted replies reuse a 24-word vocabulary, so
-    their embeddings are near each other by construction (the gate itself is tested on its own)."""
+    """The shipped specs for plumbing tests on the scripted provider: the diversity gate off (scripted
+    replies reuse a 24-word vocabulary, so their embeddings are near each other by construction) and
+    no spec rules (scripted replies pick an enum value at random, so a method-per-operation rule
+    rejects most of them), and a fixed consensus threshold of 0.25 with min_pass_rate 0.5 (the
+    scripted and fake-server judges score at random, and their test profiles carry no calibration,
+    so `auto` would mean the design's 0.75), and no on-topic gate (random words are off topic by
+    construction). Every gate is tested on its own with shipped settings."""
     import yaml
 
     for path in schemas_dir.glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
-        data.setdefault("validation", {})["diversity_threshold"] = 0.0
+        validation = data.setdefault("validation", {})
+        validation.update(
+            diversity_threshold=0.0, consensus_threshold=0.25, min_pass_rate=0.5, on_topic_threshold=-1.0
+        )
+        data.pop("rules", None)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     return schemas_dir
 

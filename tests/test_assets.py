@@ -78,9 +78,14 @@ def test_domain_schema_direct_invocation(warehouse_root: Path, schemas_dir: Path
     instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, ["api_development"])
     ctx = dg.build_asset_context(partition_key="api_development", instance=instance)
     result = domain_schema(
-        ctx, warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir))
+        ctx,
+        warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir)),
+        llm=LLMResource(profile="local"),
     )
-    assert result.data_version is not None and len(result.data_version.value) == 64
+    # The file's SHA-256, then the consensus and diversity thresholds the local profile resolved.
+    assert result.data_version is not None
+    file_hash, consensus, diversity = result.data_version.value.split(":")
+    assert len(file_hash) == 64 and (float(consensus), float(diversity)) == (0.0, 0.3)
     stored = json.loads((warehouse_root / "domain_schema/domain=api_development/spec.json").read_text())
     assert stored["spec"]["domain"] == "api_development"
     assert stored["example_json_schema"]["properties"]["task"]["maxLength"] == 120
@@ -132,7 +137,9 @@ def test_unsafe_partition_key_rejected(warehouse_root: Path, schemas_dir: Path) 
     ctx = dg.build_asset_context(partition_key="../../etc", instance=instance)
     with pytest.raises(dg.Failure, match="unsafe domain name"):
         domain_schema(
-            ctx, warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir))
+            ctx,
+            warehouse=WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir)),
+            llm=LLMResource(profile="local"),
         )
 
 
@@ -284,11 +291,23 @@ def test_full_graph_with_the_shipped_diversity_threshold(
     warehouse_root: Path, schemas_dir: Path, scripted_backends
 ) -> None:
     """The real gate, not the zeroed fixture: scripted replies draw on a 24-word vocabulary, so their
-    diversity (~0.24) is below the shipped threshold, the blocking check fails, and the program is
-    not built on them."""
-    from synth_pipelines.spec.model import load_spec
+    diversity (~0.24) is below the shipped threshold (the local profile's calibrated one, as the
+    shipped spec says auto), the blocking check fails, and the program is not built on them."""
+    import yaml
 
-    threshold = load_spec(schemas_dir / "api_development.yaml").spec.validation.diversity_threshold
+    from synth_pipelines.llm.config import load_profile
+    from synth_pipelines.spec.model import load_spec
+    from synth_pipelines.validation.calibration import resolve_thresholds
+
+    # Random words are off topic by construction: the shipped on-topic gate would stop them before
+    # the diversity gate this test is about, so only that gate is turned off here.
+    path = schemas_dir / "api_development.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("validation", {})["on_topic_threshold"] = -1.0
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_spec(path).spec
+    assert spec.validation.diversity_threshold == "auto"
+    threshold = resolve_thresholds(spec, load_profile("local"))[0].validation.min_diversity
     assert threshold > 0
     result = materialize_domain(
         "api_development",

@@ -177,7 +177,7 @@ def test_errors_are_short_and_nonzero(tmp_path: Path) -> None:
         "--warehouse",
         str(tmp_path / "empty"),
     )
-    assert code == 1 and "no validated examples" in out
+    assert code == 1 and "has not been generated" in out and "synth generate --domain api_development" in out
 
 
 def test_entry_point_process_exits_with_the_commands_code(tmp_path: Path) -> None:

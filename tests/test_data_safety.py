@@ -337,7 +337,7 @@ def _program_spec(metric: str, optimizer: str = "labeled_few_shot"):  # type: ig
                 "max_demos": 2,
             },
         }
-    )
+    ).with_panel(None, "uncalibrated")[0]
 
 
 def _compiled(spec):  # type: ignore[no-untyped-def]

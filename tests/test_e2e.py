@@ -66,3 +66,40 @@ def test_full_graph_on_bundled_local_models_with_shipped_settings(tmp_path: Path
     )
     assert sum(int(m.get("model_calls", 0) or 0) for m in again.values()) == 0
     assert again["validated_examples"]["rows"] == validated["rows"]
+
+
+def test_a_new_spec_from_a_template_runs_on_the_embedded_default_as_written(tmp_path: Path) -> None:
+    """A user's first spec: `synth schema new` from a template, no threshold edited. Its `auto`
+    thresholds come from the local profile's calibration, so the embedded models carry it end to
+    end and accept a non-empty set (with the design's fixed 0.75 they accepted nothing)."""
+    from typer.testing import CliRunner
+
+    from synth_pipelines.cli import app
+
+    schemas = tmp_path / "schemas"
+    created = CliRunner().invoke(
+        app, ["schema", "new", "my_api_calls", "--type", "api-example", "--schemas", str(schemas)]
+    )
+    assert created.exit_code == 0, created.output
+    spec = load_spec(schemas / "my_api_calls.yaml").spec
+    assert spec.validation.consensus_threshold == "auto" and spec.validation.diversity_threshold == "auto"
+    warehouse = tmp_path / "warehouse"
+    res = {
+        "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(schemas)),
+        "llm": LLMResource(profile="local"),
+        "embedder": EmbedderResource(),
+    }
+    result = materialize_domain(
+        "my_api_calls", instance=dg.DagsterInstance.ephemeral(), target_count=6, resources=res
+    )
+    assert result.success
+    meta = materialization_metadata(result)
+    assert len(meta) == 7  # all seven assets, the compiled program included
+    assert meta["validated_examples"]["rows"] >= 1
+    accepted = duckdb.sql(
+        "select conditions_json, example_json from "
+        f"read_parquet('{warehouse}/validated_examples/*/*.parquet')"
+    ).fetchall()
+    for conditions, example in accepted:  # the template's rules held
+        if json.loads(conditions).get("operation") == "read":
+            assert json.loads(example)["method"] == "GET"

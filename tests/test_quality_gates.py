@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pytest
 
@@ -30,6 +31,7 @@ SPEC = parse_spec(
         "validation": {"min_pass_rate": 0.8, "diversity_threshold": 0.5},
     }
 )
+SPEC = SPEC.with_panel(None, "uncalibrated")[0]  # consensus: the design's 0.75
 
 
 def test_schema_compliance_gate() -> None:
@@ -133,7 +135,9 @@ def test_embedding_clusters_link_close_vectors_only() -> None:
 def test_failing_blocking_check_stops_downstream(
     warehouse_root: Path, schemas_dir: Path, scripted_backends
 ) -> None:
-    """Scripted replies share a small vocabulary: the diversity gate fails and compiled_program never runs."""
+    """Scripted replies are random words from a small vocabulary: the shipped on-topic gate rejects
+    them all before any judge, nothing is judged, the blocking consensus_pass_rate check fails, and
+    nothing downstream of validated_examples runs. (The diversity gate on its own: test_assets.)"""
     res = {
         "warehouse": WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir)),
         "llm": LLMResource(profile="local"),
@@ -144,18 +148,20 @@ def test_failing_blocking_check_stops_downstream(
     )
     assert not result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "example_embeddings" in materialized and "compiled_program" not in materialized
+    assert "validated_examples" in materialized
+    assert not materialized & {"example_embeddings", "compiled_program"}
     evaluations = {
         e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
-    diversity = evaluations["embedding_diversity"]
-    assert not diversity.passed
-    assert diversity.metadata["threshold"].value == 0.3
-    assert diversity.metadata["measured"].value < 0.3
-    for name in ("schema_compliance", "no_exact_duplicates"):
-        assert evaluations[name].passed, name
+    assert not evaluations["consensus_pass_rate"].passed
+    assert evaluations["consensus_pass_rate"].metadata["detail"].value["judged"] == 0
+    stages = duckdb.sql(
+        "select fail_stage, count(*) from "
+        f"read_parquet('{warehouse_root}/rejected_examples/*/*.parquet') group by 1"
+    ).fetchall()
+    assert dict(stages).get("off_topic", 0) >= 1 and "consensus" not in dict(stages)
 
 
 def test_great_expectations_suite_from_spec() -> None:

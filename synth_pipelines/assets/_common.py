@@ -13,14 +13,13 @@ from synth_pipelines.warehouse.storage import SPEC_FILE, Warehouse
 
 def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:
     """The spec as ``domain_schema`` last validated it (downstream assets never re-read the YAML)."""
-    path = warehouse.file(SPEC_FILE, domain)
-    if not path.is_file():
+    spec = warehouse.materialized_spec(domain)
+    if spec is None:
         raise dg.Failure(
-            description=f"domain_schema has not been materialized for {domain!r} (no {path}). "
-            "Materialize domain_schema for this partition first."
+            description=f"domain_schema has not been materialized for {domain!r} (no "
+            f"{warehouse.file(SPEC_FILE, domain)}). Materialize domain_schema for this partition first."
         )
-    payload = json.loads(path.read_text())
-    return DomainSpec.model_validate(payload["spec"])
+    return spec
 
 
 def require_upstream(warehouse: Warehouse, asset: str, domain: str) -> Any:

@@ -118,9 +118,7 @@ def embedding_diversity(
     spec = load_materialized_spec(wh, domain)
     stats = wh.diversity_stats(domain)
     threshold = (
-        spec.validation.diversity_threshold
-        if config.diversity_threshold is None
-        else config.diversity_threshold
+        spec.validation.min_diversity if config.diversity_threshold is None else config.diversity_threshold
     )
     gate = gates.diversity(stats.get("mean_pairwise_cosine_distance"), threshold)
     gate.detail = stats

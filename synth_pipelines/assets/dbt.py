@@ -22,9 +22,23 @@ DBT_EXECUTABLE = (
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
 
+def _manifest_is_stale(manifest: Path) -> bool:
+    """Missing (fresh clone), or older than a file of the project (a model, test or the project
+    file was edited): the assets and their check keys must come from the project as it is."""
+    if not manifest.exists():
+        return True
+    built = manifest.stat().st_mtime
+    sources = [
+        DBT_PROJECT_DIR / "dbt_project.yml",
+        *DBT_PROJECT_DIR.glob("models/**/*"),
+        *DBT_PROJECT_DIR.glob("tests/**/*"),
+    ]
+    return any(path.is_file() and path.stat().st_mtime > built for path in sources)
+
+
 def ensure_manifest() -> Path:
-    """Parse the dbt project once if its manifest is missing (fresh clone); ``dagster dev`` re-parses."""
-    if not dbt_project.manifest_path.exists():
+    """Parse the dbt project when its manifest is missing or older than the project's files."""
+    if _manifest_is_stale(dbt_project.manifest_path):
         subprocess.run(
             [
                 DBT_EXECUTABLE,

@@ -16,6 +16,7 @@ from synth_pipelines.generation.matrix import build_matrix, feedback_extras
 from synth_pipelines.generation.seeds import build_seed_problems
 from synth_pipelines.learning.feedback import feedback_targets, record_feedback_targets
 from synth_pipelines.llm.backends import ProviderConfigError
+from synth_pipelines.llm.config import ProfileError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import LLMResource, WarehouseResource
@@ -23,6 +24,7 @@ from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.spec.example_schema import example_json_schema
 from synth_pipelines.spec.model import SpecError, load_spec, spec_digest, spec_path_for
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+from synth_pipelines.validation.calibration import resolve_thresholds
 from synth_pipelines.warehouse.storage import SPEC_FILE
 from synth_pipelines.warehouse.tables import PROBLEM_MATRIX, SEED_PROBLEMS, spec_table, to_table
 
@@ -30,12 +32,18 @@ GROUP = "synthesis"
 
 
 @dg.asset(partitions_def=domain_partitions, group_name=GROUP, kinds={"yaml", "json"})
-def domain_schema(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def domain_schema(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, llm: LLMResource
+) -> dg.MaterializeResult:
     """The parsed and validated domain spec (grain: one spec per domain).
 
-    Reads ``schemas/<domain>.yaml``, validates it and compiles its fields to the example model and
-    JSON schema. Its data version is the SHA-256 of the file, so editing the spec marks everything
-    downstream stale. An invalid spec fails here, naming the file and field, and nothing downstream runs.
+    Reads ``schemas/<domain>.yaml``, validates it (rules' SQL included) and compiles its fields to
+    the example model and JSON schema. ``consensus_threshold: auto`` becomes the calibrated threshold
+    of the provider profile's validator panel (the design's 0.75 for an uncalibrated panel), so
+    every later asset reads a number. Its data version is the SHA-256 of the file plus that
+    threshold, so editing the spec or switching to a panel calibrated differently marks everything
+    downstream stale. An invalid spec fails here, naming the file and field, and nothing downstream
+    runs.
     """
     domain = context.partition_key
     try:
@@ -44,7 +52,11 @@ def domain_schema(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         loaded = load_spec(path)
     except (UnsafeDomainError, FileNotFoundError, SpecError) as e:
         raise dg.Failure(description=str(e)) from e
-    spec = loaded.spec
+    try:
+        profile = llm.load_profile()
+    except ProfileError as e:
+        raise dg.Failure(description=str(e)) from e
+    spec, threshold_sources = resolve_thresholds(loaded.spec, profile)
     schema = example_json_schema(spec)
     wh = warehouse.get()
     out = wh.write_json(
@@ -53,13 +65,16 @@ def domain_schema(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
             "file": str(path),
             "file_hash": loaded.file_hash,
             "spec_digest": spec_digest(spec),
+            "threshold_sources": threshold_sources,
             "spec": spec.model_dump(mode="json"),
             "example_json_schema": schema,
         },
     )
     wh.replace_domain_rows("domain_specs", domain, spec_table(spec, loaded.file_hash))
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(loaded.file_hash),
+        data_version=dg.DataVersion(
+            f"{loaded.file_hash}:{spec.validation.threshold:g}:{spec.validation.min_diversity:g}"
+        ),
         metadata={
             "spec_file": dg.MetadataValue.path(str(path)),
             "file_sha256": loaded.file_hash,
@@ -71,6 +86,10 @@ def domain_schema(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
             "matrix_dimensions": dg.MetadataValue.json(spec.matrix.dimensions),
             "complexity": dg.MetadataValue.json(spec.matrix.complexity),
             "target_count": spec.target_count,
+            "consensus_threshold": spec.validation.threshold,
+            "diversity_threshold": spec.validation.min_diversity,
+            "threshold_sources": dg.MetadataValue.json(threshold_sources),
+            "rules": len(spec.rules),
             "training_format": spec.training_format,
             "example_json_schema": dg.MetadataValue.json(schema),
         },

@@ -80,7 +80,7 @@ def example_embeddings(
             [
                 {
                     **{k: stats.get(k) for k in DOMAIN_DIVERSITY.names},
-                    "diversity_threshold": spec.validation.diversity_threshold,
+                    "diversity_threshold": spec.validation.min_diversity,
                 }
             ],
             DOMAIN_DIVERSITY,

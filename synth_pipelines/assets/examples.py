@@ -22,7 +22,7 @@ from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
-from synth_pipelines.resources import LLMResource, WarehouseResource
+from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.validation.consensus import resolve_judges
 from synth_pipelines.validation.examples import ValidationOutcome, validate_examples
@@ -208,12 +208,15 @@ def validated_examples(
     config: ValidationConfig,
     warehouse: WarehouseResource,
     llm: LLMResource,
+    embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     """Examples that passed every gate (grain: one row per accepted example).
 
-    Gates, in order: rule-based schema compliance and degenerate-text checks, exact-duplicate
-    removal on the spec's uniqueness fields, then multi-model validation (weighted consensus of
-    the validator models against the spec's threshold), then near-duplicate removal. Accepted rows
+    Gates, in order: rule-based schema compliance and degenerate-text checks, the spec's SQL rules,
+    exact-duplicate removal on the spec's uniqueness fields, the on-topic gate (similarity of the
+    example to its problem, when the profile's calibration turns it on), then multi-model
+    validation (weighted consensus of the validator models against the spec's threshold), then
+    near-duplicate removal. Accepted rows
     keep their provenance and per-validator scores; rejected rows land in ``rejected_examples``
     with stage and reasons (always written, even when nothing is accepted). Also written to the
     DuckDB tables ``validated_examples`` and ``rejected_examples``. When no judge could score
@@ -234,7 +237,15 @@ def validated_examples(
     )
     try:
         outcome = validate_examples(
-            spec, raw, client, judges, early_stop=config.early_stop, progress=progress
+            spec,
+            raw,
+            client,
+            judges,
+            early_stop=config.early_stop,
+            progress=progress,
+            similarity=lambda problems, texts: embedder.similarity(
+                problems, texts, cache_path=wh.embedding_cache_path
+            ),
         )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(
@@ -287,7 +298,7 @@ def _validation_metadata(spec: Any, n: int, outcome: ValidationOutcome, judges: 
         "mean_consensus": dg.MetadataValue.float(
             round(sum(consensus_values) / len(consensus_values), 4) if consensus_values else 0.0
         ),
-        "consensus_threshold": spec.validation.consensus_threshold,
+        "consensus_threshold": spec.validation.threshold,
         "validators": dg.MetadataValue.json([j.model_dump() for j in judges]),
         "validator_calls_skipped": sum(v.skipped_calls for v in verdicts),
         "judge_calls_failed": len([j for j in outcome.judge_calls if j.error]),

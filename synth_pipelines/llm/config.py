@@ -78,6 +78,28 @@ class WeightedModel(BaseModel):
     weight: float = Field(default=1.0, gt=0)
 
 
+class PanelCalibration(BaseModel):
+    """What ``synth calibrate`` measured for a validator panel on labelled sets: the consensus that
+    best separates good from bad (max Cohen's kappa) and how well it did. Specs that say
+    ``consensus_threshold: auto`` use ``consensus_threshold``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    consensus_threshold: float = Field(ge=0, le=1)
+    kappa: float | None = Field(default=None, ge=-1, le=1)
+    accuracy: float | None = Field(default=None, ge=0, le=1)
+    rows: int | None = Field(default=None, ge=0)
+    labelled_sets: list[str] = Field(default_factory=list)
+    measured: str = ""
+    # What the profile's generator reaches on the diversity gate (mean pairwise cosine distance of
+    # MiniLM embeddings); specs with ``diversity_threshold: auto`` use it. None: the design's 0.7.
+    diversity_threshold: float | None = Field(default=None, ge=0, le=2)
+    # The problem-to-example cosine similarity below which an example is off topic, calibrated
+    # jointly with the consensus threshold. None: no on-topic gate.
+    on_topic_threshold: float | None = Field(default=None, ge=-1, le=1)
+    note: str = ""
+
+
 class Roles(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,6 +108,8 @@ class Roles(BaseModel):
     strategy: Literal["declared", "cost", "quality", "speed", "balanced"] = "declared"
     validators: list[WeightedModel] = Field(min_length=1)
     program: str
+    # The validator panel's calibration (None: never calibrated; ``auto`` specs then use 0.75).
+    calibration: PanelCalibration | None = None
 
 
 class ProviderProfile(BaseModel):

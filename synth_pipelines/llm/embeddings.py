@@ -354,6 +354,16 @@ def embed_texts(
     return out
 
 
+def pair_similarity(first: list[str], second: list[str], **embed_options: Any) -> list[float]:
+    """Cosine similarity of ``first[i]`` and ``second[i]`` for every i, in one embedding batch
+    (``embed_options`` go to :func:`embed_texts`)."""
+    if len(first) != len(second):
+        raise ValueError("pair_similarity needs two lists of the same length")
+    vectors = embed_texts([*first, *second], **embed_options)
+    n = len(first)
+    return [float(x) for x in (vectors[:n] * vectors[n:]).sum(axis=1)]  # both L2-normalized
+
+
 def _compute(texts: list[str], folder: Path, batch_size: int, backend: EmbeddingBackend) -> np.ndarray:
     with _LOCK:
         if backend == "torch":

@@ -7,7 +7,13 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from synth_pipelines.llm.embeddings import EMBEDDING_MODEL_NAME, EmbeddingBackend, backend_report, embed_texts
+from synth_pipelines.llm.embeddings import (
+    EMBEDDING_MODEL_NAME,
+    EmbeddingBackend,
+    backend_report,
+    embed_texts,
+    pair_similarity,
+)
 
 
 class EmbedderResource(dg.ConfigurableResource):
@@ -34,6 +40,19 @@ class EmbedderResource(dg.ConfigurableResource):
         read back, so an unchanged rerun loads no model."""
         return embed_texts(
             texts,
+            model_dir=self.model_dir,
+            batch_size=self.batch_size,
+            backend=self._backend(),
+            cache_path=cache_path,
+        )
+
+    def similarity(
+        self, first: list[str], second: list[str], *, cache_path: Path | None = None
+    ) -> list[float]:
+        """Cosine similarity of each pair ``first[i]``, ``second[i]`` (the on-topic gate)."""
+        return pair_similarity(
+            first,
+            second,
             model_dir=self.model_dir,
             batch_size=self.batch_size,
             backend=self._backend(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -108,6 +108,23 @@ class MatrixSpec(_Strict):
         return self
 
 
+class RuleSpec(_Strict):
+    """A declarative rule: a DuckDB SQL boolean expression over the example's fields and its matrix
+    conditions (see ``spec/rules.py``), checked before any judge. ``when`` limits it to some rows."""
+
+    name: str = Field(min_length=1, max_length=80)
+    check: str = Field(min_length=1, max_length=2000)
+    when: str | None = Field(default=None, min_length=1, max_length=2000)
+    message: str | None = Field(default=None, max_length=300)
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not value.replace("-", "_").isidentifier():
+            raise ValueError(f"rule name {value!r} must be a word (letters, digits, _ or -)")
+        return value
+
+
 class ValidatorSpec(_Strict):
     """A validator model and its weight in the consensus. ``model`` names a model in the provider config."""
 
@@ -115,16 +132,56 @@ class ValidatorSpec(_Strict):
     weight: float = Field(default=1.0, gt=0)
 
 
+# The consensus a panel that nobody calibrated must reach, and the diversity (mean pairwise cosine
+# distance) a generator nobody calibrated must reach: the design's defaults.
+DESIGN_CONSENSUS_THRESHOLD = 0.75
+DESIGN_DIVERSITY_THRESHOLD = 0.7
+# No on-topic gate unless a profile's calibration found one that helps (-1: cosine never below).
+DESIGN_ON_TOPIC_THRESHOLD = -1.0
+
+
 class ValidationSpec(_Strict):
-    consensus_threshold: float = Field(default=0.75, ge=0, le=1)
+    # ``auto``: the calibrated threshold of the provider profile's validator panel (or the design's
+    # 0.75 for a panel never calibrated); a number overrides it. Resolved when ``domain_schema``
+    # snapshots the spec, so every later asset sees a number (``threshold``).
+    consensus_threshold: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = "auto"
     min_pass_rate: float = Field(default=0.85, ge=0, le=1)
-    diversity_threshold: float = Field(default=0.7, ge=0, le=2)
+    # ``auto``: what the provider profile's calibration says its generator reaches (0.7 when
+    # nobody calibrated it); a number overrides it. Resolved with the consensus threshold.
+    diversity_threshold: Annotated[float, Field(ge=0, le=2)] | Literal["auto"] = "auto"
+    # The cosine similarity (MiniLM) an example's text must reach with the problem it was written
+    # for, checked before any judge. ``auto``: the profile's calibrated value (off when none).
+    on_topic_threshold: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = "auto"
     # Estimated Jaccard similarity of word 3-grams at which two accepted examples are near duplicates.
     near_duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
     # Cosine similarity at which two examples' embeddings fall in one semantic cluster.
     cluster_threshold: float = Field(default=0.85, gt=0, le=1)
     criteria: list[str] = Field(default_factory=lambda: ["coherence", "accuracy", "relevance"], min_length=1)
     validators: list[ValidatorSpec] = Field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        """The consensus an example needs. Only a resolved spec has one (see ``with_panel``)."""
+        if isinstance(self.consensus_threshold, str):
+            raise ValueError(
+                "consensus_threshold is 'auto' and was not resolved against a validator panel "
+                "(DomainSpec.with_panel)"
+            )
+        return float(self.consensus_threshold)
+
+    @property
+    def min_on_topic(self) -> float:
+        """The problem-to-example similarity an example must reach. Only a resolved spec has one."""
+        if isinstance(self.on_topic_threshold, str):
+            raise ValueError("on_topic_threshold is 'auto' and was not resolved (DomainSpec.with_panel)")
+        return float(self.on_topic_threshold)
+
+    @property
+    def min_diversity(self) -> float:
+        """The diversity the domain's embeddings must reach. Only a resolved spec has one."""
+        if isinstance(self.diversity_threshold, str):
+            raise ValueError("diversity_threshold is 'auto' and was not resolved (DomainSpec.with_panel)")
+        return float(self.diversity_threshold)
 
 
 class ProgramSpec(_Strict):
@@ -192,6 +249,7 @@ class DomainSpec(_Strict):
     privacy: Privacy = Field(default_factory=Privacy)
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     verification: VerificationSpec | None = None
+    rules: list[RuleSpec] = Field(default_factory=list)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -213,6 +271,10 @@ class DomainSpec(_Strict):
         for name in self.fields:
             if not name.isidentifier() or name.startswith("_"):
                 raise ValueError(f"field name {name!r} must be a Python identifier not starting with '_'")
+        rule_names = [r.name for r in self.rules]
+        if len(set(rule_names)) != len(rule_names):
+            repeated = sorted({n for n in rule_names if rule_names.count(n) > 1})
+            raise ValueError(f"rules: each name must be unique; repeated: {repeated}")
         unknown = [f for f in self.constraints.uniqueness if f not in self.fields]
         if unknown:
             raise ValueError(
@@ -250,6 +312,36 @@ class DomainSpec(_Strict):
             return ProgramSpec(inputs=names, outputs=names)
         return ProgramSpec(inputs=names[:1], outputs=names[1:])
 
+    def with_panel(
+        self,
+        calibrated: float | None,
+        panel: str,
+        *,
+        diversity: float | None = None,
+        on_topic: float | None = None,
+    ) -> tuple[DomainSpec, dict[str, str]]:
+        """This spec with every ``auto`` threshold replaced: the consensus threshold by the panel's
+        calibrated value (``calibrated``), the diversity threshold by what the profile's generator
+        was calibrated to reach (``diversity``); None means never calibrated, so the design default.
+        Also returns where each number came from, for metadata and docs."""
+        update: dict[str, float] = {}
+        sources: dict[str, str] = {}
+        for name, value, default in (
+            ("consensus_threshold", calibrated, DESIGN_CONSENSUS_THRESHOLD),
+            ("diversity_threshold", diversity, DESIGN_DIVERSITY_THRESHOLD),
+            ("on_topic_threshold", on_topic, DESIGN_ON_TOPIC_THRESHOLD),
+        ):
+            if not isinstance(getattr(self.validation, name), str):
+                sources[name] = "set in the spec"
+            elif value is None:
+                update[name] = default
+                sources[name] = f"auto: profile {panel!r} is not calibrated, design default"
+            else:
+                update[name], sources[name] = value, f"auto: calibrated for profile {panel!r}"
+        if not update:
+            return self, sources
+        return self.model_copy(update={"validation": self.validation.model_copy(update=update)}), sources
+
     def uniqueness_fields(self) -> list[str]:
         return list(self.constraints.uniqueness) or list(self.fields)
 
@@ -286,14 +378,21 @@ def _explain(error: dict[str, Any]) -> str:
 
 
 def parse_spec(data: Any, *, path: str | Path = "<memory>") -> DomainSpec:
-    """Validate already-loaded YAML data; raise :class:`SpecError` naming the path of every problem."""
+    """Validate already-loaded YAML data; raise :class:`SpecError` naming the path of every problem
+    (a rule whose SQL does not compile is one, named by the rule)."""
+    from synth_pipelines.spec.rules import rule_problems
+
     if not isinstance(data, dict):
         raise SpecError(path, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     try:
-        return DomainSpec.model_validate(data)
+        spec = DomainSpec.model_validate(data)
     except ValidationError as e:
         problems = [(_format_loc(err["loc"]), _explain(dict(err))) for err in e.errors()]
         raise SpecError(path, problems) from None
+    problems = rule_problems(spec)
+    if problems:
+        raise SpecError(path, problems)
+    return spec
 
 
 def load_spec(path: str | Path) -> LoadedSpec:

@@ -160,7 +160,7 @@ async def ajudge_example(
     early_stop: bool = True,
 ) -> Consensus:
     """Judges in descending weight, stopping once the rest could not change the outcome."""
-    threshold = spec.validation.consensus_threshold
+    threshold = spec.validation.threshold
     messages = judge_messages(spec, problem, example)
     done: list[JudgeScore] = []
     for i, judge in enumerate(judges):

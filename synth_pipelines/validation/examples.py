@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,12 +21,16 @@ import pyarrow as pa
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import WeightedModel
 from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_example
 from synth_pipelines.validation.dedup import near_duplicate_selection
 from synth_pipelines.validation.rules import dedup_key, example_json_text, rule_check
 from synth_pipelines.warehouse.progress import Progress
 from synth_pipelines.warehouse.tables import JUDGED, PROVENANCE, REJECTED_EXAMPLES, VALIDATED_EXAMPLES
+
+# (problems, example texts) -> cosine similarity of each pair.
+Similarity = Callable[[list[str], list[str]], Sequence[float]]
 
 
 @dataclass
@@ -61,10 +66,19 @@ def validate_examples(
     *,
     early_stop: bool = True,
     progress: Progress | None = None,
+    similarity: Similarity | None = None,
 ) -> ValidationOutcome:
     """Run every gate over ``raw`` (a ``raw_generations`` table). Judging runs on the client's pool;
-    a provider outage on every validator raises out of it (circuit open), never scores 0."""
-    cols = raw.select(["example_id", "status", "error", "example_json", "problem"]).to_pydict()
+    a provider outage on every validator raises out of it (circuit open), never scores 0.
+
+    ``similarity(problems, texts)`` gives the cosine similarity of each example's text to its
+    problem; it is needed when the spec's ``on_topic_threshold`` is on (above -1)."""
+    min_on_topic = spec.validation.min_on_topic
+    if min_on_topic > -1 and similarity is None:
+        raise ValueError("the spec's on_topic_threshold is on, but no similarity function was given")
+    cols = raw.select(
+        ["example_id", "status", "error", "example_json", "problem", "conditions_json", "complexity"]
+    ).to_pydict()
     n = raw.num_rows
     stage: list[str | None] = [None] * n
     reasons: list[list[str]] = [[] for _ in range(n)]
@@ -72,6 +86,7 @@ def validate_examples(
     keys: list[str | None] = [None] * n
     seen_keys: dict[str, str] = {}
     candidates: list[int] = []
+    compliant: list[int] = []
     for i in range(n):
         if cols["status"][i] != "ok":
             stage[i], reasons[i] = "generation", [cols["error"][i] or "generation failed"]
@@ -81,12 +96,39 @@ def validate_examples(
         if example is None or found:
             stage[i], reasons[i] = "rules", found
             continue
+        compliant.append(i)
+    # The spec's own rules, one vectorized DuckDB query over every compliant example.
+    broken = failed_rules(
+        spec,
+        [examples[i] or {} for i in compliant],
+        [
+            {**json.loads(cols["conditions_json"][i] or "{}"), "complexity": cols["complexity"][i]}
+            for i in compliant
+        ],
+    )
+    for i, messages in zip(compliant, broken, strict=True):
+        if messages:
+            stage[i], reasons[i] = "rules", messages
+            continue
+        example = examples[i] or {}
         key = keys[i] = dedup_key(spec, example)
         if key in seen_keys:
             stage[i], reasons[i] = "dedup", [f"exact duplicate of {seen_keys[key]}"]
             continue
         seen_keys[key] = cols["example_id"][i]
         candidates.append(i)
+    if min_on_topic > -1 and candidates and similarity is not None:
+        # Off topic: far from the problem it was written for (one embedding batch, before any judge).
+        texts = [example_text(examples[i] or {}) for i in candidates]
+        scores = similarity([cols["problem"][i] for i in candidates], texts)
+        kept = []
+        for i, score in zip(candidates, scores, strict=True):
+            if score < min_on_topic:
+                stage[i] = "off_topic"
+                reasons[i] = [f"off topic: similarity {score:.3f} to its problem, below {min_on_topic:.3f}"]
+            else:
+                kept.append(i)
+        candidates = kept
 
     if progress is not None and n > len(candidates):
         progress.advance(n - len(candidates))  # decided by the rules, no judge needed
@@ -145,7 +187,7 @@ def validate_examples(
         ],
         dedup_keys=keys,
         replaced=replaced,
-        threshold=spec.validation.consensus_threshold,
+        threshold=spec.validation.threshold,
         spec_version=spec.version_str,
     )
     rejected_judged = columns.for_rows(rejected)

@@ -8,12 +8,23 @@ from typing import Any
 
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.validation.consensus import judge_example, resolve_judges
 from synth_pipelines.validation.rules import dedup_key, rule_check
 
 
+def _conditions(spec: DomainSpec, row: dict[str, Any]) -> dict[str, str]:
+    """The matrix conditions of an outside row, for the spec's rules: a ``conditions`` object, or
+    columns named after the dimensions (and ``complexity``); rules whose ``when`` needs a missing
+    one do not apply."""
+    given: dict[str, Any] = row["conditions"] if isinstance(row.get("conditions"), dict) else {}
+    names = [*spec.matrix.dimensions, "complexity"]
+    return {n: str(v) for n in names if (v := given.get(n, row.get(n) if n not in spec.fields else None))}
+
+
 def validate_rows(spec: DomainSpec, rows: list[dict[str, Any]], client: LLMClient | None) -> dict[str, Any]:
-    """Rule checks, exact dedup and (with a client) the spec's validator models, row by row.
+    """Rule checks (the spec's SQL rules included), exact dedup and (with a client) the spec's
+    validator models, row by row.
 
     A row is either the example itself or holds it as ``example_json``.
     """
@@ -30,6 +41,8 @@ def validate_rows(spec: DomainSpec, rows: list[dict[str, Any]], client: LLMClien
             else json.dumps({k: v for k, v in row.items() if k in spec.fields})
         )
         example, reasons = rule_check(spec, raw)
+        if example is not None and not reasons and spec.rules:
+            reasons = failed_rules(spec, [example], [_conditions(spec, row)])[0]
         if example is None or reasons:
             results.append({"row": i, "passed": False, "stage": "rules", "reasons": reasons})
             continue

@@ -62,7 +62,7 @@ def consensus_pass_rate(
         detail={
             "judged": judged,
             "passed": passed,
-            "consensus_threshold": spec.validation.consensus_threshold,
+            "consensus_threshold": spec.validation.threshold,
             "mean_consensus_of_accepted": sum(consensus) / len(consensus) if consensus else None,
         },
     )

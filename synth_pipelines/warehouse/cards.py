@@ -56,7 +56,7 @@ def dataset_card(
             ),
             ("generated / accepted", f"{len(raw)} / {len(validated)}"),
             ("rejected by stage", ", ".join(f"{k}: {v}" for k, v in stages.most_common()) or "none"),
-            ("consensus threshold", spec.validation.consensus_threshold),
+            ("consensus threshold", spec.validation.threshold),
             ("consensus pass rate", f"{len(validated) / judged:.2%}" if judged else "n/a"),
             ("mean consensus (accepted)", f"{sum(consensus) / len(consensus):.3f}" if consensus else "n/a"),
             (

@@ -95,7 +95,7 @@ def dpo_rows(
     """Preference pairs for the generation task: candidates of one prompt (a matrix cell's problem),
     ranked by validator consensus; chosen = best, rejected = worst. Degenerate pairs are skipped:
     identical texts, both below the consensus threshold, or equal scores."""
-    threshold = spec.validation.consensus_threshold
+    threshold = spec.validation.threshold
     candidates = [r for r in validated] + [
         r
         for r in rejected

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from duckdb import DuckDBPyConnection
 from upath import UPath
 
+from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.names import validate_domain_name
 
 PART_FILE = "part-0.parquet"
@@ -284,6 +285,12 @@ class Warehouse:
     def file(self, template: str, domain: str) -> StoragePath:
         """A per-domain file of the layout above, e.g. ``wh.file(PROGRAM_FILE, "api_development")``."""
         return self.root / template.format(domain=validate_domain_name(domain))
+
+    def materialized_spec(self, domain: str) -> DomainSpec | None:
+        """The spec as ``domain_schema`` last snapshotted it (thresholds resolved against the panel),
+        or None before it has run. Assets and exports read this, never the YAML again."""
+        payload = self.read_json(SPEC_FILE.format(domain=validate_domain_name(domain)))
+        return DomainSpec.model_validate(payload["spec"]) if payload else None
 
     def diversity_stats(self, domain: str) -> dict[str, Any]:
         """What ``example_embeddings`` measured for the domain, or {} before it has run."""

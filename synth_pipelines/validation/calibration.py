@@ -1,0 +1,279 @@
+"""How often the gate is right: score a hand-labelled set with the rules and the judge panel, and find
+the consensus threshold that agrees best with the labels (Cohen's kappa).
+
+A labelled file is JSONL, one row per example::
+
+    {"label": "good" | "bad", "example": {...fields...}, "problem": "...",
+     "conditions": {"operation": "delete"}, "complexity": "simple", "why": "wrong method"}
+
+``problem``, ``conditions`` and ``complexity`` are what the matrix would have given the generator
+(rules and judges see them); ``why`` documents a bad row and is not used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.config import ProviderProfile, WeightedModel
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.rules import failed_rules
+from synth_pipelines.spec.text import example_text
+from synth_pipelines.validation.consensus import ajudge_example
+from synth_pipelines.validation.examples import Similarity
+from synth_pipelines.validation.rules import rule_check
+
+
+def resolve_thresholds(spec: DomainSpec, profile: ProviderProfile) -> tuple[DomainSpec, dict[str, str]]:
+    """``spec`` with its ``auto`` thresholds taken from the profile's calibration (design defaults
+    for a profile nobody calibrated), and where each number came from."""
+    calibration = profile.roles.calibration
+    return spec.with_panel(
+        calibration.consensus_threshold if calibration else None,
+        profile.name,
+        diversity=calibration.diversity_threshold if calibration else None,
+        on_topic=calibration.on_topic_threshold if calibration else None,
+    )
+
+
+class LabelledRow(BaseModel):
+    label: Literal["good", "bad"]
+    example: dict[str, Any]
+    problem: str = ""
+    conditions: dict[str, str] = Field(default_factory=dict)
+    complexity: str = "medium"
+    why: str = ""
+
+
+class LabelledFileError(ValueError):
+    pass
+
+
+def load_labelled(path: str | Path) -> list[LabelledRow]:
+    """Read a labelled JSONL file; an unreadable row is an error naming the file and line."""
+    p = Path(path)
+    rows: list[LabelledRow] = []
+    for number, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(LabelledRow.model_validate_json(line))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "<row>"
+            raise LabelledFileError(f"{p}:{number}: {where}: {first['msg']}") from None
+    if not rows:
+        raise LabelledFileError(f"{p}: no labelled rows")
+    return rows
+
+
+class GateScore(BaseModel):
+    """What the gate saw in one labelled row: the rule verdict and the panel's consensus."""
+
+    good: bool  # the label
+    rules_ok: bool
+    rule_reasons: list[str]
+    consensus: float | None = None  # None: rejected by the rules (not judged) or no judge answered
+    on_topic: float | None = None  # cosine similarity of the example to its problem (rows the rules pass)
+
+
+def score_rows(
+    spec: DomainSpec,
+    rows: Sequence[LabelledRow],
+    client: LLMClient | None,
+    judges: list[WeightedModel],
+    similarity: Similarity | None = None,
+) -> list[GateScore]:
+    """Rules on every row (one vectorized query for the spec's rules); the whole panel on the rows
+    the rules pass (no early stop: the full consensus is the score being calibrated)."""
+    parsed: list[dict[str, Any] | None] = []
+    reasons: list[list[str]] = []
+    for row in rows:
+        example, found = rule_check(spec, json.dumps(row.example), prompt_text=row.problem)
+        parsed.append(example)
+        reasons.append(found if example is not None else found or ["schema: invalid"])
+    compliant = [i for i, e in enumerate(parsed) if e is not None and not reasons[i]]
+    broken = failed_rules(
+        spec,
+        [parsed[i] or {} for i in compliant],
+        [{**rows[i].conditions, "complexity": rows[i].complexity} for i in compliant],
+    )
+    for i, messages in zip(compliant, broken, strict=True):
+        reasons[i] = messages
+    to_judge = [i for i in compliant if not reasons[i]]
+    on_topic: dict[int, float] = {}
+    if similarity is not None and to_judge:
+        similar = similarity(
+            [rows[i].problem for i in to_judge], [example_text(parsed[i] or {}) for i in to_judge]
+        )
+        on_topic = dict(zip(to_judge, similar, strict=True))
+    consensus: dict[int, float | None] = {}
+    if client is not None and to_judge:
+
+        async def judge(i: int) -> float | None:
+            verdict = await ajudge_example(
+                client,
+                spec,
+                judges,
+                example_id=f"labelled-{i}",
+                problem=rows[i].problem,
+                example=parsed[i] or {},
+                early_stop=False,
+            )
+            return verdict.consensus
+
+        try:
+            values = client.pool(judge, to_judge, width=client.concurrency_for(j.model for j in judges))
+        finally:
+            client.flush()
+        consensus = dict(zip(to_judge, values, strict=True))
+    return [
+        GateScore(
+            good=row.label == "good",
+            rules_ok=not reasons[i],
+            rule_reasons=reasons[i],
+            consensus=consensus.get(i),
+            on_topic=on_topic.get(i),
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+def cohen_kappa(predicted: Sequence[bool], truth: Sequence[bool]) -> float:
+    """Cohen's kappa of two binary raters: agreement beyond what chance would give (1 perfect, 0
+    chance, < 0 worse than chance). 0 when chance agreement is total (one rater constant)."""
+    n = len(truth)
+    if n == 0:
+        return 0.0
+    observed = sum(p == t for p, t in zip(predicted, truth, strict=True)) / n
+    p_yes, t_yes = sum(predicted) / n, sum(truth) / n
+    expected = p_yes * t_yes + (1 - p_yes) * (1 - t_yes)
+    return 0.0 if expected >= 1 else (observed - expected) / (1 - expected)
+
+
+class Agreement(BaseModel):
+    """How a gate's accept/reject agrees with the labels at one threshold (and on-topic minimum)."""
+
+    threshold: float | None
+    on_topic_threshold: float | None = None
+    kappa: float
+    accuracy: float
+    true_accept: int  # good, accepted
+    false_accept: int  # bad, accepted
+    true_reject: int  # bad, rejected
+    false_reject: int  # good, rejected
+    rows: int
+
+    def summary(self) -> str:
+        at = f"threshold {self.threshold:.3f}: " if self.threshold is not None else ""
+        if self.on_topic_threshold is not None:
+            at = f"{at[:-2]}, on_topic >= {self.on_topic_threshold:.3f}: "
+        return (
+            f"{at}kappa {self.kappa:.3f}, accuracy {self.accuracy:.1%} over {self.rows} rows "
+            f"(accepted good {self.true_accept}, accepted bad {self.false_accept}, "
+            f"rejected bad {self.true_reject}, rejected good {self.false_reject})"
+        )
+
+
+def agreement(accepted: Sequence[bool], truth: Sequence[bool], threshold: float | None) -> Agreement:
+    pairs = list(zip(accepted, truth, strict=True))
+    return Agreement(
+        threshold=threshold,
+        kappa=round(cohen_kappa(accepted, truth), 4),
+        accuracy=round(sum(a == t for a, t in pairs) / len(pairs), 4) if pairs else 0.0,
+        true_accept=sum(a and t for a, t in pairs),
+        false_accept=sum(a and not t for a, t in pairs),
+        true_reject=sum(not a and not t for a, t in pairs),
+        false_reject=sum(not a and t for a, t in pairs),
+        rows=len(pairs),
+    )
+
+
+def gate_accepts(scores: Sequence[GateScore], threshold: float, min_on_topic: float = -1.0) -> list[bool]:
+    """What the gate decides at ``threshold``: the rules pass, the example is on topic (when
+    ``min_on_topic`` is above -1) and the consensus reaches the threshold."""
+    return [
+        s.rules_ok
+        and s.consensus is not None
+        and round(s.consensus, 9) >= threshold
+        and (min_on_topic <= -1 or (s.on_topic is not None and s.on_topic >= min_on_topic))
+        for s in scores
+    ]
+
+
+def best_threshold(scores: Sequence[GateScore]) -> Agreement:
+    """The consensus threshold with the highest kappa against the labels (ties: the higher accuracy,
+    then the lower threshold, the one that keeps more data). Candidates are the consensus values
+    seen, plus 0 and a threshold above every value (reject all that reached the panel)."""
+    truth = [s.good for s in scores]
+    seen = sorted({round(s.consensus, 6) for s in scores if s.consensus is not None})
+    candidates = sorted({0.0, *seen, min(1.0, (seen[-1] if seen else 0.0) + 1e-6)})
+    best: Agreement | None = None
+    for t in candidates:
+        result = agreement(gate_accepts(scores, t), truth, t)
+        if best is None or (result.kappa, result.accuracy) > (best.kappa, best.accuracy):
+            best = result
+    assert best is not None
+    return best
+
+
+def best_thresholds(scores: Sequence[GateScore]) -> Agreement:
+    """The (consensus, on-topic) pair with the highest kappa (same tie rules as
+    :func:`best_threshold`); the on-topic gate stays off (None) unless it raises kappa."""
+    truth = [s.good for s in scores]
+    consensus_values = sorted({0.0, *(round(s.consensus, 6) for s in scores if s.consensus is not None)})
+    topic_values = sorted({-1.0, *(round(s.on_topic, 4) for s in scores if s.on_topic is not None)})
+    best: Agreement | None = None
+    for t in consensus_values:
+        for m in topic_values:
+            result = agreement(gate_accepts(scores, t, m), truth, t)
+            result.on_topic_threshold = None if m <= -1 else m
+            if best is None or (result.kappa, result.accuracy) > (best.kappa, best.accuracy):
+                best = result
+    assert best is not None
+    return best
+
+
+class DomainCalibration(BaseModel):
+    """One labelled set's result: the gate's scores, its best threshold, and the agreement of the
+    rules alone (every row the rules pass accepted)."""
+
+    domain: str
+    file: str
+    scores: list[GateScore]
+    best: Agreement
+    best_with_on_topic: Agreement
+    rules_only: Agreement
+
+
+def calibrate(
+    sets: Sequence[tuple[DomainSpec, str, list[LabelledRow]]],
+    client: LLMClient | None,
+    judges: list[WeightedModel],
+    similarity: Similarity | None = None,
+) -> tuple[list[DomainCalibration], Agreement]:
+    """Score every labelled set (spec, file, rows) and find each one's best thresholds and the ones
+    best over all of them pooled (a panel's threshold must hold across domains); with
+    ``similarity`` the on-topic gate is calibrated jointly, and kept only where it raises kappa."""
+    results: list[DomainCalibration] = []
+    for spec, file, rows in sets:
+        scores = score_rows(spec, rows, client, judges, similarity)
+        truth = [s.good for s in scores]
+        results.append(
+            DomainCalibration(
+                domain=spec.domain,
+                file=file,
+                scores=scores,
+                best=best_threshold(scores),
+                best_with_on_topic=best_thresholds(scores),
+                rules_only=agreement([s.rules_ok for s in scores], truth, None),
+            )
+        )
+    pooled_scores = [s for r in results for s in r.scores]
+    pooled = best_thresholds(pooled_scores) if similarity is not None else best_threshold(pooled_scores)
+    return results, pooled
