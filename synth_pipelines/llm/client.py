@@ -151,6 +151,31 @@ def parse_reply(text: str, response_model: type[T]) -> tuple[T | None, str | Non
         return None, f"schema violation at {loc}: {first['msg']} ({e.error_count()} error(s))"
 
 
+async def call_backend(
+    backend: Backend,
+    request: CompletionRequest,
+    response_model: type[BaseModel] | None,
+    mode: StructuredMode | None = None,
+) -> RawCompletion:
+    """One bare call of a backend (no cache, retry or limits): asynchronous backends are awaited
+    with the structured-output ``mode``; synchronous ones (embedded llama.cpp, scripted) run in a
+    worker thread, and a cancellable one is stopped if the caller gives up (a timeout)."""
+    acomplete = getattr(backend, "acomplete", None)
+    if acomplete is not None:
+        if mode is not None:
+            return await acomplete(request, response_model=response_model, mode=mode)
+        return await acomplete(request, response_model=response_model)
+    # In-process and scripted backends are synchronous: keep the loop free while they work.
+    if not getattr(backend, "supports_cancel", False):
+        return await asyncio.to_thread(backend.complete, request)
+    cancel = threading.Event()
+    try:
+        return await asyncio.to_thread(backend.complete, request, cancel)  # type: ignore[call-arg]
+    except BaseException:
+        cancel.set()  # a timeout (or any abandonment) stops the generation at its next token
+        raise
+
+
 @dataclass(slots=True)
 class _Call:
     """One completion in flight: what every attempt at it needs."""
@@ -291,28 +316,6 @@ class LLMClient:
         if batcher is None:
             batcher = _BATCHERS[key] = CacheBatcher(self.cache)
         return batcher
-
-    @staticmethod
-    async def _call(
-        backend: Backend,
-        request: CompletionRequest,
-        response_model: type[BaseModel] | None,
-        mode: StructuredMode | None = None,
-    ) -> RawCompletion:
-        acomplete = getattr(backend, "acomplete", None)
-        if acomplete is not None:
-            if mode is not None:
-                return await acomplete(request, response_model=response_model, mode=mode)
-            return await acomplete(request, response_model=response_model)
-        # In-process and scripted backends are synchronous: keep the loop free while they work.
-        if not getattr(backend, "supports_cancel", False):
-            return await asyncio.to_thread(backend.complete, request)
-        cancel = threading.Event()
-        try:
-            return await asyncio.to_thread(backend.complete, request, cancel)  # type: ignore[call-arg]
-        except BaseException:
-            cancel.set()  # a timeout (or any abandonment) stops the generation at its next token
-            raise
 
     # ------------------------------------------------------------------ structured-output modes
     def structured_mode(self, model: str) -> StructuredMode | None:
@@ -491,7 +494,7 @@ class LLMClient:
                 # unlike wait_for, makes no extra task).
                 deadline = None if getattr(backend, "enforces_timeout", False) else config.timeout_s
                 async with asyncio.timeout(deadline):
-                    raw = await self._call(backend, request, call.response_model, call.mode)
+                    raw = await call_backend(backend, request, call.response_model, call.mode)
             except TimeoutError:
                 error = ProviderError(
                     request.model, f"timed out after {config.timeout_s:g}s", retryable=True, kind="timeout"

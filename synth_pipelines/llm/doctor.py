@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from synth_pipelines.llm.backends import Backend, ProviderConfigError
-from synth_pipelines.llm.client import parse_reply
+from synth_pipelines.llm.client import call_backend, parse_reply
 from synth_pipelines.llm.config import ModelConfig
 from synth_pipelines.llm.structured import ModeMemory, StructuredMode, endpoint_key, mode_chain
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest, ProviderError, RawCompletion
@@ -80,12 +80,7 @@ async def _once(
     backend: Backend, config: ModelConfig, request: CompletionRequest, mode: StructuredMode | None
 ) -> RawCompletion:
     async with asyncio.timeout(config.timeout_s):
-        acomplete = getattr(backend, "acomplete", None)
-        if acomplete is None:
-            return await asyncio.to_thread(backend.complete, request)
-        if mode is None:
-            return await acomplete(request, response_model=ProbeReply)
-        return await acomplete(request, response_model=ProbeReply, mode=mode)
+        return await call_backend(backend, request, ProbeReply, mode)
 
 
 async def _try_mode(
