@@ -167,6 +167,48 @@ def test_calibrate_prints_kappa_and_the_profile_block(
     assert -1 <= calibration["kappa"] <= 1
 
 
+def test_calibrate_saves_a_calibrated_profile_with_the_measured_diversity(
+    tmp_path: Path, schemas_dir: Path, scripted_backends
+) -> None:
+    """--diversity reads what the generator reached per domain (80% of the lowest, rounded down);
+    --save writes the profile with the new block, and that profile loads and resolves `auto`."""
+    import pyarrow as pa
+
+    from synth_pipelines.llm.config import load_profile
+    from synth_pipelines.warehouse.storage import DIVERSITY_FILE
+
+    wh = Warehouse(tmp_path / "wh")
+    for domain, distance in (("api_development", 0.41), ("data_analysis", 0.52)):
+        wh.write_partition("example_embeddings", domain, pa.table({"example_id": ["x"]}))
+        wh.write_json(DIVERSITY_FILE.format(domain=domain), {"mean_pairwise_cosine_distance": distance})
+    saved = tmp_path / "calibrated.yaml"
+    result = CliRunner().invoke(
+        app,
+        ["calibrate", str(LABELLED / "api_development.jsonl"), "--profile", str(_profile_file(tmp_path)),
+         "--schemas", str(schemas_dir), "--warehouse", str(tmp_path / "wh"), "--diversity",
+         "--save", str(saved)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "diversity reached by the generator on api_development: 0.410" in result.output
+    profile = load_profile(str(saved))
+    assert profile.roles.calibration is not None
+    assert profile.roles.calibration.diversity_threshold == 0.32  # floor(0.8 * 0.41, 2)
+    assert profile.roles.calibration.rows == 41
+    assert set(profile.models) == set(load_profile(str(_profile_file(tmp_path))).models)
+
+
+def test_calibrate_diversity_without_embeddings_says_what_to_do(
+    tmp_path: Path, schemas_dir: Path, scripted_backends
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["calibrate", str(LABELLED / "api_development.jsonl"), "--profile", str(_profile_file(tmp_path)),
+         "--schemas", str(schemas_dir), "--warehouse", str(tmp_path / "empty"), "--diversity"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "no domain in the warehouse has example_embeddings yet" in result.output
+
+
 def test_the_on_topic_gate_is_kept_only_where_it_raises_kappa() -> None:
     on = [
         GateScore(good=True, rules_ok=True, rule_reasons=[], consensus=0.5, on_topic=0.7),

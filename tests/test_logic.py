@@ -145,3 +145,18 @@ def test_distinct_n() -> None:
 def test_placeholders_and_markup_are_degenerate_but_path_params_are_not() -> None:
     reasons = degenerate_reasons({"a": "{{data_quality}}", "b": "<img src='x.png'>", "c": "GET /users/{id}"})
     assert reasons == ["a: unfilled template placeholder", "b: contains HTML markup"]
+
+
+def test_random_looking_tokens_are_degenerate_but_identifiers_and_ids_are_not() -> None:
+    """What a tiny model writes when it derails (seen from SmolLM2 through llama.cpp's server) is
+    rejected before any judge; camelCase names, acronyms, UUIDs, paths and snake_case are not."""
+    garbage = "⃖x1345₉PATCH_MATCH⃖x7D-FKWLZJYUHJGtCzQ/BFFIwZSHEZXDyWRNnEiOgVhjvRl1A43fqTm8AwP,11"
+    reasons = degenerate_reasons(
+        {
+            "task": garbage,
+            "b": "Call getUserAccountSettingsById2024v2 then HTTPRequestXMLParserURLEncoder",
+            "c": "id 550e8400-e29b-41d4-a716-44665544abcd at /users/{id}/orders/{order_id}/items",
+            "d": "creating_new_user_account_with_email_and_token_12345",
+        }
+    )
+    assert reasons == ["task: random-looking token (garbage, a key or a token)"]

@@ -135,9 +135,16 @@ def test_embedding_clusters_link_close_vectors_only() -> None:
 def test_failing_blocking_check_stops_downstream(
     warehouse_root: Path, schemas_dir: Path, scripted_backends
 ) -> None:
-    """Scripted replies are random words from a small vocabulary: the shipped on-topic gate rejects
-    them all before any judge, nothing is judged, the blocking consensus_pass_rate check fails, and
-    nothing downstream of validated_examples runs. (The diversity gate on its own: test_assets.)"""
+    """Scripted replies are random words from a small vocabulary; with an on-topic gate at 0.99
+    (which no such reply reaches) every row is rejected before any judge, nothing is judged, the
+    blocking consensus_pass_rate check fails, and nothing downstream of validated_examples runs.
+    (The diversity gate on its own: test_assets.)"""
+    import yaml
+
+    spec_path = schemas_dir / "api_development.yaml"
+    data = yaml.safe_load(spec_path.read_text())
+    data.setdefault("validation", {})["on_topic_threshold"] = 0.99
+    spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
     res = {
         "warehouse": WarehouseResource(root=str(warehouse_root), schemas_dir=str(schemas_dir)),
         "llm": LLMResource(profile="local"),

@@ -114,11 +114,15 @@ def test_repeated_rule_names_are_refused() -> None:
 
 
 def test_validated_examples_rejects_rule_breakers_before_any_judge(
-    tmp_path: Path, schemas_dir: Path, scripted_backends
+    tmp_path: Path, schemas_dir: Path, scripted_backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The shipped api_development rules over scripted replies (random enum values): every row whose
     method contradicts its operation is rejected at stage `rules` with the rule's message, and never
-    judged; every accepted row obeys the rules."""
+    judged; every accepted row obeys the rules. The requests carry the full method enum here (no
+    per-cell narrowing), as a provider that ignores the schema would answer."""
+    from synth_pipelines.generation import examples as generation
+
+    monkeypatch.setattr(generation, "narrowed_enums", lambda *args, **kwargs: {})
     warehouse = tmp_path / "warehouse"
     result = materialize_domain(PIPELINE_ASSETS[:5], warehouse, schemas_dir, target=24)
     assert result.success
@@ -153,3 +157,40 @@ def test_outside_rows_meet_the_spec_rules_too() -> None:
     result = validate_rows(spec, rows, None)
     assert [r["passed"] for r in result["rows"]] == [False, True, True]
     assert result["rows"][0]["reasons"] == ["a delete task must use DELETE"]
+
+
+def test_rules_narrow_the_enum_offered_to_the_generator_per_cell() -> None:
+    """A rule decided by one enum field, for the cell's conditions, narrows that field in the
+    schema sent for the cell; a rule that also needs other fields, or that would allow nothing,
+    leaves it open. The reply is still checked against the full model."""
+    from synth_pipelines.generation.examples import PlannedItem, item_schema
+    from synth_pipelines.spec.rules import narrowed_enums
+
+    spec = load_spec(SHIPPED).spec
+    assert narrowed_enums(spec, {"operation": "read", "auth": "oauth2"}) == {"method": ["GET"]}
+    assert narrowed_enums(spec, {"operation": "update", "auth": "api_key"}) == {"method": ["PUT", "PATCH"]}
+    assert narrowed_enums(spec, {}) == {}  # no operation: no rule applies
+    mixed = parse_spec(_spec_with([
+        {"name": "a", "when": "operation = 'read'", "check": "method = 'GET' AND endpoint LIKE '/%'"},
+    ]))  # fmt: skip
+    assert narrowed_enums(mixed, {"operation": "read"}) == {}  # the check needs endpoint too
+    impossible = parse_spec(_spec_with([
+        {"name": "a", "check": "method = 'GET'"}, {"name": "b", "check": "method = 'POST'"},
+    ]))  # fmt: skip
+    assert narrowed_enums(impossible, {"operation": "read"}) == {}  # nothing would pass: left open
+    item = PlannedItem(
+        example_id="e1", cell_id="c1", seed_id="s1", problem="Fetch a user", complexity="simple",
+        conditions={"operation": "delete", "auth": "oauth2"}, seed=1, sample_index=0,
+    )  # fmt: skip
+    schema = item_schema(spec, item)
+    assert schema["properties"]["method"]["enum"] == ["DELETE"]
+    assert schema["properties"]["endpoint"] == item_schema(spec, item)["properties"]["endpoint"]
+    from synth_pipelines.spec.example_schema import example_json_schema
+
+    assert example_json_schema(spec)["properties"]["method"]["enum"] == [
+        "GET",
+        "POST",
+        "PUT",
+        "PATCH",
+        "DELETE",
+    ]

@@ -24,6 +24,7 @@ from synth_pipelines.llm.client import BudgetExhausted, LLMClient, prompt_hash
 from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.spec.example_schema import example_json_schema, example_model
 from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.rules import narrowed_enums
 from synth_pipelines.spec.text import stable_int
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.progress import Progress
@@ -117,12 +118,32 @@ def _max_chars(node: dict[str, Any]) -> int:
     return 12
 
 
-def field_guide(spec: DomainSpec) -> str:
+def item_schema(spec: DomainSpec, item: PlannedItem) -> dict[str, Any]:
+    """The JSON schema sent for one item: the spec's, with the enum fields that the spec's rules
+    decide for the item's cell narrowed to the values they allow (``spec.rules.narrowed_enums``),
+    so a constrained decoder cannot break them. Replies are still validated against the full model."""
+    base = example_json_schema(spec)
+    narrowed = narrowed_enums(spec, item.conditions, item.complexity)
+    properties = base.get("properties", {})
+    changed = {name: values for name, values in narrowed.items() if "enum" in properties.get(name, {})}
+    if not changed:
+        return base
+    return {
+        **base,
+        "properties": {
+            name: ({**node, "enum": changed[name]} if name in changed else node)
+            for name, node in properties.items()
+        },
+    }
+
+
+def field_guide(spec: DomainSpec, narrowed: dict[str, list[Any]] | None = None) -> str:
     lines = []
     for name, f in spec.fields.items():
         bits: list[str] = [f.type]
-        if f.enum:
-            bits.append("one of " + ", ".join(map(str, f.enum)))
+        enum = (narrowed or {}).get(name) or f.enum
+        if enum:
+            bits.append("one of " + ", ".join(map(str, enum)))
         if f.max_length:
             bits.append(f"at most {f.max_length} chars")
         lines.append(f"- {name} ({'; '.join(bits)}): {f.description}")
@@ -149,7 +170,7 @@ def build_messages(spec: DomainSpec, item: PlannedItem) -> list[ChatMessage]:
                 problem=item.problem,
                 conditions=conditions,
                 complexity=item.complexity,
-                field_guide=field_guide(spec),
+                field_guide=field_guide(spec, narrowed_enums(spec, item.conditions, item.complexity)),
                 example_block=example_block,
             ),
         ),
@@ -170,12 +191,11 @@ class GenerationOutcome(BaseModel):
 
 def plan_table(spec: DomainSpec, items: Iterable[PlannedItem]) -> pa.Table:
     """``plan_index, example_id, prompt_hash`` of every planned item: what the partition must hold."""
-    schema = example_json_schema(spec)
     ids: list[str] = []
     hashes: list[str] = []
     for item in items:
         ids.append(item.example_id)
-        hashes.append(prompt_hash(build_messages(spec, item), schema))
+        hashes.append(prompt_hash(build_messages(spec, item), item_schema(spec, item)))
     return pa.table(
         {
             "plan_index": pa.array(range(len(ids)), pa.int64()),
@@ -212,7 +232,6 @@ def generate_examples(
     pass at once with :class:`~synth_pipelines.llm.limits.CircuitOpen`, everything finished so far
     flushed. A spent budget stops new calls, but cached items are still served (they are free)."""
     model_cls = example_model(spec)
-    schema = example_json_schema(spec)
     temp = spec.hints.temperature if temperature is None else temperature
     max_tokens = max_tokens_for(spec)
     done = finished_keys(sink)
@@ -222,6 +241,7 @@ def generate_examples(
 
     async def run(item: PlannedItem) -> RawGeneration | None:
         messages = build_messages(spec, item)
+        schema = item_schema(spec, item)
         phash = prompt_hash(messages, schema)
         if (item.example_id, phash) in done:
             counts["resumed"] += 1

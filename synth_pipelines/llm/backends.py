@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from synth_pipelines.llm.cache import schema_text
@@ -212,6 +213,71 @@ class LlamaCppBackend:
             completion_tokens=int(usage.get("completion_tokens", 0)),
             finish_reason=str(out["choices"][0].get("finish_reason") or "stop"),
         )
+
+    # ---- likelihoods (judging by token probabilities instead of sampled text) -----------------
+
+    def render_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        """The exact text the model reads for ``messages``, ending where its reply starts: the GGUF's
+        own chat template (as ``create_chat_completion`` renders it), or the plain rendering for a
+        base model."""
+        if not self.config.chat_template:
+            return render_plain_prompt(messages)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        with self._lock:
+            llm = self._model()
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ProviderConfigError(
+                f"model {self.name!r}: the GGUF has no chat template; set chat_template: false in the profile"
+            )
+        bos, eos = llm.token_bos(), llm.token_eos()
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        )
+        # Plain role/content dicts are what the formatter reads (its TypedDict stubs are narrower).
+        return str(formatter(messages=[m.model_dump() for m in messages]).prompt)  # type: ignore[misc]
+
+    def token_ids(self, text: str) -> list[int]:
+        """``text`` as the model's tokens (no BOS)."""
+        with self._lock:
+            return list(self._model().tokenize(text.encode(), add_bos=False, special=False))
+
+    def _evaluate(self, llm: Any, tokens: list[int]) -> np.ndarray:
+        """Feed ``tokens`` after what is already evaluated; the log-probabilities of the next token.
+
+        Only the last position's logits are read, so this works on the shared context without
+        ``logits_all`` (which would cost n_ctx x vocabulary floats: 2 GB for Gemma's 262k vocabulary)."""
+        if llm.n_tokens + len(tokens) > llm.n_ctx():
+            raise ProviderError(
+                self.name, f"{llm.n_tokens + len(tokens)} tokens exceed the context window of {llm.n_ctx()}"
+            )
+        llm.eval(tokens)
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).astype(np.float64)
+        shifted = logits - logits.max()
+        return shifted - np.log(np.exp(shifted).sum())
+
+    def next_token_logprobs(self, prompt: str) -> np.ndarray:
+        """Log-probabilities over the whole vocabulary of the token that follows ``prompt``."""
+        with self._lock:
+            llm = self._model()
+            llm.reset()
+            return self._evaluate(llm, list(llm.tokenize(prompt.encode(), add_bos=True, special=True)))
+
+    def continuation_logprobs(self, prompt: str, continuation: str) -> list[float]:
+        """Log-probability of each token of ``continuation`` after ``prompt`` (token by token, so
+        no per-position logits are kept)."""
+        with self._lock:
+            llm = self._model()
+            llm.reset()
+            logprobs = self._evaluate(llm, list(llm.tokenize(prompt.encode(), add_bos=True, special=True)))
+            result: list[float] = []
+            for token in llm.tokenize(continuation.encode(), add_bos=False, special=False):
+                result.append(float(logprobs[token]))
+                logprobs = self._evaluate(llm, [token])
+            return result
 
 
 # --------------------------------------------------------------------------------------------------

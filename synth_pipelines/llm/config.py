@@ -151,8 +151,8 @@ def expand_env(text: str) -> str:
     return _ENV_REF.sub(repl, text)
 
 
-def load_profile(name_or_path: str) -> ProviderProfile:
-    """Load a profile by name (bundled) or by path. Errors name the file and the field."""
+def profile_path(name_or_path: str) -> Path:
+    """The YAML file of a bundled profile name or a path (a ProfileError when neither exists)."""
     candidate = Path(name_or_path)
     path = candidate if candidate.suffix in (".yaml", ".yml") else PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
@@ -160,6 +160,12 @@ def load_profile(name_or_path: str) -> ProviderProfile:
         raise ProfileError(
             f"provider profile {name_or_path!r} not found (looked for {path}); bundled: {known}"
         )
+    return path
+
+
+def load_profile(name_or_path: str) -> ProviderProfile:
+    """Load a profile by name (bundled) or by path. Errors name the file and the field."""
+    path = profile_path(name_or_path)
     try:
         data = yaml.safe_load(expand_env(path.read_text()))
         data.setdefault("name", path.stem)

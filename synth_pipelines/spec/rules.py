@@ -116,3 +116,91 @@ def failed_rules(
         conn.close()
     messages = [rule.message or f"fails rule {rule.name}: {rule.check}" for rule in spec.rules]
     return [[messages[k] for k, ok in enumerate(row[1:]) if not ok] for row in result]
+
+
+def narrowed_enums(
+    spec: DomainSpec, conditions: dict[str, str], complexity: str | None = None
+) -> dict[str, list[Any]]:
+    """The enum fields whose values the spec's rules decide for one matrix cell, and the values
+    they allow, so generation can be constrained to them (a read task is only offered GET).
+
+    For each rule whose ``when`` holds for the cell's conditions alone, and each enum field, the
+    ``check`` is evaluated with that field set to each of its values and every other field NULL.
+    Only a check that gives true or false for every value (it depends on that field alone, given
+    the cell) narrows the field; a field whose rules would allow nothing is left as it is (the
+    rules reject such rows anyway, and a generator must get some choice)."""
+    enum_fields = {name: f.enum for name, f in spec.fields.items() if f.enum}
+    if not spec.rules or not enum_fields:
+        return {}
+    key = (
+        tuple((r.when, r.check) for r in spec.rules),
+        tuple((n, tuple(map(str, v))) for n, v in enum_fields.items()),
+        tuple(sorted(conditions.items())),
+        complexity,
+        tuple(sorted(spec.fields)),
+        tuple(spec.matrix.dimensions),
+    )
+    cached = _NARROWED.get(key)
+    if cached is None:
+        cached = _narrow(spec, conditions, complexity, enum_fields)
+        if len(_NARROWED) > 4096:
+            _NARROWED.clear()
+        _NARROWED[key] = cached
+    return {name: list(values) for name, values in cached.items()}
+
+
+_NARROWED: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
+
+
+def _narrow(
+    spec: DomainSpec, conditions: dict[str, str], complexity: str | None, enum_fields: dict[str, list[Any]]
+) -> dict[str, list[Any]]:
+    import duckdb
+
+    schema = rule_schema(spec)
+    columns = condition_columns(spec)
+    cell = {column: conditions.get(dimension) for dimension, column in columns.items()}
+    if complexity is not None:
+        cell[columns["complexity"]] = complexity
+    probes: list[tuple[str, Any]] = [
+        (name, value) for name, values in enum_fields.items() for value in values
+    ]
+    rows = [{ROW_COLUMN: i, **cell, name: value} for i, (name, value) in enumerate(probes)]
+    try:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return {}  # an enum value that does not fit its column type: leave the field open
+    parts = []
+    for k, rule in enumerate(spec.rules):
+        applies = "true" if rule.when is None else f"coalesce(CAST(({rule.when}) AS BOOLEAN), false)"
+        parts.append(f"{applies} AS w{k}, CAST(({rule.check}) AS BOOLEAN) AS c{k}")
+    conn = _connect()
+    try:
+        conn.register("probes", table)
+        result = conn.execute(
+            f"SELECT {ROW_COLUMN}, {', '.join(parts)} FROM probes ORDER BY {ROW_COLUMN}"
+        ).fetchall()
+    except duckdb.Error:
+        return {}  # rule_problems reports bad SQL; generation is not the place to fail on it
+    finally:
+        conn.close()
+    allowed: dict[str, set[Any]] = {name: set(values) for name, values in enum_fields.items()}
+    for k in range(len(spec.rules)):
+        for name, values in enum_fields.items():
+            outcomes = [
+                (value, row[2 + 2 * k], row[1 + 2 * k])
+                for row, (field, value) in zip(result, probes, strict=True)
+                if field == name
+            ]
+            if not all(applies for _, _, applies in outcomes):
+                continue  # the rule does not apply to this cell
+            if any(ok is None for _, ok, _ in outcomes):
+                continue  # the check depends on more than this field
+            passing = {value for value, ok, _ in outcomes if ok}
+            if passing and passing != set(values):
+                allowed[name] &= passing
+    return {
+        name: [v for v in values if v in allowed[name]]
+        for name, values in enum_fields.items()
+        if allowed[name] and allowed[name] != set(values)
+    }

@@ -27,6 +27,7 @@ from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import ajudge_example
 from synth_pipelines.validation.examples import Similarity
 from synth_pipelines.validation.rules import rule_check
+from synth_pipelines.warehouse.storage import Warehouse
 
 
 def resolve_thresholds(spec: DomainSpec, profile: ProviderProfile) -> tuple[DomainSpec, dict[str, str]]:
@@ -277,3 +278,24 @@ def calibrate(
     pooled_scores = [s for r in results for s in r.scores]
     pooled = best_thresholds(pooled_scores) if similarity is not None else best_threshold(pooled_scores)
     return results, pooled
+
+
+# The share of the lowest diversity the generator reached that still passes: the gate flags a
+# collapse (a run far below what this generator normally does), not ordinary variation.
+DIVERSITY_MARGIN = 0.8
+
+
+def diversity_calibration(wh: Warehouse) -> tuple[dict[str, float], float | None]:
+    """The mean pairwise cosine distance each domain in the warehouse reached (from its
+    ``example_embeddings`` statistics), and the diversity threshold they support:
+    ``DIVERSITY_MARGIN`` x the lowest, rounded down to 0.01. None when no domain has any."""
+    import math
+
+    reached = {
+        domain: float(value)
+        for domain in wh.partition_domains("example_embeddings")
+        if (value := wh.diversity_stats(domain).get("mean_pairwise_cosine_distance")) is not None
+    }
+    if not reached:
+        return {}, None
+    return reached, math.floor(DIVERSITY_MARGIN * min(reached.values()) * 100) / 100

@@ -18,6 +18,24 @@ DIGIT_RUN = re.compile(r"\d{12,}")
 CHAR_RUN = re.compile(r"(.)\1{9,}")
 PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")  # {{name}}: single braces are legit (e.g. /users/{id})
 MARKUP = re.compile(r"</?(?:a|img|p|div|span|pre|br|html|body|script)\b[^>]*>", re.IGNORECASE)
+UPPER_RUN = re.compile(r"[A-Z]{2,}")
+
+
+def random_token(text: str) -> str | None:
+    """The first whitespace-free token that looks random rather than written: 20+ characters
+    mixing at least two digits, two runs of 2+ capitals and lowercase letters (base64-like
+    garbage, keys and tokens; camelCase has single capitals, hashes and UUIDs no capitals)."""
+    for token in text.split():
+        token = token.strip(".,;:!?()[]{}'\"")
+        if len(token) < 20:
+            continue
+        digits = sum(c.isdigit() for c in token)
+        lower = sum(c.islower() for c in token)
+        if digits >= 2 and lower >= 2 and len(UPPER_RUN.findall(token)) >= 2:
+            return token
+    return None
+
+
 BOILERPLATE = {"", "n/a", "na", "none", "null", "todo", "tbd", "string", "example", "lorem ipsum", "..."}
 PII_PATTERNS = {
     "email": re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"),
@@ -81,6 +99,8 @@ def degenerate_reasons(
             reasons.append(f"{name}: unfilled template placeholder")
         if MARKUP.search(text):
             reasons.append(f"{name}: contains HTML markup")
+        if random_token(text) is not None:
+            reasons.append(f"{name}: random-looking token (garbage, a key or a token)")
         if repetition_ratio(text) > max_repetition:
             reasons.append(f"{name}: repetitive text ({repetition_ratio(text):.2f} repeated trigrams)")
         if prompt_norm and len(norm) >= 40 and norm in prompt_norm:
