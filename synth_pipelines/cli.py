@@ -27,6 +27,7 @@ from synth_pipelines.spec.model import (
 )
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 from synth_pipelines.warehouse.storage import (
+    INDEX_FILE,
     PROGRAM_FILE,
     SPEC_FILE,
     StorageError,
@@ -99,6 +100,7 @@ def _progress_poller(wh: Warehouse, domain: str, started: float, done: threading
     outputs = {
         "domain_schema": wh.file(SPEC_FILE, domain),
         "compiled_program": wh.file(PROGRAM_FILE, domain),
+        "example_index": wh.file(INDEX_FILE, domain),
     }
 
     def finished() -> list[str]:
@@ -323,11 +325,22 @@ def calibrate(
     profile: ProfileOpt = None,
     schemas: SchemasOpt = None,
     warehouse: WarehouseOpt = None,
+    diversity: Annotated[
+        bool,
+        typer.Option(
+            help="Also calibrate diversity_threshold from what the generator reached on the domains "
+            "in the warehouse (80% of the lowest mean pairwise cosine distance)."
+        ),
+    ] = False,
+    save: Annotated[
+        Path | None,
+        typer.Option(help="Write a copy of the profile with this calibration to this YAML file."),
+    ] = None,
 ) -> None:
     """Score labelled examples with the rules, the on-topic similarity and the validator panel, and
     print the consensus threshold (and on-topic minimum, kept only where it helps) that maximize
     Cohen's kappa, per file and pooled, with accuracy and the confusion counts, plus the
-    `roles.calibration` block to paste into the profile."""
+    `roles.calibration` block for the profile (--save writes the calibrated profile)."""
     from datetime import UTC, datetime
 
     from synth_pipelines.llm.config import ProfileError
@@ -369,7 +382,25 @@ def calibrate(
             "measured": f"synth calibrate, {datetime.now(UTC).date().isoformat()}",
         }
     }
+    if diversity:
+        from synth_pipelines.validation.calibration import diversity_calibration
+
+        reached, threshold = diversity_calibration(_warehouse(warehouse))
+        if not reached:
+            raise _fail(
+                "--diversity: no domain in the warehouse has example_embeddings yet; generate some first"
+            )
+        for name, value in reached.items():
+            typer.echo(f"diversity reached by the generator on {name}: {value:.3f}")
+        block["calibration"]["diversity_threshold"] = threshold
     typer.echo(f"\n# under roles: in the profile {panel.name!r}\n" + yaml.safe_dump(block, sort_keys=False))
+    if save is not None:
+        from synth_pipelines.llm.config import profile_path
+
+        data = yaml.safe_load(profile_path(_profile(profile)).read_text())
+        data.setdefault("roles", {})["calibration"] = block["calibration"]
+        save.write_text(yaml.safe_dump(data, sort_keys=False))
+        typer.echo(f"calibrated profile written to {save}; use it with SYNTH_PROFILE={save}")
 
 
 # --------------------------------------------------------------------------------------------- doctor
@@ -529,6 +560,79 @@ def ingest_outcomes(
         failed = failed or bool(result.rejected)
     if failed:
         raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------------------------- service
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    domain: Annotated[str, typer.Option(help="Domain to search.")],
+    k: Annotated[int, typer.Option(help="How many examples to return.")] = 10,
+    exact: Annotated[bool, typer.Option(help="Exact DuckDB search even when an ANN index exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    warehouse: WarehouseOpt = None,
+    schemas: SchemasOpt = None,
+) -> None:
+    """The validated examples nearest in meaning to QUERY, with similarity, consensus and provenance."""
+    from synth_pipelines.service.operations import ServiceError, ServiceSettings, SynthService
+
+    wh = _warehouse(warehouse)
+    settings = ServiceSettings(
+        warehouse_root=str(wh.root),
+        state_dir=str(wh.state_dir),
+        schemas_dir=_schemas(schemas),
+        profile=_profile(None),
+    )
+    try:
+        result = SynthService(settings).search(domain, query, k=k, exact=exact)
+    except ServiceError as e:
+        raise _fail(e.message) from None
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    typer.echo(f"{len(result.hits)} of {result.searched} examples ({result.method} search)")
+    for rank, hit in enumerate(result.hits, start=1):
+        consensus = "-" if hit.consensus is None else f"{hit.consensus:.2f}"
+        text = json.dumps(hit.example, ensure_ascii=False)
+        typer.echo(f"{rank:>3}. {hit.similarity:.3f}  consensus {consensus}  {hit.example_id}  {text[:160]}")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to bind; other than 127.0.0.1 needs SYNTH_API_TOKEN.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the REST API (FastAPI on uvicorn; OpenAPI docs at /docs). Settings come from the same
+    environment as the pipeline (SYNTH_WAREHOUSE, SYNTH_SCHEMAS, SYNTH_PROFILE, DAGSTER_HOME)."""
+    import uvicorn
+
+    from synth_pipelines.service.api import create_app
+    from synth_pipelines.service.operations import ServiceError
+
+    try:
+        app_ = create_app(host=host)
+    except ServiceError as e:
+        raise _fail(e.message, 2) from None
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+@app.command("mcp")
+def mcp_server(
+    transport: Annotated[str, typer.Option(help="stdio or streamable-http.")] = "stdio",
+    host: Annotated[str, typer.Option(help="Address for streamable-http.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for streamable-http.")] = 8765,
+) -> None:
+    """Serve the MCP tools (synth_generate, synth_status, synth_validate, synth_search,
+    synth_record_outcome, synth_list_domains) and each domain's spec and card as resources."""
+    from synth_pipelines.service.mcp_server import serve_mcp
+
+    if transport not in ("stdio", "streamable-http"):
+        raise _fail(f"--transport {transport!r}: choose stdio or streamable-http", 2)
+    serve_mcp(transport, host=host, port=port)  # type: ignore[arg-type]
 
 
 def main() -> None:

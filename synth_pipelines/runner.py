@@ -42,7 +42,7 @@ def materialize_domain(
     raise_on_error: bool = False,
     op_config: dict[str, dict[str, Any]] | None = None,
 ) -> dg.ExecuteInJobResult:
-    """Add the partition if needed and materialize all seven assets for it in-process.
+    """Add the partition if needed and materialize every pipeline asset for it in-process.
 
     ``op_config`` maps an asset name to its run config,
     e.g. ``{"validated_examples": {"early_stop": False}}``.
@@ -141,6 +141,10 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
             "compiled_program": lambda m: (
                 f"held-out {m.get('metric')} score {float(m.get('score') or 0):.3f} "
                 f"(train {m.get('n_train')}, scored {m.get('n_eval')} of {m.get('n_heldout')} held out)"
+            ),
+            "example_index": lambda m: (
+                f"{m.get('method')} search over {m.get('rows')} examples"
+                + (f", recall@10 {float(m.get('recall_at_10') or 0):.3f}" if m.get("method") == "ann" else "")
             ),
         }[name](m)
         lines.append(f"  {name:<20} {detail}")

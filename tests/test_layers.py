@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sensors",),
     ("definitions", "dbt_definitions"),
     ("runner",),
+    ("service",),
     ("cli",),
 ]
 # Test support (the fake OpenAI server): imports only itself, and no product module imports it.

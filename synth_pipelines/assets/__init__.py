@@ -1,8 +1,9 @@
-"""The seven domain-partitioned assets, in dependency order."""
+"""The domain-partitioned assets, in dependency order."""
 
 from synth_pipelines.assets.domain import domain_schema, problem_matrix, seed_problems
 from synth_pipelines.assets.downstream import compiled_program, example_embeddings
 from synth_pipelines.assets.examples import raw_generations, validated_examples
+from synth_pipelines.assets.search import example_index
 
 PIPELINE_ASSETS = [
     domain_schema,
@@ -12,6 +13,8 @@ PIPELINE_ASSETS = [
     validated_examples,
     example_embeddings,
     compiled_program,
+    # Last so that the positions of the others stay put; it only needs example_embeddings.
+    example_index,
 ]
 
 # Asset names in dependency order (what progress displays and summaries walk).

@@ -27,6 +27,7 @@ from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import ajudge_example, resolve_judges
 from synth_pipelines.validation.diversity import diversity_stats, similarity_sample
+from synth_pipelines.validation.memory import remember
 from synth_pipelines.warehouse.storage import DIVERSITY_FILE, PROGRAM_FILE, SCORE_FILE
 from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EMBEDDING_DIM, EXAMPLE_EMBEDDINGS, to_table
 
@@ -51,7 +52,8 @@ def example_embeddings(
     domain's diversity statistics: mean pairwise cosine distance (exact, in O(n·d)), distinct-1/2 and
     semantic clusters (SimHash LSH), and a histogram of pairwise similarities over a random sample of
     pairs. Also written to the DuckDB table ``example_embeddings`` with an ``embedding FLOAT[384]``
-    column."""
+    column. Examples never accepted before are appended to the domain's ``example_memory``
+    (``remembered_new_examples``), which later runs' ``memory_duplicate`` gate checks against."""
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
@@ -71,6 +73,15 @@ def example_embeddings(
         }
     ).cast(EXAMPLE_EMBEDDINGS)
     path = wh.write_dataset("example_embeddings", domain, table, column_types={"embedding": "FLOAT[384]"})
+    # Remember what was accepted (ids never seen before), for later runs' memory_duplicate gate.
+    remembered = remember(
+        wh,
+        domain,
+        cols["example_id"],
+        vectors,
+        spec_version=spec.version_str,
+        remembered_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     stats = diversity_stats(vectors, texts, cluster_threshold=spec.validation.cluster_threshold)
     stats_path = wh.write_json(DIVERSITY_FILE.format(domain=domain), stats)
     wh.replace_domain_rows(
@@ -90,6 +101,7 @@ def example_embeddings(
     return dg.MaterializeResult(
         metadata={
             "rows": len(texts),
+            "remembered_new_examples": remembered,
             "dimension": EMBEDDING_DIM,
             "embedding_model": embedder.model_name(),
             "embedding_backend": dg.MetadataValue.json(embedder.report()),

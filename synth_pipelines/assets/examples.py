@@ -26,6 +26,7 @@ from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseRe
 from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.validation.consensus import resolve_judges
 from synth_pipelines.validation.examples import ValidationOutcome, validate_examples
+from synth_pipelines.validation.memory import load_memory
 from synth_pipelines.warehouse.inflight import InflightRows, build_partition
 from synth_pipelines.warehouse.progress import Progress
 from synth_pipelines.warehouse.tables import (
@@ -216,7 +217,9 @@ def validated_examples(
     exact-duplicate removal on the spec's uniqueness fields, the on-topic gate (similarity of the
     example to its problem, when the profile's calibration turns it on), then multi-model
     validation (weighted consensus of the validator models against the spec's threshold), then
-    near-duplicate removal. Accepted rows
+    near-duplicate removal, then the domain's memory: a new example within
+    ``memory_duplicate_threshold`` cosine of one accepted in an earlier run is rejected
+    (``memory_duplicate``). Accepted rows
     keep their provenance and per-validator scores; rejected rows land in ``rejected_examples``
     with stage and reasons (always written, even when nothing is accepted). Also written to the
     DuckDB tables ``validated_examples`` and ``rejected_examples``. When no judge could score
@@ -246,6 +249,8 @@ def validated_examples(
             similarity=lambda problems, texts: embedder.similarity(
                 problems, texts, cache_path=wh.embedding_cache_path
             ),
+            memory=load_memory(wh, domain),
+            embed=lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path),
         )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(

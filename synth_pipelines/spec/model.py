@@ -154,6 +154,9 @@ class ValidationSpec(_Strict):
     on_topic_threshold: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = "auto"
     # Estimated Jaccard similarity of word 3-grams at which two accepted examples are near duplicates.
     near_duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
+    # Cosine similarity (MiniLM) at which a new example duplicates one the domain accepted in an
+    # earlier run (its memory); null turns the memory check off.
+    memory_duplicate_threshold: float | None = Field(default=0.95, gt=0, le=1)
     # Cosine similarity at which two examples' embeddings fall in one semantic cluster.
     cluster_threshold: float = Field(default=0.85, gt=0, le=1)
     criteria: list[str] = Field(default_factory=lambda: ["coherence", "accuracy", "relevance"], min_length=1)

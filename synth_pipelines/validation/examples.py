@@ -25,6 +25,7 @@ from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_example
 from synth_pipelines.validation.dedup import near_duplicate_selection
+from synth_pipelines.validation.memory import Embed, Memory, memory_duplicates
 from synth_pipelines.validation.rules import dedup_key, example_json_text, rule_check
 from synth_pipelines.warehouse.progress import Progress
 from synth_pipelines.warehouse.tables import JUDGED, PROVENANCE, REJECTED_EXAMPLES, VALIDATED_EXAMPLES
@@ -67,12 +68,16 @@ def validate_examples(
     early_stop: bool = True,
     progress: Progress | None = None,
     similarity: Similarity | None = None,
+    memory: Memory | None = None,
+    embed: Embed | None = None,
 ) -> ValidationOutcome:
     """Run every gate over ``raw`` (a ``raw_generations`` table). Judging runs on the client's pool;
     a provider outage on every validator raises out of it (circuit open), never scores 0.
 
     ``similarity(problems, texts)`` gives the cosine similarity of each example's text to its
-    problem; it is needed when the spec's ``on_topic_threshold`` is on (above -1)."""
+    problem; it is needed when the spec's ``on_topic_threshold`` is on (above -1). ``memory`` (the
+    domain's earlier accepted examples) and ``embed`` (texts -> unit vectors) turn on the last
+    gate: a new example too close to a remembered one is a ``memory_duplicate``."""
     min_on_topic = spec.validation.min_on_topic
     if min_on_topic > -1 and similarity is None:
         raise ValueError("the spec's on_topic_threshold is on, but no similarity function was given")
@@ -178,6 +183,19 @@ def validate_examples(
         replaced.setdefault(w, []).append(cols["example_id"][i])
         stage[i], reasons[i] = "near_duplicate", [f"near duplicate of {cols['example_id'][w]}"]
     accepted = [accepted[k] for k in keep]
+    memory_threshold = spec.validation.memory_duplicate_threshold
+    if memory is not None and len(memory) and memory_threshold is not None and accepted:
+        if embed is None:
+            raise ValueError("a memory was given without an embed function")
+        vectors = embed([example_text(examples[i] or {}) for i in accepted])
+        earlier = memory_duplicates(
+            [cols["example_id"][i] for i in accepted], vectors, memory, memory_threshold
+        )
+        for k, (remembered, cosine) in earlier.items():
+            i = accepted[k]
+            stage[i] = "memory_duplicate"
+            reasons[i] = [f"near duplicate of earlier accepted example {remembered} (cosine {cosine:.3f})"]
+        accepted = [i for k, i in enumerate(accepted) if k not in earlier]
     rejected = [i for i in range(n) if stage[i] is not None]
 
     columns = _JudgedColumns(

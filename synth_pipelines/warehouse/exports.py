@@ -375,26 +375,20 @@ def write_export(
     )
 
 
-def build_export(
-    warehouse: Warehouse,
-    spec: DomainSpec,
-    fmt: ExportFormat,
-    out_dir: StoragePath,
-    *,
-    run_ids: list[str] | None = None,
-) -> ExportResult:
-    """Build one format for one domain from the warehouse and write it with its dataset card."""
-    from synth_pipelines.warehouse.cards import dataset_card
+def export_rows(
+    warehouse: Warehouse, spec: DomainSpec, fmt: ExportFormat
+) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, list[dict[str, Any]]]]:
+    """One format's rows for one domain (and what was skipped, and the source tables by asset).
+
+    Raises ValueError when the domain has no validated examples."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not exportable; choose one of {', '.join(FORMATS)}")
 
     def rows_of(asset: str) -> list[dict[str, Any]]:
         table = warehouse.read_partition(asset, spec.domain)
         return table.to_pylist() if table is not None else []
 
-    validated, rejected, raw = (
-        rows_of("validated_examples"),
-        rows_of("rejected_examples"),
-        rows_of("raw_generations"),
-    )
+    validated, rejected = rows_of("validated_examples"), rows_of("rejected_examples")
     if not validated:
         raise ValueError(
             f"domain {spec.domain!r} has no validated examples in {warehouse.root}; "
@@ -409,7 +403,22 @@ def build_export(
         rows, skipped = dpo_rows(spec, validated, rejected)
     else:
         rows, skipped = grpo_rows(spec, validated)
-    diversity = warehouse.diversity_stats(spec.domain)
+    return rows, skipped, {"validated_examples": validated, "rejected_examples": rejected}
+
+
+def _card(
+    warehouse: Warehouse,
+    spec: DomainSpec,
+    fmt: str,
+    rows: list[dict[str, Any]],
+    skipped: dict[str, int],
+    sources: dict[str, list[dict[str, Any]]],
+    run_ids: list[str],
+) -> tuple[str, str]:
+    """The export's file name stem and its dataset card."""
+    from synth_pipelines.warehouse.cards import dataset_card
+
+    raw_table = warehouse.read_partition("raw_generations", spec.domain)
     name = f"{spec.domain}_{fmt.replace('-', '_')}"
     splits: dict[str, int] = {}
     for r in rows:
@@ -420,11 +429,32 @@ def build_export(
         rows=len(rows),
         splits=splits,
         name=name,
-        raw=raw,
-        validated=validated,
-        rejected=rejected,
-        diversity=diversity,
+        raw=raw_table.to_pylist() if raw_table is not None else [],
+        validated=sources["validated_examples"],
+        rejected=sources["rejected_examples"],
+        diversity=warehouse.diversity_stats(spec.domain),
         skipped=skipped,
-        run_ids=run_ids or [],
+        run_ids=run_ids,
     )
+    return name, card
+
+
+def dataset_card_text(warehouse: Warehouse, spec: DomainSpec, fmt: ExportFormat | None = None) -> str:
+    """The dataset card an export in ``fmt`` (default: the spec's training format) carries."""
+    chosen = fmt or (spec.training_format if spec.training_format in FORMATS else "sft")
+    rows, skipped, sources = export_rows(warehouse, spec, chosen)  # type: ignore[arg-type]
+    return _card(warehouse, spec, chosen, rows, skipped, sources, [])[1]
+
+
+def build_export(
+    warehouse: Warehouse,
+    spec: DomainSpec,
+    fmt: ExportFormat,
+    out_dir: StoragePath,
+    *,
+    run_ids: list[str] | None = None,
+) -> ExportResult:
+    """Build one format for one domain from the warehouse and write it with its dataset card."""
+    rows, skipped, sources = export_rows(warehouse, spec, fmt)
+    name, card = _card(warehouse, spec, fmt, rows, skipped, sources, run_ids or [])
     return write_export(rows, out_dir, name, card, fmt, skipped)

@@ -43,6 +43,8 @@ SPEC_FILE = "domain_schema/domain={domain}/spec.json"
 DIVERSITY_FILE = "example_embeddings/domain={domain}/diversity.json"
 PROGRAM_FILE = "programs/domain={domain}/program.json"
 SCORE_FILE = "programs/domain={domain}/score.json"
+# What search uses for a domain (exact or the ANN index in the state folder) and the index's recall.
+INDEX_FILE = "example_index/domain={domain}/index.json"
 
 StoragePath: TypeAlias = Path | UPath
 """A local ``Path`` or an fsspec-backed ``UPath``; both speak the pathlib API."""
@@ -400,8 +402,11 @@ class Warehouse:
         atomic_write_parquet(path, data)
         return path
 
-    def read_dataset(self, name: str, *, columns: list[str] | None = None) -> pa.Table | None:
-        """Every part of a dataset (hive-partitioned by domain) as one table, or None when empty.
+    def read_dataset(
+        self, name: str, *, columns: list[str] | None = None, domain: str | None = None
+    ) -> pa.Table | None:
+        """Every part of a dataset (hive-partitioned by domain) as one table, or None when empty;
+        with ``domain``, only that domain's parts are read.
 
         Reads Parquet only: it never waits on the DuckDB mirror's lock."""
         import pyarrow.dataset as pds
@@ -409,7 +414,8 @@ class Warehouse:
         folder = fresh_listing(self.dataset_dir(name))
         if not folder.is_dir():
             return None
-        files = sorted(str(f) if isinstance(f, Path) else f.path for f in folder.glob("domain=*/*.parquet"))
+        pattern = f"domain={validate_domain_name(domain)}/*.parquet" if domain else "domain=*/*.parquet"
+        files = sorted(str(f) if isinstance(f, Path) else f.path for f in folder.glob(pattern))
         if not files:
             return None
         filesystem = None

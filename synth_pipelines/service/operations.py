@@ -1,0 +1,467 @@
+"""The operations every surface offers: the REST API (``synth serve``), the MCP tools (``synth
+mcp``) and the CLI call these functions, so there is one implementation of launch, status,
+validate, search, outcomes and export.
+
+Runs go through the Dagster instance so that they show in the UI: through the webserver's GraphQL
+API when ``SYNTH_DAGSTER_URL`` names one, otherwise submitted to the instance as ``dagster job
+launch`` does (its run coordinator queues them, its run launcher starts them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import BaseModel, Field
+
+from synth_pipelines.learning.outcomes import IngestReport, record_outcomes
+from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
+from synth_pipelines.spec.model import SpecError, discover_specs, load_spec, spec_path_for
+from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+from synth_pipelines.warehouse.search import SearchError, SearchResult, search
+from synth_pipelines.warehouse.status import domain_status
+from synth_pipelines.warehouse.storage import Warehouse, location_from_env
+
+JOB_NAME = "synth_domain"
+CODE_LOCATION = "synth_pipelines.definitions"
+IN_FLIGHT = {
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+}
+# The assets whose latest materialization metadata a domain's detail shows.
+METRIC_ASSETS = (
+    "raw_generations",
+    "validated_examples",
+    "example_embeddings",
+    "example_index",
+    "compiled_program",
+)
+METRIC_KEYS = {
+    "rows",
+    "input_rows",
+    "rejected",
+    "overall_pass_rate",
+    "consensus_pass_rate",
+    "mean_consensus",
+    "consensus_threshold",
+    "mean_pairwise_cosine_distance",
+    "semantic_clusters",
+    "recall_at_10",
+    "method",
+    "score",
+    "cost_usd",
+    "total_tokens",
+    "model_calls",
+}
+
+
+class ServiceError(Exception):
+    """A request the service cannot honour. ``status`` is the HTTP status the API answers with;
+    ``field`` names the offending input when there is one."""
+
+    status = 400
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class Unavailable(ServiceError):
+    status = 503
+
+
+class RunInfo(BaseModel):
+    run_id: str
+    domain: str | None = None
+    status: str
+    done: bool
+    success: bool | None = None
+    error: str | None = None
+    note: str | None = None
+    url: str | None = None
+
+
+class DomainSummary(BaseModel):
+    domain: str
+    spec_file: str
+    generated: int = 0
+    accepted: int = 0
+    pass_rate: float | None = None
+    diversity: float | None = None
+    program_score: float | None = None
+    last_run: str | None = None
+
+
+class CheckResult(BaseModel):
+    check: str
+    asset: str
+    passed: bool | None
+    status: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DomainDetail(DomainSummary):
+    description: str = ""
+    spec_version: str | None = None
+    in_flight_run: str | None = None
+    metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    checks: list[CheckResult] = Field(default_factory=list)
+
+
+class ServiceSettings(BaseModel):
+    """Where the service finds specs, data and models; resolved from the same environment
+    variables as the Dagster definitions, so the runs it launches see the same places."""
+
+    warehouse_root: str
+    state_dir: str | None
+    schemas_dir: str
+    profile: str
+    dagster_url: str | None = None
+
+    @classmethod
+    def from_env(cls) -> ServiceSettings:
+        root, state = location_from_env()
+        return cls(
+            warehouse_root=root,
+            state_dir=state,
+            schemas_dir=os.environ.get("SYNTH_SCHEMAS", "schemas"),
+            profile=os.environ.get("SYNTH_PROFILE", "local"),
+            dagster_url=os.environ.get("SYNTH_DAGSTER_URL") or None,
+        )
+
+
+def _metadata_value(value: Any) -> Any:
+    raw = getattr(value, "value", value)
+    if isinstance(raw, int | float | str | bool) or raw is None:
+        return raw
+    return str(raw)
+
+
+class SynthService:
+    """The shared operations over one warehouse, one specs folder and one Dagster instance."""
+
+    def __init__(self, settings: ServiceSettings | None = None, instance: dg.DagsterInstance | None = None):
+        self.settings = settings or ServiceSettings.from_env()
+        self.warehouse = Warehouse(self.settings.warehouse_root, state_dir=self.settings.state_dir)
+        self._instance = instance
+
+    # ------------------------------------------------------------------ domains
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        if self._instance is None:
+            if not os.environ.get("DAGSTER_HOME"):
+                raise Unavailable(
+                    "no Dagster instance: set DAGSTER_HOME (make sets it to ./.dagster_home) so that runs "
+                    "are recorded where the UI reads them"
+                )
+            self._instance = dg.DagsterInstance.get()
+        return self._instance
+
+    def domain_name(self, domain: str) -> str:
+        """A safe, known domain name, or NotFound / a 400 naming the field."""
+        try:
+            validate_domain_name(domain)
+        except UnsafeDomainError as e:
+            raise ServiceError(str(e), field="domain") from None
+        if domain not in discover_specs(self.settings.schemas_dir):
+            known = ", ".join(sorted(discover_specs(self.settings.schemas_dir))) or "none"
+            raise NotFound(
+                f"domain {domain!r} has no spec in {self.settings.schemas_dir}; known: {known}",
+                field="domain",
+            )
+        return domain
+
+    def spec_file(self, domain: str) -> Path:
+        return Path(spec_path_for(self.settings.schemas_dir, self.domain_name(domain)))
+
+    def list_domains(self) -> list[DomainSummary]:
+        """Every domain with a spec, with its counts when it has data."""
+        status = {row["domain"]: row for row in domain_status(self.warehouse)}
+        return [
+            DomainSummary(
+                domain=domain,
+                spec_file=str(path),
+                **{k: v for k, v in status.get(domain, {}).items() if k != "domain" and v is not None},
+            )
+            for domain, path in sorted(discover_specs(self.settings.schemas_dir).items())
+        ]
+
+    def domain_detail(self, domain: str) -> DomainDetail:
+        """A domain's status, the latest metrics of each asset, and its latest check results."""
+        domain = self.domain_name(domain)
+        summary = next(d for d in self.list_domains() if d.domain == domain)
+        detail = DomainDetail(**summary.model_dump())
+        try:
+            detail.description = load_spec(Path(summary.spec_file)).spec.description
+        except SpecError as e:
+            detail.description = f"(invalid spec: {str(e).splitlines()[0]})"
+        materialized = self.warehouse.materialized_spec(domain)
+        detail.spec_version = materialized.version_str if materialized else None
+        in_flight = self.in_flight_runs(domain)
+        detail.in_flight_run = in_flight[0] if in_flight else None
+        detail.metrics = self._latest_metrics(domain)
+        detail.checks = self._latest_checks(domain)
+        return detail
+
+    def _latest_metrics(self, domain: str) -> dict[str, dict[str, Any]]:
+        metrics: dict[str, dict[str, Any]] = {}
+        for asset in METRIC_ASSETS:
+            result = self.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[domain]), limit=1
+            )
+            if not result.records:
+                continue
+            record = result.records[0]
+            materialization = record.asset_materialization
+            if materialization is None:
+                continue
+            metrics[asset] = {
+                "run_id": record.run_id,
+                "timestamp": record.timestamp,
+                **{k: _metadata_value(v) for k, v in materialization.metadata.items() if k in METRIC_KEYS},
+            }
+        return metrics
+
+    def _latest_checks(self, domain: str) -> list[CheckResult]:
+        from dagster._core.event_api import PartitionKeyFilter
+
+        from synth_pipelines.assets.checks import QUALITY_CHECKS
+
+        keys = [key for check in QUALITY_CHECKS for key in check.check_keys]
+        latest = self.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            keys, partition_filter=PartitionKeyFilter(key=domain)
+        )
+        results = []
+        for key in keys:
+            record = latest.get(key)
+            if record is None:
+                continue
+            evaluation = (
+                record.event.dagster_event.event_specific_data
+                if record.event and record.event.dagster_event
+                else None
+            )
+            passed = getattr(evaluation, "passed", None)
+            metadata = getattr(evaluation, "metadata", {}) or {}
+            results.append(
+                CheckResult(
+                    check=key.name,
+                    asset=key.asset_key.to_user_string(),
+                    passed=passed,
+                    status=str(record.status.value),
+                    metadata={k: _metadata_value(v) for k, v in metadata.items()},
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ runs
+    def in_flight_runs(self, domain: str) -> list[str]:
+        runs = self.instance.get_run_records(
+            dg.RunsFilter(job_name=JOB_NAME, statuses=list(IN_FLIGHT), tags={"dagster/partition": domain}),
+            limit=5,
+        )
+        return [r.dagster_run.run_id for r in runs]
+
+    def launch(
+        self, domain: str, *, target_count: int | None = None, weak_cells: list[str] | None = None
+    ) -> RunInfo:
+        """Launch a materialization of the whole graph for ``domain``; returns at once with the run
+        id. A domain with a run already queued or running gets a Conflict naming that run."""
+        domain = self.domain_name(domain)
+        try:
+            load_spec(self.spec_file(domain))
+        except SpecError as e:
+            raise ServiceError(str(e), field="domain") from None
+        busy = self.in_flight_runs(domain)
+        if busy:
+            raise Conflict(
+                f"domain {domain!r} already has run {busy[0]} in flight; poll it, or launch when it ends"
+            )
+        matrix: dict[str, Any] = {}
+        if target_count is not None:
+            matrix["target_count"] = target_count
+        if weak_cells:
+            matrix["weak_cells"] = weak_cells
+        run_config = {"ops": {"problem_matrix": {"config": matrix}}} if matrix else {}
+        tags = {"dagster/partition": domain, "synth/launched_by": "service"}
+        self._register_partition(domain)
+        if self.settings.dagster_url:
+            run_id = self._launch_graphql(run_config, tags)
+        else:
+            run_id = self._launch_on_instance(run_config, tags)
+        return self.run(run_id)
+
+    def _register_partition(self, domain: str) -> None:
+        from synth_pipelines.resources.pools import ensure_pool_limit
+
+        ensure_pool_limit(self.instance)
+        if not self.instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
+            self.instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
+
+    def _launch_graphql(self, run_config: dict[str, Any], tags: dict[str, str]) -> str:
+        from urllib.parse import urlparse
+
+        from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+
+        url = urlparse(self.settings.dagster_url or "")
+        client = DagsterGraphQLClient(
+            url.hostname or "localhost",
+            port_number=url.port,
+            use_https=url.scheme == "https",
+            path_prefix=url.path.rstrip("/"),
+        )
+        try:
+            return str(client.submit_job_execution(JOB_NAME, run_config=run_config, tags=tags))
+        except DagsterGraphQLClientError as e:
+            raise Unavailable(
+                f"the Dagster webserver at {self.settings.dagster_url} refused the run: {e}"
+            ) from e
+
+    def _launch_on_instance(self, run_config: dict[str, Any], tags: dict[str, str]) -> str:
+        # What `dagster job launch -m synth_pipelines.definitions` does: load the code location,
+        # create the run from its snapshot, submit it to the instance's run coordinator.
+        from dagster._cli.job import execute_launch_command
+        from dagster_shared.cli import WorkspaceOpts
+
+        run = execute_launch_command(
+            instance=self.instance,
+            workspace_opts=WorkspaceOpts(module_name=(CODE_LOCATION,)),
+            config_json=json.dumps(run_config),
+            tags=json.dumps(tags),
+            job_name=JOB_NAME,
+        )
+        return str(run.run_id)
+
+    def run(self, run_id: str) -> RunInfo:
+        """A run's status; for a failed run, the first step failure's message."""
+        record = self.instance.get_run_record_by_id(run_id)
+        if record is None:
+            raise NotFound(f"no run {run_id!r} in the Dagster instance", field="run_id")
+        run = record.dagster_run
+        status = run.status
+        done = status in {
+            dg.DagsterRunStatus.SUCCESS,
+            dg.DagsterRunStatus.FAILURE,
+            dg.DagsterRunStatus.CANCELED,
+        }
+        error = self._failure_message(run_id) if status == dg.DagsterRunStatus.FAILURE else None
+        base = (self.settings.dagster_url or "").rstrip("/")
+        return RunInfo(
+            run_id=run_id,
+            domain=run.tags.get("dagster/partition"),
+            status=status.value,
+            done=done,
+            success=(status == dg.DagsterRunStatus.SUCCESS) if done else None,
+            error=error,
+            note=(
+                "queued: the Dagster daemon starts it when the model pool is free "
+                "(`make dev` runs one; otherwise run `dagster-daemon run`)"
+                if status == dg.DagsterRunStatus.QUEUED
+                else None
+            ),
+            url=f"{base}/runs/{run_id}" if base else None,
+        )
+
+    def _failure_message(self, run_id: str) -> str | None:
+        for event in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+            data = event.dagster_event.step_failure_data if event.dagster_event else None
+            if data is None:
+                continue
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description.strip().splitlines()[0]
+            if data.error:
+                return data.error.message.strip().splitlines()[0]
+        return "the run failed (see the Dagster UI for its logs)"
+
+    # ------------------------------------------------------------------ data
+    def validate(self, domain: str, rows: list[dict[str, Any]], *, models: bool = True) -> dict[str, Any]:
+        """Per-row verdicts of the domain's gates (rules, dedup and, with ``models``, the panel)."""
+        from synth_pipelines.resources import LLMResource
+        from synth_pipelines.validation.calibration import resolve_thresholds
+        from synth_pipelines.validation.external import validate_rows
+
+        domain = self.domain_name(domain)
+        try:
+            spec = load_spec(self.spec_file(domain)).spec
+        except SpecError as e:
+            raise ServiceError(str(e), field="domain") from None
+        resource = LLMResource(
+            profile=self.settings.profile, api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None
+        )
+        spec, _ = resolve_thresholds(spec, resource.load_profile())
+        client = resource.client(self.warehouse.cache_path) if models else None
+        return validate_rows(spec, rows, client)
+
+    def search(self, domain: str, query: str, *, k: int = 10, exact: bool = False) -> SearchResult:
+        """The ``k`` accepted examples nearest to ``query`` (see :mod:`synth_pipelines.warehouse.search`)."""
+        from synth_pipelines.llm.embeddings import embed_texts
+
+        domain = self.domain_name(domain)
+        try:
+            return search(
+                self.warehouse,
+                domain,
+                query,
+                lambda texts: embed_texts(list(texts), cache_path=self.warehouse.embedding_cache_path),
+                k=k,
+                exact=exact,
+            )
+        except SearchError as e:
+            if "no example_embeddings" in str(e):
+                raise NotFound(str(e), field="domain") from None
+            raise ServiceError(str(e), field="k" if "k must" in str(e) else "q") from None
+
+    def record_outcomes(self, rows: list[dict[str, Any]]) -> IngestReport:
+        """Validate and store agent outcomes for the feedback loop."""
+        return record_outcomes(
+            self.warehouse, rows, known_domains=set(discover_specs(self.settings.schemas_dir))
+        )
+
+    def export_lines(self, domain: str, fmt: Literal["sft", "dpo", "qa", "grpo-verifiable"]) -> Iterator[str]:
+        """A training export as JSONL lines (the same rows ``synth export`` writes)."""
+        from synth_pipelines.warehouse.exports import export_rows
+
+        domain = self.domain_name(domain)
+        spec = self.warehouse.materialized_spec(domain)
+        if spec is None:
+            raise NotFound(
+                f"domain {domain!r} has not been generated yet; launch a run first", field="domain"
+            )
+        try:
+            rows, _, _ = export_rows(self.warehouse, spec, fmt)
+        except ValueError as e:
+            raise NotFound(str(e), field="domain") from None
+        return (json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+
+    def spec_text(self, domain: str) -> str:
+        return self.spec_file(domain).read_text(encoding="utf-8")
+
+    def dataset_card(self, domain: str) -> str:
+        """The domain's dataset card (as ``synth export`` writes it, for the spec's format)."""
+        from synth_pipelines.warehouse.exports import dataset_card_text
+
+        domain = self.domain_name(domain)
+        spec = self.warehouse.materialized_spec(domain)
+        if spec is None:
+            raise NotFound(
+                f"domain {domain!r} has not been generated yet; launch a run first", field="domain"
+            )
+        try:
+            return dataset_card_text(self.warehouse, spec)
+        except ValueError as e:
+            raise NotFound(str(e), field="domain") from None
