@@ -599,6 +599,20 @@ def search(
         typer.echo(f"{rank:>3}. {hit.similarity:.3f}  consensus {consensus}  {hit.example_id}  {text[:160]}")
 
 
+def _default_dagster_home() -> None:
+    """Runs launched by the API or the MCP tools must land in an instance the UI reads: without
+    DAGSTER_HOME, use ./.dagster_home as `make dev` does (created, with the project's dagster.yaml
+    when there is one)."""
+    if os.environ.get("DAGSTER_HOME"):
+        return
+    home = Path(".dagster_home").resolve()
+    home.mkdir(exist_ok=True)
+    project_config = Path("dagster.yaml")
+    if project_config.is_file() and not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(project_config.read_text())
+    os.environ["DAGSTER_HOME"] = str(home)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -607,12 +621,14 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
 ) -> None:
     """Serve the REST API (FastAPI on uvicorn; OpenAPI docs at /docs). Settings come from the same
-    environment as the pipeline (SYNTH_WAREHOUSE, SYNTH_SCHEMAS, SYNTH_PROFILE, DAGSTER_HOME)."""
+    environment as the pipeline (SYNTH_WAREHOUSE, SYNTH_SCHEMAS, SYNTH_PROFILE, DAGSTER_HOME, which
+    defaults to ./.dagster_home as for `make dev`)."""
     import uvicorn
 
     from synth_pipelines.service.api import create_app
     from synth_pipelines.service.operations import ServiceError
 
+    _default_dagster_home()
     try:
         app_ = create_app(host=host)
     except ServiceError as e:
@@ -632,6 +648,7 @@ def mcp_server(
 
     if transport not in ("stdio", "streamable-http"):
         raise _fail(f"--transport {transport!r}: choose stdio or streamable-http", 2)
+    _default_dagster_home()
     serve_mcp(transport, host=host, port=port)  # type: ignore[arg-type]
 
 

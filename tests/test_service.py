@@ -406,12 +406,14 @@ def test_mcp_tools_generate_and_search(live_api: dict[str, Any]) -> None:
             )
             unknown = await client.call_tool("synth_search", {"domain": "nope", "query": "x"})
             spec = await client.read_resource("synth://domains/data_analysis/spec")
+            card = await client.read_resource("synth://domains/data_analysis/card")
             return {
                 "listed": listed.structured_content,
                 "status": status,
                 "found": found.structured_content,
                 "unknown": unknown,
                 "spec": spec,
+                "card": card,
             }
 
     out = asyncio.run(session())
@@ -421,6 +423,7 @@ def test_mcp_tools_generate_and_search(live_api: dict[str, Any]) -> None:
     assert out["found"]["hits"][0]["similarity"] >= out["found"]["hits"][1]["similarity"]
     assert out["unknown"].is_error and "nope" in out["unknown"].content[0].text
     assert "fields" in out["spec"].contents[0].text
+    assert "data_analysis" in out["card"].contents[0].text
 
 
 def test_mcp_over_stdio_lists_tools_and_domains(tmp_path: Path, schemas_dir: Path) -> None:
