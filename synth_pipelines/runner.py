@@ -127,7 +127,20 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
         detail = {
             "domain_schema": lambda m: f"spec v{m.get('version')} ({m.get('fields')} fields)",
             "seed_problems": lambda m: f"{m.get('rows')} seeds ({m.get('source')})",
-            "problem_matrix": lambda m: f"{m.get('cells')} cells, total target {m.get('total_target')}",
+            "problem_matrix": lambda m: (
+                f"{m.get('cells')} cells, total target {m.get('total_target')}"
+                + (
+                    f" by technique {m.get('target_by_technique')}"
+                    if m.get("derived_problems") is not None
+                    else ""
+                )
+            ),
+            "corpus_chunks": lambda m: (
+                f"{m.get('chunks')} chunks from {m.get('files')} file(s), {m.get('sampled')} sampled "
+                f"({m.get('strategy')})"
+                if m.get("chunks")
+                else "no corpus (spec has no seed_source)"
+            ),
             "raw_generations": lambda m: f"{m.get('rows')} rows ({m.get('ok')} ok, {m.get('failed')} failed)",
             "validated_examples": lambda m: (
                 f"{m.get('rows')} accepted of {m.get('input_rows')} "

@@ -15,6 +15,20 @@ from synth_pipelines.runner import run_config_for
 DOMAIN = "api_development"
 
 
+def up_to(name: str) -> list[Any]:
+    """The pipeline's assets in dependency order, through ``name`` (by name, so that adding an
+    asset does not shift what a test materializes)."""
+    from synth_pipelines.assets import PIPELINE_ASSETS, PIPELINE_STEPS
+
+    return list(PIPELINE_ASSETS[: PIPELINE_STEPS.index(name) + 1])
+
+
+def asset(name: str) -> Any:
+    from synth_pipelines.assets import PIPELINE_ASSETS, PIPELINE_STEPS
+
+    return PIPELINE_ASSETS[PIPELINE_STEPS.index(name)]
+
+
 def materialize_domain(
     assets: Sequence[Any],
     warehouse: Path | str,

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.cli import app
 from synth_pipelines.llm.config import load_profile
 from synth_pipelines.spec.model import (
@@ -28,7 +27,7 @@ from synth_pipelines.validation.calibration import (
     load_labelled,
 )
 from synth_pipelines.warehouse.storage import Warehouse
-from tests.materialize import DOMAIN, materialize_domain
+from tests.materialize import DOMAIN, materialize_domain, up_to
 from tests.scripted import scripted_profile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,14 +132,14 @@ def test_domain_schema_snapshots_the_panels_threshold_and_a_recalibration_makes_
     profile = _profile_file(tmp_path, {"consensus_threshold": 0.42, "kappa": 0.5})
     data = yaml.safe_load(profile.read_text())
     warehouse = tmp_path / "warehouse"
-    first = materialize_domain(PIPELINE_ASSETS[:1], warehouse, schemas_dir, llm=str(profile))
+    first = materialize_domain(up_to("domain_schema"), warehouse, schemas_dir, llm=str(profile))
     snapshot = json.loads((warehouse / "domain_schema" / f"domain={DOMAIN}" / "spec.json").read_text())
     assert snapshot["spec"]["validation"]["consensus_threshold"] == 0.42
     assert snapshot["threshold_sources"]["consensus_threshold"] == "auto: calibrated for profile 'scripted'"
     assert Warehouse(warehouse).materialized_spec(DOMAIN).validation.threshold == 0.42  # type: ignore[union-attr]
     data["roles"]["calibration"]["consensus_threshold"] = 0.6
     profile.write_text(yaml.safe_dump(data))
-    second = materialize_domain(PIPELINE_ASSETS[:1], warehouse, schemas_dir, llm=str(profile))
+    second = materialize_domain(up_to("domain_schema"), warehouse, schemas_dir, llm=str(profile))
     versions = [
         next(
             e for e in r.all_events if e.is_step_materialization

@@ -12,16 +12,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.llm.types import CompletionRequest, ProviderError
 from synth_pipelines.resources import LLMResource
 from synth_pipelines.warehouse.storage import Warehouse
-from tests.materialize import failure_message, materialize_domain
+from tests.materialize import asset, failure_message, materialize_domain, up_to
 from tests.scripted import ScriptedBackend
 
 DOMAIN = "api_development"
-UP_TO_VALIDATED = PIPELINE_ASSETS[:5]
-UP_TO_RAW = PIPELINE_ASSETS[:4]
+UP_TO_VALIDATED = up_to("validated_examples")
+UP_TO_RAW = up_to("raw_generations")
 
 Script = Callable[[CompletionRequest, int], str | None]
 
@@ -252,7 +251,7 @@ def test_an_outage_while_scoring_fails_the_program_and_records_no_score(
     tmp_path: Path, scripted_schemas_dir: Path, scripts: dict
 ) -> None:
     wh_root = tmp_path / "wh"
-    assert materialize(wh_root, scripted_schemas_dir, PIPELINE_ASSETS[:6], target=8).success
+    assert materialize(wh_root, scripted_schemas_dir, up_to("example_embeddings"), target=8).success
 
     def down(request: CompletionRequest, call_no: int) -> str | None:
         raise ProviderError("m", "HTTP 502: bad gateway", kind="http", status=502)
@@ -261,7 +260,7 @@ def test_an_outage_while_scoring_fails_the_program_and_records_no_score(
     result = materialize(
         wh_root,
         scripted_schemas_dir,
-        [PIPELINE_ASSETS[6]],
+        [asset("compiled_program")],
         target=None,
         llm=LLMResource(profile="local", use_cache=False),
     )

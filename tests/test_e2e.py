@@ -29,7 +29,7 @@ def test_full_graph_on_bundled_local_models_with_shipped_settings(tmp_path: Path
     result = materialize_domain("api_development", instance=instance, target_count=8, resources=res)
     assert result.success
     meta = materialization_metadata(result)
-    assert len(meta) == 8  # every pipeline asset, the ANN index step included
+    assert len(meta) == 9  # every pipeline asset, the corpus and ANN index steps included
     raw = meta["raw_generations"]
     assert raw["rows"] == 8 and raw["model_calls"] >= 1 and "smollm2-135m" in raw["models_used"]
     validated = meta["validated_examples"]
@@ -94,7 +94,7 @@ def test_a_new_spec_from_a_template_runs_on_the_embedded_default_as_written(tmp_
     )
     assert result.success
     meta = materialization_metadata(result)
-    assert len(meta) == 8  # all eight assets, the ANN index step and the compiled program included
+    assert len(meta) == 9  # all nine assets, the compiled program included
     assert meta["validated_examples"]["rows"] >= 1
     accepted = duckdb.sql(
         "select conditions_json, example_json from "

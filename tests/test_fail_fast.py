@@ -10,14 +10,13 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
-from tests.materialize import failure_message, materialize_domain
+from tests.materialize import failure_message, materialize_domain, up_to
 from tests.test_openai_compat import profile_file
 
-UP_TO_RAW = PIPELINE_ASSETS[:4]
+UP_TO_RAW = up_to("raw_generations")
 PLANNED = 40
 DOMAIN = "api_development"
 

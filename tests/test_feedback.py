@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
 from synth_pipelines.generation.matrix import build_matrix, feedback_extras
+from synth_pipelines.generation.techniques import plan_technique_rows
 from synth_pipelines.learning.feedback import DomainState, decide
 from synth_pipelines.learning.outcomes import (
     AgentOutcome,
@@ -185,7 +186,7 @@ def test_simulated_loop_through_the_sensor(tmp_path: Path, schemas_dir: Path) ->
     assert weak == [weak_cell]  # ok_cell (3/4) is above the threshold
 
     before = {c.cell_id: c.target for c in cells}
-    boosted = build_matrix(spec, ["s1"], extra_targets=feedback_extras(spec, weak))
+    boosted = plan_technique_rows(spec, build_matrix(spec, ["s1"]), feedback_extras(spec, weak))
     after = {c.cell_id: c.target for c in boosted}
     assert after[weak_cell] > before[weak_cell]
 

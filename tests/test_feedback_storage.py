@@ -17,17 +17,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.cli import app
 from synth_pipelines.learning.feedback import feedback_targets
 from synth_pipelines.learning.outcomes import AgentOutcome, record_outcomes, rolling_success
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.sensors import agent_performance_sensor, plan_spec_runs
 from synth_pipelines.warehouse.storage import StorageError, Warehouse
-from tests.materialize import materialize_domain
+from tests.materialize import materialize_domain, up_to
 
 REPO = Path(__file__).resolve().parent.parent
-UP_TO_MATRIX = PIPELINE_ASSETS[:3]
+UP_TO_MATRIX = up_to("problem_matrix")
 DOMAIN = "api_development"
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from synth_pipelines.generation.matrix import build_matrix, feedback_extras, largest_remainder
+from synth_pipelines.generation.techniques import plan_technique_rows
 from synth_pipelines.spec.model import parse_spec
 from synth_pipelines.validation.consensus import JudgeScore, outcome_decided, weighted_mean
 from synth_pipelines.validation.diversity import distinct_n, mean_pairwise_cosine_distance
@@ -68,7 +69,7 @@ def test_weak_cells_get_more_and_nothing_else_shrinks() -> None:
     weak = [cells[0].cell_id, cells[1].cell_id]
     extras = feedback_extras(spec, [*weak, "c_not_a_cell"])
     assert set(extras) == set(weak) and all(n >= 1 for n in extras.values())
-    boosted = {c.cell_id: c for c in build_matrix(spec, ["s1"], extra_targets=extras)}
+    boosted = {c.cell_id: c for c in plan_technique_rows(spec, build_matrix(spec, ["s1"]), extras)}
     for c in cells:
         assert boosted[c.cell_id].target == c.target + extras.get(c.cell_id, 0)
         assert boosted[c.cell_id].weak == (c.cell_id in weak)

@@ -10,12 +10,11 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.validation import memory as memory_module
 from synth_pipelines.validation.memory import Memory, load_memory, memory_duplicates, remember
 from synth_pipelines.warehouse.storage import Warehouse
 from synth_pipelines.warehouse.tables import EMBEDDING_DIM
-from tests.materialize import DOMAIN, materialize_domain
+from tests.materialize import DOMAIN, materialize_domain, up_to
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -64,7 +63,7 @@ def test_rerun_keeps_its_examples_and_rejects_paraphrases_of_remembered_ones(
     same set. When the memory holds the same content under other ids (an earlier run's examples),
     the new rows are memory duplicates naming the remembered example, and nothing else is lost."""
     warehouse = tmp_path / "warehouse"
-    assets = PIPELINE_ASSETS[:6]  # through example_embeddings (which remembers)
+    assets = up_to("example_embeddings")  # through example_embeddings (which remembers)
     materialize_domain(assets, warehouse, scripted_schemas_dir, target=10)
     wh = Warehouse(warehouse)
     first = wh.read_partition("validated_examples", DOMAIN)
@@ -85,7 +84,7 @@ def test_rerun_keeps_its_examples_and_rejects_paraphrases_of_remembered_ones(
         Warehouse(fresh), DOMAIN, [f"earlier-{i}" for i in theirs.ids], theirs.vectors,
         spec_version="v0", remembered_at="2026-01-01T00:00:00+00:00",
     )  # fmt: skip
-    materialize_domain(PIPELINE_ASSETS[:5], fresh, scripted_schemas_dir, target=10)
+    materialize_domain(up_to("validated_examples"), fresh, scripted_schemas_dir, target=10)
     rejected = Warehouse(fresh).read_partition("rejected_examples", DOMAIN)
     duplicates = rejected.filter(pc.equal(rejected.column("fail_stage"), "memory_duplicate"))
     assert duplicates.num_rows == first.num_rows
@@ -100,7 +99,7 @@ def test_rerun_keeps_its_examples_and_rejects_paraphrases_of_remembered_ones(
     data = yaml.safe_load(spec_path.read_text())
     data["validation"]["memory_duplicate_threshold"] = None
     spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    materialize_domain(PIPELINE_ASSETS[:5], fresh, scripted_schemas_dir, target=10)
+    materialize_domain(up_to("validated_examples"), fresh, scripted_schemas_dir, target=10)
     accepted = Warehouse(fresh).read_partition("validated_examples", DOMAIN)
     assert accepted.num_rows == first.num_rows
     assert json.loads(accepted.column("example_json")[0].as_py())

@@ -12,28 +12,27 @@ from pathlib import Path
 
 import duckdb
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
-from tests.materialize import materialize_domain
+from tests.materialize import materialize_domain, up_to
 from tests.test_openai_compat import profile_file
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 12
-UP_TO_RAW = PIPELINE_ASSETS[:4]  # domain_schema .. raw_generations
+UP_TO_RAW = up_to("raw_generations")  # domain_schema .. raw_generations
 
 CHILD = textwrap.dedent(
     """
     import sys
     import dagster as dg
-    from synth_pipelines.assets import PIPELINE_ASSETS
     from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+    from tests.materialize import up_to
     warehouse, schemas, profile = sys.argv[1:4]
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("domain", ["api_development"])
     dg.materialize(
-        PIPELINE_ASSETS[:4], partition_key="api_development", instance=instance,
+        up_to("raw_generations"), partition_key="api_development", instance=instance,
         resources={"warehouse": WarehouseResource(root=warehouse, schemas_dir=schemas),
                    "llm": LLMResource(profile=profile), "embedder": EmbedderResource()},
         run_config={"ops": {"problem_matrix": {"config": {"target_count": int(sys.argv[4])}}}},

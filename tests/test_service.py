@@ -27,6 +27,7 @@ from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.ann import AnnIndex, recall_at_k, vectors_of
 from synth_pipelines.warehouse.search import exact_neighbours
 from synth_pipelines.warehouse.tables import EMBEDDING_DIM
+from tests.materialize import asset, up_to
 from tests.test_openai_compat import profile_file
 
 DOMAIN = "api_development"
@@ -77,13 +78,12 @@ def test_ann_recall_at_10_on_20k_vectors() -> None:
 def test_example_index_asset_builds_only_past_min_rows_and_search_uses_it(
     tmp_path: Path, scripted_schemas_dir: Path, scripted_backends: Any
 ) -> None:
-    from synth_pipelines.assets import PIPELINE_ASSETS
     from synth_pipelines.warehouse.ann import index_info
     from synth_pipelines.warehouse.search import index_path
     from tests.materialize import materialize_domain
 
     wh_root = tmp_path / "wh"
-    upstream = [*PIPELINE_ASSETS[:6], PIPELINE_ASSETS[-1]]  # through example_index, no program
+    upstream = [*up_to("example_embeddings"), asset("example_index")]  # through example_index, no program
     small = materialize_domain(
         upstream,
         wh_root,

@@ -11,10 +11,9 @@ import duckdb
 import pytest
 import yaml
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.spec.model import SpecError, load_spec, parse_spec
 from synth_pipelines.spec.rules import failed_rules
-from tests.materialize import materialize_domain
+from tests.materialize import materialize_domain, up_to
 
 SHIPPED = Path(__file__).resolve().parent.parent / "schemas" / "api_development.yaml"
 EXPECTED_METHODS = {"read": {"GET"}, "create": {"POST"}, "update": {"PUT", "PATCH"}, "delete": {"DELETE"}}
@@ -124,7 +123,7 @@ def test_validated_examples_rejects_rule_breakers_before_any_judge(
 
     monkeypatch.setattr(generation, "narrowed_enums", lambda *args, **kwargs: {})
     warehouse = tmp_path / "warehouse"
-    result = materialize_domain(PIPELINE_ASSETS[:5], warehouse, schemas_dir, target=24)
+    result = materialize_domain(up_to("validated_examples"), warehouse, schemas_dir, target=24)
     assert result.success
     rows = duckdb.sql(
         "select conditions_json, example_json, fail_stage, fail_reasons, len(validator_scores) as judged "

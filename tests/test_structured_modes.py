@@ -11,7 +11,6 @@ import pytest
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
-from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.cli import app
 from synth_pipelines.llm.backends import _http_message
 from synth_pipelines.llm.client import extract_json
@@ -27,11 +26,11 @@ from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
-from tests.materialize import DOMAIN, failure_message, materialize_domain
+from tests.materialize import DOMAIN, failure_message, materialize_domain, up_to
 from tests.test_openai_compat import client_for, profile_file
 
-UP_TO_RAW = PIPELINE_ASSETS[:4]
-UP_TO_VALIDATED = PIPELINE_ASSETS[:5]
+UP_TO_RAW = up_to("raw_generations")
+UP_TO_VALIDATED = up_to("validated_examples")
 TARGET = 6
 
 

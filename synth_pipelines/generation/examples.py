@@ -46,6 +46,13 @@ class PlannedItem(BaseModel):
     complexity: str
     sample_index: int
     seed: int
+    technique: str = "base"
+    parent_problem: str | None = None
+    chunk_id: str | None = None
+    chunk_source: str | None = None
+    chunk_start: int | None = None
+    chunk_end: int | None = None
+    grounding: str | None = None  # the chunk excerpt shown to the generator
 
 
 class RawGeneration(BaseModel):
@@ -74,6 +81,12 @@ class RawGeneration(BaseModel):
     cache_hit: bool
     created_at: str
     structured_output: str | None = None
+    technique: str = "base"
+    parent_problem: str | None = None
+    chunk_id: str | None = None
+    chunk_source: str | None = None
+    chunk_start: int | None = None
+    chunk_end: int | None = None
 
 
 def iter_plan_items(
@@ -86,17 +99,26 @@ def iter_plan_items(
         seed = by_id.get(cell.seed_id)
         if seed is None:
             raise ValueError(f"matrix cell {cell.cell_id} refers to unknown seed {cell.seed_id}")
+        # Base rows keep the ids they always had; a technique row's variant tag keeps its ids apart.
+        prefix = f"{cell.cell_id}~{cell.variant}" if cell.variant else cell.cell_id
         for k in range(cell.target):
-            eid = f"{cell.cell_id}_{k:04d}"
+            eid = f"{prefix}_{k:04d}"
             yield PlannedItem(
                 example_id=eid,
                 cell_id=cell.cell_id,
                 seed_id=seed.seed_id,
-                problem=seed.problem,
+                problem=cell.problem or seed.problem,
                 conditions=cell.conditions,
                 complexity=cell.complexity,
                 sample_index=k,
                 seed=stable_int(domain, eid),
+                technique=cell.technique,
+                parent_problem=cell.parent_problem,
+                chunk_id=seed.chunk_id,
+                chunk_source=seed.chunk_source,
+                chunk_start=seed.chunk_start,
+                chunk_end=seed.chunk_end,
+                grounding=seed.chunk_excerpt,
             )
 
 
@@ -156,7 +178,13 @@ def build_messages(spec: DomainSpec, item: PlannedItem) -> list[ChatMessage]:
     if spec.hints.examples:
         shown = spec.hints.examples[item.sample_index % len(spec.hints.examples)]
         example_block = prompts.EXAMPLE_BLOCK.format(example=json.dumps(shown, ensure_ascii=False))
+    if item.grounding:
+        # Only grounded items carry it: every other prompt (and its cache key) is unchanged.
+        example_block += prompts.GROUNDING_BLOCK.format(excerpt=item.grounding)
     conditions = ", ".join(f"{k}={v}" for k, v in sorted(item.conditions.items())) or "none"
+    if item.technique == "adversarial":
+        # Only adversarial rows say so: every other prompt (and its cache key) stays as it was.
+        conditions += f". {prompts.ADVERSARIAL_NOTE}"
     return [
         ChatMessage(
             role="system",
@@ -287,6 +315,12 @@ def generate_examples(
             cache_hit=result.record.model_calls == 0,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             structured_output=result.record.structured_output,
+            technique=item.technique,
+            parent_problem=item.parent_problem,
+            chunk_id=item.chunk_id,
+            chunk_source=item.chunk_source,
+            chunk_start=item.chunk_start,
+            chunk_end=item.chunk_end,
         )
 
     def finished(item: PlannedItem, row: RawGeneration | None) -> None:

@@ -21,6 +21,14 @@ class MatrixCell(BaseModel):
     seed_id: str
     target: int
     weak: bool = False
+    # Generation techniques (spec ``techniques``; see generation/techniques.py). A base row uses
+    # its seed's problem; a technique row its own derived ``problem`` and records the seed's as
+    # ``parent_problem``. ``variant`` tells a cell's rows apart and enters their example ids.
+    technique: str = "base"
+    variant: str = ""
+    capability: str | None = None
+    problem: str | None = None
+    parent_problem: str | None = None
 
 
 def largest_remainder(total: int, weights: list[float]) -> list[int]:
@@ -67,35 +75,27 @@ def _planned_cells(spec: DomainSpec, total: int) -> tuple[list[tuple[dict[str, s
 
 
 def build_matrix(
-    spec: DomainSpec,
-    seed_ids: list[str],
-    *,
-    target_count: int | None = None,
-    extra_targets: dict[str, int] | None = None,
+    spec: DomainSpec, seed_ids: list[str], *, target_count: int | None = None
 ) -> list[MatrixCell]:
     """Cartesian product of dimensions x complexity; targets follow the complexity distribution and
-    sum to ``target_count`` (the spec's by default), plus ``extra_targets`` that the feedback loop
-    recorded for weak cells. Extras only add: no cell's base target ever shrinks, so the examples a
-    domain already has keep their ids (and their cached generations).
+    sum to ``target_count`` (the spec's by default). The feedback loop's extras for weak cells and
+    the technique rows are added on top by ``techniques.plan_technique_rows``: extras only add, so no
+    cell's base target ever shrinks and the examples a domain already has keep their ids (and their
+    cached generations).
     """
     if not seed_ids:
         raise ValueError(f"domain {spec.domain!r} has no seed problems to build a matrix from")
     cells, base = _planned_cells(spec, target_count if target_count is not None else spec.target_count)
-    extras = extra_targets or {}
-    out: list[MatrixCell] = []
-    for i, (combo, level, _) in enumerate(cells):
-        cid = cell_id_for(combo, level)
-        out.append(
-            MatrixCell(
-                cell_id=cid,
-                conditions=combo,
-                complexity=level,
-                seed_id=seed_ids[i % len(seed_ids)],
-                target=base[i] + max(0, extras.get(cid, 0)),
-                weak=extras.get(cid, 0) > 0,
-            )
+    return [
+        MatrixCell(
+            cell_id=cell_id_for(combo, level),
+            conditions=combo,
+            complexity=level,
+            seed_id=seed_ids[i % len(seed_ids)],
+            target=base[i],
         )
-    return out
+        for i, (combo, level, _) in enumerate(cells)
+    ]
 
 
 def feedback_extras(

@@ -13,6 +13,14 @@ SEED_SYSTEM = (
 
 SEED_USER = "Domain: {domain}\nAbout: {description}\nWrite {n} different problems in this domain.{style}"
 
+GROUNDED_SEED_USER = (
+    "Domain: {domain}\nAbout: {description}\nSource text:\n{text}\n"
+    "Write one problem in this domain that a practitioner could face, grounded in the source text."
+)
+
+# Added to an example's prompt when its seed came from a corpus chunk.
+GROUNDING_BLOCK = "Source excerpt (ground the example in it):\n{excerpt}\n"
+
 GENERATE_SYSTEM = (
     "You create one training example for the domain '{domain}' ({spec_type}). "
     "{description} Reply with JSON only.{style}"
@@ -28,3 +36,6 @@ GENERATE_USER = (
 )
 
 EXAMPLE_BLOCK = "A good example looks like:\n{example}\n"
+
+# Appended to the conditions line of an adversarial row's prompt.
+ADVERSARIAL_NOTE = "This is an adversarial example: make it hard and still correct and well-posed"

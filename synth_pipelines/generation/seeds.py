@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from synth_pipelines.generation import prompts
@@ -9,7 +11,7 @@ from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.spec.example_schema import json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec
-from synth_pipelines.spec.text import normalize_text, stable_hash
+from synth_pipelines.spec.text import normalize_text, stable_hash, stable_int
 
 MAX_SEED_CHARS = 160
 
@@ -20,6 +22,12 @@ class SeedProblem(BaseModel):
     seed_id: str
     problem: str
     source: str  # "spec" or the generating model's name
+    # The corpus chunk the problem was grounded in (spec ``seed_source``), else None.
+    chunk_id: str | None = None
+    chunk_source: str | None = None
+    chunk_start: int | None = None
+    chunk_end: int | None = None
+    chunk_excerpt: str | None = None
 
 
 def seed_list_model(n: int) -> type[BaseModel]:
@@ -87,3 +95,65 @@ def build_seed_problems(
         if len(dedupe_problems(collected)) >= count:
             break
     return dedupe_problems(collected)[:count], failures
+
+
+# How much of its chunk a grounded seed carries to the generation prompt.
+EXCERPT_CHARS = 500
+
+
+class GroundedProblem(BaseModel):
+    problem: str = Field(min_length=12, max_length=MAX_SEED_CHARS)
+
+
+def grounded_seed_problems(
+    spec: DomainSpec, chunks: list[dict[str, Any]], client: LLMClient
+) -> tuple[list[SeedProblem], list[str]]:
+    """One seed problem per sampled corpus chunk (``chunk_id``, ``source``, ``start``, ``end``,
+    ``text``), written by the generator from the chunk; each seed keeps its chunk's id and offsets.
+    A chunk whose reply is unusable is reported, not fatal."""
+    chain = client.generator_chain()
+    schema = json_schema_for_model(GroundedProblem)
+
+    async def ground(chunk: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+        messages = [
+            ChatMessage(role="system", content=prompts.SEED_SYSTEM),
+            ChatMessage(
+                role="user",
+                content=prompts.GROUNDED_SEED_USER.format(
+                    domain=spec.domain, description=spec.description, text=chunk["text"][:2000]
+                ),
+            ),
+        ]
+        result = await client.astructured(
+            chain, messages, GroundedProblem, json_schema=schema, temperature=0.7, max_tokens=120,
+            seed=stable_int(chunk["chunk_id"]),
+        )  # fmt: skip
+        if result.value is None:
+            return chunk, None, f"chunk {chunk['chunk_id']}: {result.error}"
+        return chunk, result.value.problem.strip(), None
+
+    try:
+        results = client.pool(ground, chunks, width=client.concurrency_for(chain))
+    finally:
+        client.flush()
+    seeds: list[SeedProblem] = []
+    seen: set[str] = set()
+    failures = [error for _, _, error in results if error]
+    for chunk, problem, _ in results:
+        norm = normalize_text(problem or "")
+        if not norm or norm in seen:
+            continue
+        seen.add(norm)
+        seeds.append(
+            SeedProblem(
+                seed_id=f"s_{stable_hash(norm, chunk['chunk_id'], length=10)}",
+                problem=problem or "",
+                source="corpus",
+                chunk_id=chunk["chunk_id"],
+                chunk_source=chunk["source"],
+                chunk_start=int(chunk["start"]),
+                chunk_end=int(chunk["end"]),
+                chunk_excerpt=chunk["text"][:EXCERPT_CHARS],
+            )
+        )
+    return seeds, failures

@@ -232,6 +232,53 @@ class Privacy(_Strict):
     no_pii: bool = False
 
 
+class SeedSource(_Strict):
+    """Seeds grounded in the user's documents (README, Corpus-grounded seeds)."""
+
+    # A folder, file or fsspec URL of Parquet, CSV, JSONL, Markdown or text; relative paths are
+    # relative to the working directory.
+    corpus: str = Field(min_length=1)
+    strategy: Literal["diverse", "recent", "entity_rich", "by_field"] = "diverse"
+    sample_size: int = Field(default=8, ge=1, le=10_000)
+    chunk_chars: int = Field(default=800, ge=100, le=20_000)
+    # by_field: the column whose values are sampled evenly; recent: a time column of the tables
+    # (default: the files' modification times).
+    field: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _field_for_by_field(self) -> SeedSource:
+        if self.strategy == "by_field" and not self.field:
+            raise ValueError("strategy by_field needs field: the column whose values to sample evenly")
+        return self
+
+
+ScenarioFactor = Literal["time", "resources", "stakeholders", "constraints"]
+# The extra criterion the judges score adversarial rows on, next to the spec's criteria.
+ADVERSARIAL_CRITERION = "hard_but_well_posed"
+
+
+class TechniquesSpec(_Strict):
+    """How problems beyond the seeds are made, planned by ``problem_matrix`` (README, Techniques)."""
+
+    # Rewrites of each seed for a cell's complexity level, keeping its core concept; each cell's
+    # (non-adversarial) target is shared between the seed and its variations.
+    variations: int = Field(default=0, ge=0, le=5)
+    # Share of the domain's target given to adversarial problems: harder versions that challenge an
+    # assumption or probe an edge case, judged with the extra criterion ``hard_but_well_posed``.
+    adversarial: float = Field(default=0.0, ge=0, le=0.5)
+    # Named capabilities or edge cases adversarial problems aim at, in turn (none: the model picks).
+    capabilities: list[Annotated[str, Field(min_length=2, max_length=80)]] = Field(
+        default_factory=list, max_length=20
+    )
+    # The seed scenario grown along each factor, one variant per factor.
+    scenario_expansion: list[ScenarioFactor] = Field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.variations or self.adversarial or self.scenario_expansion)
+
+
 class DomainSpec(_Strict):
     """A parsed, validated domain spec."""
 
@@ -253,6 +300,8 @@ class DomainSpec(_Strict):
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     verification: VerificationSpec | None = None
     rules: list[RuleSpec] = Field(default_factory=list)
+    techniques: TechniquesSpec = Field(default_factory=TechniquesSpec)
+    seed_source: SeedSource | None = None
 
     @field_validator("type", mode="before")
     @classmethod

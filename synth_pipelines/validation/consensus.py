@@ -101,7 +101,9 @@ def outcome_decided(done: list[JudgeScore], remaining_weight: float, threshold: 
     return worst >= threshold or best < threshold
 
 
-def judge_messages(spec: DomainSpec, problem: str, example: dict[str, Any]) -> list[ChatMessage]:
+def judge_messages(
+    spec: DomainSpec, problem: str, example: dict[str, Any], criteria: list[str] | None = None
+) -> list[ChatMessage]:
     return [
         ChatMessage(role="system", content=prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
         ChatMessage(
@@ -110,21 +112,27 @@ def judge_messages(spec: DomainSpec, problem: str, example: dict[str, Any]) -> l
                 description=spec.description,
                 problem=problem,
                 example=json.dumps(example, ensure_ascii=False),
-                criteria=", ".join(spec.validation.criteria),
+                criteria=", ".join(criteria or spec.validation.criteria),
             ),
         ),
     ]
 
 
 async def ajudge_one(
-    client: LLMClient, judge: WeightedModel, spec: DomainSpec, messages: list[ChatMessage], example_id: str
+    client: LLMClient,
+    judge: WeightedModel,
+    spec: DomainSpec,
+    messages: list[ChatMessage],
+    example_id: str,
+    criteria: list[str] | None = None,
 ) -> JudgeScore:
-    model_cls = verdict_model(tuple(spec.validation.criteria))
+    names = tuple(criteria or spec.validation.criteria)
+    model_cls = verdict_model(names)
     result = await client.astructured(
         [judge.model],
         messages,
         model_cls,
-        json_schema=verdict_schema(tuple(spec.validation.criteria)),
+        json_schema=verdict_schema(names),
         temperature=0.0,
         max_tokens=JUDGE_MAX_TOKENS,
         seed=stable_int(example_id, judge.model),
@@ -143,7 +151,7 @@ async def ajudge_one(
         base.error_kind = result.failure_kind
         return base
     data = result.value.model_dump()
-    base.scores = {c: (int(data[c]) - 1) / (len(SCALE) - 1) for c in spec.validation.criteria}
+    base.scores = {c: (int(data[c]) - 1) / (len(SCALE) - 1) for c in names}
     base.score = sum(base.scores.values()) / len(base.scores)
     base.reason = str(data["reason"])
     return base
@@ -158,16 +166,22 @@ async def ajudge_example(
     problem: str,
     example: dict[str, Any],
     early_stop: bool = True,
+    extra_criteria: list[str] | None = None,
 ) -> Consensus:
-    """Judges in descending weight, stopping once the rest could not change the outcome."""
+    """Judges in descending weight, stopping once the rest could not change the outcome.
+    ``extra_criteria`` are scored too (an adversarial row's ``hard_but_well_posed``)."""
     threshold = spec.validation.threshold
-    messages = judge_messages(spec, problem, example)
+    criteria = [
+        *spec.validation.criteria,
+        *(c for c in extra_criteria or [] if c not in spec.validation.criteria),
+    ]
+    messages = judge_messages(spec, problem, example, criteria)
     done: list[JudgeScore] = []
     for i, judge in enumerate(judges):
         remaining = sum(j.weight for j in judges[i:])
         if early_stop and done and outcome_decided(done, remaining, threshold):
             break
-        done.append(await ajudge_one(client, judge, spec, messages, example_id))
+        done.append(await ajudge_one(client, judge, spec, messages, example_id, criteria))
     skipped = len(judges) - len(done)
     consensus = weighted_mean(done)
     scores = [j.score for j in done if j.score is not None]

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import WeightedModel
-from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.spec.model import ADVERSARIAL_CRITERION, DomainSpec
 from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_example
@@ -85,6 +85,7 @@ def validate_examples(
         ["example_id", "status", "error", "example_json", "problem", "conditions_json", "complexity"]
     ).to_pydict()
     n = raw.num_rows
+    techniques = raw.column("technique").to_pylist() if "technique" in raw.column_names else ["base"] * n
     stage: list[str | None] = [None] * n
     reasons: list[list[str]] = [[] for _ in range(n)]
     examples: list[dict[str, Any] | None] = [None] * n
@@ -147,6 +148,7 @@ def validate_examples(
             problem=cols["problem"][i],
             example=examples[i] or {},
             early_stop=early_stop,
+            extra_criteria=[ADVERSARIAL_CRITERION] if techniques[i] == "adversarial" else None,
         )
 
     def judged(i: int, verdict: Consensus) -> None:
@@ -275,6 +277,10 @@ def _rows_table(
 ) -> pa.Table:
     """Provenance columns taken from ``raw`` by position, plus the judged columns, in ``schema``."""
     base = raw.take(pa.array(indices, pa.int64()))
-    columns = {name: base.column(name) for name, _ in PROVENANCE}
+    # A raw partition written before a provenance column existed gets nulls for it.
+    columns = {
+        name: base.column(name) if name in base.column_names else pa.nulls(len(indices), dtype)
+        for name, dtype in PROVENANCE
+    }
     columns.update(judged)
     return pa.table({name: columns[name] for name in schema.names}).cast(schema)

@@ -8,11 +8,33 @@ from typing import Any
 
 import pyarrow as pa
 
+CORPUS_CHUNKS = pa.schema(
+    [
+        ("chunk_id", pa.string()),
+        ("source", pa.string()),
+        ("kind", pa.string()),  # "row" (a table row) or "text" (a span of a text file)
+        ("start", pa.int64()),  # row number, or character offset in the file
+        ("end", pa.int64()),
+        ("text", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("field_value", pa.string()),
+        ("entities", pa.int64()),
+        ("sampled", pa.bool_()),
+        ("sample_rank", pa.int64()),
+    ]
+)
+
 SEED_PROBLEMS = pa.schema(
     [
         ("seed_id", pa.string()),
         ("problem", pa.string()),
         ("source", pa.string()),
+        # The corpus chunk a grounded seed came from (spec seed_source): id, file, offsets, excerpt.
+        ("chunk_id", pa.string()),
+        ("chunk_source", pa.string()),
+        ("chunk_start", pa.int64()),
+        ("chunk_end", pa.int64()),
+        ("chunk_excerpt", pa.string()),
     ]
 )
 
@@ -24,6 +46,12 @@ PROBLEM_MATRIX = pa.schema(
         ("seed_id", pa.string()),
         ("target", pa.int64()),
         ("weak", pa.bool_()),
+        # Techniques (base | variation | adversarial | scenario:<factor>) and the row's own problem.
+        ("technique", pa.string()),
+        ("variant", pa.string()),
+        ("capability", pa.string()),
+        ("problem", pa.string()),
+        ("parent_problem", pa.string()),
     ]
 )
 
@@ -48,6 +76,15 @@ PROVENANCE = [
     # How the schema reached the generator: json_schema | json_object | tools | prompt (endpoints),
     # grammar (embedded llama.cpp). Last, so files written before it read by position too.
     ("structured_output", pa.string()),
+    # Lineage of the problem: base | variation | adversarial | scenario:<factor>, and the seed
+    # problem a technique row was derived from (null for base rows).
+    ("technique", pa.string()),
+    ("parent_problem", pa.string()),
+    # The corpus chunk the example is grounded in (through its seed), when the spec has seed_source.
+    ("chunk_id", pa.string()),
+    ("chunk_source", pa.string()),
+    ("chunk_start", pa.int64()),
+    ("chunk_end", pa.int64()),
 ]
 
 RAW_GENERATIONS = pa.schema(
