@@ -1,9 +1,12 @@
-"""Jobs: the whole per-domain graph as one partitioned job (what sensors, backfills and the CLI launch)."""
+"""Jobs: the whole per-domain graph as one partitioned job (what sensors, backfills and the CLI launch),
+and the statistical domains' (timeseries, events) short graph."""
 
 import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS
+from synth_pipelines.assets.statistical import STATISTICAL_ASSETS
 from synth_pipelines.partitions import domain_partitions
+from synth_pipelines.spec.model import STATISTICAL_TYPES
 
 synth_domain_job = dg.define_asset_job(
     name="synth_domain",
@@ -16,3 +19,17 @@ synth_domain_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="Materialize the whole graph, schema to compiled program, for one domain partition.",
 )
+
+
+synth_statistical_job = dg.define_asset_job(
+    name="synth_statistical",
+    selection=dg.AssetSelection.assets(*STATISTICAL_ASSETS),
+    partitions_def=domain_partitions,
+    executor_def=dg.in_process_executor,
+    description="Materialize a timeseries or events domain: its spec and its statistical data.",
+)
+
+
+def job_name_for(spec_type: str) -> str:
+    """The job that materializes a domain of this spec type."""
+    return synth_statistical_job.name if spec_type in STATISTICAL_TYPES else synth_domain_job.name

@@ -33,6 +33,24 @@ def run_config_for(
     return {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
 
 
+def assets_for(domain: str, resources: dict[str, Any]) -> list[Any]:
+    """The assets and checks that make ``domain``: the statistical graph for a timeseries or events
+    spec, the whole example graph otherwise (also when the spec cannot be read: domain_schema then
+    fails with the reason)."""
+    from synth_pipelines.assets.checks import QUALITY_CHECKS
+    from synth_pipelines.assets.statistical import STATISTICAL_ASSETS, STATISTICAL_CHECKS
+    from synth_pipelines.spec.model import SpecError, load_spec, spec_path_for
+
+    schemas = getattr(resources.get("warehouse"), "schemas_dir", None) or "schemas"
+    try:
+        statistical = load_spec(spec_path_for(schemas, domain)).spec.statistical
+    except (SpecError, FileNotFoundError, OSError):
+        statistical = False
+    if statistical:
+        return [*STATISTICAL_ASSETS, *STATISTICAL_CHECKS]
+    return [*PIPELINE_ASSETS, *QUALITY_CHECKS]
+
+
 def materialize_domain(
     domain: str,
     *,
@@ -50,14 +68,18 @@ def materialize_domain(
     validate_domain_name(domain)
     if not instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
         instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
-    from synth_pipelines.assets.checks import QUALITY_CHECKS
-
+    resources = resources or default_resources()
+    selected = assets_for(domain, resources)
+    run_config = run_config_for(target_count, op_config=op_config)
+    # A statistical domain has no matrix: its size is in its spec, so target_count does not apply.
+    names = {key.path[-1] for a in selected if isinstance(a, dg.AssetsDefinition) for key in a.keys}
+    run_config["ops"] = {op: cfg for op, cfg in run_config["ops"].items() if op in names}
     return dg.materialize(
-        [*PIPELINE_ASSETS, *QUALITY_CHECKS],
+        selected,
         partition_key=domain,
         instance=instance,
-        resources=resources or default_resources(),
-        run_config=run_config_for(target_count, op_config=op_config),
+        resources=resources,
+        run_config=run_config,
         raise_on_error=raise_on_error,
     )
 
@@ -117,7 +139,8 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
         f"({'succeeded' if result.success else 'FAILED'} in {elapsed_s:.0f}s) ==="
     ]
     model_calls = cache_hits = 0
-    for name in PIPELINE_STEPS:
+    steps = PIPELINE_STEPS if "statistical_data" not in meta else ["domain_schema", "statistical_data"]
+    for name in steps:
         m = meta.get(name)
         if m is None:
             lines.append(f"  {name:<20} not materialized")
@@ -155,6 +178,10 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
                 f"held-out {m.get('metric')} score {float(m.get('score') or 0):.3f} "
                 f"(train {m.get('n_train')}, scored {m.get('n_eval')} of {m.get('n_heldout')} held out)"
             ),
+            "statistical_data": lambda m: (
+                f"{m.get('rows')} rows ({m.get('type')}): {m.get('scenario_name')}; "
+                f"quality {'ok' if (m.get('quality') or {}).get('passed') else 'FAILED'}"
+            ),
             "example_index": lambda m: (
                 f"{m.get('method')} search over {m.get('rows')} examples"
                 + (f", recall@10 {float(m.get('recall_at_10') or 0):.3f}" if m.get("method") == "ann" else "")
@@ -183,12 +210,15 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
     query = (
         "select domain, example_id, consensus, example_json from read_parquet("
         f"'{rel}/validated_examples/*/*.parquet', hive_partitioning=true) limit 5"
+        if "statistical_data" not in meta
+        else f"select * from read_parquet('{rel}/statistical_data/domain={domain}/*.parquet') limit 5"
     )
     lines += [
         f"  parquet:  {rel}/<asset>/domain={domain}/part-0.parquet",
         f"  duckdb:   {state}/synth.duckdb (one table per asset + agent_performance)",
-        f"  program:  {rel}/{PROGRAM_FILE.format(domain=domain)}",
     ]
+    if "statistical_data" not in meta:
+        lines.append(f"  program:  {rel}/{PROGRAM_FILE.format(domain=domain)}")
     if warehouse.is_remote:
         # DuckDB's own httpfs extension is a download; the fsspec filesystem we already use is not.
         protocol = str(warehouse.root).split("://", 1)[0]

@@ -246,11 +246,18 @@ def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> Non
     )
     result = domain_spec_sensor(ctx)
     keys = sorted(r.run_key for r in result.run_requests)
-    assert [k.split(":")[0] for k in keys] == ["api_development", "data_analysis"]
-    assert result.dynamic_partitions_requests[0].partition_keys == ["api_development", "data_analysis"]
+    shipped = ["api_development", "data_analysis", "service_traffic"]
+    assert [k.split(":")[0] for k in keys] == shipped
+    jobs = {r.partition_key: r.job_name for r in result.run_requests}
+    assert jobs == {
+        "api_development": "synth_domain",
+        "data_analysis": "synth_domain",
+        "service_traffic": "synth_statistical",
+    }
+    assert result.dynamic_partitions_requests[0].partition_keys == shipped
     cursor = result.cursor
     # Same files, next tick: nothing new.
-    instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, ["api_development", "data_analysis"])
+    instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, shipped)
     ctx2 = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -261,7 +268,7 @@ def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> Non
     # Editing a spec triggers exactly that domain, with a new deterministic run key.
     p = schemas_dir / "data_analysis.yaml"
     p.write_text(p.read_text() + "\n# edited\n")
-    plan = plan_spec_runs(schemas_dir, {"api_development", "data_analysis"}, json.loads(cursor))
+    plan = plan_spec_runs(schemas_dir, set(shipped), json.loads(cursor))
     assert [r.domain for r in plan.runs] == ["data_analysis"]
     assert "Bad Name.yaml" in " ".join(plan.skipped)
 

@@ -38,7 +38,7 @@ def test_help_lists_commands() -> None:
 
 def test_schema_templates_new_validate(tmp_path: Path) -> None:
     code, out = run("schema", "templates")
-    assert code == 0 and len(out.strip().splitlines()) == 6 and "conversation" in out
+    assert code == 0 and len(out.strip().splitlines()) == 8 and "conversation" in out and "timeseries" in out
     code, out = run("schema", "new", "support_tickets", "--type", "conversation", "--schemas", str(tmp_path))
     assert code == 0, out
     created = tmp_path / "support_tickets.yaml"

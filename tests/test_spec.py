@@ -42,7 +42,7 @@ def test_templates_validate(path: Path) -> None:
     example_json_schema(spec)  # compiles
 
 
-def test_six_template_types_shipped() -> None:
+def test_a_template_per_type_shipped() -> None:
     assert {p.stem for p in TEMPLATES_DIR.glob("*.yaml")} == {
         "reasoning-memory",
         "skill-demonstration",
@@ -50,6 +50,8 @@ def test_six_template_types_shipped() -> None:
         "code-snippet",
         "conversation",
         "test-case",
+        "timeseries",
+        "events",
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel
 
-from synth_pipelines.jobs import synth_domain_job
+from synth_pipelines.jobs import job_name_for, synth_domain_job, synth_statistical_job
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL, ensure_pool_limit
@@ -22,6 +22,7 @@ class SpecRun(BaseModel):
     domain: str
     file_hash: str
     sequence: int
+    job_name: str = "synth_domain"  # synth_statistical for timeseries and events specs
 
     @property
     def run_key(self) -> str:
@@ -63,17 +64,29 @@ def plan_spec_runs(
         seen = next_cursor.get(domain)
         if seen is None or seen["hash"] != loaded.file_hash:
             sequence = (seen["sequence"] if seen else 0) + 1
-            runs.append(SpecRun(domain=domain, file_hash=loaded.file_hash, sequence=sequence))
+            runs.append(
+                SpecRun(
+                    domain=domain,
+                    file_hash=loaded.file_hash,
+                    sequence=sequence,
+                    job_name=job_name_for(loaded.spec.type),
+                )
+            )
             next_cursor[domain] = {"hash": loaded.file_hash, "sequence": sequence}
     return SpecPlan(new_partitions=new_partitions, runs=runs, skipped=skipped, cursor=next_cursor)
 
 
-@dg.sensor(job=synth_domain_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(
+    jobs=[synth_domain_job, synth_statistical_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
 def domain_spec_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
     """Watches ``schemas/`` for new or changed domain specs.
 
     Adds a ``domain`` partition for each new valid spec and requests one run of the whole graph per
-    change of a spec file: the run key is the domain, the number of the change and the file's hash,
+    change of a spec file (``synth_statistical`` for timeseries and events specs): the run key is
+    the domain, the number of the change and the file's hash,
     so the same file never triggers twice in a row, and a spec reverted to an earlier version still
     runs. Invalid specs and unsafe file names are skipped with the validation message in the log.
     It also registers the model pool at the instance's default limit, so that the first runs it
@@ -95,6 +108,7 @@ def domain_spec_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse
         run_requests=[
             dg.RunRequest(
                 run_key=run.run_key,
+                job_name=run.job_name,
                 partition_key=run.domain,
                 tags={
                     "synth/trigger": "domain_spec_sensor",

@@ -26,7 +26,6 @@ from synth_pipelines.warehouse.search import SearchError, SearchResult, search
 from synth_pipelines.warehouse.status import domain_status
 from synth_pipelines.warehouse.storage import Warehouse, location_from_env
 
-JOB_NAME = "synth_domain"
 CODE_LOCATION = "synth_pipelines.definitions"
 IN_FLIGHT = {
     dg.DagsterRunStatus.QUEUED,
@@ -272,8 +271,7 @@ class SynthService:
     # ------------------------------------------------------------------ runs
     def in_flight_runs(self, domain: str) -> list[str]:
         runs = self.instance.get_run_records(
-            dg.RunsFilter(job_name=JOB_NAME, statuses=list(IN_FLIGHT), tags={"dagster/partition": domain}),
-            limit=5,
+            dg.RunsFilter(statuses=list(IN_FLIGHT), tags={"dagster/partition": domain}), limit=5
         )
         return [r.dagster_run.run_id for r in runs]
 
@@ -282,11 +280,14 @@ class SynthService:
     ) -> RunInfo:
         """Launch a materialization of the whole graph for ``domain``; returns at once with the run
         id. A domain with a run already queued or running gets a Conflict naming that run."""
+        from synth_pipelines.jobs import job_name_for
+
         domain = self.domain_name(domain)
         try:
-            load_spec(self.spec_file(domain))
+            spec = load_spec(self.spec_file(domain)).spec
         except SpecError as e:
             raise ServiceError(str(e), field="domain") from None
+        job_name = job_name_for(spec.type)
         busy = self.in_flight_runs(domain)
         if busy:
             raise Conflict(
@@ -297,13 +298,19 @@ class SynthService:
             matrix["target_count"] = target_count
         if weak_cells:
             matrix["weak_cells"] = weak_cells
+        if matrix and spec.statistical:
+            raise ServiceError(
+                f"{domain!r} is a {spec.type} domain: its size is set in its spec, "
+                "not by target_count or weak_cells",
+                field="target_count",
+            )
         run_config = {"ops": {"problem_matrix": {"config": matrix}}} if matrix else {}
         tags = {"dagster/partition": domain, "synth/launched_by": "service"}
         self._register_partition(domain)
         if self.settings.dagster_url:
-            run_id = self._launch_graphql(run_config, tags)
+            run_id = self._launch_graphql(job_name, run_config, tags)
         else:
-            run_id = self._launch_on_instance(run_config, tags)
+            run_id = self._launch_on_instance(job_name, run_config, tags)
         return self.run(run_id)
 
     def _register_partition(self, domain: str) -> None:
@@ -313,7 +320,7 @@ class SynthService:
         if not self.instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
             self.instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
 
-    def _launch_graphql(self, run_config: dict[str, Any], tags: dict[str, str]) -> str:
+    def _launch_graphql(self, job_name: str, run_config: dict[str, Any], tags: dict[str, str]) -> str:
         from urllib.parse import urlparse
 
         from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
@@ -326,13 +333,13 @@ class SynthService:
             path_prefix=url.path.rstrip("/"),
         )
         try:
-            return str(client.submit_job_execution(JOB_NAME, run_config=run_config, tags=tags))
+            return str(client.submit_job_execution(job_name, run_config=run_config, tags=tags))
         except DagsterGraphQLClientError as e:
             raise Unavailable(
                 f"the Dagster webserver at {self.settings.dagster_url} refused the run: {e}"
             ) from e
 
-    def _launch_on_instance(self, run_config: dict[str, Any], tags: dict[str, str]) -> str:
+    def _launch_on_instance(self, job_name: str, run_config: dict[str, Any], tags: dict[str, str]) -> str:
         # What `dagster job launch -m synth_pipelines.definitions` does: load the code location,
         # create the run from its snapshot, submit it to the instance's run coordinator.
         from dagster._cli.job import execute_launch_command
@@ -343,7 +350,7 @@ class SynthService:
             workspace_opts=WorkspaceOpts(module_name=(CODE_LOCATION,)),
             config_json=json.dumps(run_config),
             tags=json.dumps(tags),
-            job_name=JOB_NAME,
+            job_name=job_name,
         )
         return str(run.run_id)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -24,7 +26,11 @@ SpecType = Literal[
     "code-snippet",
     "conversation",
     "test-case",
+    # Statistical generators (README, Time series and events): no fields, no judges.
+    "timeseries",
+    "events",
 ]
+STATISTICAL_TYPES = ("timeseries", "events")
 TrainingFormat = Literal["sft", "dpo", "qa", "grpo-verifiable", "raw"]
 
 
@@ -253,6 +259,94 @@ class SeedSource(_Strict):
         return self
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(text: str) -> float:
+    """'15min', '1h', '7d' -> seconds (a ValueError naming the accepted units otherwise)."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(
+            f"{text!r} is not a duration: write a number and a unit (s, min, h, d, w), e.g. '1h'"
+        )
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+class SeasonSpec(_Strict):
+    period: int = Field(ge=2, le=100_000, description="in steps")
+    amplitude: float = Field(gt=0)
+
+
+class TimeseriesSpec(_Strict):
+    """Series = level + trend x step + seasonal sines + noise (Gaussian or AR(1)), with regime
+    changes (level shifts at random steps) and anomalies (spikes of ``anomaly_scale`` noise stds)."""
+
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    frequency: str = "1h"
+    length: int = Field(default=720, ge=10, le=1_000_000)
+    series: int = Field(default=4, ge=1, le=10_000)
+    level: float = 100.0
+    trend: float = 0.0  # per step
+    seasonality: list[SeasonSpec] = Field(default_factory=list, max_length=5)
+    noise: float = Field(default=1.0, ge=0)
+    ar: float = Field(default=0.0, ge=-0.99, le=0.99)  # AR(1) coefficient of the noise
+    regime_changes: int = Field(default=0, ge=0, le=100)
+    regime_shift: float = Field(default=0.0, ge=0)
+    anomalies: float = Field(default=0.0, ge=0, le=0.2)  # share of steps
+    anomaly_scale: float = Field(default=5.0, gt=0)
+    seed: int = 0
+
+    @field_validator("frequency")
+    @classmethod
+    def _frequency(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+
+class AttributeSpec(_Strict):
+    """A typed attribute of every event."""
+
+    type: Literal["category", "float", "integer"]
+    values: list[str] = Field(default_factory=list, max_length=1000)  # category
+    weights: list[float] | None = None  # category; default uniform
+    distribution: Literal["normal", "lognormal", "uniform", "poisson"] = "normal"  # float / integer
+    mean: float = 0.0
+    std: float = Field(default=1.0, ge=0)
+    low: float = 0.0
+    high: float = 1.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AttributeSpec:
+        if self.type == "category" and not self.values:
+            raise ValueError("a category attribute needs values")
+        if self.weights is not None and len(self.weights) != len(self.values):
+            raise ValueError("weights must have one number per value")
+        return self
+
+
+class EventsSpec(_Strict):
+    """Arrivals per stream: a Poisson process at ``rate`` per hour, or a Hawkes process (baseline
+    ``rate``, each event adding ``hawkes_alpha`` expected children decaying at ``hawkes_beta`` per
+    hour; long-run rate = rate / (1 - alpha)); every event gets the typed ``attributes``."""
+
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    duration: str = "7d"
+    process: Literal["poisson", "hawkes"] = "poisson"
+    rate: float = Field(default=10.0, gt=0)  # events per hour (Hawkes: the baseline)
+    hawkes_alpha: float = Field(default=0.5, ge=0, lt=1)
+    hawkes_beta: float = Field(default=2.0, gt=0)
+    streams: int = Field(default=1, ge=1, le=10_000)
+    attributes: dict[str, AttributeSpec] = Field(default_factory=dict)
+    seed: int = 0
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+
 ScenarioFactor = Literal["time", "resources", "stakeholders", "constraints"]
 # The extra criterion the judges score adversarial rows on, next to the spec's criteria.
 ADVERSARIAL_CRITERION = "hard_but_well_posed"
@@ -287,7 +381,7 @@ class DomainSpec(_Strict):
     domain: str
     type: SpecType
     description: str = Field(min_length=1)
-    fields: dict[str, FieldSpec] = Field(min_length=1)
+    fields: dict[str, FieldSpec] = Field(default_factory=dict)
     constraints: Constraints = Field(default_factory=Constraints)
     hints: Hints = Field(default_factory=Hints)
     matrix: MatrixSpec = Field(default_factory=MatrixSpec)
@@ -302,6 +396,13 @@ class DomainSpec(_Strict):
     rules: list[RuleSpec] = Field(default_factory=list)
     techniques: TechniquesSpec = Field(default_factory=TechniquesSpec)
     seed_source: SeedSource | None = None
+    timeseries: TimeseriesSpec | None = None
+    events: EventsSpec | None = None
+
+    @property
+    def statistical(self) -> bool:
+        """A time-series or events domain: made by a statistical generator, not by examples."""
+        return self.type in STATISTICAL_TYPES
 
     @field_validator("type", mode="before")
     @classmethod
@@ -320,6 +421,12 @@ class DomainSpec(_Strict):
             validate_domain_name(self.domain)
         except UnsafeDomainError as e:
             raise ValueError(str(e)) from None
+        if self.type == "timeseries" and self.timeseries is None:
+            raise ValueError("type timeseries needs a timeseries section (see the timeseries template)")
+        if self.type == "events" and self.events is None:
+            raise ValueError("type events needs an events section (see the events template)")
+        if not self.statistical and not self.fields:
+            raise ValueError("fields: at least one field is required for an example type")
         for name in self.fields:
             if not name.isidentifier() or name.startswith("_"):
                 raise ValueError(f"field name {name!r} must be a Python identifier not starting with '_'")

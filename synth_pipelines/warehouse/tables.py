@@ -187,7 +187,8 @@ DOMAIN_DIVERSITY = pa.schema(
 
 def spec_table(spec: Any, file_hash: str) -> pa.Table:
     """One row describing a domain's spec, for warehouse consumers (the dbt marts join on it)."""
-    program = spec.program_or_default()
+    # A statistical domain (timeseries, events) has no fields and no program.
+    program = None if spec.statistical else spec.program_or_default()
     return to_table(
         [
             {
@@ -200,8 +201,8 @@ def spec_table(spec: Any, file_hash: str) -> pa.Table:
                 "consensus_threshold": spec.validation.threshold,
                 "min_pass_rate": spec.validation.min_pass_rate,
                 "diversity_threshold": spec.validation.min_diversity,
-                "program_inputs": program.inputs,
-                "program_outputs": program.outputs,
+                "program_inputs": program.inputs if program else [],
+                "program_outputs": program.outputs if program else [],
                 "file_sha256": file_hash,
             }
         ],
