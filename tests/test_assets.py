@@ -15,6 +15,7 @@ from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialize_domain
 from synth_pipelines.sensors import domain_spec_sensor, plan_spec_runs
+from synth_pipelines.spec.model import discover_specs
 
 
 def resources(warehouse_root: Path, schemas_dir: Path) -> dict:
@@ -246,14 +247,12 @@ def test_spec_sensor_adds_partitions_and_requests_once(schemas_dir: Path) -> Non
     )
     result = domain_spec_sensor(ctx)
     keys = sorted(r.run_key for r in result.run_requests)
-    shipped = ["api_development", "data_analysis", "service_traffic"]
+    shipped = sorted(d for d in discover_specs(schemas_dir) if d != "Bad Name")
+    assert {"api_development", "data_analysis", "service_traffic", "payment_events"} <= set(shipped)
     assert [k.split(":")[0] for k in keys] == shipped
     jobs = {r.partition_key: r.job_name for r in result.run_requests}
-    assert jobs == {
-        "api_development": "synth_domain",
-        "data_analysis": "synth_domain",
-        "service_traffic": "synth_statistical",
-    }
+    statistical = {"service_traffic", "payment_events"}
+    assert jobs == {d: "synth_statistical" if d in statistical else "synth_domain" for d in shipped}
     assert result.dynamic_partitions_requests[0].partition_keys == shipped
     cursor = result.cursor
     # Same files, next tick: nothing new.
