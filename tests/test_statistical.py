@@ -161,3 +161,14 @@ def test_a_timeseries_domain_runs_its_own_graph_offline(
     assert job_name_for("timeseries") == "synth_statistical" and job_name_for("api-example") == "synth_domain"
     runs = {r.domain: r.job_name for r in plan_spec_runs(schemas_dir, set(), {}).runs}
     assert runs["service_traffic"] == "synth_statistical" and runs["api_development"] == "synth_domain"
+
+
+def test_a_statistical_domain_has_no_training_export(schemas_dir: Path, tmp_path: Path) -> None:
+    from synth_pipelines.warehouse.exports import export_rows
+    from synth_pipelines.warehouse.storage import Warehouse
+
+    spec = load_spec(schemas_dir / "payment_events.yaml").spec
+    with pytest.raises(
+        ValueError, match="no training examples to export; read its Parquet, statistical_data"
+    ):
+        export_rows(Warehouse(tmp_path / "wh"), spec, "sft")

@@ -383,6 +383,11 @@ def export_rows(
     Raises ValueError when the domain has no validated examples."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not exportable; choose one of {', '.join(FORMATS)}")
+    if spec.statistical:
+        raise ValueError(
+            f"domain {spec.domain!r} is a {spec.type} domain: it has no training examples to export; "
+            f"read its Parquet, statistical_data/domain={spec.domain}/part-0.parquet"
+        )
 
     def rows_of(asset: str) -> list[dict[str, Any]]:
         table = warehouse.read_partition(asset, spec.domain)
