@@ -158,6 +158,10 @@ def test_a_timeseries_domain_runs_its_own_graph_offline(
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
     assert checks == {"statistics_recovered": True}
+    from synth_pipelines.warehouse.status import domain_status
+
+    [status] = [r for r in domain_status(Warehouse(warehouse)) if r["domain"] == "service_traffic"]
+    assert status["generated"] == status["accepted"] == table.num_rows and status["pass_rate"] == 1.0
     assert job_name_for("timeseries") == "synth_statistical" and job_name_for("api-example") == "synth_domain"
     runs = {r.domain: r.job_name for r in plan_spec_runs(schemas_dir, set(), {}).runs}
     assert runs["service_traffic"] == "synth_statistical" and runs["api_development"] == "synth_domain"

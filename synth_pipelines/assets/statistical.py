@@ -17,10 +17,9 @@ from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.spec.example_schema import json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.validation.statistical import check_events, check_timeseries
+from synth_pipelines.warehouse.storage import QUALITY_FILE, SCENARIO_FILE
 
 GROUP = "statistical"
-SCENARIO_FILE = "statistical_data/domain={domain}/scenario.json"
-QUALITY_FILE = "statistical_data/domain={domain}/quality.json"
 
 
 class Scenario(BaseModel):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from synth_pipelines.warehouse.storage import Warehouse
+from synth_pipelines.warehouse.storage import QUALITY_FILE, Warehouse
 
 PERFORMANCE = "agent_performance"
 
@@ -38,7 +38,23 @@ def domain_status(wh: Warehouse) -> list[dict[str, Any]]:
                 "last_run": last,
             }
         )
-    return rows
+    # Timeseries and events domains: their rows are generated and kept as they are (no judging);
+    # the recovery check's verdict stands in for a pass rate.
+    for domain in wh.partition_domains("statistical_data"):
+        made = wh.partition_rows("statistical_data", domain) or 0
+        quality = wh.read_json(QUALITY_FILE.format(domain=domain)) or {}
+        rows.append(
+            {
+                "domain": domain,
+                "generated": made,
+                "accepted": made if quality.get("passed") else 0,
+                "pass_rate": (1.0 if quality.get("passed") else 0.0) if quality else None,
+                "diversity": None,
+                "program_score": None,
+                "last_run": None,
+            }
+        )
+    return sorted(rows, key=lambda r: r["domain"])
 
 
 def _latest_program_scores(wh: Warehouse) -> dict[str, float]:

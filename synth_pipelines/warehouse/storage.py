@@ -45,6 +45,9 @@ PROGRAM_FILE = "programs/domain={domain}/program.json"
 SCORE_FILE = "programs/domain={domain}/score.json"
 # What search uses for a domain (exact or the ANN index in the state folder) and the index's recall.
 INDEX_FILE = "example_index/domain={domain}/index.json"
+# A timeseries or events domain's recovery check and the scenario the generator model named.
+QUALITY_FILE = "statistical_data/domain={domain}/quality.json"
+SCENARIO_FILE = "statistical_data/domain={domain}/scenario.json"
 
 StoragePath: TypeAlias = Path | UPath
 """A local ``Path`` or an fsspec-backed ``UPath``; both speak the pathlib API."""
