@@ -180,3 +180,20 @@ def test_grounded_seeds_carry_their_chunk_to_validated_examples_and_the_card(
     # Same seed, same sample: a rerun asks no model again.
     again = materialize_domain(up_to("seed_problems"), warehouse, scripted_schemas_dir)
     assert again.asset_materializations_for_node("seed_problems")[0].metadata["model_calls"].value == 0
+
+
+def test_a_corpus_in_a_bucket_reads_the_same_as_on_disk(tmp_path: Path, s3_bucket: str) -> None:
+    """An fsspec URL: tables through DuckDB on the fsspec filesystem, text files through fsspec."""
+    import boto3
+
+    corpus = make_corpus(tmp_path)
+    s3 = boto3.client("s3")
+    for path in corpus.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), s3_bucket, f"docs/{path.relative_to(corpus)}")
+    local = load_chunks(SeedSource(corpus=str(corpus), chunk_chars=300))
+    remote = load_chunks(SeedSource(corpus=f"s3://{s3_bucket}/docs", chunk_chars=300))
+    assert [(Path(c.source).name, c.start, c.end, c.text) for c in remote] == [
+        (Path(c.source).name, c.start, c.end, c.text) for c in local
+    ]
+    assert all(c.source.startswith(f"{s3_bucket}/docs/") for c in remote)

@@ -457,3 +457,17 @@ def test_mcp_over_stdio_lists_tools_and_domains(tmp_path: Path, schemas_dir: Pat
 
     assert sorted(d["domain"] for d in listed["domains"]) == sorted(discover_specs(schemas_dir))
     assert all(d["accepted"] == 0 for d in listed["domains"])
+
+
+def test_a_statistical_domain_takes_no_target_count(tmp_path: Path, schemas_dir: Path) -> None:
+    import dagster as dg
+
+    from synth_pipelines.service.operations import ServiceError
+
+    settings = ServiceSettings(
+        warehouse_root=str(tmp_path / "wh"), state_dir=None, schemas_dir=str(schemas_dir), profile="local"
+    )
+    service = SynthService(settings, instance=dg.DagsterInstance.ephemeral())
+    with pytest.raises(ServiceError, match="timeseries domain: its size is set in its spec") as err:
+        service.launch("service_traffic", target_count=10)
+    assert err.value.field == "target_count"

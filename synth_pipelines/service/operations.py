@@ -288,11 +288,6 @@ class SynthService:
         except SpecError as e:
             raise ServiceError(str(e), field="domain") from None
         job_name = job_name_for(spec.type)
-        busy = self.in_flight_runs(domain)
-        if busy:
-            raise Conflict(
-                f"domain {domain!r} already has run {busy[0]} in flight; poll it, or launch when it ends"
-            )
         matrix: dict[str, Any] = {}
         if target_count is not None:
             matrix["target_count"] = target_count
@@ -303,6 +298,11 @@ class SynthService:
                 f"{domain!r} is a {spec.type} domain: its size is set in its spec, "
                 "not by target_count or weak_cells",
                 field="target_count",
+            )
+        busy = self.in_flight_runs(domain)
+        if busy:
+            raise Conflict(
+                f"domain {domain!r} already has run {busy[0]} in flight; poll it, or launch when it ends"
             )
         run_config = {"ops": {"problem_matrix": {"config": matrix}}} if matrix else {}
         tags = {"dagster/partition": domain, "synth/launched_by": "service"}
