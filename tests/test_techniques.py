@@ -121,3 +121,24 @@ def pa_empty() -> Any:
     import pyarrow as pa
 
     return pa.table({})
+
+
+def test_a_failed_derivation_gives_its_target_back_to_the_base_row(schemas_dir: Path) -> None:
+    from synth_pipelines.generation.techniques import attach_problems, derivation_key
+
+    spec = load_spec(spec_with_techniques(schemas_dir)).spec
+    rows = plan_technique_rows(spec, build_matrix(spec, ["s1"], target_count=48))
+    seeds = {"s1": "List the users of an account"}
+    technique_rows = [r for r in rows if r.technique != "base" and r.target > 0]
+    failed = technique_rows[0]
+    problems = {derivation_key(r): f"derived {derivation_key(r)}" for r in technique_rows if r is not failed}
+    problems.pop(derivation_key(failed), None)
+    attached = attach_problems(rows, problems, seeds)
+    assert sum(r.target for r in attached) == sum(r.target for r in rows)  # nothing lost
+    lost = [r for r in technique_rows if derivation_key(r) == derivation_key(failed)]
+    base = {r.cell_id: r.target for r in rows if r.technique == "base"}
+    for r in attached:
+        if r.technique == "base":
+            assert r.target == base[r.cell_id] + sum(x.target for x in lost if x.cell_id == r.cell_id)
+        else:
+            assert r.problem and r.parent_problem == seeds["s1"]
