@@ -46,6 +46,19 @@ def scripted_backends(monkeypatch: pytest.MonkeyPatch):
     return made
 
 
+def plumbing_specs(folder: Path) -> None:
+    """Rewrite every spec in ``folder`` with the plumbing settings ``scripted_schemas_dir`` explains."""
+    import yaml
+
+    for path in folder.glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        data.setdefault("validation", {}).update(
+            diversity_threshold=0.0, consensus_threshold=0.25, min_pass_rate=0.5, on_topic_threshold=-1.0
+        )
+        data.pop("rules", None)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 @pytest.fixture
 def scripted_schemas_dir(schemas_dir: Path) -> Path:
     """The shipped specs for plumbing tests on the scripted provider: the diversity gate off (scripted
@@ -55,16 +68,7 @@ def scripted_schemas_dir(schemas_dir: Path) -> Path:
     scripted and fake-server judges score at random, and their test profiles carry no calibration,
     so `auto` would mean the design's 0.75), and no on-topic gate (random words are off topic by
     construction). Every gate is tested on its own with shipped settings."""
-    import yaml
-
-    for path in schemas_dir.glob("*.yaml"):
-        data = yaml.safe_load(path.read_text())
-        validation = data.setdefault("validation", {})
-        validation.update(
-            diversity_threshold=0.0, consensus_threshold=0.25, min_pass_rate=0.5, on_topic_threshold=-1.0
-        )
-        data.pop("rules", None)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    plumbing_specs(schemas_dir)
     return schemas_dir
 
 

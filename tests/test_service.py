@@ -171,24 +171,18 @@ def free_port() -> int:
 def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """uvicorn serving the API on 127.0.0.1 with a bearer token, a Dagster home with the default
     run launcher, the scripted specs and a profile on the fake OpenAI server."""
+    import shutil
+
     import uvicorn
 
     from synth_pipelines.service.api import create_app
-    from tests.conftest import SCHEMAS  # the shipped specs folder
+    from tests.conftest import SCHEMAS, plumbing_specs
 
     tmp = tmp_path_factory.mktemp("api")
     monkeypatch = pytest.MonkeyPatch()
     schemas = tmp / "schemas"
-    schemas.mkdir()
-    import yaml
-
-    for path in Path(SCHEMAS).glob("*.yaml"):
-        data = yaml.safe_load(path.read_text())
-        data.setdefault("validation", {}).update(
-            diversity_threshold=0.0, consensus_threshold=0.25, min_pass_rate=0.5, on_topic_threshold=-1.0
-        )
-        data.pop("rules", None)
-        (schemas / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copytree(SCHEMAS, schemas)
+    plumbing_specs(schemas)  # the fake server's replies are random words: the scripted_schemas_dir settings
     home = tmp / "dagster_home"
     home.mkdir()
     # Dagster's default coordinator queues runs for the daemon (`dagster dev` runs one); here the

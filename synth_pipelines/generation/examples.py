@@ -35,7 +35,19 @@ BASE_MAX_TOKENS = 96
 TOKENS_PER_CHAR = 0.35
 
 
-class PlannedItem(BaseModel):
+class Lineage(BaseModel):
+    """Where an item's problem came from: its technique (base | variation | adversarial |
+    scenario:<factor>) and parent seed problem, and the corpus chunk its seed was grounded in."""
+
+    technique: str = "base"
+    parent_problem: str | None = None
+    chunk_id: str | None = None
+    chunk_source: str | None = None
+    chunk_start: int | None = None
+    chunk_end: int | None = None
+
+
+class PlannedItem(Lineage):
     model_config = ConfigDict(frozen=True)
 
     example_id: str
@@ -46,16 +58,10 @@ class PlannedItem(BaseModel):
     complexity: str
     sample_index: int
     seed: int
-    technique: str = "base"
-    parent_problem: str | None = None
-    chunk_id: str | None = None
-    chunk_source: str | None = None
-    chunk_start: int | None = None
-    chunk_end: int | None = None
     grounding: str | None = None  # the chunk excerpt shown to the generator
 
 
-class RawGeneration(BaseModel):
+class RawGeneration(Lineage):
     """One row of ``raw_generations``: the example (or the failure) and its full provenance."""
 
     example_id: str
@@ -81,12 +87,6 @@ class RawGeneration(BaseModel):
     cache_hit: bool
     created_at: str
     structured_output: str | None = None
-    technique: str = "base"
-    parent_problem: str | None = None
-    chunk_id: str | None = None
-    chunk_source: str | None = None
-    chunk_start: int | None = None
-    chunk_end: int | None = None
 
 
 def iter_plan_items(
@@ -315,12 +315,7 @@ def generate_examples(
             cache_hit=result.record.model_calls == 0,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             structured_output=result.record.structured_output,
-            technique=item.technique,
-            parent_problem=item.parent_problem,
-            chunk_id=item.chunk_id,
-            chunk_source=item.chunk_source,
-            chunk_start=item.chunk_start,
-            chunk_end=item.chunk_end,
+            **item.model_dump(include=set(Lineage.model_fields)),
         )
 
     def finished(item: PlannedItem, row: RawGeneration | None) -> None:
