@@ -13,11 +13,9 @@ model): deterministic for the spec's ``seed``, typed Arrow out (timestamps are t
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
-from scipy import stats
 
 from synth_pipelines.spec.model import AttributeSpec, EventsSpec, TimeseriesSpec, duration_seconds
 
@@ -169,15 +167,3 @@ def generate_events(spec: EventsSpec) -> pa.Table:
 def expected_event_rate(spec: EventsSpec) -> float:
     """Long-run events per hour per stream (Hawkes: baseline / (1 - branching ratio))."""
     return spec.rate / (1 - spec.hawkes_alpha) if spec.process == "hawkes" else spec.rate
-
-
-def span(spec: EventsSpec) -> timedelta:
-    return timedelta(seconds=duration_seconds(spec.duration))
-
-
-def poisson_interval(count: int, confidence: float = 0.999) -> tuple[float, float]:
-    """Exact (Garwood) confidence interval of a Poisson mean given one observed count."""
-    a = 1 - confidence
-    low = 0.0 if count == 0 else float(stats.chi2.ppf(a / 2, 2 * count) / 2)
-    high = float(stats.chi2.ppf(1 - a / 2, 2 * (count + 1)) / 2)
-    return low, high
