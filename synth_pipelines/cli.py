@@ -403,6 +403,50 @@ def calibrate(
         typer.echo(f"calibrated profile written to {save}; use it with SYNTH_PROFILE={save}")
 
 
+# --------------------------------------------------------------------------------------------- plan
+
+
+@app.command()
+def plan(
+    domain: Annotated[str, typer.Option(help="The domain to plan (a spec in the schemas folder).")],
+    count: Annotated[
+        int | None, typer.Option(help="Target count (default: the spec's target_count).")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds to generate when the spec lists none.")] = 5,
+    profile: ProfileOpt = None,
+    schemas: SchemasOpt = None,
+    warehouse: WarehouseOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    save: Annotated[
+        bool, typer.Option(help="Keep the plan so the next run records planned vs actual in its metadata.")
+    ] = True,
+) -> None:
+    """Forecast a run before it spends anything: model calls, tokens, dollars and wall time per
+    asset, with what the cache already answers (no model is called)."""
+    from synth_pipelines.learning.plan import plan_domain, render_plan, save_plan
+    from synth_pipelines.llm.config import ProfileError
+    from synth_pipelines.resources import LLMResource
+
+    name = _domain(domain)
+    try:
+        spec = load_spec(spec_path_for(_schemas(schemas), name)).spec
+    except (SpecError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    wh = _warehouse(warehouse)
+    resource = LLMResource(profile=_profile(profile), api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None)
+    try:
+        client = resource.client(wh.cache_path)
+        forecast = plan_domain(spec, wh, client, target_count=count, seed_count=seeds)
+    except (ProfileError, ValueError) as e:
+        raise _fail(f"planning {name!r}: {e}") from None
+    if save:
+        save_plan(wh, forecast)
+    if as_json:
+        typer.echo(json.dumps({**forecast.model_dump(mode="json"), "totals": forecast.summary()}, indent=2))
+    else:
+        typer.echo(render_plan(forecast))
+
+
 # --------------------------------------------------------------------------------------------- doctor
 
 

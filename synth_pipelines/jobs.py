@@ -4,6 +4,7 @@ and the statistical domains' (timeseries, events) short graph."""
 import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS
+from synth_pipelines.assets.plan import generation_plan
 from synth_pipelines.assets.statistical import STATISTICAL_ASSETS
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.spec.model import STATISTICAL_TYPES
@@ -27,6 +28,16 @@ synth_statistical_job = dg.define_asset_job(
     partitions_def=domain_partitions,
     executor_def=dg.in_process_executor,
     description="Materialize a timeseries or events domain: its spec and its statistical data.",
+)
+
+
+synth_plan_job = dg.define_asset_job(
+    name="synth_plan",
+    selection=dg.AssetSelection.assets(generation_plan),
+    partitions_def=domain_partitions,
+    executor_def=dg.in_process_executor,
+    description="Dry run: forecast a domain's next run (calls, tokens, dollars, time) without calling a "
+    "model. Config ops.generation_plan.config.target_count plans for another count.",
 )
 
 

@@ -1,6 +1,7 @@
 """Helpers the asset modules share: loading the materialized spec, metadata formatting, failures."""
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import dagster as dg
 from synth_pipelines.llm.types import UsageTotals
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.warehouse.storage import SPEC_FILE, Warehouse
+from synth_pipelines.warehouse.usage import UsageRecord, planned_for, record_usage, saved_plan, usage_history
 
 
 def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:
@@ -104,3 +106,62 @@ def usage_metadata(totals: UsageTotals) -> dict[str, Any]:
 def provider_failure(context_msg: str, error: BaseException) -> dg.Failure:
     """Wrap a provider error into an actionable Failure (the message never holds a key)."""
     return dg.Failure(description=f"{context_msg}: {error}")
+
+
+def record_spend(
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    totals: UsageTotals,
+    *,
+    units: int,
+    started: float,
+    fresh_units: int | None = None,
+    concurrency: int = 1,
+) -> dict[str, Any]:
+    """Append the asset's spend to ``llm_usage`` (the history ``synth plan`` calibrates on) and
+    return its usage metadata, with planned vs actual when a plan was saved for this run.
+    ``started`` is the asset's ``time.monotonic()`` at its start; ``fresh_units`` defaults to the
+    structured calls the cache did not answer."""
+    domain = context.partition_key
+    asset = context.asset_key.path[-1]
+    history = usage_history(warehouse, domain, last=1).get(asset, [])
+    line = planned_for(saved_plan(warehouse, domain), asset, history[0].recorded_at if history else None)
+    record = UsageRecord(
+        domain=domain,
+        asset=asset,
+        run_id=context.run_id,
+        units=units,
+        fresh_units=fresh_units if fresh_units is not None else max(0, totals.calls - totals.cache_hits),
+        model_calls=totals.model_calls,
+        cache_hits=totals.cache_hits,
+        failed_calls=totals.failures,
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        cost_usd=totals.cost_usd,
+        latency_s=totals.latency_s,
+        wall_s=round(time.monotonic() - started, 3),
+        concurrency=concurrency,
+        planned_calls=line["calls"] if line else None,
+        planned_tokens=(line["prompt_tokens"] + line["completion_tokens"]) if line else None,
+        planned_cost_usd=line["cost_usd"] if line else None,
+    )
+    record_usage(warehouse, record)
+    meta = usage_metadata(totals)
+    if line:
+        meta.update(
+            {
+                "planned_model_calls": int(line["calls"]),
+                "planned_cost_usd": dg.MetadataValue.float(round(float(line["cost_usd"]), 6)),
+                "planned_tokens": int(line["prompt_tokens"] + line["completion_tokens"]),
+                "plan_calls_error_pct": dg.MetadataValue.float(_error_pct(line["calls"], totals.model_calls)),
+                "plan_cost_error_pct": dg.MetadataValue.float(_error_pct(line["cost_usd"], totals.cost_usd)),
+            }
+        )
+    return meta
+
+
+def _error_pct(planned: float, actual: float) -> float:
+    """How far the plan was from the run, as a percentage of the actual (0 when both are 0)."""
+    if actual == 0:
+        return 0.0 if planned == 0 else 100.0
+    return round(100.0 * (planned - actual) / actual, 2)

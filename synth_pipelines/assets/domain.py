@@ -1,6 +1,7 @@
 """The first three assets: the validated spec, its seed problems and the problem matrix."""
 
 import json
+import time
 from typing import Any
 
 import dagster as dg
@@ -10,8 +11,8 @@ from synth_pipelines.assets._common import (
     load_materialized_spec,
     markdown_table,
     provider_failure,
+    record_spend,
     require_upstream,
-    usage_metadata,
 )
 from synth_pipelines.generation.corpus import CorpusError, chunks_table, load_chunks, sample_chunks
 from synth_pipelines.generation.matrix import build_matrix, feedback_extras
@@ -182,6 +183,7 @@ def seed_problems(
     grounded in each sampled corpus chunk, and the seed keeps the chunk's id, file and offsets
     (which every example made from it inherits). Exact duplicates (after normalization) are dropped.
     """
+    started = time.monotonic()
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
@@ -216,7 +218,7 @@ def seed_problems(
         "preview": markdown_table(rows, ["seed_id", "problem", "source"], limit=10, width=100),
     }
     if client is not None:
-        meta.update(usage_metadata(client.totals))
+        meta.update(record_spend(context, wh, client.totals, units=client.totals.calls, started=started))
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -251,6 +253,7 @@ def problem_matrix(
     problem derived from the seed by the generator model (``technique``, ``problem`` and
     ``parent_problem`` columns); a weak cell's extras go to its adversarial and variation rows first.
     """
+    started = time.monotonic()
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
@@ -276,7 +279,7 @@ def problem_matrix(
             "derived_problems": len(problems),
             "derivation_failures": len(failures),
             "derivation_failure_examples": dg.MetadataValue.json(failures[:5]),
-            **usage_metadata(client.totals),
+            **record_spend(context, wh, client.totals, units=len(wanted), started=started),
         }
     known = {c.cell_id for c in cells}
     rows = [

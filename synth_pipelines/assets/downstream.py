@@ -13,8 +13,8 @@ from synth_pipelines.assets._common import (
     histogram_markdown,
     load_materialized_spec,
     markdown_table,
+    record_spend,
     require_upstream,
-    usage_metadata,
 )
 from synth_pipelines.assets.examples import validated_examples
 from synth_pipelines.learning.outcomes import record_performance
@@ -162,6 +162,7 @@ def compiled_program(
         to_dspy_examples,
     )
 
+    started = time.monotonic()
     domain = context.partition_key
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
@@ -276,6 +277,8 @@ def compiled_program(
             "program_threads": threads,
             "program_path": dg.MetadataValue.path(str(path)),
             "score_histogram": histogram_markdown(per_example),
-            **usage_metadata(client.totals),
+            **record_spend(
+                context, wh, client.totals, units=score.n_eval, started=started, concurrency=threads
+            ),
         }
     )

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from synth_pipelines.generation import prompts
 from synth_pipelines.llm.client import LLMClient
-from synth_pipelines.llm.types import ChatMessage
+from synth_pipelines.llm.types import ChatMessage, CompletionRequest
 from synth_pipelines.spec.example_schema import json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import normalize_text, stable_hash, stable_int
@@ -53,6 +53,27 @@ def dedupe_problems(problems: list[tuple[str, str]]) -> list[SeedProblem]:
     return out
 
 
+def seed_request(spec: DomainSpec, model: str, *, count: int, round_no: int) -> CompletionRequest:
+    """The request of one seed round (what ``synth plan`` looks up in the cache)."""
+    style = f" Style: {spec.hints.style}" if spec.hints.style else ""
+    return CompletionRequest(
+        model=model,
+        messages=(
+            ChatMessage(role="system", content=prompts.SEED_SYSTEM),
+            ChatMessage(
+                role="user",
+                content=prompts.SEED_USER.format(
+                    domain=spec.domain, description=spec.description, n=count, style=style
+                ),
+            ),
+        ),
+        json_schema=json_schema_for_model(seed_list_model(count)),
+        temperature=0.8,
+        max_tokens=60 * count,
+        seed=1000 + round_no,
+    )
+
+
 def build_seed_problems(
     spec: DomainSpec, client: LLMClient | None, *, count: int = 5, max_rounds: int = 3
 ) -> tuple[list[SeedProblem], list[str]]:
@@ -65,28 +86,19 @@ def build_seed_problems(
         )
     model_cls = seed_list_model(count)
     schema = json_schema_for_model(model_cls)
-    style = f" Style: {spec.hints.style}" if spec.hints.style else ""
     collected: list[tuple[str, str]] = []
     failures: list[str] = []
     generator_chain = client.generator_chain()
     for round_no in range(max_rounds):
-        messages = [
-            ChatMessage(role="system", content=prompts.SEED_SYSTEM),
-            ChatMessage(
-                role="user",
-                content=prompts.SEED_USER.format(
-                    domain=spec.domain, description=spec.description, n=count, style=style
-                ),
-            ),
-        ]
+        request = seed_request(spec, generator_chain[0], count=count, round_no=round_no)
         result = client.structured(
             generator_chain,
-            messages,
+            request.messages,
             model_cls,
             json_schema=schema,
-            temperature=0.8,
-            max_tokens=60 * count,
-            seed=1000 + round_no,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
         )
         if result.value is None:
             failures.append(result.error or "unknown failure")

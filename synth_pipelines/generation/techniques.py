@@ -23,8 +23,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from synth_pipelines.generation.matrix import MatrixCell, largest_remainder
-from synth_pipelines.llm.client import LLMClient
-from synth_pipelines.llm.types import ChatMessage
+from synth_pipelines.llm.client import LLMClient, parse_reply
+from synth_pipelines.llm.types import ChatMessage, CompletionRequest
 from synth_pipelines.spec.example_schema import json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import normalize_text, stable_int
@@ -199,6 +199,30 @@ def derivation_messages(spec: DomainSpec, d: Derivation) -> list[ChatMessage]:
     ]
 
 
+def derivation_request(spec: DomainSpec, d: Derivation, model: str) -> CompletionRequest:
+    """The request that derives ``d``'s problem on ``model`` (``synth plan`` looks it up in the cache)."""
+    return CompletionRequest(
+        model=model,
+        messages=tuple(derivation_messages(spec, d)),
+        json_schema=json_schema_for_model(DerivedProblem),
+        temperature=0.7,
+        max_tokens=160,
+        seed=stable_int(d.key),
+    )
+
+
+def usable_problem(text: str, d: Derivation) -> str | None:
+    """The derived problem, or None when it merely repeats its seed."""
+    text = text.strip()
+    return None if normalize_text(text) == normalize_text(d.seed) else text
+
+
+def parse_derived(reply: str, d: Derivation) -> str | None:
+    """The usable problem in a (cached) derivation reply, or None."""
+    value, _ = parse_reply(reply, DerivedProblem)
+    return usable_problem(value.problem, d) if value is not None else None
+
+
 def derive_problems(
     spec: DomainSpec, wanted: list[Derivation], client: LLMClient
 ) -> tuple[dict[str, str], list[str]]:
@@ -207,19 +231,20 @@ def derive_problems(
     chain = client.generator_chain()
 
     async def derive(d: Derivation) -> tuple[str, str | None, str | None]:
+        request = derivation_request(spec, d, chain[0])
         result = await client.astructured(
             chain,
-            derivation_messages(spec, d),
+            request.messages,
             DerivedProblem,
-            json_schema=json_schema_for_model(DerivedProblem),
-            temperature=0.7,
-            max_tokens=160,
-            seed=stable_int(d.key),
+            json_schema=request.json_schema or {},
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
         )
         if result.value is None:
             return d.key, None, f"{d.technique} of {d.seed_id}: {result.error}"
-        text = result.value.problem.strip()
-        if normalize_text(text) == normalize_text(d.seed):
+        text = usable_problem(result.value.problem, d)
+        if text is None:
             return d.key, None, f"{d.technique} of {d.seed_id}: repeats the seed"
         return d.key, text, None
 

@@ -412,12 +412,7 @@ class LLMClient:
         probed = False
         while True:
             rec.structured_output = self._mode_label(backend, mode)
-            # A reply obtained through another mode is another reply: the mode is part of the key
-            # (json_schema, the default, keeps the keys written before modes existed).
-            fingerprint = backend.fingerprint()
-            if mode is not None and mode != MODE_ORDER[0]:
-                fingerprint = f"{fingerprint}|{mode}"
-            key = request_key(request, attempt=attempt, model_fingerprint=fingerprint)
+            key = self._key(request, backend, mode, attempt)
             if batcher is not None:
                 hit = await batcher.get(key)
                 if hit is not None:
@@ -517,6 +512,29 @@ class LLMClient:
         elif error.kind != "unsupported":  # the server is fine; the mode is not (the caller falls back)
             gate.breaker.record_failure(error, connection=error.kind == "connection")
         raise error
+
+    @staticmethod
+    def _key(request: CompletionRequest, backend: Backend, mode: StructuredMode | None, attempt: int) -> str:
+        # A reply obtained through another mode is another reply: the mode is part of the key
+        # (json_schema, the default, keeps the keys written before modes existed).
+        fingerprint = backend.fingerprint()
+        if mode is not None and mode != MODE_ORDER[0]:
+            fingerprint = f"{fingerprint}|{mode}"
+        return request_key(request, attempt=attempt, model_fingerprint=fingerprint)
+
+    def cache_key(self, request: CompletionRequest, *, attempt: int = 0) -> str:
+        """The key :meth:`acomplete` would look the request up under (the same function), so a
+        planner can tell which calls the cache already answers without making any."""
+        mode = self.structured_mode(request.model) if request.json_schema is not None else None
+        return self._key(request, self._backend(request.model), mode, attempt)
+
+    def cached_replies(self, requests: Sequence[CompletionRequest]) -> list[RawCompletion | None]:
+        """The cached reply of each request (first attempt), or None: what a run would get for free."""
+        if self.cache is None or not requests:
+            return [None] * len(requests)
+        keys = [self.cache_key(r) for r in requests]
+        found = self.cache.get_many(keys)
+        return [found.get(k) for k in keys]
 
     def complete(self, request: CompletionRequest, *, attempt: int = 0) -> tuple[RawCompletion, CallRecord]:
         """Blocking :meth:`acomplete`."""

@@ -297,6 +297,12 @@ class Warehouse:
         payload = self.read_json(SPEC_FILE.format(domain=validate_domain_name(domain)))
         return DomainSpec.model_validate(payload["spec"]) if payload else None
 
+    @staticmethod
+    def as_stored(spec: DomainSpec) -> DomainSpec:
+        """``spec`` as :meth:`materialized_spec` will read it back after ``domain_schema`` stored it
+        (JSON with sorted keys, so its fields come back in name order): what the run's prompts use."""
+        return DomainSpec.model_validate(json.loads(json.dumps(spec.model_dump(mode="json"), sort_keys=True)))
+
     def diversity_stats(self, domain: str) -> dict[str, Any]:
         """What ``example_embeddings`` measured for the domain, or {} before it has run."""
         return self.read_json(DIVERSITY_FILE.format(domain=validate_domain_name(domain))) or {}

@@ -1,0 +1,124 @@
+"""``synth plan``: the forecast of a run, compared with the run itself on the fake OpenAI server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synth_pipelines.learning.plan import Plan, plan_domain, save_plan
+from synth_pipelines.resources import LLMResource
+from synth_pipelines.spec.model import load_spec, spec_path_for
+from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
+from synth_pipelines.warehouse.storage import Warehouse
+from synth_pipelines.warehouse.usage import usage_history
+from tests.materialize import DOMAIN, materialize_domain, up_to
+from tests.test_openai_compat import profile_file
+
+LLM_ASSETS = ("seed_problems", "problem_matrix", "raw_generations", "validated_examples", "compiled_program")
+
+
+def _plan(schemas: Path, wh: Warehouse, profile: Path, count: int, domain: str = DOMAIN) -> Plan:
+    spec = load_spec(spec_path_for(schemas, domain)).spec
+    client = LLMResource(profile=str(profile)).client(wh.cache_path)
+    return plan_domain(spec, wh, client, target_count=count)
+
+
+def _run_spend(wh: Warehouse, run_id: str, domain: str = DOMAIN) -> tuple[int, float]:
+    table = wh.read_dataset("llm_usage", domain=domain)
+    assert table is not None
+    rows = [r for r in table.to_pylist() if r["run_id"] == run_id]
+    return sum(r["model_calls"] for r in rows), sum(r["cost_usd"] for r in rows)
+
+
+def test_plan_is_within_ten_percent_of_the_run_it_forecasts(
+    tmp_path: Path, scripted_schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYNTH_OPENAI_API_KEY", "sk-test")
+    wh = Warehouse(tmp_path / "warehouse")
+    with FakeOpenAIServer(FaultPlan(latency_s=0.005)) as server:
+        profile = profile_file(tmp_path, server.base_url)
+        # A first run of 12 items: the history the plan calibrates judges and tokens on.
+        first = materialize_domain(
+            up_to("compiled_program"), wh.root, scripted_schemas_dir, llm=str(profile), target=12
+        )
+        assert first.success
+        plan = _plan(scripted_schemas_dir, wh, profile, 36)
+        save_plan(wh, plan)
+        lines = {a.asset: a for a in plan.assets}
+        # The 12 items of the first run are cached: only the 24 new ones cost anything.
+        assert (lines["raw_generations"].units, lines["raw_generations"].cached_units) == (36, 12)
+        assert lines["raw_generations"].calls == 24
+        assert "history" in lines["validated_examples"].basis
+        before = server.stats.requests
+        second = materialize_domain(
+            up_to("compiled_program"), wh.root, scripted_schemas_dir, llm=str(profile), target=36
+        )
+        assert second.success
+        served = server.stats.requests - before
+    calls, dollars = _run_spend(wh, second.run_id)
+    assert calls == served  # what the run recorded is what the server answered
+    assert abs(plan.calls - calls) <= 0.10 * calls, (plan.calls, calls, plan.assets)
+    assert abs(plan.cost_usd - dollars) <= 0.10 * dollars, (plan.cost_usd, dollars)
+    # The run recorded how close the saved plan came, per asset.
+    recorded = {r.asset: r for r in usage_history(wh, DOMAIN, last=1).values() for r in r}
+    assert recorded["raw_generations"].planned_calls == 24
+    assert recorded["raw_generations"].model_calls == 24
+    meta = {
+        e.materialization.asset_key.path[-1]: e.materialization.metadata
+        for e in second.get_asset_materialization_events()
+    }
+    assert meta["validated_examples"]["planned_model_calls"].value == lines["validated_examples"].calls
+    assert "plan_calls_error_pct" in meta["raw_generations"]
+
+
+def test_a_fully_cached_rerun_is_planned_at_zero(
+    tmp_path: Path, scripted_schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYNTH_OPENAI_API_KEY", "sk-test")
+    wh = Warehouse(tmp_path / "warehouse")
+    with FakeOpenAIServer() as server:
+        profile = profile_file(tmp_path, server.base_url)
+        fresh = _plan(scripted_schemas_dir, wh, profile, 6)
+        assert "priors" in fresh.assets[-1].basis
+        # No history: every judge on every row, one call per item.
+        lines = {a.asset: a for a in fresh.assets}
+        assert lines["raw_generations"].calls == 6
+        assert lines["validated_examples"].calls == 6 * 2
+        assert fresh.cost_usd > 0
+        assert materialize_domain(
+            up_to("compiled_program"), wh.root, scripted_schemas_dir, llm=str(profile), target=6
+        ).success
+        again = _plan(scripted_schemas_dir, wh, profile, 6)
+        assert again.calls == 0 and again.cost_usd == 0
+        before = server.stats.requests
+        assert materialize_domain(
+            up_to("compiled_program"), wh.root, scripted_schemas_dir, llm=str(profile), target=6
+        ).success
+        assert server.stats.requests == before
+
+
+def test_generated_seeds_and_technique_rows_are_looked_up(
+    tmp_path: Path, scripted_schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data_analysis has techniques: derivation requests are rebuilt and found in the cache."""
+    monkeypatch.setenv("SYNTH_OPENAI_API_KEY", "sk-test")
+    wh = Warehouse(tmp_path / "warehouse")
+    domain = "data_analysis"
+    with FakeOpenAIServer() as server:
+        profile = profile_file(tmp_path, server.base_url)
+        before = _plan(scripted_schemas_dir, wh, profile, 12, domain)
+        matrix = {a.asset: a for a in before.assets}["problem_matrix"]
+        assert matrix.units > 0 and matrix.cached_units == 0 and matrix.calls == matrix.units
+        result = materialize_domain(
+            up_to("raw_generations"),
+            wh.root,
+            scripted_schemas_dir,
+            llm=str(profile),
+            target=12,
+            domain=domain,
+        )
+        assert result.success
+        after = {a.asset: a for a in _plan(scripted_schemas_dir, wh, profile, 12, domain).assets}
+    assert after["problem_matrix"].calls == 0 and after["problem_matrix"].cached_units == matrix.units
+    assert after["raw_generations"].calls == 0 and after["raw_generations"].cached_units == 12
