@@ -403,6 +403,125 @@ def calibrate(
         typer.echo(f"calibrated profile written to {save}; use it with SYNTH_PROFILE={save}")
 
 
+# --------------------------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    program: Annotated[Path, typer.Argument(help="A Python file defining a dspy.Module subclass.")],
+    domain: Annotated[str, typer.Option(help="The domain whose validated examples to train on.")],
+    module: Annotated[
+        str | None, typer.Option(help="The dspy.Module subclass to use (default: the first in the file).")
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="exact_match, semantic_similarity, llm_judge, or FILE.py:FUNCTION / FUNCTION (in the "
+            "program "
+            "file) called as fn(example, prediction) (default: the spec's program metric)."
+        ),
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(help="labeled_few_shot, bootstrap_few_shot or miprov2 (default: the spec's)."),
+    ] = None,
+    iterations: Annotated[
+        int | None,
+        typer.Option(min=1, help="bootstrap_few_shot rounds or miprov2 trials (labeled_few_shot has none)."),
+    ] = None,
+    train_fraction: Annotated[
+        float | None, typer.Option(min=0.01, max=0.99, help="Share of examples to train on (default 0.7).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to save the program state JSON (default: the warehouse's programs folder)."),
+    ] = None,
+    profile: ProfileOpt = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Train your own DSPy module on a domain's validated examples: fields mapped by name, compiled
+    on the train split, scored on held-out examples with a 95% interval, saved as state JSON, and
+    the score appended to agent_performance (source train:<file stem>)."""
+    from datetime import UTC, datetime
+
+    from synth_pipelines.learning.outcomes import record_performance
+    from synth_pipelines.learning.program import PROVIDER_ERRORS, save_program
+    from synth_pipelines.learning.train import TrainError, train_user_program
+    from synth_pipelines.llm.config import ProfileError
+    from synth_pipelines.resources import EmbedderResource, LLMResource
+
+    name = _domain(domain)
+    wh = _warehouse(warehouse)
+    spec = wh.materialized_spec(name)
+    table = wh.read_partition("validated_examples", name)
+    if spec is None or table is None:
+        raise _fail(
+            f"domain {name!r} has no validated examples in {wh.root}; run synth generate --domain {name}"
+        )
+    cols = table.select(["example_id", "cell_id", "example_json"]).to_pydict()
+    rows = [
+        {"example_id": eid, "cell_id": cell, "example": json.loads(text)}
+        for eid, cell, text in zip(cols["example_id"], cols["cell_id"], cols["example_json"], strict=True)
+    ]
+    resource = LLMResource(profile=_profile(profile), api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None)
+    embedder = EmbedderResource()
+    try:
+        client = resource.client(wh.cache_path)
+        threads = min(32, client.concurrency_for([client.profile.roles.program]))
+        user, run = train_user_program(
+            spec,
+            rows,
+            client,
+            program,
+            embed=lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path),
+            class_name=module,
+            metric=metric,
+            optimizer=optimizer,
+            iterations=iterations,
+            train_fraction=train_fraction,
+            threads=threads,
+        )
+    except (TrainError, ProfileError) as e:
+        raise _fail(str(e)) from None
+    except ValueError as e:
+        raise _fail(f"training on {name!r}: {e}") from None
+    except PROVIDER_ERRORS as e:
+        raise _fail(f"training on {name!r}: {e}. Replies so far are cached; rerun to resume.") from None
+    score = run.score
+    target = (
+        output
+        if output is not None
+        else wh.root / "programs" / f"domain={name}" / "trained" / f"{user.name}.json"
+    )
+    save_program(run.compiled, target)
+    wh.write_json(
+        f"programs/domain={name}/trained/{user.name}.score.json",
+        {**score.model_dump(), "program": str(program), "module": user.cls.__name__, "state": str(target)},
+    )
+    record_performance(
+        wh,
+        {
+            "domain": name,
+            "source": f"train:{user.name}",
+            "score": score.score,
+            "n": score.n_eval,
+            "metric": score.metric,
+            "run_id": f"train-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}",
+            "recorded_at": datetime.now(UTC).replace(tzinfo=None),
+            "ci_low": score.ci_low,
+            "ci_high": score.ci_high,
+            "parse_failures": score.parse_failures,
+        },
+    )
+    interval = f" (95% CI {score.ci_low:.3f}-{score.ci_high:.3f})" if score.ci_low is not None else ""
+    typer.echo(
+        f"{user.cls.__name__} from {program}: inputs {user.inputs} -> outputs {user.outputs}\n"
+        f"{score.optimizer}, trained on {score.n_train}, held-out {score.metric} {score.score:.3f}{interval} "
+        f"over {score.n_eval} examples ({score.parse_failures} unparsable), {score.lm_calls} model calls\n"
+        f"saved: {target}\nrecorded in agent_performance as train:{user.name}"
+    )
+
+
 # --------------------------------------------------------------------------------------------- plan
 
 

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -68,6 +69,14 @@ def domain_schema(
         loaded = load_spec(path)
     except (UnsafeDomainError, FileNotFoundError, SpecError) as e:
         raise dg.Failure(description=str(e)) from e
+    program = loaded.spec.program
+    if program is not None and program.module is not None:
+        module_file = Path(warehouse.schemas_dir) / program.module
+        if not module_file.is_file():
+            raise dg.Failure(
+                description=f"{path}: program.module: {module_file} does not exist (the path is relative "
+                "to the specs folder)"
+            )
     try:
         profile = llm.load_profile()
     except ProfileError as e:

@@ -3,6 +3,7 @@
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -25,7 +26,6 @@ from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.spec.text import example_text
-from synth_pipelines.validation.consensus import ajudge_example, resolve_judges
 from synth_pipelines.validation.diversity import diversity_stats, similarity_sample
 from synth_pipelines.validation.memory import remember
 from synth_pipelines.warehouse.storage import DIVERSITY_FILE, PROGRAM_FILE, SCORE_FILE
@@ -148,19 +148,8 @@ def compiled_program(
     table ``agent_performance`` (source ``compiled_program``) as the baseline agent success. A
     provider failure fails the asset; it never becomes a score."""
     # DSPy (and litellm under it) load here, not when the code location loads: other steps never pay.
-    from synth_pipelines.learning.program import (
-        GoldPred,
-        ProgramScore,
-        build_metric,
-        compile_program,
-        evaluate_program,
-        make_lm,
-        mean_ci,
-        save_program,
-        split_examples,
-        stratified_sample,
-        to_dspy_examples,
-    )
+    from synth_pipelines.learning.program import save_program, train_and_score
+    from synth_pipelines.learning.train import TrainError, train_user_program
 
     started = time.monotonic()
     domain = context.partition_key
@@ -172,69 +161,35 @@ def compiled_program(
         {"example_id": eid, "cell_id": cell, "example": json.loads(text)}
         for eid, cell, text in zip(cols["example_id"], cols["cell_id"], cols["example_json"], strict=True)
     ]
+    client = llm.client(wh.cache_path)
+    model = client.profile.roles.program
+    threads = min(MAX_PROGRAM_THREADS, client.concurrency_for([model]))
+    embed = lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path)  # noqa: E731
+    program_source = "spec signature"
     try:
-        train_rows, test_rows = split_examples(rows, program_spec.train_fraction)
-    except ValueError as e:
+        if program_spec.module is not None:
+            # The spec names the user's own dspy.Module (relative to the specs folder).
+            program_file = Path(warehouse.schemas_dir) / program_spec.module
+            user, run = train_user_program(spec, rows, client, program_file, embed=embed, threads=threads)
+            program_spec = program_spec.model_copy(update={"inputs": user.inputs, "outputs": user.outputs})
+            program_source = f"{program_file} ({user.cls.__name__})"
+        else:
+            run = train_and_score(spec, rows, client, program_spec, embed=embed, threads=threads)
+    except TrainError as e:
+        raise dg.Failure(description=f"compiled_program for {domain!r}: program.module: {e}") from e
+    except ValueError as e:  # fewer than 2 validated examples
         raise dg.Failure(
             description=f"compiled_program for {domain!r}: {e}. Raise target_count or "
             "check the rejection reasons on validated_examples."
         ) from e
-    client = llm.client(wh.cache_path)
-    model = client.profile.roles.program
-    lm = make_lm(spec, client, model)
-    threads = min(MAX_PROGRAM_THREADS, client.concurrency_for([model]))
-    judge = None
-    if program_spec.metric == "llm_judge":
-        judges = resolve_judges(spec, client)
-
-        async def judge_pair(pair: "GoldPred") -> float:
-            gold, pred = pair
-            verdict = await ajudge_example(
-                client,
-                spec,
-                judges,
-                example_id=json.dumps(gold, sort_keys=True)[:64],
-                problem=spec.description,
-                example={**gold, **pred},
-                early_stop=False,
-            )
-            return verdict.consensus or 0.0
-
-        def judge(pairs: Any) -> list[float]:
-            return client.pool(judge_pair, pairs, width=client.concurrency_for(j.model for j in judges))
-
-    metric = build_metric(
-        spec, program_spec, lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path), judge
-    )
-    train_pool = stratified_sample(train_rows, program_spec.train_sample)
-    eval_rows = stratified_sample(test_rows, program_spec.eval_sample)
-    train, test = to_dspy_examples(train_pool, program_spec), to_dspy_examples(eval_rows, program_spec)
-    try:
-        compiled = compile_program(spec, train, lm, metric, threads=threads)
-        per_example, parse_failures = evaluate_program(
-            compiled, test, lm, program_spec, metric, threads=threads
-        )
     except (ProviderError, ProviderConfigError, BudgetExhausted) as e:
         raise dg.Failure(
             description=f"compiling or scoring the program for {domain!r}: {e}. No score was recorded "
             "(an outage is not a measurement); replies so far are cached, so a rerun resumes.",
         ) from e
-    finally:
-        client.flush()
-    mean, low, high = mean_ci(per_example)
-    score = ProgramScore(
-        metric=program_spec.metric,
-        optimizer=program_spec.optimizer,
-        score=mean,
-        ci_low=low,
-        ci_high=high,
-        n_train=len(train_rows),
-        n_heldout=len(test_rows),
-        n_eval=len(test),
-        per_example=per_example,
-        parse_failures=parse_failures,
-        lm_calls=lm.calls,
-    )
+    compiled, score = run.compiled, run.score
+    low, high = score.ci_low, score.ci_high
+    per_example = score.per_example
     path = save_program(compiled, wh.file(PROGRAM_FILE, domain))
     wh.write_json(SCORE_FILE.format(domain=domain), score.model_dump())
     record_performance(
@@ -270,7 +225,8 @@ def compiled_program(
                 f"{score.n_eval} of {score.n_heldout} held-out examples, stratified by matrix cell"
             ),
             "parse_failures": score.parse_failures,
-            "demos": len(getattr(compiled.predict, "demos", [])),
+            "demos": sum(len(p.demos) for _, p in compiled.named_predictors()),
+            "program_source": program_source,
             "inputs": dg.MetadataValue.json(program_spec.inputs),
             "outputs": dg.MetadataValue.json(program_spec.outputs),
             "program_model": model,

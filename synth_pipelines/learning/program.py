@@ -199,12 +199,18 @@ def compile_program(
     metric: BatchMetric,
     *,
     threads: int = 1,
-) -> DomainProgram:
-    """Compile with the spec's optimizer. MIPROv2 evaluates with ``threads``; BootstrapFewShot, which
-    DSPy runs one example at a time, has its teacher's questions asked concurrently first (see
-    :func:`prefetch_bootstrap`) so its own pass is served from the cache."""
-    program_spec = spec.program_or_default()
-    student = DomainProgram(make_signature(spec, program_spec))
+    student: dspy.Module | None = None,
+    program: ProgramSpec | None = None,
+    iterations: int | None = None,
+) -> dspy.Module:
+    """Compile ``student`` (default: the spec's :class:`DomainProgram`) with ``program``'s optimizer
+    (default: the spec's). MIPROv2 evaluates with ``threads``; BootstrapFewShot, which DSPy runs one
+    example at a time, has its teacher's questions asked concurrently first (see
+    :func:`prefetch_bootstrap`) so its own pass is served from the cache. ``iterations`` is
+    BootstrapFewShot's ``max_rounds`` and MIPROv2's ``num_trials`` (LabeledFewShot has none)."""
+    program_spec = program or spec.program_or_default()
+    if student is None:
+        student = DomainProgram(make_signature(spec, program_spec))
     k = min(program_spec.max_demos, len(train))
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         if program_spec.optimizer == "labeled_few_shot":
@@ -220,15 +226,30 @@ def compile_program(
         if program_spec.optimizer == "bootstrap_few_shot":
             prefetch_bootstrap(student, train[: 2 * max(1, k) + threads], lm, max_labeled=k, threads=threads)
             optimizer = dspy.BootstrapFewShot(
-                metric=dspy_metric, max_bootstrapped_demos=k, max_labeled_demos=k, max_errors=len(train) + 1
+                metric=dspy_metric,
+                max_bootstrapped_demos=k,
+                max_labeled_demos=k,
+                max_errors=len(train) + 1,
+                max_rounds=iterations or 1,
             )
             return optimizer.compile(student, trainset=train)
+        if iterations:  # a fixed number of trials instead of the "light" preset
+            optimizer = dspy.MIPROv2(
+                metric=dspy_metric,
+                auto=None,
+                num_candidates=max(2, min(10, iterations)),
+                num_threads=threads,
+                verbose=False,
+            )
+            return optimizer.compile(
+                student, trainset=train, num_trials=iterations, max_bootstrapped_demos=k, max_labeled_demos=k
+            )
         optimizer = dspy.MIPROv2(metric=dspy_metric, auto="light", num_threads=threads, verbose=False)
         return optimizer.compile(student, trainset=train, max_bootstrapped_demos=k, max_labeled_demos=k)
 
 
 def prefetch_bootstrap(
-    student: DomainProgram, examples: list[dspy.Example], lm: ProviderLM, *, max_labeled: int, threads: int
+    student: dspy.Module, examples: list[dspy.Example], lm: ProviderLM, *, max_labeled: int, threads: int
 ) -> None:
     """Ask BootstrapFewShot's questions before it does, concurrently, so that they are cached.
 
@@ -259,7 +280,7 @@ def prefetch_bootstrap(
 
 
 def predict_all(
-    compiled: DomainProgram, examples: list[dspy.Example], lm: ProviderLM, outputs: list[str], *, threads: int
+    compiled: dspy.Module, examples: list[dspy.Example], lm: ProviderLM, outputs: list[str], *, threads: int
 ) -> list[dict[str, Any] | None]:
     """The program's predicted output fields for every example (None where DSPy could not parse the
     reply), on ``threads`` threads. A provider failure is raised, never turned into a score."""
@@ -282,7 +303,7 @@ def predict_all(
 
 
 def evaluate_program(
-    compiled: DomainProgram,
+    compiled: dspy.Module,
     test: list[dspy.Example],
     lm: ProviderLM,
     program: ProgramSpec,
@@ -303,15 +324,17 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in values.items()}
 
 
-def make_lm(spec: DomainSpec, client: LLMClient, model: str) -> ProviderLM:
-    program = spec.program_or_default()
+def make_lm(
+    spec: DomainSpec, client: LLMClient, model: str, program: ProgramSpec | None = None
+) -> ProviderLM:
+    program = program or spec.program_or_default()
     schema = example_json_schema(spec)
     return ProviderLM(
         client, model, field_schemas=schema.get("properties", {}), output_fields=program.outputs
     )
 
 
-def save_program(compiled: DomainProgram, path: StoragePath) -> StoragePath:
+def save_program(compiled: dspy.Module, path: StoragePath) -> StoragePath:
     """Save DSPy *state* as JSON (never pickle), atomically, to a local path or an object store.
 
     DSPy only writes local files, so the state goes through a temporary file first."""
@@ -322,10 +345,93 @@ def save_program(compiled: DomainProgram, path: StoragePath) -> StoragePath:
     return path
 
 
-def load_program(spec: DomainSpec, path: StoragePath) -> DomainProgram:
-    program = DomainProgram(make_signature(spec, spec.program_or_default()))
+def load_program(spec: DomainSpec, path: StoragePath, program: dspy.Module | None = None) -> dspy.Module:
+    """Load saved state into ``program`` (default: a fresh :class:`DomainProgram` of the spec)."""
+    program = program or DomainProgram(make_signature(spec, spec.program_or_default()))
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "program.json"
         local.write_bytes(path.read_bytes())
         program.load(str(local))
     return program
+
+
+def judge_metric(spec: DomainSpec, client: LLMClient) -> BatchMetric:
+    """The ``llm_judge`` metric: the validator panel's consensus on gold inputs + predicted outputs."""
+    from synth_pipelines.validation.consensus import ajudge_example, resolve_judges
+
+    judges = resolve_judges(spec, client)
+
+    async def judge_pair(pair: GoldPred) -> float:
+        gold, pred = pair
+        verdict = await ajudge_example(
+            client,
+            spec,
+            judges,
+            example_id=json.dumps(gold, sort_keys=True)[:64],
+            problem=spec.description,
+            example={**gold, **pred},
+            early_stop=False,
+        )
+        return verdict.consensus or 0.0
+
+    def judge(pairs: Sequence[GoldPred]) -> list[float]:
+        return client.pool(judge_pair, pairs, width=client.concurrency_for(j.model for j in judges))
+
+    return judge
+
+
+class TrainingRun(BaseModel):
+    """What :func:`train_and_score` produced: the compiled module and its held-out score."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    compiled: Any
+    score: ProgramScore
+
+
+def train_and_score(
+    spec: DomainSpec,
+    rows: list[dict[str, Any]],
+    client: LLMClient,
+    program: ProgramSpec,
+    *,
+    embed: Callable[[list[str]], np.ndarray] | None,
+    student: dspy.Module | None = None,
+    threads: int = 1,
+    iterations: int | None = None,
+    metric: BatchMetric | None = None,
+) -> TrainingRun:
+    """Split ``rows`` (``example_id``, ``cell_id``, ``example``) by id hash, compile ``student`` on a
+    stratified sample of the train split, score it on a stratified sample of the held-out split, and
+    return both. ``metric`` overrides the program's named metric (a user's own function).
+
+    Raises ValueError with fewer than 2 rows, and the provider's errors (never turned into a score)."""
+    train_rows, test_rows = split_examples(rows, program.train_fraction)
+    lm = make_lm(spec, client, client.profile.roles.program, program)
+    if metric is None:
+        judge = judge_metric(spec, client) if program.metric == "llm_judge" else None
+        metric = build_metric(spec, program, embed, judge)
+    train = to_dspy_examples(stratified_sample(train_rows, program.train_sample), program)
+    test = to_dspy_examples(stratified_sample(test_rows, program.eval_sample), program)
+    try:
+        compiled = compile_program(
+            spec, train, lm, metric, threads=threads, student=student, program=program, iterations=iterations
+        )
+        per_example, parse_failures = evaluate_program(compiled, test, lm, program, metric, threads=threads)
+    finally:
+        client.flush()
+    mean, low, high = mean_ci(per_example)
+    score = ProgramScore(
+        metric=program.metric,
+        optimizer=program.optimizer,
+        score=mean,
+        ci_low=low,
+        ci_high=high,
+        n_train=len(train_rows),
+        n_heldout=len(test_rows),
+        n_eval=len(test),
+        per_example=per_example,
+        parse_failures=parse_failures,
+        lm_calls=lm.calls,
+    )
+    return TrainingRun(compiled=compiled, score=score)

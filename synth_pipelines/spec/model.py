@@ -194,8 +194,14 @@ class ValidationSpec(_Strict):
 
 
 class ProgramSpec(_Strict):
-    inputs: list[str] = Field(min_length=1)
-    outputs: list[str] = Field(min_length=1)
+    """The domain's DSPy program: the spec's own signature (``inputs`` -> ``outputs``), or a user's
+    ``dspy.Module`` in a Python file (``module``, relative to the spec's folder), whose fields are
+    mapped to the domain's by name (then ``inputs``/``outputs`` may be left out)."""
+
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    module: str | None = Field(default=None, description="path/to/program.py with a dspy.Module subclass")
+    module_class: str | None = Field(default=None, description="the class to use (default: the first)")
     metric: Literal["semantic_similarity", "exact_match", "llm_judge"] = "semantic_similarity"
     optimizer: Literal["labeled_few_shot", "bootstrap_few_shot", "miprov2"] = "labeled_few_shot"
     train_fraction: float = Field(default=0.7, gt=0, lt=1)
@@ -205,6 +211,14 @@ class ProgramSpec(_Strict):
     eval_sample: int = Field(default=300, ge=1, le=100_000)
     # Train examples handed to the optimizer (few-shot demos are picked from these).
     train_sample: int = Field(default=500, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _fields_or_module(self) -> ProgramSpec:
+        if self.module is None and not (self.inputs and self.outputs):
+            raise ValueError("program needs inputs and outputs (field names), or module: path/to/program.py")
+        if self.module is not None and not self.module.endswith(".py"):
+            raise ValueError(f"program.module must be a .py file, got {self.module!r}")
+        return self
 
 
 class FeedbackSpec(_Strict):
