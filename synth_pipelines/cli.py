@@ -522,6 +522,77 @@ def train(
     )
 
 
+# --------------------------------------------------------------------------------------------- benchmark
+
+
+@app.command()
+def benchmark(
+    domain: Annotated[str, typer.Option(help="The domain to generate (a spec in the schemas folder).")],
+    strategies: Annotated[
+        str, typer.Option(help="Comma-separated: single-model, multi-model, dspy-multi-model, or your own.")
+    ] = "single-model,multi-model",
+    count: Annotated[int, typer.Option(min=1, help="Target count per strategy.")] = 16,
+    output: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+    compare: Annotated[
+        Path | None, typer.Option(help="A previous report: show each value's change against it.")
+    ] = None,
+    strategies_file: Annotated[
+        Path | None, typer.Option(help="YAML of your own strategies: name -> generator, validators, ...")
+    ] = None,
+    labelled: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled JSONL for judge kappa (default: tests/data/labelled/<domain>.jsonl when present)."
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Where the scratch warehouses and the shared cache go.")
+    ] = Path("benchmark_runs"),
+    profile: ProfileOpt = None,
+    schemas: SchemasOpt = None,
+) -> None:
+    """Run generation strategies side by side on one domain, each into its own scratch warehouse with
+    a shared response cache, and report quality (pass rate, consensus, diversity, near duplicates,
+    judge kappa) and cost (calls, tokens, dollars, wall time, rows per second)."""
+    from synth_pipelines.llm.config import ProfileError
+    from synth_pipelines.service.benchmark import (
+        BenchmarkError,
+        load_report,
+        load_strategies,
+        render_report,
+        run_benchmark,
+    )
+
+    name = _domain(domain)
+    specs = Path(_schemas(schemas))
+    try:
+        load_spec(spec_path_for(specs, name))
+        chosen = load_strategies([s.strip() for s in strategies.split(",") if s.strip()], strategies_file)
+        baseline = load_report(compare) if compare is not None else None
+    except (SpecError, FileNotFoundError, BenchmarkError) as e:
+        raise _fail(str(e)) from None
+    default_labels = Path("tests/data/labelled") / f"{name}.jsonl"
+    labels = labelled if labelled is not None else (default_labels if default_labels.is_file() else None)
+    try:
+        report = run_benchmark(
+            name,
+            chosen,
+            count=count,
+            schemas=specs,
+            profile=_profile(profile),
+            workdir=workdir,
+            labelled=labels,
+        )
+    except (ProfileError, BenchmarkError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(render_report(report, baseline))
+    if output is not None:
+        output.write_text(report.model_dump_json(indent=2))
+        typer.echo(f"report written to {output}")
+    if not all(r.success for r in report.strategies):
+        raise typer.Exit(code=1)
+
+
 # --------------------------------------------------------------------------------------------- plan
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,19 @@ def materialize_domain(
     resources: dict[str, Any] | None = None,
     raise_on_error: bool = False,
     op_config: dict[str, dict[str, Any]] | None = None,
+    skip: Collection[str] = (),
 ) -> dg.ExecuteInJobResult:
     """Add the partition if needed and materialize every pipeline asset for it in-process.
 
     ``op_config`` maps an asset name to its run config,
-    e.g. ``{"validated_examples": {"early_stop": False}}``.
+    e.g. ``{"validated_examples": {"early_stop": False}}``. ``skip`` names assets left out (with
+    their checks), e.g. ``{"compiled_program"}``.
     """
     validate_domain_name(domain)
     if not instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
         instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
     resources = resources or default_resources()
-    selected = assets_for(domain, resources)
+    selected = [a for a in assets_for(domain, resources) if not _targets(a) & set(skip)]
     run_config = run_config_for(target_count, op_config=op_config)
     # A statistical domain has no matrix: its size is in its spec, so target_count does not apply.
     names = {key.path[-1] for a in selected if isinstance(a, dg.AssetsDefinition) for key in a.keys}
@@ -82,6 +85,15 @@ def materialize_domain(
         run_config=run_config,
         raise_on_error=raise_on_error,
     )
+
+
+def _targets(definition: Any) -> set[str]:
+    """The asset names an asset definition makes or an asset check checks."""
+    if isinstance(definition, dg.AssetsDefinition) and not definition.check_keys:
+        return {key.path[-1] for key in definition.keys}
+    return {key.asset_key.path[-1] for key in getattr(definition, "check_keys", [])} | {
+        key.path[-1] for key in getattr(definition, "keys", [])
+    }
 
 
 def _meta_value(v: Any) -> Any:

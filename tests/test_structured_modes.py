@@ -109,6 +109,8 @@ def test_explicit_mode_is_used_as_set_and_a_rejection_says_what_to_change(tmp_pa
         result = client.structured(["remote-a"], [_user("hi")], Reply, json_schema=SCHEMA)
         assert result.ok and result.record.structured_output == "tools"
         assert set(server.stats.modes) == {"tools"}
+        # The endpoint check before the first call is billed too: the totals count every request.
+        assert server.stats.requests == 2 and client.totals.model_calls == 2
 
     with FakeOpenAIServer(FaultPlan(reject_modes=frozenset({"json_schema"}))) as server:
         (tmp_path / "b").mkdir()

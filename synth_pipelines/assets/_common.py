@@ -86,6 +86,10 @@ def usage_metadata(totals: UsageTotals) -> dict[str, Any]:
         "models_used": dg.MetadataValue.text(", ".join(sorted(totals.per_model)) or "none"),
         # How each model received the schema: what auto settled on against each endpoint.
         "structured_output": dg.MetadataValue.json(dict(sorted(totals.structured_output.items()))),
+        # Per model, its calls and tokens (cache hits included): what a cold run would pay for.
+        "usage_per_model": dg.MetadataValue.json(
+            {m: {k: round(v, 6) for k, v in stats.items()} for m, stats in sorted(totals.per_model.items())}
+        ),
         "usage_by_model": markdown_table(
             per_model,
             [

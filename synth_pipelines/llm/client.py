@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -50,6 +50,9 @@ from synth_pipelines.llm.types import (
     StructuredResult,
     UsageTotals,
 )
+
+if TYPE_CHECKING:  # doctor imports this module
+    from synth_pipelines.llm.doctor import ModelCheck
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
@@ -372,6 +375,7 @@ class LLMClient:
             if self.modes.get(endpoint_key(config)) is not None:
                 return
             report = await check_model(model, config, self._backend(model), self.modes)
+            self._record_probe(model, config, report)
             if report.ok:
                 return
             if report.failure == "unreachable":
@@ -382,6 +386,20 @@ class LLMClient:
                 gate.breaker.check()
             self._probe_failures[model] = report.explain()
             raise ProviderConfigError(self._probe_failures[model])
+
+    def _record_probe(self, model: str, config: ModelConfig, report: ModelCheck) -> None:
+        """The check's requests (one per mode tried) are real calls the endpoint bills: they count in
+        the totals, so a run's model calls match what the server saw."""
+        rec = CallRecord(model=model)
+        rec.model_calls = rec.attempts = len(report.tried)
+        rec.prompt_tokens = int(report.prompt_tokens or 0)
+        rec.completion_tokens = int(report.completion_tokens or 0)
+        rec.cost_usd = config.cost(rec.prompt_tokens, rec.completion_tokens)
+        rec.latency_s = float(report.latency_ms or 0) / 1000
+        with self._lock:
+            self.billed_tokens += rec.prompt_tokens + rec.completion_tokens
+            self.billed_usd += rec.cost_usd
+        self._record(rec, failed=not report.ok)
 
     def mode_stats(self) -> dict[str, str]:
         """Per model, the structured-output mode its calls use now (for run metadata)."""

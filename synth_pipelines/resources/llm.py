@@ -26,6 +26,11 @@ class LLMResource(dg.ConfigurableResource):
     budget_tokens: int | None = Field(default=None, description="Stop cleanly after this many tokens.")
     parse_attempts: int = Field(default=2, ge=1, description="Tries per model for a malformed reply.")
     use_cache: bool = Field(default=True, description="Content-addressed response cache under the warehouse.")
+    cache_file: str | None = Field(
+        default=None,
+        description="Use this response cache (SQLite file) instead of the warehouse's: several scratch "
+        "warehouses (synth benchmark) then share replies.",
+    )
     strategy: str | None = Field(
         default=None,
         description="Generator routing: declared, cost, quality, speed or balanced; overrides the profile's.",
@@ -38,6 +43,7 @@ class LLMResource(dg.ConfigurableResource):
         """A client for one asset execution (fresh usage totals and per-model gates; backends, the
         cache, and the RPM/TPM buckets and structured-output modes beside it in the state folder
         are shared)."""
+        cache_path = self.cache_file or cache_path
         return build_client(
             self.load_profile(),
             cache_path if self.use_cache else None,
