@@ -159,7 +159,7 @@ def generate(
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
     from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-    from synth_pipelines.runner import materialize_domain, run_report, summarize
+    from synth_pipelines.runner import failure_messages, materialize_domain, run_report, summarize
 
     domain = _domain(domain)
     if domain not in discover_specs(_schemas(schemas)):
@@ -189,16 +189,7 @@ def generate(
     if report is not None:
         report.write_text(json.dumps(run_report(domain, instance, result, elapsed), indent=2))
     if not result.success:
-        messages = [
-            (
-                e.step_failure_data.user_failure_data.description
-                if e.step_failure_data.user_failure_data
-                else None
-            )
-            or str(e.step_failure_data.error.message if e.step_failure_data.error else "")
-            for e in result.all_events
-            if e.is_step_failure
-        ]
+        messages = failure_messages(result)
         raise _fail("; ".join(m.strip().splitlines()[0] for m in messages if m) or "the run failed")
 
 
@@ -445,7 +436,7 @@ def train(
     from datetime import UTC, datetime
 
     from synth_pipelines.learning.outcomes import record_performance
-    from synth_pipelines.learning.program import PROVIDER_ERRORS, save_program
+    from synth_pipelines.learning.program import PROVIDER_ERRORS, program_threads, save_program
     from synth_pipelines.learning.train import TrainError, train_user_program
     from synth_pipelines.llm.config import ProfileError
     from synth_pipelines.resources import EmbedderResource, LLMResource
@@ -467,7 +458,7 @@ def train(
     embedder = EmbedderResource()
     try:
         client = resource.client(wh.cache_path)
-        threads = min(32, client.concurrency_for([client.profile.roles.program]))
+        threads = program_threads(client)
         user, run = train_user_program(
             spec,
             rows,

@@ -96,6 +96,19 @@ def _targets(definition: Any) -> set[str]:
     }
 
 
+def failure_messages(result: dg.ExecuteInJobResult) -> list[str]:
+    """Each failed step's message: the asset's own description (what a user needs), else its error."""
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            described = data.user_failure_data.description if data.user_failure_data else None
+            messages.append(
+                described or (data.error.message if data.error else "") or f"{event.step_key} failed"
+            )
+    return messages
+
+
 def _meta_value(v: Any) -> Any:
     return getattr(v, "value", v)
 

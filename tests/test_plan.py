@@ -85,6 +85,7 @@ def test_a_fully_cached_rerun_is_planned_at_zero(
         lines = {a.asset: a for a in fresh.assets}
         assert lines["raw_generations"].calls == 6
         assert lines["validated_examples"].calls == 6 * 2
+        assert lines["endpoint_checks"].calls == 2
         assert fresh.cost_usd > 0
         assert materialize_domain(
             up_to("compiled_program"), wh.root, scripted_schemas_dir, llm=str(profile), target=6
@@ -122,3 +123,58 @@ def test_generated_seeds_and_technique_rows_are_looked_up(
         after = {a.asset: a for a in _plan(scripted_schemas_dir, wh, profile, 12, domain).assets}
     assert after["problem_matrix"].calls == 0 and after["problem_matrix"].cached_units == matrix.units
     assert after["raw_generations"].calls == 0 and after["raw_generations"].cached_units == 12
+
+
+def test_plan_command_and_the_dry_run_job(
+    tmp_path: Path, scripted_schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`synth plan --json` and the synth_plan job's generation_plan asset make the same forecast,
+    save it, and call no model."""
+    import json
+
+    import dagster as dg
+    from typer.testing import CliRunner
+
+    from synth_pipelines.assets.plan import generation_plan
+    from synth_pipelines.cli import app
+    from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
+    from synth_pipelines.resources import WarehouseResource
+
+    monkeypatch.setenv("SYNTH_OPENAI_API_KEY", "sk-test")
+    wh = Warehouse(tmp_path / "warehouse")
+    with FakeOpenAIServer() as server:
+        profile = profile_file(tmp_path, server.base_url)
+        result = CliRunner().invoke(
+            app,
+            ["plan", "--domain", DOMAIN, "--count", "10", "--json", "--profile", str(profile)]
+            + ["--schemas", str(scripted_schemas_dir), "--warehouse", str(wh.root)],
+        )
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.output)
+        by_asset = {a["asset"]: a["calls"] for a in printed["assets"]}
+        # Both endpoints are unchecked in a fresh state folder: one check request each, planned.
+        assert by_asset["endpoint_checks"] == 2
+        assert printed["totals"]["calls"] == 2 + 10 + 10 * 2 + by_asset["compiled_program"]
+        assert json.loads((wh.root / f"plans/domain={DOMAIN}/plan.json").read_text())["target_count"] == 10
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [DOMAIN])
+        run = dg.materialize(
+            [generation_plan],
+            partition_key=DOMAIN,
+            instance=instance,
+            resources={
+                "warehouse": WarehouseResource(root=str(wh.root), schemas_dir=str(scripted_schemas_dir)),
+                "llm": LLMResource(profile=str(profile)),
+            },
+            run_config={"ops": {"generation_plan": {"config": {"target_count": 10}}}},
+        )
+        assert run.success
+        assert server.stats.requests == 0  # a dry run
+    meta = run.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["planned_model_calls"].value == printed["totals"]["calls"]
+    assert meta["planned_cost_usd"].value == pytest.approx(printed["totals"]["cost_usd"], abs=1e-6)
+    # A statistical domain: one scenario-naming call.
+    spec = load_spec(spec_path_for(scripted_schemas_dir, "service_traffic")).spec
+    client = LLMResource(profile=str(profile)).client(wh.cache_path)
+    lines = plan_domain(spec, wh, client).assets
+    assert [(a.asset, a.calls) for a in lines] == [("endpoint_checks", 1), ("statistical_data", 1)]

@@ -76,6 +76,7 @@ def usage_metadata(totals: UsageTotals) -> dict[str, Any]:
     return {
         "llm_calls": totals.calls,
         "model_calls": totals.model_calls,
+        "endpoint_check_calls": totals.probe_calls,
         "cache_hits": totals.cache_hits,
         "failed_calls": totals.failures,
         "prompt_tokens": totals.prompt_tokens,
@@ -137,6 +138,7 @@ def record_spend(
         units=units,
         fresh_units=fresh_units if fresh_units is not None else max(0, totals.calls - totals.cache_hits),
         model_calls=totals.model_calls,
+        probe_calls=totals.probe_calls,
         cache_hits=totals.cache_hits,
         failed_calls=totals.failures,
         prompt_tokens=totals.prompt_tokens,

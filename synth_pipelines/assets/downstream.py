@@ -32,8 +32,6 @@ from synth_pipelines.warehouse.storage import DIVERSITY_FILE, PROGRAM_FILE, SCOR
 from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EMBEDDING_DIM, EXAMPLE_EMBEDDINGS, to_table
 
 GROUP = "learning"
-# Most threads DSPy gets for concurrent predictions (the model's own concurrency is the real limit).
-MAX_PROGRAM_THREADS = 32
 
 
 def _example_rows(wh: Any, domain: str) -> dict[str, list[Any]]:
@@ -148,7 +146,7 @@ def compiled_program(
     table ``agent_performance`` (source ``compiled_program``) as the baseline agent success. A
     provider failure fails the asset; it never becomes a score."""
     # DSPy (and litellm under it) load here, not when the code location loads: other steps never pay.
-    from synth_pipelines.learning.program import save_program, train_and_score
+    from synth_pipelines.learning.program import program_threads, save_program, train_and_score
     from synth_pipelines.learning.train import TrainError, train_user_program
 
     started = time.monotonic()
@@ -163,7 +161,7 @@ def compiled_program(
     ]
     client = llm.client(wh.cache_path)
     model = client.profile.roles.program
-    threads = min(MAX_PROGRAM_THREADS, client.concurrency_for([model]))
+    threads = program_threads(client)
     embed = lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path)  # noqa: E731
     program_source = "spec signature"
     try:

@@ -63,6 +63,9 @@ PRIOR_PASS_RATE = 0.75
 PRIOR_CALL_OVERHEAD_S = 0.3
 # Placeholder problem length for items whose seeds do not exist yet (only their token count matters).
 PLACEHOLDER_PROBLEM = "x" * 120
+# An endpoint check: a one-line question and a tiny JSON reply.
+PROBE_PROMPT_TOKENS = 40
+PROBE_COMPLETION_TOKENS = 12
 
 
 class AssetPlan(BaseModel):
@@ -133,8 +136,9 @@ def _history_rates(records: Sequence[UsageRecord], per: str) -> _Rates | None:
     """Averages over the recorded runs. ``per`` is ``fresh`` (model calls per unit that needed the
     model: generation, derivations, seed rounds) or ``all`` (calls plus cache hits per unit: judges
     and the program, whose calls are cached or not together with their rows)."""
-    calls = sum(r.model_calls for r in records)
-    answered = sum(r.model_calls + r.cache_hits for r in records)
+    # Endpoint checks are not the asset's work: planned on their own line (Planner.endpoint_checks).
+    calls = sum(r.model_calls - r.probe_calls for r in records)
+    answered = sum(r.model_calls - r.probe_calls + r.cache_hits for r in records)
     units = sum(r.fresh_units if per == "fresh" else r.units for r in records)
     if units <= 0 or answered <= 0 or (per == "fresh" and calls <= 0):
         return None
@@ -253,10 +257,11 @@ class Planner:
             )
             return seeds, line
         if spec.seed_problems:
-            # The stored seeds when there are any: the matrix assigns seeds in their stored order.
-            if materialized is not None:
-                return [SeedProblem(**r) for r in materialized.to_pylist()], None
             seeds, _ = build_seed_problems(spec, None)
+            # The stored seeds when they are the spec's: the matrix assigns seeds in stored order.
+            stored = [SeedProblem(**r) for r in materialized.to_pylist()] if materialized is not None else []
+            if {s.problem for s in stored} == {s.problem for s in seeds}:
+                return stored, None
             return seeds, None
         chain = self.client.generator_chain()
         request = seed_request(spec, chain[0], count=self.seed_count, round_no=0)
@@ -439,6 +444,31 @@ class Planner:
             + (" (nothing new upstream: cached)" if unchanged else ""),
         )
 
+    def endpoint_checks(self, lines: list[AssetPlan]) -> AssetPlan | None:
+        """One check request per endpoint the run will call that this state folder has not checked
+        yet (the client checks an endpoint before its first call; more requests only if the server
+        rejects the json_schema mode)."""
+        used = list(dict.fromkeys(m for line in lines if line.calls > 0 for m in line.models))
+        unchecked = [m for m in used if self.client.needs_check(m)]
+        if not unchecked:
+            return None
+        rates = _Rates(
+            calls_per_unit=1,
+            prompt_tokens=PROBE_PROMPT_TOKENS,
+            completion_tokens=PROBE_COMPLETION_TOKENS,
+            latency_s=0,
+            from_history=False,
+        )
+        return self._line(
+            "endpoint_checks",
+            units=len(unchecked),
+            cached=0,
+            fresh_units=len(unchecked),
+            rates=rates,
+            models=unchecked,
+            basis=f"first calls from this state folder to {unchecked}: one check each (or run synth doctor)",
+        )
+
     def _pass_rate(self) -> float:
         records = self.history.get("validated_examples", [])
         accepted = self.wh.partition_rows("validated_examples", self.spec.domain)
@@ -473,11 +503,14 @@ class Planner:
             gen_line, items, fresh = self.generation(cells, seeds)
             lines += [line for line in (seed_line, matrix_line) if line is not None]
             lines += [gen_line, self.validation(items, fresh), self.program(items, fresh)]
+        checks = self.endpoint_checks(lines)
+        if checks is not None:
+            lines.insert(0, checks)
         return Plan(
             domain=spec.domain,
             profile=self.client.profile.name,
             target_count=count,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(),  # microseconds: compared with run records
             assets=lines,
             notes=self.notes,
         )

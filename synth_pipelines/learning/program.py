@@ -34,6 +34,8 @@ from synth_pipelines.warehouse.storage import StoragePath, atomic_write_bytes
 PROVIDER_ERRORS = (ProviderError, ProviderConfigError, BudgetExhausted)
 
 GoldPred = tuple[dict[str, Any], dict[str, Any]]
+# Most threads DSPy gets for concurrent predictions (the model's own concurrency is the real limit).
+MAX_PROGRAM_THREADS = 32
 BatchMetric = Callable[[Sequence[GoldPred]], list[float]]
 
 
@@ -322,6 +324,11 @@ def evaluate_program(
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in values.items()}
+
+
+def program_threads(client: LLMClient) -> int:
+    """Threads for compiling and scoring: what the profile's program model can serve at once."""
+    return min(MAX_PROGRAM_THREADS, client.concurrency_for([client.profile.roles.program]))
 
 
 def make_lm(

@@ -400,6 +400,8 @@ class LLMClient:
             self.billed_tokens += rec.prompt_tokens + rec.completion_tokens
             self.billed_usd += rec.cost_usd
         self._record(rec, failed=not report.ok)
+        with self._lock:
+            self.totals.probe_calls += rec.model_calls
 
     def mode_stats(self) -> dict[str, str]:
         """Per model, the structured-output mode its calls use now (for run metadata)."""
@@ -545,6 +547,14 @@ class LLMClient:
         planner can tell which calls the cache already answers without making any."""
         mode = self.structured_mode(request.model) if request.json_schema is not None else None
         return self._key(request, self._backend(request.model), mode, attempt)
+
+    def needs_check(self, model: str) -> bool:
+        """True when ``model``'s endpoint has not been checked from this state folder yet (its first
+        call makes one check request per structured-output mode tried)."""
+        backend = self._backend(model)
+        if not getattr(backend, "takes_structured_modes", False):
+            return False
+        return self.modes.get(endpoint_key(self.profile.models[model])) is None
 
     def cached_replies(self, requests: Sequence[CompletionRequest]) -> list[RawCompletion | None]:
         """The cached reply of each request (first attempt), or None: what a run would get for free."""

@@ -88,6 +88,8 @@ class UsageTotals:
 
     calls: int = 0
     model_calls: int = 0
+    # Of model_calls, the requests of endpoint checks (once per endpoint and state folder).
+    probe_calls: int = 0
     cache_hits: int = 0
     failures: int = 0
     prompt_tokens: int = 0

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from synth_pipelines.llm.config import ProviderProfile, load_profile, profile_path
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-from synth_pipelines.runner import materialization_metadata, materialize_domain
+from synth_pipelines.runner import failure_messages, materialization_metadata, materialize_domain
 from synth_pipelines.spec.model import spec_path_for
 from synth_pipelines.warehouse.storage import Warehouse
 
@@ -260,21 +260,7 @@ def run_strategy(
     raw_rows = int(meta.get("raw_generations", {}).get("rows") or 0)
     accepted = int(validated.get("rows") or 0)
     candidates = int(validated.get("input_rows") or 0)
-    error = None
-    if not result.success:
-        error = next(
-            (
-                (
-                    e.step_failure_data.user_failure_data.description
-                    if e.step_failure_data.user_failure_data
-                    else None
-                )
-                or str(e.step_failure_data.error.message if e.step_failure_data.error else "")
-                for e in result.all_events
-                if e.is_step_failure
-            ),
-            "the run failed",
-        )
+    error = None if result.success else ("; ".join(failure_messages(result)) or "the run failed")
     return StrategyResult(
         strategy=name,
         description=strategy.description,

@@ -29,6 +29,7 @@ LLM_USAGE = pa.schema(
         # The units that needed the model (not answered by the cache nor resumed).
         ("fresh_units", pa.int64()),
         ("model_calls", pa.int64()),
+        ("probe_calls", pa.int64()),  # of model_calls: endpoint checks (not the asset's own work)
         ("cache_hits", pa.int64()),
         ("failed_calls", pa.int64()),
         ("prompt_tokens", pa.int64()),
@@ -55,6 +56,7 @@ class UsageRecord(BaseModel):
     units: int
     fresh_units: int
     model_calls: int
+    probe_calls: int = 0
     cache_hits: int
     failed_calls: int = 0
     prompt_tokens: int
