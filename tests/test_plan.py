@@ -24,11 +24,15 @@ def _plan(schemas: Path, wh: Warehouse, profile: Path, count: int, domain: str =
     return plan_domain(spec, wh, client, target_count=count)
 
 
-def _run_spend(wh: Warehouse, run_id: str, domain: str = DOMAIN) -> tuple[int, float]:
+def _run_spend(wh: Warehouse, run_id: str, domain: str = DOMAIN) -> tuple[int, float, int]:
     table = wh.read_dataset("llm_usage", domain=domain)
     assert table is not None
     rows = [r for r in table.to_pylist() if r["run_id"] == run_id]
-    return sum(r["model_calls"] for r in rows), sum(r["cost_usd"] for r in rows)
+    return (
+        sum(r["model_calls"] for r in rows),
+        sum(r["cost_usd"] for r in rows),
+        sum(r["billed_tokens"] for r in rows),
+    )
 
 
 def test_plan_is_within_ten_percent_of_the_run_it_forecasts(
@@ -56,10 +60,11 @@ def test_plan_is_within_ten_percent_of_the_run_it_forecasts(
         )
         assert second.success
         served = server.stats.requests - before
-    calls, dollars = _run_spend(wh, second.run_id)
+    calls, dollars, tokens = _run_spend(wh, second.run_id)
     assert calls == served  # what the run recorded is what the server answered
     assert abs(plan.calls - calls) <= 0.10 * calls, (plan.calls, calls, plan.assets)
     assert abs(plan.cost_usd - dollars) <= 0.10 * dollars, (plan.cost_usd, dollars)
+    assert abs(plan.tokens - tokens) <= 0.10 * tokens, (plan.tokens, tokens)
     # The run recorded how close the saved plan came, per asset.
     recorded = {r.asset: r for r in usage_history(wh, DOMAIN, last=1).values() for r in r}
     assert recorded["raw_generations"].planned_calls == 24

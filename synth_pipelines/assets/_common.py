@@ -78,6 +78,7 @@ def usage_metadata(totals: UsageTotals) -> dict[str, Any]:
         "model_calls": totals.model_calls,
         "endpoint_check_calls": totals.probe_calls,
         "cache_hits": totals.cache_hits,
+        "billed_tokens": totals.billed_tokens,
         "failed_calls": totals.failures,
         "prompt_tokens": totals.prompt_tokens,
         "completion_tokens": totals.completion_tokens,
@@ -143,6 +144,7 @@ def record_spend(
         failed_calls=totals.failures,
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
+        billed_tokens=totals.billed_tokens,
         cost_usd=totals.cost_usd,
         latency_s=totals.latency_s,
         wall_s=round(time.monotonic() - started, 3),
@@ -161,6 +163,9 @@ def record_spend(
                 "planned_tokens": int(line["prompt_tokens"] + line["completion_tokens"]),
                 "plan_calls_error_pct": dg.MetadataValue.float(_error_pct(line["calls"], totals.model_calls)),
                 "plan_cost_error_pct": dg.MetadataValue.float(_error_pct(line["cost_usd"], totals.cost_usd)),
+                "plan_tokens_error_pct": dg.MetadataValue.float(
+                    _error_pct(line["prompt_tokens"] + line["completion_tokens"], totals.billed_tokens)
+                ),
             }
         )
     return meta

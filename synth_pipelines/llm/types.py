@@ -90,6 +90,8 @@ class UsageTotals:
     model_calls: int = 0
     # Of model_calls, the requests of endpoint checks (once per endpoint and state folder).
     probe_calls: int = 0
+    # Tokens of the calls a model answered (prompt_tokens and completion_tokens include cache hits).
+    billed_tokens: int = 0
     cache_hits: int = 0
     failures: int = 0
     prompt_tokens: int = 0
@@ -109,6 +111,8 @@ class UsageTotals:
         self.failures += int(failed)
         self.prompt_tokens += rec.prompt_tokens
         self.completion_tokens += rec.completion_tokens
+        if rec.model_calls:
+            self.billed_tokens += rec.prompt_tokens + rec.completion_tokens
         self.cost_usd += rec.cost_usd
         self.latency_s += rec.latency_s
         m = self.per_model.setdefault(

@@ -32,8 +32,9 @@ LLM_USAGE = pa.schema(
         ("probe_calls", pa.int64()),  # of model_calls: endpoint checks (not the asset's own work)
         ("cache_hits", pa.int64()),
         ("failed_calls", pa.int64()),
-        ("prompt_tokens", pa.int64()),
+        ("prompt_tokens", pa.int64()),  # these two include the replies the cache served
         ("completion_tokens", pa.int64()),
+        ("billed_tokens", pa.int64()),  # tokens of the calls a model answered
         ("cost_usd", pa.float64()),
         ("latency_s", pa.float64()),
         ("wall_s", pa.float64()),
@@ -61,6 +62,7 @@ class UsageRecord(BaseModel):
     failed_calls: int = 0
     prompt_tokens: int
     completion_tokens: int
+    billed_tokens: int = 0
     cost_usd: float
     latency_s: float
     wall_s: float
@@ -90,7 +92,8 @@ def usage_history(warehouse: Warehouse, domain: str, *, last: int = 3) -> dict[s
         row["domain"] = domain
         kept = out.setdefault(row["asset"], [])
         if len(kept) < last:
-            kept.append(UsageRecord.model_validate(row))
+            # A column added since a part was written reads as null there: the model's default.
+            kept.append(UsageRecord.model_validate({k: v for k, v in row.items() if v is not None}))
     return out
 
 
