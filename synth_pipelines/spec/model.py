@@ -477,13 +477,17 @@ class DomainSpec(_Strict):
         return str(self.version)
 
     def program_or_default(self) -> ProgramSpec:
-        """The spec's program, or: first field in, the remaining fields out."""
-        if self.program is not None:
-            return self.program
+        """The spec's program, or: first field in, the remaining fields out. A program that names
+        only a ``module`` gets that split too, for what reads fields without the module (exports)."""
         names = list(self.fields)
-        if len(names) == 1:
-            return ProgramSpec(inputs=names, outputs=names)
-        return ProgramSpec(inputs=names[:1], outputs=names[1:])
+        inputs, outputs = (names, names) if len(names) == 1 else (names[:1], names[1:])
+        if self.program is None:
+            return ProgramSpec(inputs=inputs, outputs=outputs)
+        if self.program.inputs and self.program.outputs:
+            return self.program
+        return self.program.model_copy(
+            update={"inputs": self.program.inputs or inputs, "outputs": self.program.outputs or outputs}
+        )
 
     def with_panel(
         self,
