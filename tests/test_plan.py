@@ -151,8 +151,10 @@ def test_plan_command_and_the_dry_run_job(
         profile = profile_file(tmp_path, server.base_url)
         result = CliRunner().invoke(
             app,
-            ["plan", "--domain", DOMAIN, "--count", "10", "--json", "--profile", str(profile)]
-            + ["--schemas", str(scripted_schemas_dir), "--warehouse", str(wh.root)],
+            [
+                *("plan", "--domain", DOMAIN, "--count", "10", "--json", "--profile", str(profile)),
+                *("--schemas", str(scripted_schemas_dir), "--warehouse", str(wh.root)),
+            ],
         )
         assert result.exit_code == 0, result.output
         printed = json.loads(result.output)
