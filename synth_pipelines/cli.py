@@ -604,24 +604,19 @@ def plan(
 ) -> None:
     """Forecast a run before it spends anything: model calls, tokens, dollars and wall time per
     asset, with what the cache already answers (no model is called)."""
-    from synth_pipelines.learning.plan import plan_domain, render_plan, save_plan
-    from synth_pipelines.llm.config import ProfileError
-    from synth_pipelines.resources import LLMResource
+    from synth_pipelines.learning.plan import render_plan
+    from synth_pipelines.service.operations import ServiceError, ServiceSettings, SynthService
 
-    name = _domain(domain)
+    root, state = location_from_env(warehouse)
+    service = SynthService(
+        ServiceSettings(
+            warehouse_root=root, state_dir=state, schemas_dir=_schemas(schemas), profile=_profile(profile)
+        )
+    )
     try:
-        spec = load_spec(spec_path_for(_schemas(schemas), name)).spec
-    except (SpecError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
-    wh = _warehouse(warehouse)
-    resource = LLMResource(profile=_profile(profile), api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None)
-    try:
-        client = resource.client(wh.cache_path)
-        forecast = plan_domain(spec, wh, client, target_count=count, seed_count=seeds)
-    except (ProfileError, ValueError) as e:
-        raise _fail(f"planning {name!r}: {e}") from None
-    if save:
-        save_plan(wh, forecast)
+        forecast = service.plan(_domain(domain), target_count=count, seed_count=seeds, save=save)
+    except ServiceError as e:
+        raise _fail(e.message) from None
     if as_json:
         typer.echo(json.dumps({**forecast.model_dump(mode="json"), "totals": forecast.summary()}, indent=2))
     else:

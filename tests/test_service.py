@@ -250,6 +250,11 @@ def test_api_launches_polls_searches_records_and_exports(live_api: dict[str, Any
         domains = client.get("/v1/domains", headers=auth()).json()
         assert {d["domain"] for d in domains} >= {DOMAIN, "data_analysis"}
 
+        # The forecast first (no model call); the run then reports planned vs actual.
+        forecast = client.get(f"/v1/domains/{DOMAIN}/plan", params={"target_count": 8}, headers=auth())
+        assert forecast.status_code == 200, forecast.text
+        planned = {a["asset"]: a for a in forecast.json()["assets"]}
+        assert planned["raw_generations"]["units"] == 8 and forecast.json()["totals"]["calls"] > 0
         launched = client.post(f"/v1/domains/{DOMAIN}/runs", json={"target_count": 8}, headers=auth())
         assert launched.status_code == 202, launched.text
         run_id = launched.json()["run_id"]
@@ -270,6 +275,8 @@ def test_api_launches_polls_searches_records_and_exports(live_api: dict[str, Any
         assert detail["accepted"] > 0
         assert detail["metrics"]["validated_examples"]["rows"] == detail["accepted"]
         assert {c["check"] for c in detail["checks"]} >= {"schema_compliance", "consensus_pass_rate"}
+        raw_metrics = detail["metrics"]["raw_generations"]
+        assert raw_metrics["planned_model_calls"] == planned["raw_generations"]["calls"], sorted(raw_metrics)
         assert all(c["passed"] is not None for c in detail["checks"])
 
         # Search: an accepted example finds itself first.
@@ -344,6 +351,10 @@ def test_api_bad_input_gets_the_documented_4xx(live_api: dict[str, Any]) -> None
             "/v1/outcomes", json={"outcomes": [{"outcome_id": "x", "domain": DOMAIN}]}, headers=auth()
         )
         assert bad_outcome.status_code == 422 and bad_outcome.json()["error"]["field"] == "outcomes.0"
+        bad_plan = client.get(f"/v1/domains/{DOMAIN}/plan", params={"target_count": 0}, headers=auth())
+        assert bad_plan.status_code == 422 and bad_plan.json()["error"]["field"] == "target_count"
+        unknown_plan = client.get("/v1/domains/no_such_domain/plan", headers=auth())
+        assert unknown_plan.status_code == 404
         missing_run = client.get("/v1/runs/does-not-exist", headers=auth())
         assert missing_run.status_code == 404
 
@@ -377,8 +388,12 @@ def test_mcp_tools_generate_and_search(live_api: dict[str, Any]) -> None:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             assert set(tools) >= {
                 "synth_generate", "synth_status", "synth_validate", "synth_search",
-                "synth_record_outcome", "synth_list_domains",
+                "synth_record_outcome", "synth_list_domains", "synth_plan",
             }  # fmt: skip
+            forecast = await client.call_tool("synth_plan", {"domain": "data_analysis", "target_count": 6})
+            assert not forecast.is_error, forecast.content
+            assert forecast.structured_content["target_count"] == 6
+            assert forecast.structured_content["assets"]
             assert tools["synth_search"].input_schema["properties"]["k"]["maximum"] == 100
             assert "domain" in tools["synth_generate"].input_schema["required"]
             listed = await client.call_tool("synth_list_domains", {})

@@ -166,6 +166,16 @@ def create_app(
         request = body or RunRequest()
         return svc.launch(domain, target_count=request.target_count, weak_cells=request.weak_cells)
 
+    @app.get("/v1/domains/{domain}/plan", dependencies=v1)
+    def plan(
+        domain: str,
+        target_count: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
+        save: bool = True,
+    ) -> dict[str, Any]:
+        """The forecast of a run (calls, tokens, dollars, wall time per asset); no model is called."""
+        forecast = svc.plan(domain, target_count=target_count, save=save)
+        return {**forecast.model_dump(mode="json"), "totals": forecast.summary()}
+
     @app.get("/v1/runs/{run_id}", dependencies=v1)
     def run(run_id: str) -> RunInfo:
         """A run's status (and its failure message once failed)."""

@@ -14,6 +14,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
+from synth_pipelines.learning.plan import Plan
 from synth_pipelines.service.operations import (
     DomainDetail,
     DomainSummary,
@@ -94,6 +95,15 @@ def build_mcp(service: SynthService | None = None) -> MCPServer:
     ) -> RunInfo:
         """Launch a run of the domain's whole pipeline. Returns at once with the run id."""
         return _call(svc.launch, domain, target_count=target_count, weak_cells=weak_cells)
+
+    @server.tool(name="synth_plan")
+    def plan(
+        domain: Annotated[str, Field(description="the domain to plan", max_length=64)],
+        target_count: Annotated[int | None, Field(ge=1, le=10_000_000)] = None,
+    ) -> Plan:
+        """Forecast a run before launching it: model calls, tokens, dollars and wall time per asset,
+        with what the response cache already answers. Calls no model."""
+        return _call(svc.plan, domain, target_count=target_count)
 
     @server.tool(name="synth_validate")
     def validate(

@@ -19,6 +19,7 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from synth_pipelines.learning.outcomes import IngestReport, record_outcomes
+from synth_pipelines.learning.plan import Plan, plan_domain, save_plan
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.spec.model import SpecError, discover_specs, load_spec, spec_path_for
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
@@ -56,7 +57,13 @@ METRIC_KEYS = {
     "score",
     "cost_usd",
     "total_tokens",
+    "billed_tokens",
     "model_calls",
+    # How close the plan saved before the run came (present when there was one).
+    "planned_model_calls",
+    "planned_cost_usd",
+    "plan_calls_error_pct",
+    "plan_cost_error_pct",
 }
 
 
@@ -413,6 +420,37 @@ class SynthService:
         spec, _ = resolve_thresholds(spec, resource.load_profile())
         client = resource.client(self.warehouse.cache_path) if models else None
         return validate_rows(spec, rows, client)
+
+    def plan(
+        self, domain: str, *, target_count: int | None = None, seed_count: int = 5, save: bool = True
+    ) -> Plan:
+        """The forecast of a run of ``domain`` (no model is called; see ``learning/plan.py``); saved,
+        unless ``save`` is off, so that the next run records planned vs actual."""
+        from synth_pipelines.llm.config import ProfileError
+        from synth_pipelines.resources import LLMResource
+
+        domain = self.domain_name(domain)
+        if target_count is not None and target_count < 1:
+            raise ServiceError("target_count must be at least 1", field="target_count")
+        try:
+            spec = load_spec(self.spec_file(domain)).spec
+        except SpecError as e:
+            raise ServiceError(str(e), field="domain") from None
+        resource = LLMResource(
+            profile=self.settings.profile, api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None
+        )
+        try:
+            client = resource.client(self.warehouse.cache_path)
+            forecast = plan_domain(
+                spec, self.warehouse, client, target_count=target_count, seed_count=seed_count
+            )
+        except ProfileError as e:
+            raise ServiceError(str(e), field="profile") from None
+        except ValueError as e:
+            raise ServiceError(f"planning {domain!r}: {e}", field="domain") from None
+        if save:
+            save_plan(self.warehouse, forecast)
+        return forecast
 
     def search(self, domain: str, query: str, *, k: int = 10, exact: bool = False) -> SearchResult:
         """The ``k`` accepted examples nearest to ``query`` (see :mod:`synth_pipelines.warehouse.search`)."""
