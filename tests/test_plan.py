@@ -24,6 +24,17 @@ def _plan(schemas: Path, wh: Warehouse, profile: Path, count: int, domain: str =
     return plan_domain(spec, wh, client, target_count=count)
 
 
+def _priced(profile: Path) -> Path:
+    """The second judge 20x dearer than the first: planned dollars must follow how the calls split
+    over the panel (early stops call the second judge less), not an even split."""
+    import yaml
+
+    data = yaml.safe_load(profile.read_text())
+    data["models"]["remote-b"].update(input_price_per_mtok=20.0, output_price_per_mtok=80.0)
+    profile.write_text(yaml.safe_dump(data))
+    return profile
+
+
 def _run_spend(wh: Warehouse, run_id: str, domain: str = DOMAIN) -> tuple[int, float, int]:
     table = wh.read_dataset("llm_usage", domain=domain)
     assert table is not None
@@ -41,7 +52,7 @@ def test_plan_is_within_ten_percent_of_the_run_it_forecasts(
     monkeypatch.setenv("SYNTH_OPENAI_API_KEY", "sk-test")
     wh = Warehouse(tmp_path / "warehouse")
     with FakeOpenAIServer(FaultPlan(latency_s=0.005)) as server:
-        profile = profile_file(tmp_path, server.base_url)
+        profile = _priced(profile_file(tmp_path, server.base_url))
         # A first run of 12 items: the history the plan calibrates judges and tokens on.
         first = materialize_domain(
             up_to("compiled_program"), wh.root, scripted_schemas_dir, llm=str(profile), target=12

@@ -149,6 +149,7 @@ def record_spend(
         latency_s=totals.latency_s,
         wall_s=round(time.monotonic() - started, 3),
         concurrency=concurrency,
+        calls_by_model=json.dumps({m: int(st["model_calls"]) for m, st in sorted(totals.per_model.items())}),
         planned_calls=line["calls"] if line else None,
         planned_tokens=(line["prompt_tokens"] + line["completion_tokens"]) if line else None,
         planned_cost_usd=line["cost_usd"] if line else None,

@@ -151,6 +151,18 @@ def _history_rates(records: Sequence[UsageRecord], per: str) -> _Rates | None:
     )
 
 
+def _history_shares(records: Sequence[UsageRecord], models: list[str]) -> dict[str, float] | None:
+    """How the recorded calls split over ``models`` (a panel with early stops calls its later judges
+    less; a chain's fallbacks rarely), or None without a record of it."""
+    totals = dict.fromkeys(models, 0.0)
+    for record in records:
+        for model, calls in json.loads(record.calls_by_model or "{}").items():
+            if model in totals:
+                totals[model] += calls
+    total = sum(totals.values())
+    return {m: c / total for m, c in totals.items()} if total > 0 else None
+
+
 def _tokens_of(request: CompletionRequest) -> int:
     chars = sum(len(m.content) for m in request.messages) + len(json.dumps(request.json_schema or {}))
     return math.ceil(chars / CHARS_PER_TOKEN)
@@ -202,9 +214,10 @@ class Planner:
         calls = round(fresh_units * rates.calls_per_unit)
         prompt = round(calls * rates.prompt_tokens)
         completion = round(calls * rates.completion_tokens)
-        # Calls spread over the models evenly (judges: each judge sees each row, early stops aside).
+        # Calls split over the models as recorded; evenly without a record (every judge on every row).
+        shares = _history_shares(self.history.get(asset, []), models) or {m: 1 / len(models) for m in models}
         configs = [self.client.model_config(m) for m in models]
-        cost = sum(c.cost(prompt, completion) for c in configs) / max(1, len(configs))
+        cost = sum(shares[m] * c.cost(prompt, completion) for m, c in zip(models, configs, strict=True))
         width = self.client.concurrency_for(models)
         latency = rates.latency_s or (
             rates.completion_tokens / min(c.tokens_per_second for c in configs) + PRIOR_CALL_OVERHEAD_S

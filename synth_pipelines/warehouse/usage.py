@@ -39,6 +39,8 @@ LLM_USAGE = pa.schema(
         ("latency_s", pa.float64()),
         ("wall_s", pa.float64()),
         ("concurrency", pa.int64()),
+        # JSON {model: calls the model answered}: how the calls split over a panel or a chain.
+        ("calls_by_model", pa.string()),
         # From the plan saved before this run (synth plan / the synth_plan job), when there was one.
         ("planned_calls", pa.int64()),
         ("planned_tokens", pa.int64()),
@@ -67,6 +69,7 @@ class UsageRecord(BaseModel):
     latency_s: float
     wall_s: float
     concurrency: int = 1
+    calls_by_model: str = "{}"
     planned_calls: int | None = None
     planned_tokens: int | None = None
     planned_cost_usd: float | None = None
