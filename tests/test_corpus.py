@@ -86,6 +86,21 @@ def test_every_file_kind_is_chunked_with_stable_ids(tmp_path: Path) -> None:
     assert max(c.entities for c in runbook) >= 3  # Stripe, Acme Corp, 2026-03-01
 
 
+def test_the_same_corpus_has_the_same_ids_in_any_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids and provenance name files as the spec names the corpus (a relative path stays relative),
+    so a clone elsewhere gets the same chunk ids, hence the same seeds, examples and cached replies."""
+    found = []
+    for checkout in ("a", "b/deeper"):
+        (tmp_path / checkout).mkdir(parents=True)
+        make_corpus(tmp_path / checkout)
+        monkeypatch.chdir(tmp_path / checkout)
+        found.append(load_chunks(SeedSource(corpus="corpus", chunk_chars=300)))
+    assert [(c.chunk_id, c.source) for c in found[0]] == [(c.chunk_id, c.source) for c in found[1]]
+    assert {c.source for c in found[0]} >= {"corpus/notes/runbook.md", "corpus/tickets.parquet"}
+
+
 def test_strategies_do_what_they_are_named_for_and_repeat_for_a_seed(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path)
     old = time.time() - 30 * 86400
@@ -196,4 +211,4 @@ def test_a_corpus_in_a_bucket_reads_the_same_as_on_disk(tmp_path: Path, s3_bucke
     assert [(Path(c.source).name, c.start, c.end, c.text) for c in remote] == [
         (Path(c.source).name, c.start, c.end, c.text) for c in local
     ]
-    assert all(c.source.startswith(f"{s3_bucket}/docs/") for c in remote)
+    assert all(c.source.startswith(f"s3://{s3_bucket}/docs/") for c in remote)

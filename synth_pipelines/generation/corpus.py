@@ -63,11 +63,15 @@ def _filesystem(location: str) -> tuple[Any, str]:
     return fs, path
 
 
-def _files(location: str) -> tuple[Any, list[str]]:
+def _files(location: str) -> tuple[Any, list[str], dict[str, str]]:
+    """The filesystem, the corpus files (as the filesystem names them) and each file's name as the
+    spec wrote the corpus: ``<corpus>/<path inside it>``. Ids and provenance use that name, so the
+    same corpus gives the same chunk ids (and seeds, examples, cached replies) in any checkout."""
     fs, root = _filesystem(location)
     if not fs.exists(root):
         raise CorpusError(f"seed_source.corpus {location!r} does not exist; point it at a folder or file")
-    paths = [root] if fs.isfile(root) else sorted(fs.find(root))
+    single = fs.isfile(root)
+    paths = [root] if single else sorted(fs.find(root))
     usable = [
         p
         for p in paths
@@ -78,7 +82,12 @@ def _files(location: str) -> tuple[Any, list[str]]:
         raise CorpusError(
             f"seed_source.corpus {location!r} holds no Parquet, CSV, JSONL, Markdown or text files"
         )
-    return fs, usable
+    base = PurePosixPath(root)
+    names = {
+        p: location if single else f"{location.rstrip('/')}/{PurePosixPath(p).relative_to(base)}"
+        for p in usable
+    }
+    return fs, usable, names
 
 
 def chunk_id(source: str, start: int, end: int) -> str:
@@ -144,9 +153,10 @@ def _as_time(value: Any) -> datetime | None:
 
 def load_chunks(source: SeedSource) -> list[Chunk]:
     """Every chunk of the corpus, in a stable order (files by path, then position)."""
-    fs, paths = _files(source.corpus)
+    fs, paths, names = _files(source.corpus)
     chunks: list[Chunk] = []
     for path in paths:
+        name = names[path]
         suffix = PurePosixPath(path).suffix.lower()
         mtime = _mtime(fs, path)
         if suffix in TEXT_SUFFIXES:
@@ -155,7 +165,7 @@ def load_chunks(source: SeedSource) -> list[Chunk]:
             for start, end in text_chunks(text, source.chunk_chars):
                 body = text[start:end]
                 chunks.append(
-                    Chunk(chunk_id=chunk_id(path, start, end), source=path, kind="text", start=start, end=end,
+                    Chunk(chunk_id=chunk_id(name, start, end), source=name, kind="text", start=start, end=end,
                           text=body, timestamp=mtime, entities=len(ENTITY.findall(body)))
                 )  # fmt: skip
             continue
@@ -171,8 +181,8 @@ def load_chunks(source: SeedSource) -> list[Chunk]:
             stamp = _as_time(field_value) if source.field else None
             chunks.append(
                 Chunk(
-                    chunk_id=chunk_id(path, i, i + 1),
-                    source=path,
+                    chunk_id=chunk_id(name, i, i + 1),
+                    source=name,
                     kind="row",
                     start=i,
                     end=i + 1,
