@@ -196,3 +196,45 @@ def test_plan_command_and_the_dry_run_job(
     client = LLMResource(profile=str(profile)).client(wh.cache_path)
     lines = plan_domain(spec, wh, client).assets
     assert [(a.asset, a.calls) for a in lines] == [("endpoint_checks", 1), ("statistical_data", 1)]
+
+
+def test_items_in_the_in_flight_parts_are_planned_as_resumed(
+    tmp_path: Path, scripted_schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run's finished items are skipped by the rerun: the plan counts them as free. An item
+    that got no answer from the provider is asked again, so it still costs a call."""
+    from synth_pipelines.generation.examples import RawGeneration
+    from synth_pipelines.warehouse.inflight import InflightRows
+    from synth_pipelines.warehouse.tables import RAW_GENERATIONS
+
+    monkeypatch.setenv("SYNTH_OPENAI_API_KEY", "sk-test")
+    wh = Warehouse(tmp_path / "warehouse")
+    with FakeOpenAIServer() as server:
+        profile = profile_file(tmp_path, server.base_url)
+        before = {a.asset: a for a in _plan(scripted_schemas_dir, wh, profile, 8).assets}
+        assert before["raw_generations"].calls == 8
+        assert materialize_domain(
+            up_to("problem_matrix"), wh.root, scripted_schemas_dir, llm=str(profile), target=8
+        ).success
+        matrix = wh.read_partition("problem_matrix", DOMAIN)
+        assert matrix is not None
+        cell, other = [r for r in matrix.to_pylist() if r["target"] > 0][:2]
+        sink = InflightRows(wh.inflight_dir("raw_generations", DOMAIN), RAW_GENERATIONS)
+        for eid, status, kind in (
+            (f"{cell['cell_id']}_0000", "ok", None),
+            (f"{other['cell_id']}_0000", "failed", "provider"),
+        ):
+            sink.add(
+                RawGeneration(
+                    example_id=eid, cell_id=cell["cell_id"], seed_id=cell["seed_id"], problem="p",
+                    complexity=cell["complexity"], conditions_json=cell["conditions_json"], status=status,
+                    example_json="{}" if status == "ok" else None, error=None, failure_kind=kind,
+                    raw_text=None, generator_model="remote-a", prompt_hash="h", temperature=0.7, seed=1,
+                    prompt_tokens=1, completion_tokens=1, cost_usd=0.0, latency_s=0.0, attempt=1,
+                    cache_hit=False, created_at="t",
+                ).model_dump()
+            )  # fmt: skip
+        sink.flush()
+        after = {a.asset: a for a in _plan(scripted_schemas_dir, wh, profile, 8).assets}
+    assert after["raw_generations"].calls == 7 and after["raw_generations"].cached_units == 1
+    assert "1 resumed from parts" in after["raw_generations"].basis

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from synth_pipelines.generation.examples import (
     PlannedItem,
+    finished_keys,
     generation_request,
     iter_plan_items,
     max_tokens_for,
@@ -354,9 +355,7 @@ class Planner:
         items: list[PlannedItem] = list(iter_plan_items(cells, seeds, spec.domain))
         pending = [i for i in items if i.example_id not in resumed]
         requests = [generation_request(spec, i, chain[0], temperature, max_tokens) for i in pending]
-        cached = 0
-        for start in range(0, len(requests), 5000):
-            cached += sum(r is not None for r in self.client.cached_replies(requests[start : start + 5000]))
+        cached = sum(r is not None for r in self.client.cached_replies(requests))
         fresh = len(pending) - cached
         sample = requests[:200]
         prior = _Rates(
@@ -378,18 +377,11 @@ class Planner:
         return line, len(items), fresh
 
     def _resumed(self) -> set[str]:
+        """Items the in-flight parts already hold (what a rerun skips, as ``generate_examples`` does)."""
         folder = self.wh.inflight_dir("raw_generations", self.spec.domain)
         if not folder.is_dir():
             return set()
-        done = InflightRows(folder, RAW_GENERATIONS).read_columns(["example_id", "status", "failure_kind"])
-        cols = done.to_pydict()
-        return {
-            eid
-            for eid, status, kind in zip(
-                cols["example_id"], cols["status"], cols["failure_kind"], strict=True
-            )
-            if status == "ok" or kind != "provider"
-        }
+        return {eid for eid, _ in finished_keys(InflightRows(folder, RAW_GENERATIONS))}
 
     def validation(self, items: int, fresh: int) -> AssetPlan:
         spec = self.spec
