@@ -463,3 +463,26 @@ def _exact(spec):  # type: ignore[no-untyped-def]
     from synth_pipelines.learning.program import build_metric
 
     return build_metric(spec, spec.program_or_default(), None, None)
+
+
+def test_an_append_only_dataset_reads_columns_added_after_its_first_parts(tmp_path: Path) -> None:
+    """Parts written before a column existed read it as null; the newer parts keep their values
+    (pyarrow alone would take the first part's schema and drop the new column everywhere)."""
+    import pyarrow as pa
+
+    from synth_pipelines.warehouse.storage import Warehouse
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.append_dataset("history", "d", pa.table({"run": ["old"], "calls": [3]}))
+    wh.append_dataset("history", "d", pa.table({"run": ["new"], "calls": [5], "billed": [40]}))
+    rows = sorted(wh.read_dataset("history").to_pylist(), key=lambda r: r["run"])
+    assert rows == [
+        {"run": "new", "calls": 5, "billed": 40, "domain": "d"},
+        {"run": "old", "calls": 3, "billed": None, "domain": "d"},
+    ]
+    wh.sync_mirror("history", ["d"])  # the DuckDB mirror gets the new column too
+    with wh.duckdb() as conn:
+        assert sorted(conn.execute("select run, billed from history").fetchall()) == [
+            ("new", 40),
+            ("old", None),
+        ]

@@ -437,6 +437,16 @@ class Warehouse:
             files, format="parquet", partitioning=pds.partitioning(flavor="hive"), partition_base_dir=base,
             filesystem=filesystem,
         )  # fmt: skip
+        # Parts written before a column was added lack it: read every part against the union of their
+        # schemas (pyarrow would otherwise take the first part's and drop the newer columns).
+        unified = pa.unify_schemas(
+            [dataset.schema, *(fragment.physical_schema for fragment in dataset.get_fragments())]
+        )
+        if unified != dataset.schema:
+            dataset = pds.dataset(
+                files, schema=unified, format="parquet", partitioning=pds.partitioning(flavor="hive"),
+                partition_base_dir=base, filesystem=filesystem,
+            )  # fmt: skip
         return dataset.to_table(columns=columns)
 
     def sync_mirror(self, name: str, domains: Iterable[str]) -> None:
