@@ -30,6 +30,8 @@ from synth_pipelines.warehouse.storage import (
     INDEX_FILE,
     PROGRAM_FILE,
     SPEC_FILE,
+    TRAINED_FILE,
+    TRAINED_SCORE_FILE,
     StorageError,
     StoragePath,
     Warehouse,
@@ -436,7 +438,13 @@ def train(
     from datetime import UTC, datetime
 
     from synth_pipelines.learning.outcomes import record_performance
-    from synth_pipelines.learning.program import PROVIDER_ERRORS, program_threads, save_program
+    from synth_pipelines.learning.program import (
+        PROVIDER_ERRORS,
+        example_rows,
+        performance_row,
+        program_threads,
+        save_program,
+    )
     from synth_pipelines.learning.train import TrainError, train_user_program
     from synth_pipelines.llm.config import ProfileError
     from synth_pipelines.resources import EmbedderResource, LLMResource
@@ -449,11 +457,7 @@ def train(
         raise _fail(
             f"domain {name!r} has no validated examples in {wh.root}; run synth generate --domain {name}"
         )
-    cols = table.select(["example_id", "cell_id", "example_json"]).to_pydict()
-    rows = [
-        {"example_id": eid, "cell_id": cell, "example": json.loads(text)}
-        for eid, cell, text in zip(cols["example_id"], cols["cell_id"], cols["example_json"], strict=True)
-    ]
+    rows = example_rows(table.select(["example_id", "cell_id", "example_json"]).to_pydict())
     resource = LLMResource(profile=_profile(profile), api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None)
     embedder = EmbedderResource()
     try:
@@ -479,31 +483,14 @@ def train(
     except PROVIDER_ERRORS as e:
         raise _fail(f"training on {name!r}: {e}. Replies so far are cached; rerun to resume.") from None
     score = run.score
-    target = (
-        output
-        if output is not None
-        else wh.root / "programs" / f"domain={name}" / "trained" / f"{user.name}.json"
-    )
+    target = output if output is not None else wh.root / TRAINED_FILE.format(domain=name, program=user.name)
     save_program(run.compiled, target)
     wh.write_json(
-        f"programs/domain={name}/trained/{user.name}.score.json",
+        TRAINED_SCORE_FILE.format(domain=name, program=user.name),
         {**score.model_dump(), "program": str(program), "module": user.cls.__name__, "state": str(target)},
     )
-    record_performance(
-        wh,
-        {
-            "domain": name,
-            "source": f"train:{user.name}",
-            "score": score.score,
-            "n": score.n_eval,
-            "metric": score.metric,
-            "run_id": f"train-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}",
-            "recorded_at": datetime.now(UTC).replace(tzinfo=None),
-            "ci_low": score.ci_low,
-            "ci_high": score.ci_high,
-            "parse_failures": score.parse_failures,
-        },
-    )
+    run_id = f"train-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    record_performance(wh, performance_row(name, f"train:{user.name}", run_id, score))
     interval = f" (95% CI {score.ci_low:.3f}-{score.ci_high:.3f})" if score.ci_low is not None else ""
     typer.echo(
         f"{user.cls.__name__} from {program}: inputs {user.inputs} -> outputs {user.outputs}\n"

@@ -146,7 +146,13 @@ def compiled_program(
     table ``agent_performance`` (source ``compiled_program``) as the baseline agent success. A
     provider failure fails the asset; it never becomes a score."""
     # DSPy (and litellm under it) load here, not when the code location loads: other steps never pay.
-    from synth_pipelines.learning.program import program_threads, save_program, train_and_score
+    from synth_pipelines.learning.program import (
+        example_rows,
+        performance_row,
+        program_threads,
+        save_program,
+        train_and_score,
+    )
     from synth_pipelines.learning.train import TrainError, train_user_program
 
     started = time.monotonic()
@@ -154,11 +160,7 @@ def compiled_program(
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
     program_spec = spec.program_or_default()
-    cols = _example_rows(wh, domain)
-    rows = [
-        {"example_id": eid, "cell_id": cell, "example": json.loads(text)}
-        for eid, cell, text in zip(cols["example_id"], cols["cell_id"], cols["example_json"], strict=True)
-    ]
+    rows = example_rows(_example_rows(wh, domain))
     client = llm.client(wh.cache_path)
     model = client.profile.roles.program
     threads = program_threads(client)
@@ -190,21 +192,7 @@ def compiled_program(
     per_example = score.per_example
     path = save_program(compiled, wh.file(PROGRAM_FILE, domain))
     wh.write_json(SCORE_FILE.format(domain=domain), score.model_dump())
-    record_performance(
-        wh,
-        {
-            "domain": domain,
-            "source": "compiled_program",
-            "score": score.score,
-            "n": score.n_eval,
-            "metric": score.metric,
-            "run_id": context.run_id,
-            "recorded_at": datetime.now(UTC).replace(tzinfo=None),
-            "ci_low": score.ci_low,
-            "ci_high": score.ci_high,
-            "parse_failures": score.parse_failures,
-        },
-    )
+    record_performance(wh, performance_row(domain, "compiled_program", context.run_id, score))
     interval = (
         {"score_ci95_low": round(low, 4), "score_ci95_high": round(high, 4)}
         if low is not None and high is not None

@@ -53,7 +53,7 @@ from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.validation.calibration import resolve_thresholds
 from synth_pipelines.validation.consensus import JUDGE_MAX_TOKENS, judge_messages, resolve_judges
 from synth_pipelines.warehouse.inflight import InflightRows
-from synth_pipelines.warehouse.storage import Warehouse
+from synth_pipelines.warehouse.storage import SCORE_FILE, Warehouse
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
 from synth_pipelines.warehouse.usage import PLAN_FILE, UsageRecord, usage_history
 
@@ -436,7 +436,7 @@ class Planner:
             calls_per_unit=per_eval, prompt_tokens=600, completion_tokens=120, latency_s=0, from_history=False
         )
         rates = self._rates("compiled_program", "all", prior)
-        unchanged = fresh == 0 and self.wh.read_json(f"programs/domain={spec.domain}/score.json") is not None
+        unchanged = fresh == 0 and self.wh.read_json(SCORE_FILE.format(domain=spec.domain)) is not None
         model = self.client.profile.roles.program
         return self._line(
             "compiled_program",

@@ -15,6 +15,7 @@ import math
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,33 @@ def mean_ci(scores: Sequence[float], confidence: float = 0.95) -> tuple[float, f
 
     half = float(t.ppf(0.5 + confidence / 2, n - 1)) * float(np.std(scores, ddof=1)) / math.sqrt(n)
     return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def example_rows(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """``example_id``, ``cell_id`` and the parsed example of each validated row (the columns
+    ``example_id``, ``cell_id``, ``example_json`` as lists): what training reads."""
+    return [
+        {"example_id": eid, "cell_id": cell, "example": json.loads(text)}
+        for eid, cell, text in zip(
+            columns["example_id"], columns["cell_id"], columns["example_json"], strict=True
+        )
+    ]
+
+
+def performance_row(domain: str, source: str, run_id: str, score: ProgramScore) -> dict[str, Any]:
+    """The ``agent_performance`` row of a held-out score (``record_performance`` appends it)."""
+    return {
+        "domain": domain,
+        "source": source,
+        "score": score.score,
+        "n": score.n_eval,
+        "metric": score.metric,
+        "run_id": run_id,
+        "recorded_at": datetime.now(UTC).replace(tzinfo=None),
+        "ci_low": score.ci_low,
+        "ci_high": score.ci_high,
+        "parse_failures": score.parse_failures,
+    }
 
 
 def to_dspy_examples(rows: list[dict[str, Any]], program: ProgramSpec) -> list[dspy.Example]:

@@ -43,6 +43,9 @@ SPEC_FILE = "domain_schema/domain={domain}/spec.json"
 DIVERSITY_FILE = "example_embeddings/domain={domain}/diversity.json"
 PROGRAM_FILE = "programs/domain={domain}/program.json"
 SCORE_FILE = "programs/domain={domain}/score.json"
+# What `synth train` saves for a program file (its stem), and its score beside it.
+TRAINED_FILE = "programs/domain={domain}/trained/{program}.json"
+TRAINED_SCORE_FILE = "programs/domain={domain}/trained/{program}.score.json"
 # What search uses for a domain (exact or the ANN index in the state folder) and the index's recall.
 INDEX_FILE = "example_index/domain={domain}/index.json"
 # A timeseries or events domain's recovery check and the scenario the generator model named.
