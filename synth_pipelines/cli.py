@@ -252,6 +252,7 @@ def schema_validate(file: Annotated[Path, typer.Argument(help="A spec YAML file.
         f"{file}: valid {spec.type} spec '{spec.name}' v{spec.version_str}, {len(spec.fields)} fields, "
         f"{cells * len(spec.matrix.complexity)} matrix cells, target {spec.target_count}, "
         f"training format {spec.training_format}"
+        + (f", {len(spec.rules)} rule(s) run on sample rows without error" if spec.rules else "")
     )
 
 
@@ -280,6 +281,8 @@ def validate_file(
         spec = load_spec(spec_path_for(_schemas(schemas), domain)).spec
     except (SpecError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
+    if spec.statistical:
+        raise _fail(f"{domain!r} is a {spec.type} domain: row validation applies to example domains")
     if file.suffix not in (".jsonl", ".parquet"):
         raise _fail(f"{file}: expected a .jsonl or .parquet file")
     rows = read_rows_file(file)
@@ -826,6 +829,12 @@ def serve(
         str, typer.Option(help="Address to bind; other than 127.0.0.1 needs SYNTH_API_TOKEN.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host header name to answer to (repeatable; default: loopback names and --host)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API (FastAPI on uvicorn; OpenAPI docs at /docs). Settings come from the same
     environment as the pipeline (SYNTH_WAREHOUSE, SYNTH_SCHEMAS, SYNTH_PROFILE, DAGSTER_HOME, which
@@ -837,7 +846,7 @@ def serve(
 
     _default_dagster_home()
     try:
-        app_ = create_app(host=host)
+        app_ = create_app(host=host, allowed_hosts=allowed_host or None)
     except ServiceError as e:
         raise _fail(e.message, 2) from None
     uvicorn.run(app_, host=host, port=port, log_level="info")
@@ -848,6 +857,10 @@ def mcp_server(
     transport: Annotated[str, typer.Option(help="stdio or streamable-http.")] = "stdio",
     host: Annotated[str, typer.Option(help="Address for streamable-http.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for streamable-http.")] = 8765,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="streamable-http: a Host header name to answer to (repeatable)."),
+    ] = None,
 ) -> None:
     """Serve the MCP tools (synth_generate, synth_status, synth_validate, synth_search,
     synth_record_outcome, synth_list_domains) and each domain's spec and card as resources."""
@@ -855,8 +868,13 @@ def mcp_server(
 
     if transport not in ("stdio", "streamable-http"):
         raise _fail(f"--transport {transport!r}: choose stdio or streamable-http", 2)
+    from synth_pipelines.service.operations import ServiceError
+
     _default_dagster_home()
-    serve_mcp(transport, host=host, port=port)  # type: ignore[arg-type]
+    try:
+        serve_mcp(transport, host=host, port=port, allowed_hosts=allowed_host or None)  # type: ignore[arg-type]
+    except ServiceError as e:
+        raise _fail(e.message, 2) from None
 
 
 def main() -> None:

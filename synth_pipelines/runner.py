@@ -19,6 +19,17 @@ from synth_pipelines.resources.settings import default_resources
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 from synth_pipelines.warehouse.storage import PROGRAM_FILE, StoragePath, Warehouse
 
+# The assets that write Parquet under the warehouse root (what the summary points at when written).
+PARQUET_ASSETS = (
+    "seed_problems",
+    "corpus_chunks",
+    "problem_matrix",
+    "raw_generations",
+    "validated_examples",
+    "example_embeddings",
+    "statistical_data",
+)
+
 
 def run_config_for(
     target_count: int | None,
@@ -97,16 +108,49 @@ def _targets(definition: Any) -> set[str]:
 
 
 def failure_messages(result: dg.ExecuteInJobResult) -> list[str]:
-    """Each failed step's message: the asset's own description (what a user needs), else its error."""
+    """Each failed step's message: the asset's own description (what a user needs), else its error.
+    A step stopped by a failed blocking check is told by the checks that failed, each with its value,
+    threshold, where the threshold came from and what to try (Dagster's own message is cut short)."""
+    failed_checks = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and not e.asset_check_evaluation_data.passed
+        and e.asset_check_evaluation_data.severity == dg.AssetCheckSeverity.ERROR
+    ]
     messages = []
     for event in result.all_events:
         if event.is_step_failure:
             data = event.step_failure_data
+            if (
+                data.error is not None
+                and data.error.cls_name == "DagsterAssetCheckFailedError"
+                and failed_checks
+            ):
+                messages += [check_failure_line(c.check_name, c.metadata) for c in failed_checks]
+                failed_checks = []  # told once, however many steps they stopped
+                continue
             described = data.user_failure_data.description if data.user_failure_data else None
             messages.append(
                 described or (data.error.message if data.error else "") or f"{event.step_key} failed"
             )
     return messages
+
+
+def check_failure_line(name: str, metadata: dict[str, Any]) -> str:
+    """``embedding_diversity 0.279 < 0.300 (auto: calibrated for profile 'local'): raise ...``."""
+    measured = _meta_value(metadata.get("measured"))
+    threshold = _meta_value(metadata.get("threshold"))
+    comparison = _meta_value(metadata.get("comparison")) or ">="
+    failed_as = {">=": "<", "<=": ">"}.get(str(comparison), "vs")
+    source = _meta_value(metadata.get("threshold_source")) or "required"
+    hint = _meta_value(metadata.get("hint"))
+    values = (
+        f"{measured:.3f} {failed_as} {threshold:.3f}"
+        if isinstance(measured, int | float) and isinstance(threshold, int | float)
+        else "failed"
+    )
+    return f"{name} {values} ({source})" + (f": {hint}" if hint else "")
 
 
 def _meta_value(v: Any) -> Any:
@@ -232,18 +276,23 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
         + ("  (nothing changed: zero model calls)" if model_calls == 0 and cache_hits else "")
     )
     rel, state = _display(warehouse.root), _display(warehouse.state_dir)
+    written = [name for name in PARQUET_ASSETS if name in meta]
     query = (
         "select domain, example_id, consensus, example_json from read_parquet("
         f"'{rel}/validated_examples/*/*.parquet', hive_partitioning=true) limit 5"
         if "statistical_data" not in meta
         else f"select * from read_parquet('{rel}/statistical_data/domain={domain}/*.parquet') limit 5"
     )
+    if not written:
+        return "\n".join(lines)  # nothing was written this run: no paths to point at
     lines += [
-        f"  parquet:  {rel}/<asset>/domain={domain}/part-0.parquet",
+        f"  parquet:  {rel}/<asset>/domain={domain}/part-0.parquet for {', '.join(written)}",
         f"  duckdb:   {state}/synth.duckdb (one table per asset + agent_performance)",
     ]
-    if "statistical_data" not in meta:
+    if "compiled_program" in meta:
         lines.append(f"  program:  {rel}/{PROGRAM_FILE.format(domain=domain)}")
+    if "validated_examples" not in meta and "statistical_data" not in meta:
+        return "\n".join(lines)
     if warehouse.is_remote:
         # DuckDB's own httpfs extension is a download; the fsspec filesystem we already use is not.
         protocol = str(warehouse.root).split("://", 1)[0]
@@ -324,14 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(summarize(args.domain, result, warehouse, time.perf_counter() - started))
     if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                data = event.step_failure_data
-                print(
-                    f"\nerror in {event.step_key}: {data.error.message if data.error else ''}"
-                    f"{(data.user_failure_data.description or '') if data.user_failure_data else ''}",
-                    file=sys.stderr,
-                )
+        for message in failure_messages(result):
+            print(f"\nerror: {message.strip()}", file=sys.stderr)
         return 1
     print(json.dumps({"domain": args.domain, "ok": True}))
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,26 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+# Nothing the suite does may show in the user's UI or warehouse: the Makefile exports the project's
+# DAGSTER_HOME (what `make dev` shows) for every target, and the service reads SYNTH_* settings from
+# the environment. The suite gets a throwaway instance and warehouse of its own instead.
+_SUITE_DIR = Path(tempfile.mkdtemp(prefix="synth-tests-"))
+os.environ["DAGSTER_HOME"] = str(_SUITE_DIR / "dagster_home")
+(_SUITE_DIR / "dagster_home").mkdir()
+# The project's instance settings (pools, run limits), so runs behave as under `make dev`.
+shutil.copy(
+    Path(__file__).resolve().parent.parent / "dagster.yaml", _SUITE_DIR / "dagster_home" / "dagster.yaml"
+)
+os.environ["SYNTH_WAREHOUSE"] = str(_SUITE_DIR / "warehouse")
+for _name in (
+    "SYNTH_STATE_DIR",
+    "SYNTH_DUCKDB_PATH",
+    "SYNTH_API_TOKEN",
+    "SYNTH_ALLOWED_HOSTS",
+    "SYNTH_DAGSTER_URL",
+):
+    os.environ.pop(_name, None)
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO / "schemas"

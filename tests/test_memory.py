@@ -16,6 +16,8 @@ from synth_pipelines.warehouse.storage import Warehouse
 from synth_pipelines.warehouse.tables import EMBEDDING_DIM
 from tests.materialize import DOMAIN, materialize_domain, up_to
 
+content_hash = memory_module.content_hash
+
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     v = rng.normal(size=(n, EMBEDDING_DIM))
@@ -28,31 +30,61 @@ def test_memory_duplicates_flags_only_new_ids_close_to_a_remembered_one(
     monkeypatch.setattr(memory_module, "CHUNK", 3)  # the best match must survive chunking
     rng = np.random.default_rng(0)
     remembered = unit(rng, 10)
-    memory = Memory([f"m{i}" for i in range(10)], remembered)
+    memory = Memory([f"m{i}" for i in range(10)], remembered, [content_hash(f"text {i}") for i in range(10)])
     near = remembered[7] + 0.05 * unit(rng, 1)[0]
     near /= np.linalg.norm(near)
     far = unit(rng, 1)[0]
     candidates = np.stack([remembered[2], near, far, remembered[7]])
     ids = ["m2", "new-near", "new-far", "new-copy"]
-    found = memory_duplicates(ids, candidates, memory, threshold=0.95)
+    texts = ["text 2", "near", "far", "text 7"]
+    found = memory_duplicates(ids, candidates, memory, threshold=0.95, texts=texts)
     assert set(found) == {1, 3}  # m2 is the remembered example itself: it passes
     assert found[1][0] == "m7" and 0.95 <= found[1][1] < 1.0
     assert found[3] == ("m7", pytest.approx(1.0, abs=1e-5))
-    assert (
-        memory_duplicates(ids, candidates, Memory([], np.zeros((0, EMBEDDING_DIM), np.float32)), 0.95) == {}
+    empty = Memory([], np.zeros((0, EMBEDDING_DIM), np.float32), [])
+    assert memory_duplicates(ids, candidates, empty, 0.95, texts=texts) == {}
+
+
+def test_a_remembered_id_with_new_content_that_copies_another_is_a_duplicate() -> None:
+    """Memory is keyed by content: an id the memory knows passes only with the content it was
+    accepted with. Regenerated under an old id, a copy of another remembered example is caught,
+    while its own old content (which it replaces) never counts against it."""
+    rng = np.random.default_rng(3)
+    remembered = unit(rng, 4)
+    memory = Memory([f"m{i}" for i in range(4)], remembered, [content_hash(f"text {i}") for i in range(4)])
+    # m1 regenerated: now the content of m3 (copied), and m2 regenerated close to its own old self.
+    own_drift = remembered[2] + 0.02 * unit(rng, 1)[0]
+    own_drift /= np.linalg.norm(own_drift)
+    candidates = np.stack([remembered[3], own_drift, remembered[0]])
+    found = memory_duplicates(
+        ["m1", "m2", "m0"], candidates, memory, threshold=0.95, texts=["text 3", "text 2 v2", "text 0"]
     )
+    assert found == {0: ("m3", pytest.approx(1.0, abs=1e-5))}
 
 
-def test_remember_appends_only_unseen_ids(tmp_path: Path) -> None:
+def test_remember_appends_unseen_content_and_keeps_each_ids_latest(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path / "wh")
     rng = np.random.default_rng(1)
     vectors = unit(rng, 3)
-    assert remember(wh, DOMAIN, ["a", "b", "c"], vectors, spec_version="v1", remembered_at="t1") == 3
-    assert remember(wh, DOMAIN, ["b", "d"], unit(rng, 2), spec_version="v1", remembered_at="t2") == 1
+    h = {name: content_hash(name) for name in ("a", "b", "c", "d", "b2")}
+    assert remember(wh, DOMAIN, ["a", "b", "c"], vectors, hashes=[h["a"], h["b"], h["c"]],
+                    spec_version="v1", remembered_at="t1") == 3  # fmt: skip
+    more = unit(rng, 2)
+    assert (
+        remember(wh, DOMAIN, ["b", "d"], more, hashes=[h["b"], h["d"]], spec_version="v1", remembered_at="t2")
+        == 1
+    )
     memory = load_memory(wh, DOMAIN)
-    assert memory.ids == ["a", "b", "c", "d"] or sorted(memory.ids) == ["a", "b", "c", "d"]
+    assert sorted(memory.ids) == ["a", "b", "c", "d"]
     b = memory.ids.index("b")
-    assert np.allclose(memory.vectors[b], vectors[1])  # the first remembered vector is kept
+    assert np.allclose(memory.vectors[b], vectors[1]) and memory.hashes[b] == h["b"]
+    # b's content changed: remembered again, and the memory now holds the new content for b.
+    changed = unit(rng, 1)
+    assert remember(wh, DOMAIN, ["b"], changed, hashes=[h["b2"]], spec_version="v2", remembered_at="t3") == 1
+    memory = load_memory(wh, DOMAIN)
+    b = memory.ids.index("b")
+    assert sorted(memory.ids) == ["a", "b", "c", "d"]
+    assert np.allclose(memory.vectors[b], changed[0]) and memory.hashes[b] == h["b2"]
     assert len(load_memory(wh, "data_analysis")) == 0
 
 
@@ -82,7 +114,7 @@ def test_rerun_keeps_its_examples_and_rejects_paraphrases_of_remembered_ones(
     fresh = tmp_path / "fresh"
     remember(
         Warehouse(fresh), DOMAIN, [f"earlier-{i}" for i in theirs.ids], theirs.vectors,
-        spec_version="v0", remembered_at="2026-01-01T00:00:00+00:00",
+        hashes=list(theirs.hashes or []), spec_version="v0", remembered_at="2026-01-01T00:00:00+00:00",
     )  # fmt: skip
     materialize_domain(up_to("validated_examples"), fresh, scripted_schemas_dir, target=10)
     rejected = Warehouse(fresh).read_partition("rejected_examples", DOMAIN)

@@ -169,6 +169,23 @@ def test_failing_blocking_check_stops_downstream(
         f"read_parquet('{warehouse_root}/rejected_examples/*/*.parquet') group by 1"
     ).fetchall()
     assert dict(stages).get("off_topic", 0) >= 1 and "consensus" not in dict(stages)
+    # The last line a user reads names the check, its value, the threshold and its source, and a fix
+    # (Dagster's own DagsterAssetCheckFailedError message ends cut short after a colon).
+    from synth_pipelines.runner import failure_messages, summarize
+    from synth_pipelines.warehouse.storage import Warehouse
+
+    messages = failure_messages(result)
+    assert messages == [
+        "consensus_pass_rate 0.000 < 0.850 (design default): read the judges' reasons in "
+        "rejected_examples (stage consensus), sharpen the spec's hints and field descriptions, or run "
+        "synth calibrate for this profile"
+    ]
+    summary = summarize("api_development", result, Warehouse(warehouse_root), 1.0)
+    assert "program:" not in summary  # compiled_program was not written: no path to it
+    parquet = next(line for line in summary.splitlines() if line.strip().startswith("parquet:"))
+    written = parquet.split(" for ", 1)[1].split(", ")
+    assert {"seed_problems", "problem_matrix", "raw_generations", "validated_examples"} <= set(written)
+    assert "example_embeddings" not in written
 
 
 def test_great_expectations_suite_from_spec() -> None:

@@ -15,6 +15,20 @@ from synth_pipelines.assets.examples import validated_examples
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.validation import gates
+from synth_pipelines.warehouse.storage import SPEC_FILE
+
+# What to try when a blocking check fails: the last line a user reads (``synth generate``, the UI).
+HINTS = {
+    "schema_compliance": "stored rows no longer match the spec's fields: rematerialize validated_examples",
+    "consensus_pass_rate": (
+        "read the judges' reasons in rejected_examples (stage consensus), sharpen the spec's hints and "
+        "field descriptions, or run synth calibrate for this profile"
+    ),
+    "no_exact_duplicates": "rematerialize validated_examples (it removes exact duplicates)",
+    "embedding_diversity": (
+        "raise hints.temperature, add seed problems or matrix values, or run synth calibrate --diversity"
+    ),
+}
 
 
 def _result(
@@ -23,6 +37,8 @@ def _result(
     *,
     comparison: str = ">=",
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+    source: str = "required",
+    hint: str | None = None,
 ) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=gate.passed,
@@ -31,9 +47,20 @@ def _result(
         metadata={
             "measured": dg.MetadataValue.float(round(gate.value, 6)),
             "threshold": dg.MetadataValue.float(gate.threshold),
+            "comparison": comparison,
+            "threshold_source": source,
+            **({"hint": hint} if hint else {}),
             "detail": dg.MetadataValue.json(json.loads(json.dumps(gate.detail, default=str))),
         },
     )
+
+
+def _source(warehouse: WarehouseResource, domain: str, name: str, overridden: bool) -> str:
+    """Where a check's threshold came from: run config, or what domain_schema recorded for the spec."""
+    if overridden:
+        return "set in the run config"
+    stored = warehouse.get().read_json(SPEC_FILE.format(domain=domain)) or {}
+    return str((stored.get("threshold_sources") or {}).get(name, f"spec validation.{name}"))
 
 
 def _rows(warehouse: WarehouseResource, asset: str, domain: str, columns: list[str]) -> list[dict]:
@@ -54,6 +81,7 @@ def schema_compliance(
         gates.schema_compliance(
             spec, _rows(warehouse, "validated_examples", domain, ["example_id", "example_json"])
         ),
+        hint=HINTS["schema_compliance"],
     )
 
 
@@ -77,7 +105,12 @@ def consensus_pass_rate(
         _rows(warehouse, "rejected_examples", domain, ["fail_stage"]),
         min_pass_rate=config.min_pass_rate,
     )
-    return _result("consensus pass rate", gate)
+    return _result(
+        "consensus pass rate",
+        gate,
+        source=_source(warehouse, domain, "min_pass_rate", config.min_pass_rate is not None),
+        hint=HINTS["consensus_pass_rate"],
+    )
 
 
 @dg.asset_check(asset=validated_examples, blocking=True, partitions_def=domain_partitions)
@@ -88,7 +121,7 @@ def no_exact_duplicates(
     gate = gates.exact_duplicates(
         _rows(warehouse, "validated_examples", context.partition_key, ["dedup_key"])
     )
-    return _result("exact duplicates", gate, comparison="<=")
+    return _result("exact duplicates", gate, comparison="<=", hint=HINTS["no_exact_duplicates"])
 
 
 @dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
@@ -122,7 +155,12 @@ def embedding_diversity(
     )
     gate = gates.diversity(stats.get("mean_pairwise_cosine_distance"), threshold)
     gate.detail = stats
-    return _result("mean pairwise cosine distance", gate)
+    return _result(
+        "mean pairwise cosine distance",
+        gate,
+        source=_source(warehouse, domain, "diversity_threshold", config.diversity_threshold is not None),
+        hint=HINTS["embedding_diversity"],
+    )
 
 
 @dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)

@@ -2,7 +2,6 @@
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -71,7 +70,10 @@ def domain_schema(
         raise dg.Failure(description=str(e)) from e
     program = loaded.spec.program
     if program is not None and program.module is not None:
-        module_file = Path(warehouse.schemas_dir) / program.module
+        try:
+            module_file = program.module_file(warehouse.schemas_dir)
+        except ValueError as e:
+            raise dg.Failure(description=f"{path}: program.module: {e}") from e
         if not module_file.is_file():
             raise dg.Failure(
                 description=f"{path}: program.module: {module_file} does not exist (the path is relative "

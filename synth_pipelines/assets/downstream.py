@@ -3,7 +3,6 @@
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -27,7 +26,7 @@ from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseRe
 from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.diversity import diversity_stats, similarity_sample
-from synth_pipelines.validation.memory import remember
+from synth_pipelines.validation.memory import content_hash, remember
 from synth_pipelines.warehouse.storage import DIVERSITY_FILE, PROGRAM_FILE, SCORE_FILE
 from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EMBEDDING_DIM, EXAMPLE_EMBEDDINGS, to_table
 
@@ -71,12 +70,13 @@ def example_embeddings(
         }
     ).cast(EXAMPLE_EMBEDDINGS)
     path = wh.write_dataset("example_embeddings", domain, table, column_types={"embedding": "FLOAT[384]"})
-    # Remember what was accepted (ids never seen before), for later runs' memory_duplicate gate.
+    # Remember what was accepted (new ids, and ids whose content changed), for later runs' memory gate.
     remembered = remember(
         wh,
         domain,
         cols["example_id"],
         vectors,
+        hashes=[content_hash(t) for t in texts],
         spec_version=spec.version_str,
         remembered_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -169,7 +169,10 @@ def compiled_program(
     try:
         if program_spec.module is not None:
             # The spec names the user's own dspy.Module (relative to the specs folder).
-            program_file = Path(warehouse.schemas_dir) / program_spec.module
+            try:
+                program_file = program_spec.module_file(warehouse.schemas_dir)
+            except ValueError as e:
+                raise TrainError(str(e)) from e
             user, run = train_user_program(spec, rows, client, program_file, embed=embed, threads=threads)
             program_spec = program_spec.model_copy(update={"inputs": user.inputs, "outputs": user.outputs})
             program_source = f"{program_file} ({user.cls.__name__})"

@@ -62,6 +62,10 @@ PERFORMANCE_SCHEMA = pa.schema(
 )
 
 
+# How far ahead of this machine's clock a reported time may be (agents' clocks drift a little).
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
 class AgentOutcome(BaseModel):
     """One task outcome reported by an agent."""
 
@@ -84,7 +88,14 @@ class AgentOutcome(BaseModel):
     @field_validator("recorded_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        # An outcome from the future would sit inside every rolling window until that time came.
+        if aware > datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise ValueError(
+                f"is {aware.isoformat()}, more than {int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes "
+                "in the future: send the time the task ended (UTC), or leave it out to use now"
+            )
+        return aware
 
 
 class RejectedOutcome(BaseModel):
@@ -149,6 +160,7 @@ def record_outcomes(
     """Validate and insert outcomes; return what was accepted and why the rest was rejected."""
     report = IngestReport()
     valid: list[AgentOutcome] = []
+    positions: list[int] = []  # each valid outcome's position in the request, for its rejection
     seen: set[str] = set()
     for position, row in enumerate(rows):
         raw_id = row.outcome_id if isinstance(row, AgentOutcome) else (row or {}).get("outcome_id")
@@ -177,16 +189,19 @@ def record_outcomes(
             continue
         seen.add(outcome.outcome_id)
         valid.append(outcome)
+        positions.append(position)
     if not valid:
         return report
     _adopt_legacy(warehouse, OUTCOMES_TABLE)
     recorded = warehouse.read_dataset(OUTCOMES_TABLE, columns=["outcome_id"])
     existing = set(recorded.column("outcome_id").to_pylist()) if recorded is not None else set()
     fresh = []
-    for o in valid:
+    for position, o in zip(positions, valid, strict=True):
         if o.outcome_id in existing:
             report.rejected.append(
-                RejectedOutcome(position=-1, outcome_id=o.outcome_id, reason="outcome_id already recorded")
+                RejectedOutcome(
+                    position=position, outcome_id=o.outcome_id, reason="outcome_id already recorded"
+                )
             )
         else:
             fresh.append(o)

@@ -5,8 +5,6 @@ and the MCP tools call. Errors are JSON ``{"error": {"message", "field"}}`` with
 anything the caller can fix (a bad body, an unknown domain, a missing token, an oversize request).
 """
 
-import hmac
-import os
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -14,8 +12,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from synth_pipelines.service.guard import (
+    ALLOWED_HOSTS_ENV,
+    allowed_host_names,
+    bearer_of,
+    host_name,
+    json_depth,
+    require_token_off_loopback,
+    token_matches,
+    validation_message,
+)
 from synth_pipelines.service.operations import (
     DomainDetail,
     DomainSummary,
@@ -25,9 +34,8 @@ from synth_pipelines.service.operations import (
 )
 from synth_pipelines.warehouse.search import SearchResult
 
-TOKEN_ENV = "SYNTH_API_TOKEN"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_JSON_DEPTH = 64
 MAX_VALIDATE_ROWS = 1000
 MAX_OUTCOMES = 10_000
 MAX_WEAK_CELLS = 1000
@@ -55,65 +63,124 @@ class OutcomesReport(BaseModel):
     rejected: list[dict[str, Any]]
 
 
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what is wrong and what to do")
+    field: str | None = Field(description="the offending input (a dotted field path), or null")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx (and the 503 of an unreachable Dagster) has this shape."""
+
+    error: ErrorDetail
+
+
+# Declared on every operation, so the OpenAPI document says what clients (and fuzzers) will get.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "a request the service cannot honour (an unsafe name, a Host it does not serve)"),
+        (401, "missing or wrong bearer token"),
+        (404, "unknown domain, run or path"),
+        (405, "method not allowed"),
+        (409, "a run of the domain is already in flight"),
+        (413, "request body too large"),
+        (422, "a body, query or path value that does not validate"),
+        (503, "the Dagster instance or webserver is unavailable"),
+    )
+}
+
+
 def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message, "field": field}})
 
 
-class BodyLimit:
-    """Refuse a request body over ``limit`` bytes with 413, whether it declares its length or
-    streams it (counted as it arrives), before the endpoint sees any of it."""
+class RequestGuard:
+    """What every request passes before any endpoint sees it, as documented JSON errors:
 
-    def __init__(self, app: ASGIApp, limit: int):
+    * its ``Host`` must be one this server answers to (DNS rebinding: a web page that points its
+      own name at 127.0.0.1 must not reach a token-less loopback server), else 400 ``host``;
+    * its body is read in full, at most ``limit`` bytes whether it declares its length or streams
+      it, else 413 ``body``;
+    * a JSON body nested deeper than ``MAX_JSON_DEPTH`` is 422 ``body`` (a parser would recurse).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, allowed_hosts: frozenset[str]):
         self.app = app
         self.limit = limit
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        host = host_name(headers.get(b"host", b"").decode("latin-1"))
+        if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
+            await _error(
+                400,
+                f"host {host or '(none)'!r} is not served here; allowed: "
+                f"{', '.join(sorted(self.allowed_hosts))} "
+                f"(set {ALLOWED_HOSTS_ENV} or --allowed-host to add one)",
+                "host",
+            )(scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _error(413, f"request body over {self.limit} bytes", "body")(scope, receive, send)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        more = scope.get("method") in ("POST", "PUT", "PATCH")
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await _error(413, f"request body over {self.limit} bytes", "body")(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        if body and (not content_type or "json" in content_type) and json_depth(body) > MAX_JSON_DEPTH:
+            await _error(422, f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels", "body")(
+                scope, receive, send
+            )
+            return
+        sent = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _error(413, f"request body over {self.limit} bytes", "body")(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def create_app(
-    service: SynthService | None = None, *, host: str = "127.0.0.1", token: str | None = None
+    service: SynthService | None = None,
+    *,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The API for ``service``. ``token`` (default: ``SYNTH_API_TOKEN``) is required as a bearer
-    token on every ``/v1`` call; without one the server may only listen on a loopback address."""
+    token on every ``/v1`` call; without one the server may only listen on a loopback address.
+    ``allowed_hosts`` (default: ``SYNTH_ALLOWED_HOSTS``, else loopback names and ``host``) are the
+    ``Host`` header names it answers to."""
     svc = service or SynthService()
-    secret = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    if secret is None and host not in LOOPBACK:
-        raise ServiceError(
-            f"refusing to serve on {host} without a token: set {TOKEN_ENV} (clients send "
-            "'Authorization: Bearer <token>'), or bind to 127.0.0.1"
-        )
+    secret = require_token_off_loopback(host, token)
     bearer = HTTPBearer(auto_error=False)
 
+    def token_ok(credentials: HTTPAuthorizationCredentials | None) -> bool:
+        return token_matches(secret, credentials.credentials if credentials is not None else None)
+
     def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if secret is None:
-            return
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), secret.encode()):
+        if not token_ok(credentials):
             raise ServiceError(
                 "missing or wrong bearer token (Authorization: Bearer <token>)", field="authorization"
             )
@@ -122,8 +189,11 @@ def create_app(
         title="synth-pipelines",
         description="Launch, inspect, validate, search and export synthetic training data.",
         version="1",
+        responses=ERROR_RESPONSES,
     )
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(
+        RequestGuard, limit=MAX_BODY_BYTES, allowed_hosts=allowed_host_names(host, secret, allowed_hosts)
+    )
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -132,21 +202,35 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        field = ".".join(loc) or None
-        return _error(422, f"{field or 'request'}: {first.get('msg')}", field)
+        return _error(422, *validation_message(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        elif exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            return _error(422, "body: not a JSON document (it could not be decoded)", "body")
+        else:
+            message = str(exc.detail)
+        response = _error(exc.status_code, message, None)
+        response.headers.update(exc.headers or {})  # e.g. the Allow header a 405 must carry
+        return response
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness, and where this server reads and writes."""
-        return {
-            "status": "ok",
-            "warehouse": svc.settings.warehouse_root,
-            "schemas": svc.settings.schemas_dir,
-            "profile": svc.settings.profile,
-            "auth": secret is not None,
-        }
+    def health(request: Request) -> dict[str, Any]:
+        """Liveness; no token needed. Where this server reads and writes only for a caller the API
+        would serve (a valid token, or any caller of a token-less loopback server): paths are nobody
+        else's business. (The header is read by hand: the token is optional here, not required.)"""
+        answer: dict[str, Any] = {"status": "ok", "auth": secret is not None}
+        if token_matches(secret, bearer_of(request.headers.get("authorization"))):
+            answer.update(
+                warehouse=svc.settings.warehouse_root,
+                schemas=svc.settings.schemas_dir,
+                profile=svc.settings.profile,
+            )
+        return answer
 
     v1 = [Depends(authorized)]
 

@@ -13,6 +13,7 @@ wall time and accepted rows per second.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -59,6 +60,43 @@ class BenchmarkError(ValueError):
     """A strategy or option that cannot be run as given."""
 
 
+# A strategy's name becomes a folder under the workdir: a word, never a path.
+STRATEGY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+# Written into every scratch folder the benchmark makes; a folder is emptied only when it holds one.
+MARKER = ".synth-benchmark"
+
+
+def check_strategy_name(name: str) -> str:
+    if not isinstance(name, str) or not STRATEGY_NAME.fullmatch(name) or name == "cache":
+        raise BenchmarkError(
+            f"strategy name {name!r} is not allowed: use lower-case letters, digits, '_' or '-' "
+            "(it names a folder under the workdir; 'cache' is the shared cache's)"
+        )
+    return name
+
+
+def scratch_folder(workdir: Path, name: str) -> Path:
+    """``workdir/<name>``, empty and marked as the benchmark's own. An existing folder is emptied only
+    when it holds the marker a benchmark wrote; anything else there is refused, never deleted."""
+    folder = workdir / check_strategy_name(name)
+    if folder.resolve().parent != workdir.resolve():
+        raise BenchmarkError(f"strategy folder {folder} is not directly inside the workdir {workdir}")
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise BenchmarkError(
+            f"{folder} exists and is not a folder the benchmark made; remove it or pick --workdir"
+        )
+    if folder.exists():
+        if not (folder / MARKER).is_file():
+            raise BenchmarkError(
+                f"{folder} exists but was not made by synth benchmark (no {MARKER} marker): refusing to "
+                "delete it; remove it yourself or pick another --workdir"
+            )
+        shutil.rmtree(folder)  # a scratch warehouse of an earlier benchmark: every run starts it empty
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text("made by synth benchmark; emptied by the next run of the same strategy\n")
+    return folder
+
+
 class StrategyResult(BaseModel):
     strategy: str
     description: str
@@ -102,6 +140,8 @@ def load_strategies(names: list[str], file: Path | None) -> dict[str, Strategy]:
             known.update({name: Strategy.model_validate(body) for name, body in data.items()})
         except (OSError, yaml.YAMLError, AttributeError, ValueError) as e:
             raise BenchmarkError(f"strategies file {file}: {e}") from None
+    for name in [*names, *known]:
+        check_strategy_name(name)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BenchmarkError(f"unknown strategies {unknown}; known: {sorted(known)}")
@@ -217,10 +257,7 @@ def run_strategy(
 ) -> StrategyResult:
     """Run one strategy into ``workdir/<name>`` and measure it."""
     base = load_profile(str(profile_source))
-    folder = workdir / name
-    if folder.exists():
-        shutil.rmtree(folder)  # a scratch warehouse: every benchmark starts it empty
-    folder.mkdir(parents=True)
+    folder = scratch_folder(workdir, name)
     profile_file = folder / "profile.yaml"
     profile_data = strategy_profile(base, profile_source, strategy)
     profile_data["name"] = f"{base.name}+{name}"
@@ -290,6 +327,39 @@ def run_strategy(
     )
 
 
+def check_strategies(
+    domain: str, strategies: dict[str, Strategy], *, schemas: Path, profile_source: Path, workdir: Path
+) -> None:
+    """Every strategy's models, validation overrides and scratch folder, checked before the first one
+    runs, so a typo in the third does not waste the first two's spend."""
+    from synth_pipelines.spec.model import SpecError, parse_spec
+
+    base = load_profile(str(profile_source))
+    try:
+        spec_data = yaml.safe_load(spec_path_for(schemas, domain).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise BenchmarkError(f"spec of {domain!r}: {e}") from None
+    for name, strategy in strategies.items():
+        check_strategy_name(name)
+        try:
+            strategy_profile(base, profile_source, strategy)
+        except BenchmarkError as e:
+            raise BenchmarkError(f"strategy {name!r}: {e}") from None
+        if strategy.validation:
+            data = dict(spec_data)
+            data["validation"] = {**(data.get("validation") or {}), **strategy.validation}
+            try:
+                parse_spec(data, path=f"strategy {name!r} validation overrides")
+            except SpecError as e:
+                raise BenchmarkError(str(e).splitlines()[1].strip("- ") + f" (strategy {name!r})") from None
+        folder = workdir / name
+        if folder.exists() and not (folder / MARKER).is_file():
+            raise BenchmarkError(
+                f"{folder} exists but was not made by synth benchmark (no {MARKER} marker): refusing to "
+                "delete it; remove it yourself or pick another --workdir"
+            )
+
+
 def run_benchmark(
     domain: str,
     strategies: dict[str, Strategy],
@@ -303,6 +373,7 @@ def run_benchmark(
     """Every strategy in turn, one shared cache: ``workdir/cache/responses.sqlite``, laid out as a
     warehouse's state folder, so ``synth doctor --warehouse WORKDIR`` checks the endpoints for it."""
     source = profile_path(profile)
+    check_strategies(domain, strategies, schemas=schemas, profile_source=source, workdir=workdir)
     cache_file = workdir / "cache" / "responses.sqlite"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     embedder = EmbedderResource()

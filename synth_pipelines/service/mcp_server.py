@@ -11,10 +11,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from synth_pipelines.learning.plan import Plan
+from synth_pipelines.service.guard import (
+    allowed_host_names,
+    bearer_of,
+    require_token_off_loopback,
+    token_matches,
+    validation_message,
+)
 from synth_pipelines.service.operations import (
     DomainDetail,
     DomainSummary,
@@ -54,19 +62,35 @@ class OutcomeReport(BaseModel):
     rejected: list[dict[str, Any]]
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a service operation; its error becomes the tool's error message (never a traceback)."""
+def _call(fn: Any, *args: Any, error: type[Exception] = ToolError, **kwargs: Any) -> Any:
+    """Run a service operation; its error becomes the tool's (or resource's) error message, never a
+    traceback."""
     try:
         return fn(*args, **kwargs)
     except ServiceError as e:
         where = f" ({e.field})" if e.field else ""
-        raise ToolError(f"{e.message}{where}") from None
+        raise error(f"{e.message}{where}") from None
+
+
+class SynthMCPServer(MCPServer):
+    """MCPServer whose argument errors read like the REST API's: ``tool: field: what is wrong``,
+    not pydantic's multi-line text with its documentation URL."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            message, _ = validation_message(cause.errors(include_url=False))
+            raise ToolError(f"{name}: invalid arguments: {message}") from cause
 
 
 def build_mcp(service: SynthService | None = None) -> MCPServer:
     """The MCP server over ``service`` (default: configured from the environment)."""
     svc = service or SynthService()
-    server: MCPServer = MCPServer("synth-pipelines", instructions=INSTRUCTIONS)
+    server: MCPServer = SynthMCPServer("synth-pipelines", instructions=INSTRUCTIONS)
 
     @server.tool(name="synth_list_domains")
     def list_domains() -> DomainList:
@@ -130,7 +154,7 @@ def build_mcp(service: SynthService | None = None) -> MCPServer:
         success: bool,
         outcome_id: Annotated[str, Field(min_length=1, max_length=200)],
         cell_id: Annotated[str | None, Field(max_length=64)] = None,
-        tags: Annotated[list[str] | None, Field(max_length=50)] = None,
+        tags: Annotated[list[str] | None, Field(max_length=32)] = None,
         agent: Annotated[str, Field(max_length=100)] = "mcp",
     ) -> OutcomeReport:
         """Report whether an agent's task in a domain succeeded (drives the feedback loop)."""
@@ -153,22 +177,84 @@ def build_mcp(service: SynthService | None = None) -> MCPServer:
     @server.resource("synth://domains/{domain}/spec", mime_type="application/yaml")
     def spec(domain: str) -> str:
         """The domain's spec (YAML)."""
-        return str(_call(svc.spec_text, domain))
+        return str(_call(svc.spec_text, domain, error=ResourceError))
 
     @server.resource("synth://domains/{domain}/card", mime_type="text/markdown")
     def card(domain: str) -> str:
         """The domain's dataset card (Markdown)."""
-        return str(_call(svc.dataset_card, domain))
+        return str(_call(svc.dataset_card, domain, error=ResourceError))
 
     return server
 
 
+class BearerToken:
+    """Every HTTP request to the MCP endpoint must carry ``Authorization: Bearer <token>`` when the
+    server has one (401 JSON otherwise); lifespan events pass through."""
+
+    def __init__(self, app: ASGIApp, secret: str | None):
+        self.app = app
+        self.secret = secret
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            presented = bearer_of(headers.get(b"authorization", b"").decode("latin-1"))
+            if not token_matches(self.secret, presented):
+                from starlette.responses import JSONResponse
+
+                await JSONResponse(
+                    status_code=401,
+                    content={
+                        "error": {
+                            "message": "missing or wrong bearer token (Authorization: Bearer <token>)",
+                            "field": "authorization",
+                        }
+                    },
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def mcp_http_app(
+    service: SynthService | None = None,
+    *,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
+) -> ASGIApp:
+    """The streamable-HTTP MCP app, under the REST API's rules: a token (``SYNTH_API_TOKEN``) is
+    required off loopback and checked on every request, and the SDK's DNS-rebinding protection
+    admits only the allowed ``Host`` names (and browser ``Origin``s on them)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    secret = require_token_off_loopback(host, token)
+    names = allowed_host_names(host, secret, allowed_hosts)
+    if "*" in names:
+        # Bound to every interface with a token: the token protects it, any name may reach it.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    else:
+        literal = [f"[{n}]" if ":" in n else n for n in sorted(names)]
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[*literal, *(f"{n}:*" for n in literal)],
+            allowed_origins=[f"{scheme}://{n}{port}" for n in literal for scheme in ("http", "https")
+                             for port in ("", ":*")],
+        )  # fmt: skip
+    app = build_mcp(service).streamable_http_app(transport_security=security, host=host)
+    return BearerToken(app, secret)
+
+
 def serve_mcp(
-    transport: Literal["stdio", "streamable-http"] = "stdio", *, host: str = "127.0.0.1", port: int = 8765
+    transport: Literal["stdio", "streamable-http"] = "stdio",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    allowed_hosts: list[str] | None = None,
 ) -> None:
     """Run the MCP server until the client disconnects (stdio) or the process is stopped (HTTP)."""
-    server = build_mcp()
     if transport == "stdio":
-        server.run("stdio")
-    else:
-        server.run("streamable-http", host=host, port=port)
+        build_mcp().run("stdio")
+        return
+    import uvicorn
+
+    uvicorn.run(mcp_http_app(host=host, allowed_hosts=allowed_hosts), host=host, port=port, log_level="info")

@@ -414,6 +414,12 @@ class SynthService:
             spec = load_spec(self.spec_file(domain)).spec
         except SpecError as e:
             raise ServiceError(str(e), field="domain") from None
+        if spec.statistical:
+            raise ServiceError(
+                f"{domain!r} is a {spec.type} domain: row validation applies to example domains; a "
+                f"{spec.type} domain is checked by its generator's recovery check (statistical_data)",
+                field="domain",
+            )
         resource = LLMResource(
             profile=self.settings.profile, api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None
         )

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
@@ -220,6 +228,19 @@ class ProgramSpec(_Strict):
             raise ValueError(f"program.module must be a .py file, got {self.module!r}")
         return self
 
+    def module_file(self, specs_dir: str | Path) -> Path:
+        """The program file, resolved and confined to ``specs_dir``: a spec runs code only from its
+        own folder (a symlink pointing out of it is refused too)."""
+        if self.module is None:
+            raise ValueError("the spec's program names no module")
+        root = Path(specs_dir).resolve()
+        path = (root / self.module).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(
+                f"program.module {self.module!r} resolves to {path}, outside the specs folder {root}"
+            )
+        return path
+
 
 class FeedbackSpec(_Strict):
     """When agents' success on this domain falls, regenerate it (see ``agent_performance_sensor``)."""
@@ -287,6 +308,15 @@ def duration_seconds(text: str) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
+def _as_utc(value: datetime) -> datetime:
+    """A naive ``start`` is UTC (the templates say so), never the machine's local time: the same
+    spec gives the same timestamps in every time zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
 class SeasonSpec(_Strict):
     period: int = Field(ge=2, le=100_000, description="in steps")
     amplitude: float = Field(gt=0)
@@ -296,7 +326,7 @@ class TimeseriesSpec(_Strict):
     """Series = level + trend x step + seasonal sines + noise (Gaussian or AR(1)), with regime
     changes (level shifts at random steps) and anomalies (spikes of ``anomaly_scale`` noise stds)."""
 
-    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    start: UtcDatetime = datetime(2026, 1, 1, tzinfo=UTC)
     frequency: str = "1h"
     length: int = Field(default=720, ge=10, le=1_000_000)
     series: int = Field(default=4, ge=1, le=10_000)
@@ -344,7 +374,7 @@ class EventsSpec(_Strict):
     ``rate``, each event adding ``hawkes_alpha`` expected children decaying at ``hawkes_beta`` per
     hour; long-run rate = rate / (1 - alpha)); every event gets the typed ``attributes``."""
 
-    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    start: UtcDatetime = datetime(2026, 1, 1, tzinfo=UTC)
     duration: str = "7d"
     process: Literal["poisson", "hawkes"] = "poisson"
     rate: float = Field(default=10.0, gt=0)  # events per hour (Hawkes: the baseline)
@@ -429,6 +459,22 @@ class DomainSpec(_Strict):
         # An unknown type is left as written, so that the error quotes what the user typed.
         return canonical if canonical in get_args(SpecType) else value
 
+    @field_validator("program")
+    @classmethod
+    def _program_inside_specs(cls, program: ProgramSpec | None) -> ProgramSpec | None:
+        """A spec runs code only from its own folder: ``program.module`` is a relative path that
+        stays inside it (``ProgramSpec.module_file`` also resolves symlinks when it is used). A
+        program named on the command line (``synth train FILE``) is the user's own choice."""
+        module = program.module if program is not None else None
+        if module is not None:
+            parts = Path(module.replace("\\", "/")).parts
+            if Path(module).is_absolute() or module.startswith(("/", "\\", "~")) or ".." in parts:
+                raise ValueError(
+                    f"program.module must be a path inside the specs folder (no absolute path, '~' or "
+                    f"'..'), got {module!r}"
+                )
+        return program
+
     @model_validator(mode="after")
     def _cross_refs(self) -> DomainSpec:
         try:
@@ -502,7 +548,11 @@ class DomainSpec(_Strict):
         was calibrated to reach (``diversity``); None means never calibrated, so the design default.
         Also returns where each number came from, for metadata and docs."""
         update: dict[str, float] = {}
-        sources: dict[str, str] = {}
+        sources: dict[str, str] = {
+            "min_pass_rate": "set in the spec"
+            if "min_pass_rate" in self.validation.model_fields_set
+            else "design default",
+        }
         for name, value, default in (
             ("consensus_threshold", calibrated, DESIGN_CONSENSUS_THRESHOLD),
             ("diversity_threshold", diversity, DESIGN_DIVERSITY_THRESHOLD),

@@ -189,9 +189,10 @@ def validate_examples(
     if memory is not None and len(memory) and memory_threshold is not None and accepted:
         if embed is None:
             raise ValueError("a memory was given without an embed function")
-        vectors = embed([example_text(examples[i] or {}) for i in accepted])
+        texts = [example_text(examples[i] or {}) for i in accepted]
+        vectors = embed(texts)
         earlier = memory_duplicates(
-            [cols["example_id"][i] for i in accepted], vectors, memory, memory_threshold
+            [cols["example_id"][i] for i in accepted], vectors, memory, memory_threshold, texts=texts
         )
         for k, (remembered, cosine) in earlier.items():
             i = accepted[k]

@@ -28,11 +28,15 @@ EXPANSION_SEARCH = 128
 
 
 def embeddings_fingerprint(embeddings: pa.Table) -> str:
-    """Identity of an embeddings partition: its ids in order and its embedding model."""
+    """Identity of an embeddings partition: its ids in order, the vectors themselves and the
+    embedding model. The vectors count because a regenerated example keeps its positional id: an
+    index keyed on ids alone would serve the old content's vector for it."""
     h = hashlib.sha256()
     for example_id in embeddings.column("example_id").to_pylist():
         h.update(str(example_id).encode())
         h.update(b"\0")
+    if "embedding" in embeddings.column_names and embeddings.num_rows:
+        h.update(np.ascontiguousarray(vectors_of(embeddings)).tobytes())
     if "embedding_model" in embeddings.column_names and embeddings.num_rows:
         h.update(str(embeddings.column("embedding_model")[0].as_py()).encode())
     return f"{embeddings.num_rows}:{h.hexdigest()[:24]}"

@@ -441,9 +441,11 @@ class Warehouse:
             filesystem=filesystem,
         )  # fmt: skip
         # Parts written before a column was added lack it: read every part against the union of their
-        # schemas (pyarrow would otherwise take the first part's and drop the newer columns).
+        # schemas (pyarrow would otherwise take the first part's and drop the newer columns). A column
+        # whose type was widened (int64 in old parts, float64 in new ones) is promoted, not refused.
         unified = pa.unify_schemas(
-            [dataset.schema, *(fragment.physical_schema for fragment in dataset.get_fragments())]
+            [dataset.schema, *(fragment.physical_schema for fragment in dataset.get_fragments())],
+            promote_options="permissive",
         )
         if unified != dataset.schema:
             dataset = pds.dataset(
