@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun bench-judges clean-warehouse
+.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun bench-judges bench-text clean-warehouse
 
 setup: $(STAMP)
 
@@ -91,7 +91,12 @@ bench-rerun: setup
 bench-judges: setup
 	$(BIN)/python -m bench.judges
 
-bench: bench-llm bench-quality bench-embed
+# The built-in degenerate-text checks on real text from this machine (false positives) and on a
+# derailed set (recall); last lines text_*=.
+bench-text: setup
+	$(BIN)/python -m bench.text_checks
+
+bench: bench-llm bench-quality bench-embed bench-text
 
 clean-warehouse:
 	rm -rf warehouse

@@ -200,7 +200,7 @@ def test_killed_generation_resumes_without_repeating_calls(
 
     spec = load_spec(schemas_dir / "api_development.yaml").spec
     seeds, _ = build_seed_problems(spec, None)
-    cells = build_matrix(spec, [s.seed_id for s in seeds], target_count=6)
+    cells = build_matrix(spec, [(s.seed_id, s.problem) for s in seeds], target_count=6)
     folder = warehouse_root / "inflight"
 
     class Killed(Exception):

@@ -163,7 +163,7 @@ def test_simulated_loop_through_the_sensor(tmp_path: Path, schemas_dir: Path) ->
     wh_root = tmp_path / "wh"
     wh = Warehouse(wh_root)
     spec = load_spec(schemas_dir / "api_development.yaml").spec
-    cells = build_matrix(spec, ["s1"])
+    cells = build_matrix(spec, [("s1", "First seed problem")])
     weak_cell, ok_cell = cells[0].cell_id, cells[1].cell_id
     rows = [outcome(i, False, cell=weak_cell) for i in range(8)] + [
         outcome(100 + i, i < 3, cell=ok_cell) for i in range(4)
@@ -186,7 +186,9 @@ def test_simulated_loop_through_the_sensor(tmp_path: Path, schemas_dir: Path) ->
     assert weak == [weak_cell]  # ok_cell (3/4) is above the threshold
 
     before = {c.cell_id: c.target for c in cells}
-    boosted = plan_technique_rows(spec, build_matrix(spec, ["s1"]), feedback_extras(spec, weak))
+    boosted = plan_technique_rows(
+        spec, build_matrix(spec, [("s1", "First seed problem")]), feedback_extras(spec, weak)
+    )
     after = {c.cell_id: c.target for c in boosted}
     assert after[weak_cell] > before[weak_cell]
 

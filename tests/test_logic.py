@@ -14,9 +14,9 @@ from synth_pipelines.validation.rules import (
     dedup_key,
     degenerate_reasons,
     pii_reasons,
-    repetition_ratio,
     rule_check,
 )
+from synth_pipelines.validation.text_checks import repetition_loop
 
 
 def spec_with(**over):
@@ -46,7 +46,7 @@ def test_largest_remainder_sums_exactly() -> None:
 
 def test_matrix_is_cartesian_product_with_complexity_distribution() -> None:
     spec = spec_with()
-    cells = build_matrix(spec, ["s1", "s2"])
+    cells = build_matrix(spec, [("s1", "First seed problem"), ("s2", "Second seed problem")])
     assert len(cells) == 2 * 2 * 3
     assert len({c.cell_id for c in cells}) == len(cells)
     assert sum(c.target for c in cells) == 20
@@ -59,17 +59,22 @@ def test_matrix_is_cartesian_product_with_complexity_distribution() -> None:
 
 def test_matrix_is_deterministic_and_target_override() -> None:
     spec = spec_with()
-    assert build_matrix(spec, ["s1"]) == build_matrix(spec, ["s1"])
-    assert sum(c.target for c in build_matrix(spec, ["s1"], target_count=5)) == 5
+    assert build_matrix(spec, [("s1", "First seed problem")]) == build_matrix(
+        spec, [("s1", "First seed problem")]
+    )
+    assert sum(c.target for c in build_matrix(spec, [("s1", "First seed problem")], target_count=5)) == 5
 
 
 def test_weak_cells_get_more_and_nothing_else_shrinks() -> None:
     spec = spec_with()
-    cells = build_matrix(spec, ["s1"])
+    cells = build_matrix(spec, [("s1", "First seed problem")])
     weak = [cells[0].cell_id, cells[1].cell_id]
     extras = feedback_extras(spec, [*weak, "c_not_a_cell"])
     assert set(extras) == set(weak) and all(n >= 1 for n in extras.values())
-    boosted = {c.cell_id: c for c in plan_technique_rows(spec, build_matrix(spec, ["s1"]), extras)}
+    boosted = {
+        c.cell_id: c
+        for c in plan_technique_rows(spec, build_matrix(spec, [("s1", "First seed problem")]), extras)
+    }
     for c in cells:
         assert boosted[c.cell_id].target == c.target + extras.get(c.cell_id, 0)
         assert boosted[c.cell_id].weak == (c.cell_id in weak)
@@ -84,15 +89,33 @@ def test_rule_check_compliance_and_degenerate() -> None:
     assert ok is not None and reasons == []
     bad, reasons = rule_check(spec, '{"q": "x"}')
     assert bad is None and reasons[0].startswith("schema: a")
-    _, reasons = rule_check(spec, '{"q": "1234567890123456789", "a": "aaaaaaaaaaaaaaaa"}')
+    runaway = (
+        '{"q": "Order '
+        + "3141592653589793238462643383279502884197"
+        + '", "a": "The answer is '
+        + "a" * 30
+        + '"}'
+    )
+    _, reasons = rule_check(spec, runaway)
     assert any("digit run" in r for r in reasons) and any("repeated-character" in r for r in reasons)
+    # A 19-digit id, a timestamp and aligned columns are real text, not runaways.
+    aligned = (
+        "NAME                 READY   STATUS    RESTARTS   AGE\\n"
+        "api-7d9f8b6c5-x2k4q   1/1     Running   0          3d"
+    )
+    _, reasons = rule_check(
+        spec, '{"q": "Order 1234567890123456789 at 1700000000000", "a": "' + aligned + '"}'
+    )
+    assert reasons == []
     _, reasons = rule_check(spec, '{"q": "n/a", "a": "fine answer here"}')
     assert any("boilerplate" in r for r in reasons)
 
 
 def test_repetition_and_echo() -> None:
-    assert repetition_ratio("the cat sat " * 10) > 0.5
-    assert repetition_ratio("a quick brown fox jumps over the lazy dog today") == 0.0
+    assert repetition_loop("the cat sat " * 10) is not None
+    assert repetition_loop("a quick brown fox jumps over the lazy dog today") is None
+    # Tables repeat their column values; that is not a loop.
+    assert repetition_loop("root 1 0.0 S\nroot 2 0.0 S\nroot 3 0.1 R\nroot 4 0.0 S") is None
     prompt = "List the invoices of a customer for the current month please"
     reasons = degenerate_reasons(
         {"q": "list the invoices of a customer for the current month"}, prompt_text=prompt
@@ -143,9 +166,17 @@ def test_distinct_n() -> None:
     assert distinct_n(["a b", "c d"], 2) == 1.0
 
 
-def test_placeholders_and_markup_are_degenerate_but_path_params_are_not() -> None:
-    reasons = degenerate_reasons({"a": "{{data_quality}}", "b": "<img src='x.png'>", "c": "GET /users/{id}"})
-    assert reasons == ["a: unfilled template placeholder", "b: contains HTML markup"]
+def test_placeholders_are_degenerate_but_path_params_templates_and_markup_are_not() -> None:
+    reasons = degenerate_reasons(
+        {
+            "a": "{{data_quality}}",
+            "b": "<img src='x.png'>",
+            "c": "GET /users/{id}",
+            "d": "Dear [Customer Name], your order ships today.",
+            "e": "{% for x in rows %}{{ x }}{% endfor %}",
+        }
+    )
+    assert reasons == ["a: unfilled template placeholder", "d: unfilled template placeholder"]
 
 
 def test_random_looking_tokens_are_degenerate_but_identifiers_and_ids_are_not() -> None:
@@ -161,3 +192,53 @@ def test_random_looking_tokens_are_degenerate_but_identifiers_and_ids_are_not() 
         }
     )
     assert reasons == ["task: random-looking token (garbage, a key or a token)"]
+
+
+def test_seeds_of_known_operations_never_land_in_a_cell_of_another_operation() -> None:
+    """Tagged seeds and seeds that name a dimension value go only to cells with those values; a cell
+    no seed fits gets a derived problem stating its own conditions (never a seed written for others)."""
+    from pathlib import Path
+
+    from synth_pipelines.generation.matrix import seed_fit
+    from synth_pipelines.spec.model import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "schemas" / "api_development.yaml").spec
+    seeds = [(f"s{i}", text) for i, text in enumerate(spec.seed_texts())]
+    operation_of = {sid: seed_fit(spec, text)[0]["operation"] for sid, text in seeds}
+    cells = build_matrix(spec, seeds, target_count=64)
+    assert {c.conditions["operation"] for c in cells} == {"read", "create", "update", "delete"}
+    for cell in cells:
+        assert cell.seed_match == "tagged"
+        assert cell.conditions["operation"] in operation_of[cell.seed_id], cell
+    # Untagged seeds: the values they name decide; one naming nothing fits anywhere.
+    untagged = spec.model_copy(update={"seed_problems": ["Delete a stale webhook", "Rotate the signing key"]})
+    rows = build_matrix(untagged, [("d", "Delete a stale webhook"), ("n", "Rotate the signing key")])
+    assert all(r.seed_id == "n" for r in rows if r.conditions["operation"] != "delete")
+    assert {r.seed_match for r in rows if r.seed_id == "d"} == {"mentions"}
+    # No seed fits the read cells: they get a derived problem naming their conditions.
+    only_delete = spec.model_copy(update={"seed_problems": ["Delete a stale webhook"]})
+    rows = build_matrix(only_delete, [("d", "Delete a stale webhook")])
+    for row in rows:
+        if row.conditions["operation"] == "delete":
+            assert row.seed_match == "mentions" and row.problem is None
+        else:
+            assert row.seed_match == "derived" and row.problem is not None
+            assert f"operation {row.conditions['operation']}" in row.problem and "Delete" not in row.problem
+
+
+def test_a_seed_tag_naming_an_unknown_dimension_or_value_is_a_spec_error() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from synth_pipelines.spec.model import SpecError
+
+    data = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "schemas" / "api_development.yaml").read_text()
+    )
+    data["seed_problems"] = [{"problem": "Delete a token", "conditions": {"operation": "remove"}}]
+    with pytest.raises(SpecError, match=r"seed_problems.0.conditions.operation: \['remove'\] not among"):
+        parse_spec(data)
+    data["seed_problems"] = [{"problem": "Delete a token", "conditions": {"verb": "delete"}}]
+    with pytest.raises(SpecError, match="names dimension 'verb'"):
+        parse_spec(data)

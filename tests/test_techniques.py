@@ -35,7 +35,7 @@ def spec_with_techniques(schemas: Path, techniques: dict[str, Any] = TECHNIQUES)
 
 def test_plan_spreads_targets_over_techniques_and_keeps_base_ids(schemas_dir: Path) -> None:
     spec = load_spec(spec_with_techniques(schemas_dir)).spec
-    base = build_matrix(spec, ["s1", "s2"], target_count=48)
+    base = build_matrix(spec, [("s1", "First seed problem"), ("s2", "Second seed problem")], target_count=48)
     rows = plan_technique_rows(spec, base)
     assert sum(r.target for r in rows) == 48  # techniques share the total, they do not add to it
     by = {t: sum(r.target for r in rows if r.technique == t) for t in {r.technique for r in rows}}
@@ -57,7 +57,7 @@ def test_plan_spreads_targets_over_techniques_and_keeps_base_ids(schemas_dir: Pa
 
 def test_weak_cells_get_adversarial_and_variation_rows_first(schemas_dir: Path) -> None:
     spec = load_spec(spec_with_techniques(schemas_dir)).spec
-    base = build_matrix(spec, ["s1"], target_count=24)
+    base = build_matrix(spec, [("s1", "First seed problem")], target_count=24)
     weak = [base[0].cell_id, base[1].cell_id]
     extras = feedback_extras(spec, weak, target_count=24)
     before = {(r.cell_id, r.technique): r.target for r in plan_technique_rows(spec, base)}
@@ -127,7 +127,7 @@ def test_a_failed_derivation_gives_its_target_back_to_the_base_row(schemas_dir: 
     from synth_pipelines.generation.techniques import attach_problems, derivation_key
 
     spec = load_spec(spec_with_techniques(schemas_dir)).spec
-    rows = plan_technique_rows(spec, build_matrix(spec, ["s1"], target_count=48))
+    rows = plan_technique_rows(spec, build_matrix(spec, [("s1", "First seed problem")], target_count=48))
     seeds = {"s1": "List the users of an account"}
     technique_rows = [r for r in rows if r.technique != "base" and r.target > 0]
     failed = technique_rows[0]

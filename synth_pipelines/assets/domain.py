@@ -274,7 +274,7 @@ def problem_matrix(
     )
     recorded_now = record_feedback_targets(wh, domain, newly, source=context.run_id)
     extras = feedback_targets(wh, domain)
-    base = build_matrix(spec, [s["seed_id"] for s in seeds], target_count=config.target_count)
+    base = build_matrix(spec, [(s["seed_id"], s["problem"]) for s in seeds], target_count=config.target_count)
     cells = plan_technique_rows(spec, base, extras)
     technique_meta: dict[str, Any] = {}
     if spec.techniques.enabled:

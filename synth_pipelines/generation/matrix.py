@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from functools import partial
 
 from pydantic import BaseModel, ConfigDict
 
 from synth_pipelines.spec.model import DomainSpec
-from synth_pipelines.spec.text import stable_hash
+from synth_pipelines.spec.text import normalize_text, stable_hash
 
 
 class MatrixCell(BaseModel):
@@ -29,6 +30,11 @@ class MatrixCell(BaseModel):
     capability: str | None = None
     problem: str | None = None
     parent_problem: str | None = None
+    # How the base row's problem was chosen for the cell's conditions (see ``seed_fit``): "tagged"
+    # (the spec tags the seed with conditions it fits), "mentions" (the seed names this cell's values),
+    # "neutral" (it names no value of any dimension), or "derived" (no seed fits: the row's own
+    # ``problem`` states the conditions instead).
+    seed_match: str = "neutral"
 
 
 def largest_remainder(total: int, weights: list[float]) -> list[int]:
@@ -74,28 +80,90 @@ def _planned_cells(spec: DomainSpec, total: int) -> tuple[list[tuple[dict[str, s
     return cells, base
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _mentions(words: set[str], value: str) -> bool:
+    """Whether a seed's words name a dimension value: each word of the value (3+ letters) appears,
+    or a form of it (``delete`` in deleting, deletes, deleted)."""
+    parts = [w for w in _WORD.findall(value.lower()) if len(w) >= 3]
+    if not parts:
+        return False
+
+    def named(part: str) -> bool:
+        stem = part[:-1] if part.endswith("e") and len(part) > 4 else part
+        return any(w == part or (w.startswith(stem) and len(w) - len(stem) <= 3) for w in words)
+
+    return all(named(p) for p in parts)
+
+
+def seed_fit(spec: DomainSpec, problem: str) -> tuple[dict[str, set[str]], str]:
+    """The values of each dimension a seed problem fits, and how that was decided: its tag in the
+    spec ("tagged"), else the values its text names ("mentions": a seed that names ``delete`` fits
+    only delete cells of that dimension; dimensions it names no value of fit any value), else
+    "neutral" (it fits every cell)."""
+    tags = spec.seed_tags().get(normalize_text(problem))
+    if tags is not None:
+        return tags, "tagged"
+    words = set(_WORD.findall(problem.lower()))
+    fit: dict[str, set[str]] = {}
+    for dim, values in spec.matrix.dimensions.items():
+        named = {v for v in values if _mentions(words, v)}
+        if named:
+            fit[dim] = named
+    return fit, ("mentions" if fit else "neutral")
+
+
+def derived_problem(spec: DomainSpec, conditions: dict[str, str]) -> str:
+    """A cell's own problem when no seed fits its conditions: the domain's task stated for exactly
+    these conditions (never a seed written for others)."""
+    case = ", ".join(f"{dim} {value}" for dim, value in sorted(conditions.items()))
+    return f"{spec.description.strip().rstrip('.')}: a case with {case}."
+
+
 def build_matrix(
-    spec: DomainSpec, seed_ids: list[str], *, target_count: int | None = None
+    spec: DomainSpec, seeds: list[tuple[str, str]], *, target_count: int | None = None
 ) -> list[MatrixCell]:
     """Cartesian product of dimensions x complexity; targets follow the complexity distribution and
     sum to ``target_count`` (the spec's by default). The feedback loop's extras for weak cells and
     the technique rows are added on top by ``techniques.plan_technique_rows``: extras only add, so no
     cell's base target ever shrinks and the examples a domain already has keep their ids (and their
     cached generations).
+
+    ``seeds`` are (seed_id, problem). Each cell takes, round robin, a seed whose problem fits its
+    conditions (``seed_fit``); a cell no seed fits gets a derived problem, so no prompt ever asks
+    for a contradiction ("Create a new user account" under ``operation=delete``).
     """
-    if not seed_ids:
+    if not seeds:
         raise ValueError(f"domain {spec.domain!r} has no seed problems to build a matrix from")
     cells, base = _planned_cells(spec, target_count if target_count is not None else spec.target_count)
-    return [
-        MatrixCell(
-            cell_id=cell_id_for(combo, level),
-            conditions=combo,
-            complexity=level,
-            seed_id=seed_ids[i % len(seed_ids)],
-            target=base[i],
-        )
-        for i, (combo, level, _) in enumerate(cells)
-    ]
+    fits = [(seed_id, *seed_fit(spec, problem)) for seed_id, problem in seeds]
+    out = []
+    for i, (combo, level, _) in enumerate(cells):
+        fitting = [
+            (seed_id, how)
+            for seed_id, allowed, how in fits
+            if all(combo.get(dim) in values for dim, values in allowed.items())
+        ]
+        row = {
+            "cell_id": cell_id_for(combo, level),
+            "conditions": combo,
+            "complexity": level,
+            "target": base[i],
+        }
+        if fitting:
+            seed_id, how = fitting[i % len(fitting)]
+            out.append(MatrixCell(**row, seed_id=seed_id, seed_match=how))
+        else:
+            out.append(
+                MatrixCell(
+                    **row,
+                    seed_id=seeds[i % len(seeds)][0],
+                    seed_match="derived",
+                    problem=derived_problem(spec, combo),
+                )
+            )
+    return out
 
 
 def feedback_extras(

@@ -79,7 +79,7 @@ def build_seed_problems(
 ) -> tuple[list[SeedProblem], list[str]]:
     """Return (seeds, failure reasons). Spec seeds win; otherwise ask the generator for ``count``."""
     if spec.seed_problems:
-        return dedupe_problems([(p, "spec") for p in spec.seed_problems]), []
+        return dedupe_problems([(p, "spec") for p in spec.seed_texts()]), []
     if client is None:
         raise ValueError(
             f"domain {spec.domain!r} has no seed_problems and no model was given to generate them"

@@ -171,7 +171,7 @@ def derivations(rows: list[MatrixCell], seeds: dict[str, str]) -> list[Derivatio
             key=key,
             technique=technique,
             seed_id=row.seed_id,
-            seed=seeds[row.seed_id],
+            seed=parent_of(row, seeds),
             complexity=row.complexity,
             capability=row.capability,
             factor=row.technique.split(":", 1)[1] if technique == "scenario" else None,
@@ -179,8 +179,17 @@ def derivations(rows: list[MatrixCell], seeds: dict[str, str]) -> list[Derivatio
     return list(wanted.values())
 
 
+def parent_of(row: MatrixCell, seeds: dict[str, str]) -> str:
+    """The problem a technique row derives from: its seed's, or, in a cell no seed fits, the cell's
+    own derived problem (a variation of a seed written for other conditions would contradict it)."""
+    if row.seed_match == "derived" and row.problem:
+        return row.problem if row.parent_problem is None else row.parent_problem
+    return seeds[row.seed_id]
+
+
 def derivation_key(row: MatrixCell) -> str:
-    return f"{row.seed_id}|{row.complexity}|{row.variant}|{row.capability or ''}"
+    source = row.cell_id if row.seed_match == "derived" else row.seed_id
+    return f"{source}|{row.complexity}|{row.variant}|{row.capability or ''}"
 
 
 def derivation_messages(spec: DomainSpec, d: Derivation) -> list[ChatMessage]:
@@ -272,7 +281,7 @@ def attach_problems(
         if problem is None:
             returned[row.cell_id] = returned.get(row.cell_id, 0) + row.target
             continue
-        out.append(row.model_copy(update={"problem": problem, "parent_problem": seeds[row.seed_id]}))
+        out.append(row.model_copy(update={"problem": problem, "parent_problem": parent_of(row, seeds)}))
     if returned:
         out = [
             r.model_copy(update={"target": r.target + returned.get(r.cell_id, 0)})

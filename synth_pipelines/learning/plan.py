@@ -311,7 +311,7 @@ class Planner:
         self, seeds: list[SeedProblem], target_count: int | None
     ) -> tuple[list[MatrixCell], AssetPlan | None]:
         spec = self.spec
-        base = build_matrix(spec, [s.seed_id for s in seeds], target_count=target_count)
+        base = build_matrix(spec, [(s.seed_id, s.problem) for s in seeds], target_count=target_count)
         cells = plan_technique_rows(spec, base, feedback_targets(self.wh, spec.domain))
         if not spec.techniques.enabled:
             return cells, None

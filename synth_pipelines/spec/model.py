@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
+from synth_pipelines.spec.text import normalize_text
 
 FieldType = Literal["string", "number", "integer", "boolean", "array", "object"]
 SpecType = Literal[
@@ -137,6 +138,17 @@ class RuleSpec(_Strict):
         if not value.replace("-", "_").isidentifier():
             raise ValueError(f"rule name {value!r} must be a word (letters, digits, _ or -)")
         return value
+
+
+class TaggedSeed(_Strict):
+    """A seed problem with the matrix conditions it fits: ``conditions: {operation: delete}`` or a
+    list of values (``{operation: [create, update]}``). Dimensions it does not name fit any value."""
+
+    problem: str = Field(min_length=1)
+    conditions: dict[str, str | list[str]] = Field(default_factory=dict)
+
+    def allowed(self) -> dict[str, set[str]]:
+        return {dim: {v} if isinstance(v, str) else set(v) for dim, v in self.conditions.items()}
 
 
 class ValidatorSpec(_Strict):
@@ -429,7 +441,8 @@ class DomainSpec(_Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     hints: Hints = Field(default_factory=Hints)
     matrix: MatrixSpec = Field(default_factory=MatrixSpec)
-    seed_problems: list[str] = Field(default_factory=list)
+    # A problem, or a problem tagged with the matrix conditions it fits (``{problem, conditions}``).
+    seed_problems: list[str | TaggedSeed] = Field(default_factory=list)
     target_count: int = Field(default=20, ge=1, le=1_000_000)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     program: ProgramSpec | None = None
@@ -509,6 +522,21 @@ class DomainSpec(_Strict):
             both = set(self.program.inputs) & set(self.program.outputs)
             if both:
                 raise ValueError(f"program inputs and outputs overlap: {sorted(both)}")
+        for i, seed in enumerate(self.seed_problems):
+            if isinstance(seed, str):
+                continue
+            for dim, values in seed.allowed().items():
+                known = self.matrix.dimensions.get(dim)
+                if known is None:
+                    raise ValueError(
+                        f"seed_problems.{i}.conditions names dimension {dim!r}, which the matrix does not "
+                        f"have; dimensions: {sorted(self.matrix.dimensions)}"
+                    )
+                if values - set(known):
+                    raise ValueError(
+                        f"seed_problems.{i}.conditions.{dim}: {sorted(values - set(known))} not among the "
+                        f"dimension's values {known}"
+                    )
         if self.verification is not None:
             for role in ("answer_field", "expression_field"):
                 name = getattr(self.verification, role)
@@ -568,6 +596,14 @@ class DomainSpec(_Strict):
         if not update:
             return self, sources
         return self.model_copy(update={"validation": self.validation.model_copy(update=update)}), sources
+
+    def seed_texts(self) -> list[str]:
+        """The spec's seed problems as text (tags aside)."""
+        return [s if isinstance(s, str) else s.problem for s in self.seed_problems]
+
+    def seed_tags(self) -> dict[str, dict[str, set[str]]]:
+        """Normalized problem text -> the conditions its tag allows, for the tagged seeds."""
+        return {normalize_text(s.problem): s.allowed() for s in self.seed_problems if not isinstance(s, str)}
 
     def uniqueness_fields(self) -> list[str]:
         return list(self.constraints.uniqueness) or list(self.fields)

@@ -65,4 +65,10 @@ def instance_from_schema(schema: dict[str, Any], rng: random.Random) -> Any:
     target = rng.randint(min(hi, max(lo, 20)), min(hi, max(lo, 90)))
     while len(text) < target:
         text += " " + " ".join(f"{w}{len(text)}" for w in words[:3])
-    return text[:target].strip() if len(text[:target].strip()) >= lo else text[:hi]
+    # Cut at a word boundary: a value cut mid-word ("... invoice acco") reads as truncated output,
+    # which the degenerate-text checks reject, and stand-in output should be well formed.
+    cut = text[:target]
+    if " " in cut and target < len(text) and text[target] != " ":
+        cut = cut.rsplit(" ", 1)[0]
+    cut = cut.strip()
+    return cut if len(cut) >= lo else text[:hi]

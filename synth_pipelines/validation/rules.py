@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -13,28 +12,7 @@ from pydantic import BaseModel, ValidationError
 from synth_pipelines.spec.example_schema import example_model
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import flatten_value, normalize_text, stable_hash
-
-DIGIT_RUN = re.compile(r"\d{12,}")
-CHAR_RUN = re.compile(r"(.)\1{9,}")
-PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")  # {{name}}: single braces are legit (e.g. /users/{id})
-MARKUP = re.compile(r"</?(?:a|img|p|div|span|pre|br|html|body|script)\b[^>]*>", re.IGNORECASE)
-UPPER_RUN = re.compile(r"[A-Z]{2,}")
-
-
-def random_token(text: str) -> str | None:
-    """The first whitespace-free token that looks random rather than written: 20+ characters
-    mixing at least two digits, two runs of 2+ capitals and lowercase letters (base64-like
-    garbage, keys and tokens; camelCase has single capitals, hashes and UUIDs no capitals)."""
-    for token in text.split():
-        token = token.strip(".,;:!?()[]{}'\"")
-        if len(token) < 20:
-            continue
-        digits = sum(c.isdigit() for c in token)
-        lower = sum(c.islower() for c in token)
-        if digits >= 2 and lower >= 2 and len(UPPER_RUN.findall(token)) >= 2:
-            return token
-    return None
-
+from synth_pipelines.validation.text_checks import degenerate_text
 
 BOILERPLATE = {"", "n/a", "na", "none", "null", "todo", "tbd", "string", "example", "lorem ipsum", "..."}
 PII_PATTERNS = {
@@ -62,26 +40,15 @@ def check_compliance(spec: DomainSpec, example_json: str | None) -> tuple[dict[s
     return obj.model_dump(mode="json"), None
 
 
-def repetition_ratio(text: str) -> float:
-    """Share of word trigrams that repeat an earlier trigram (0 = no repetition)."""
-    words = text.lower().split()
-    if len(words) < 6:
-        return 0.0
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    counts = Counter(grams)
-    repeated = sum(c - 1 for c in counts.values())
-    return repeated / len(grams)
-
-
 def degenerate_reasons(
     example: dict[str, Any],
     *,
     prompt_text: str = "",
-    max_repetition: float = 0.35,
     hint_examples: list[dict[str, Any]] | None = None,
 ) -> list[str]:
-    """Reasons an example is degenerate: repetition, digit/char runs, prompt echo, copies of the spec's
-    hint examples, empty values."""
+    """Reasons an example is degenerate: an empty or boilerplate value, derailed text (repetition
+    loops, runaways, placeholders, lorem ipsum, random tokens, truncation; see ``text_checks``),
+    an echo of the prompt, a copy of the spec's hint examples."""
     reasons: list[str] = []
     prompt_norm = normalize_text(prompt_text)
     hint_values = {normalize_text(flatten_value(v)) for h in (hint_examples or []) for v in h.values()}
@@ -91,18 +58,7 @@ def degenerate_reasons(
         if isinstance(value, str | list) and norm in BOILERPLATE:
             reasons.append(f"{name}: empty or boilerplate value")
             continue
-        if DIGIT_RUN.search(text):
-            reasons.append(f"{name}: long digit run")
-        if CHAR_RUN.search(text):
-            reasons.append(f"{name}: long repeated-character run")
-        if PLACEHOLDER.search(text):
-            reasons.append(f"{name}: unfilled template placeholder")
-        if MARKUP.search(text):
-            reasons.append(f"{name}: contains HTML markup")
-        if random_token(text) is not None:
-            reasons.append(f"{name}: random-looking token (garbage, a key or a token)")
-        if repetition_ratio(text) > max_repetition:
-            reasons.append(f"{name}: repetitive text ({repetition_ratio(text):.2f} repeated trigrams)")
+        reasons += [f"{name}: {reason}" for reason in degenerate_text(text)]
         if prompt_norm and len(norm) >= 40 and norm in prompt_norm:
             reasons.append(f"{name}: echoes the prompt")
         if len(norm) >= 20 and norm in hint_values:

@@ -52,6 +52,8 @@ PROBLEM_MATRIX = pa.schema(
         ("capability", pa.string()),
         ("problem", pa.string()),
         ("parent_problem", pa.string()),
+        # How the base row's problem fits the cell's conditions: tagged | mentions | neutral | derived.
+        ("seed_match", pa.string()),
     ]
 )
 
