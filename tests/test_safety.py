@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ import yaml
 
 from synth_pipelines.service.operations import ServiceSettings, SynthService
 from synth_pipelines.spec.model import SpecError, load_spec, parse_spec
+from tests.conftest import served
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "schemas" / "api_development.yaml"
@@ -215,30 +214,6 @@ def _service(tmp_path: Path, schemas_dir: Path) -> SynthService:
     return SynthService(settings, instance=dg.DagsterInstance.ephemeral())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(app: Any) -> Iterator[str]:
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture
 def open_api(tmp_path: Path, schemas_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The API on loopback without a token, as `synth serve` starts by default."""
@@ -246,14 +221,16 @@ def open_api(tmp_path: Path, schemas_dir: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.delenv("SYNTH_API_TOKEN", raising=False)
     monkeypatch.delenv("SYNTH_ALLOWED_HOSTS", raising=False)
-    yield from _serve(create_app(_service(tmp_path, schemas_dir), host="127.0.0.1"))
+    with served(create_app(_service(tmp_path, schemas_dir), host="127.0.0.1")) as url:
+        yield url
 
 
 @pytest.fixture
 def token_api(tmp_path: Path, schemas_dir: Path) -> Iterator[str]:
     from synth_pipelines.service.api import create_app
 
-    yield from _serve(create_app(_service(tmp_path, schemas_dir), host="127.0.0.1", token=TOKEN))
+    with served(create_app(_service(tmp_path, schemas_dir), host="127.0.0.1", token=TOKEN)) as url:
+        yield url
 
 
 def _is_error_shape(response: httpx.Response, status: int, field: str | type | None = type) -> dict[str, Any]:
@@ -395,22 +372,19 @@ def test_mcp_over_http_needs_a_token_off_loopback_and_checks_the_host(
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     for app_host, token in (("127.0.0.1", TOKEN), ("127.0.0.1", None)):
         app = mcp_http_app(svc, host=app_host, token=token)
-        for url in _serve(app):
-            with httpx.Client(base_url=url, timeout=30) as client:
-                auth = {"Authorization": f"Bearer {TOKEN}"} if token else {}
-                if token:
-                    refused = client.post("/mcp", json=initialize, headers=headers)
-                    assert refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
-                rebound = client.post(
-                    "/mcp", json=initialize, headers={**headers, **auth, "Host": "evil.test"}
-                )
-                assert rebound.status_code == 421
-                foreign_page = client.post(
-                    "/mcp", json=initialize, headers={**headers, **auth, "Origin": "http://evil.test"}
-                )
-                assert foreign_page.status_code == 403
-                ok = client.post("/mcp", json=initialize, headers={**headers, **auth})
-                assert ok.status_code == 200, ok.text
+        with served(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            auth = {"Authorization": f"Bearer {TOKEN}"} if token else {}
+            if token:
+                refused = client.post("/mcp", json=initialize, headers=headers)
+                assert refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
+            rebound = client.post("/mcp", json=initialize, headers={**headers, **auth, "Host": "evil.test"})
+            assert rebound.status_code == 421
+            foreign_page = client.post(
+                "/mcp", json=initialize, headers={**headers, **auth, "Origin": "http://evil.test"}
+            )
+            assert foreign_page.status_code == 403
+            ok = client.post("/mcp", json=initialize, headers={**headers, **auth})
+            assert ok.status_code == 200, ok.text
 
 
 def test_mcp_errors_are_one_readable_line(tmp_path: Path, schemas_dir: Path) -> None:

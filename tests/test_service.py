@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,22 +159,14 @@ def test_search_errors_name_the_problem(tmp_path: Path, schemas_dir: Path) -> No
 # ------------------------------------------------------------------------------------- the API
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """uvicorn serving the API on 127.0.0.1 with a bearer token, a Dagster home with the default
     run launcher, the scripted specs and a profile on the fake OpenAI server."""
     import shutil
 
-    import uvicorn
-
     from synth_pipelines.service.api import create_app
-    from tests.conftest import SCHEMAS, plumbing_specs
+    from tests.conftest import SCHEMAS, plumbing_specs, served
 
     tmp = tmp_path_factory.mktemp("api")
     monkeypatch = pytest.MonkeyPatch()
@@ -209,20 +199,10 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
     instance = dg.DagsterInstance.get()
     service = SynthService(instance=instance)
-    port = free_port()
-    app = create_app(service, host="127.0.0.1")
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "service": service, "server": server, "tmp": tmp}
+        with served(create_app(service, host="127.0.0.1")) as url:
+            yield {"url": url, "service": service, "server": server, "tmp": tmp}
     finally:
-        uv.should_exit = True
-        thread.join(10)
         server.__exit__(None, None, None)
         instance.dispose()
         monkeypatch.undo()
