@@ -75,6 +75,15 @@ def check_strategy_name(name: str) -> str:
     return name
 
 
+def refuse_unmarked(folder: Path) -> None:
+    """A BenchmarkError unless ``folder`` holds the marker a benchmark wrote into it."""
+    if not (folder / MARKER).is_file():
+        raise BenchmarkError(
+            f"{folder} exists but was not made by synth benchmark (no {MARKER} marker): refusing to "
+            "delete it; remove it yourself or pick another --workdir"
+        )
+
+
 def scratch_folder(workdir: Path, name: str) -> Path:
     """``workdir/<name>``, empty and marked as the benchmark's own. An existing folder is emptied only
     when it holds the marker a benchmark wrote; anything else there is refused, never deleted."""
@@ -86,11 +95,7 @@ def scratch_folder(workdir: Path, name: str) -> Path:
             f"{folder} exists and is not a folder the benchmark made; remove it or pick --workdir"
         )
     if folder.exists():
-        if not (folder / MARKER).is_file():
-            raise BenchmarkError(
-                f"{folder} exists but was not made by synth benchmark (no {MARKER} marker): refusing to "
-                "delete it; remove it yourself or pick another --workdir"
-            )
+        refuse_unmarked(folder)
         shutil.rmtree(folder)  # a scratch warehouse of an earlier benchmark: every run starts it empty
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("made by synth benchmark; emptied by the next run of the same strategy\n")
@@ -352,12 +357,8 @@ def check_strategies(
                 parse_spec(data, path=f"strategy {name!r} validation overrides")
             except SpecError as e:
                 raise BenchmarkError(str(e).splitlines()[1].strip("- ") + f" (strategy {name!r})") from None
-        folder = workdir / name
-        if folder.exists() and not (folder / MARKER).is_file():
-            raise BenchmarkError(
-                f"{folder} exists but was not made by synth benchmark (no {MARKER} marker): refusing to "
-                "delete it; remove it yourself or pick another --workdir"
-            )
+        if (workdir / name).exists():
+            refuse_unmarked(workdir / name)
 
 
 def run_benchmark(
