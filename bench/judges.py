@@ -1,195 +1,283 @@
-"""``make bench-judges``: how often the gate agrees with hand labels (Cohen's kappa).
+"""``make bench-judges``: how often the gate agrees with hand labels, on domains it was not tuned on.
 
-Runs the gate (the spec's rules, then the validator panel of ``SYNTH_PROFILE``, default ``local``)
-over the labelled sets in ``tests/data/labelled/`` (one per shipped domain, half good, half bad),
-and prints per domain:
+The labelled sets are ``tests/data/judge_bench/<domain>.jsonl`` (six domains of different shapes:
+code, logs and command output, multi-turn conversation, math QA, API calls, classification; 40
+rows each, half bad, most of the bad ones subtle), each with the spec a user would write from the
+matching template (``<domain>.yaml``, no threshold edits). Every set is scored in two forms:
 
-* kappa of the rules alone, and of rules + panel at the profile's calibrated threshold;
-* the best threshold for the set (in-sample, so optimistic) and, fairer, the threshold calibrated on
-  the *other* domain's set applied to this one (cross-domain);
-* each extra signal tried, with and without it, cross-domain:
-  - ``on_topic``: the cosine similarity (MiniLM) between the matrix problem and the example's text,
-    as a second gate next to the consensus (shipped as ``on_topic_threshold``);
-  - token-probability signals of the embedded models (``synth_pipelines.validation.signals``), each
-    in place of the sampled consensus: ``yes_no`` (P(yes) vs P(no)), ``rating_1_5`` (the expected
-    digit), ``base_loglik`` (mean log-likelihood of the example under the base model, i.e. a
-    perplexity filter), ``pairwise`` (P(preferred) over a known-good example of the same domain,
-    both orders). Needs a profile with llama.cpp validators; skipped otherwise.
+* ``pipeline``: with the problem and matrix conditions the generator would have been given;
+* ``external``: the same examples with neither, as a user's own dataset arrives.
 
-The last line is ``judge_kappa=`` (all sets pooled, the profile's gate as shipped).
+For every signal the gate is "the spec's rules (and the built-in text checks) pass, and the signal
+reaches a threshold". Each figure is **leave-one-domain-out**: the threshold is the one with the
+highest Cohen's kappa on the five other domains, applied to the sixth; the pooled figure is kappa
+over all held-out decisions. Signals (``JUDGE_SIGNALS`` picks a subset, comma-separated):
+
+* ``rules``: the rules alone (no threshold);
+* ``panel``: the sampled consensus of the profile's judge panel (``SYNTH_PROFILE``, default local);
+* ``on_topic``: MiniLM cosine similarity of the example to its problem (to the spec's description
+  for external rows);
+* ``field_agreement``: the lowest MiniLM cosine similarity between two text fields of the example
+  (a cheap stand-in for NLI consistency: there is no NLI model on these machines);
+* ``yes_no`` / ``rating``: the embedded judges' token probabilities on a consistency question
+  (``synth_pipelines.validation.signals``), averaged over the llama.cpp judges (pipeline rows only:
+  a forward pass per row and model is the dearest part of the bench);
+* ``embed_lr``: a logistic regression over MiniLM embeddings of the problem and example, trained
+  on the five other domains' labels;
+* ``stacked``: a logistic regression over the scalar signals above, trained the same way.
+
+Model answers are cached under ``.bench_cache/judges`` (delete it to re-ask). The last line is
+``judge_kappa_lodo=``: pooled leave-one-domain-out kappa of the gate the profile ships, on
+pipeline rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import tempfile
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from synth_pipelines.llm.backends import LlamaCppBackend
 from synth_pipelines.llm.config import load_profile
-from synth_pipelines.llm.embeddings import pair_similarity
+from synth_pipelines.llm.embeddings import embed_texts, pair_similarity
 from synth_pipelines.llm.factory import build_client
-from synth_pipelines.spec.model import DESIGN_CONSENSUS_THRESHOLD, load_spec
+from synth_pipelines.spec.model import DomainSpec, load_spec
+from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.calibration import (
     GateScore,
+    LabelledRow,
     agreement,
-    best_threshold,
-    best_thresholds,
-    gate_accepts,
+    cohen_kappa,
     load_labelled,
+    lodo_decisions,
     resolve_thresholds,
     score_rows,
 )
-from synth_pipelines.validation.signals import (
-    expected_rating,
-    mean_logprob,
-    pairwise_preference,
-    yes_probability,
-)
+from synth_pipelines.validation.signals import expected_rating, yes_probability
 
 REPO = Path(__file__).resolve().parent.parent
-LABELLED = REPO / "tests" / "data" / "labelled"
+SETS = REPO / "tests" / "data" / "judge_bench"
+CACHE = REPO / ".bench_cache" / "judges"
+FORMS = ("pipeline", "external")
+SCALAR_SIGNALS = ("panel", "on_topic", "field_agreement", "yes_no", "rating")
+ALL_SIGNALS = ("rules", *SCALAR_SIGNALS, "embed_lr", "stacked")
+
+Values = dict[str, list[float | None]]  # domain -> one value per row (None: rules rejected it)
+
+
+def external_form(row: LabelledRow) -> LabelledRow:
+    """The row as a user's own dataset would hold it: the example only."""
+    return row.model_copy(update={"problem": "", "conditions": {}, "complexity": "medium"})
+
+
+class DiskCache:
+    """Token-probability answers by (model, prompt inputs), so a rerun asks nothing twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key_parts: Sequence[Any], compute: Callable[[], float]) -> float:
+        key = hashlib.sha256(json.dumps(list(key_parts), sort_keys=True, default=str).encode()).hexdigest()
+        if key not in self.data:
+            self.data[key] = compute()
+        return self.data[key]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data))
+
+
+def held_out_probabilities(
+    features: dict[str, np.ndarray], labels: dict[str, np.ndarray], keep: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Per domain, P(good) from a logistic regression trained on the other domains' kept rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out: dict[str, np.ndarray] = {}
+    for domain in features:
+        train = [d for d in features if d != domain]
+        x = np.vstack([features[d][keep[d]] for d in train])
+        y = np.concatenate([labels[d][keep[d]] for d in train])
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        model.fit(x, y)
+        out[domain] = model.predict_proba(features[domain])[:, 1]
+    return out
 
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    wanted = [s for s in os.environ.get("JUDGE_SIGNALS", ",".join(ALL_SIGNALS)).split(",") if s]
+    unknown = sorted(set(wanted) - set(ALL_SIGNALS))
+    if unknown:
+        sys.exit(f"JUDGE_SIGNALS names unknown signals {unknown}; known: {', '.join(ALL_SIGNALS)}")
     profile = load_profile(os.environ.get("SYNTH_PROFILE", "local"))
     calibrated = profile.roles.calibration
-    shipped_threshold = calibrated.consensus_threshold if calibrated else DESIGN_CONSENSUS_THRESHOLD
-    on_topic_setting = calibrated.on_topic_threshold if calibrated else None
-    shipped_on_topic = -1.0 if on_topic_setting is None else on_topic_setting
-    files = sorted(LABELLED.glob("*.jsonl"))
-    print(f"panel: profile {profile.name!r}, validators {[v.model for v in profile.roles.validators]}")
-    print(
-        f"shipped: consensus >= {shipped_threshold}, on_topic >= {shipped_on_topic} "
-        f"({'calibrated' if calibrated else 'design default'})"
-    )
-    scores: dict[str, list[GateScore]] = {}
-    signals: dict[str, dict[str, dict[int, float]]] = {}  # signal -> domain -> row -> value
+    files = sorted(SETS.glob("*.jsonl"))
+    print(f"panel: profile {profile.name!r}, judges {[v.model for v in profile.roles.validators]}")
+    print(f"sets: {', '.join(f.stem for f in files)} (tests/data/judge_bench)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    probs = DiskCache(CACHE / f"token_probabilities-{profile.name}.json")
+    client = build_client(profile, CACHE / f"llm-{profile.name}.sqlite", modes_path=CACHE / "modes.sqlite")
+    judges = list(profile.roles.validators)
+    chat = [b for j in judges if isinstance(b := client.backends[j.model], LlamaCppBackend)]
+
+    specs: dict[str, DomainSpec] = {}
+    rows: dict[str, list[LabelledRow]] = {}
+    for file in files:
+        spec = load_spec(file.with_suffix(".yaml")).spec
+        specs[file.stem] = resolve_thresholds(spec, profile)[0]
+        rows[file.stem] = load_labelled(file)
+
     timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as state:
-        client = build_client(profile, Path(state) / "cache.sqlite", modes_path=Path(state) / "modes.sqlite")
-        for file in files:
-            spec = resolve_thresholds(load_spec(REPO / "schemas" / f"{file.stem}.yaml").spec, profile)[0]
-            rows = load_labelled(file)
-            judges = list(profile.roles.validators)
-            scores[file.stem] = score_rows(spec, rows, client, judges, pair_similarity)
-            chat = [b for j in judges if isinstance(b := client.backends[j.model], LlamaCppBackend)]
-            for name, value in signal_functions(spec, rows, chat).items():
-                started = time.perf_counter()
-                judged = [i for i, x in enumerate(scores[file.stem]) if x.rules_ok]
-                signals.setdefault(name, {})[file.stem] = {i: value(i) for i in judged}
-                timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
-
-    for domain, s in scores.items():
-        truth = [x.good for x in s]
-        others = [x for d, other in scores.items() if d != domain for x in other]
-        print(f"\n{domain} ({len(s)} rows, {sum(truth)} good)")
-        print(f"  rules alone:                 {agreement([x.rules_ok for x in s], truth, None).summary()}")
-        accepted_here = gate_accepts(s, shipped_threshold, shipped_on_topic)
-        shipped_here = agreement(accepted_here, truth, shipped_threshold)
-        print(f"  shipped gate:                {shipped_here.summary()}")
-        print(f"  rules + panel, best here:    {best_threshold(s).summary()}  [in-sample]")
-        if others:
-            t = best_threshold(others).threshold or 0.0
-            print(f"  rules + panel, cross-domain: {agreement(gate_accepts(s, t), truth, t).summary()}")
-            joint = best_thresholds(others)
-            t2, m2 = joint.threshold or 0.0, joint.on_topic_threshold
-            crossed = agreement(gate_accepts(s, t2, -1.0 if m2 is None else m2), truth, t2)
-            crossed.on_topic_threshold = m2
-            print(f"  + on_topic, cross-domain:    {crossed.summary()}")
-        good = [x.on_topic for x in s if x.good and x.on_topic is not None]
-        bad = [x.on_topic for x in s if not x.good and x.on_topic is not None]
-        if good and bad:
-            mean_good, mean_bad = sum(good) / len(good), sum(bad) / len(bad)
-            print(f"  on_topic similarity: good mean {mean_good:.3f}, bad mean {mean_bad:.3f}")
-
-    report_signals(scores, signals, timings)
-
-    pooled = [x for s in scores.values() for x in s]
-    truth = [x.good for x in pooled]
-    shipped = agreement(gate_accepts(pooled, shipped_threshold, shipped_on_topic), truth, shipped_threshold)
-    print(f"\nall sets, shipped gate: {shipped.summary()}")
-    print(f"all sets, best consensus threshold: {best_threshold(pooled).summary()}  [in-sample]")
-    print(f"all sets, best with on_topic: {best_thresholds(pooled).summary()}  [in-sample]")
-    print(f"judge_kappa={shipped.kappa:.3f}")
-
-
-def signal_functions(spec, rows, models: list[LlamaCppBackend]) -> dict[str, Callable[[int], float]]:  # type: ignore[no-untyped-def]
-    """Each token-probability signal as row index -> value, averaged over the models it applies to
-    (the chat-capable judges; the base-model perplexity only under models without a chat template)."""
-    if not models:
-        return {}
-    base = [m for m in models if not m.config.chat_template] or models
-    good = [i for i, r in enumerate(rows) if r.label == "good"]
-
-    def reference(i: int) -> tuple[str, dict]:  # type: ignore[type-arg]
-        # A known-good example of the same domain, never the row itself (leave one out).
-        j = next(g for g in good if g != i)
-        return rows[j].problem, rows[j].example
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
-    return {
-        "yes_no": lambda i: mean(
-            [yes_probability(m, spec, rows[i].problem, rows[i].example) for m in models]
-        ),
-        "rating_1_5": lambda i: mean(
-            [expected_rating(m, spec, rows[i].problem, rows[i].example) for m in models]
-        ),
-        "base_loglik": lambda i: mean([mean_logprob(m, rows[i].problem, rows[i].example) for m in base]),
-        "pairwise": lambda i: mean(
-            [pairwise_preference(m, spec, (rows[i].problem, rows[i].example), reference(i)) for m in models]
-        ),
-    }
-
-
-def with_signal(scores: list[GateScore], values: dict[int, float]) -> list[GateScore]:
-    """The gate scores with ``values`` in place of the panel's consensus (rows the rules reject
-    keep None, as they were never judged)."""
-    return [s.model_copy(update={"consensus": values.get(i)}) for i, s in enumerate(scores)]
-
-
-def report_signals(
-    scores: dict[str, list[GateScore]],
-    signals: dict[str, dict[str, dict[int, float]]],
-    timings: dict[str, float],
-) -> None:
-    """Per signal and domain, cross-domain (thresholds from the other domains' sets): rules + the
-    signal in place of the sampled consensus, and the same with the on-topic gate."""
-    if not signals:
-        print("\ntoken-probability signals: skipped (no llama.cpp validator in this profile)")
-        return
-    print("\ntoken-probability signals, each in place of the sampled consensus (cross-domain kappa):")
-    for name, by_domain in signals.items():
-        print(f"\n{name} ({timings.get(name, 0.0):.0f} s)")
-        pooled: list[GateScore] = []
-        for domain, s in scores.items():
-            gated = with_signal(s, by_domain[domain])
-            pooled += gated
-            others = [x for d, o in scores.items() if d != domain for x in with_signal(o, by_domain[d])]
-            truth = [x.good for x in s]
-            good = [v for i, v in by_domain[domain].items() if s[i].good]
-            bad = [v for i, v in by_domain[domain].items() if not s[i].good]
-            means = (
-                f"good mean {sum(good) / max(1, len(good)):.3f}, bad mean {sum(bad) / max(1, len(bad)):.3f}"
+    results: dict[str, dict[str, Values]] = {}  # form -> signal -> domain -> values
+    gates: dict[str, dict[str, list[GateScore]]] = {}  # form -> domain -> scores
+    for form in FORMS:
+        gates[form], results[form] = {}, {s: {} for s in SCALAR_SIGNALS}
+        for domain, spec in specs.items():
+            shown = rows[domain] if form == "pipeline" else [external_form(r) for r in rows[domain]]
+            started = time.perf_counter()
+            use_panel = "panel" in wanted
+            scores = score_rows(
+                spec, shown, client if use_panel else None, judges, pair_similarity, embed_texts
             )
-            if not others:
-                print(f"  {domain}: {means}")
-                continue
-            t = best_threshold(others).threshold or 0.0
-            alone = agreement(gate_accepts(gated, t), truth, t)
-            joint = best_thresholds(others)
-            t2, m2 = joint.threshold or 0.0, joint.on_topic_threshold
-            topic = agreement(gate_accepts(gated, t2, -1.0 if m2 is None else m2), truth, t2)
-            topic.on_topic_threshold = m2
-            print(f"  {domain}: {means}")
-            print(f"    rules + {name}:            {alone.summary()}")
-            print(f"    rules + on_topic + {name}: {topic.summary()}")
-        print(f"  all sets, best in-sample: {best_thresholds(pooled).summary()}")
+            timings["panel"] = timings.get("panel", 0.0) + time.perf_counter() - started
+            gates[form][domain] = scores
+            judged = [i for i, s in enumerate(scores) if s.rules_ok]
+            results[form]["panel"][domain] = [s.consensus if s.rules_ok else None for s in scores]
+            results[form]["on_topic"][domain] = [s.on_topic if s.rules_ok else None for s in scores]
+            results[form]["field_agreement"][domain] = [
+                s.field_agreement if s.rules_ok else None for s in scores
+            ]
+            for name, fn in (("yes_no", yes_probability), ("rating", expected_rating)):
+                # Pipeline rows only: a forward pass per row and model is the bench's dearest part.
+                if name not in wanted or not chat or form != "pipeline":
+                    continue
+                started = time.perf_counter()
+                values: list[float | None] = []
+                for i, row in enumerate(shown):
+                    if i not in judged:
+                        values.append(None)
+                        continue
+                    parts = [
+                        probs.get(
+                            [name, m.name, spec.domain, row.problem, row.conditions, row.example],
+                            partial(fn, m, spec, row.problem, row.example, row.conditions),
+                        )
+                        for m in chat
+                    ]
+                    values.append(sum(parts) / len(parts))
+                results[form][name][domain] = values
+                probs.save()
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+    client.flush()
+
+    truth = {d: [r.label == "good" for r in rows[d]] for d in specs}
+    for form in FORMS:
+        report_form(form, specs, rows, gates[form], results[form], truth, wanted)
+
+    print("\nseconds per signal (both forms, cached answers cost nothing):")
+    for name, seconds in timings.items():
+        print(f"  {name:<16} {seconds:.0f}")
+    shipped = shipped_gate(gates["pipeline"], truth, calibrated)
+    print(f"\nshipped gate of profile {profile.name!r} ({shipped[0]}), pipeline rows, LODO:")
+    print(f"  kappa {shipped[1]:.3f}")
+    print(f"judge_kappa_lodo={shipped[1]:.3f}")
+
+
+def report_form(
+    form: str,
+    specs: dict[str, DomainSpec],
+    rows: dict[str, list[LabelledRow]],
+    gates: dict[str, list[GateScore]],
+    results: dict[str, Values],
+    truth: dict[str, list[bool]],
+    wanted: list[str],
+) -> None:
+    """One table per form: LODO kappa per domain and pooled, one column per signal."""
+    columns: dict[str, dict[str, list[bool]]] = {}
+    if "rules" in wanted:
+        columns["rules"] = {d: [s.rules_ok for s in gates[d]] for d in specs}
+    for name in SCALAR_SIGNALS:
+        values = results.get(name, {})
+        if (
+            name in wanted
+            and len(values) == len(specs)
+            and any(v is not None for vs in values.values() for v in vs)
+        ):
+            columns[name] = lodo_decisions(gates, values)
+    keep = {d: np.array([s.rules_ok for s in gates[d]]) for d in specs}
+    labels = {d: np.array(truth[d], dtype=int) for d in specs}
+    if "embed_lr" in wanted:
+        features = {}
+        for d in specs:
+            shown = rows[d] if form == "pipeline" else [external_form(r) for r in rows[d]]
+            anchor = [r.problem or specs[d].description for r in shown]
+            body = [example_text(r.example) for r in shown]
+            a, b = embed_texts(anchor), embed_texts(body)
+            features[d] = np.hstack([b, a * b])
+        p = held_out_probabilities(features, labels, keep)
+        columns["embed_lr"] = lodo_decisions(gates, {d: [float(x) for x in p[d]] for d in specs})
+    stacked_inputs = [n for n in SCALAR_SIGNALS if n in columns]
+    if "stacked" in wanted and len(stacked_inputs) >= 2:
+        features = {
+            d: np.array(
+                [
+                    [results[n][d][i] if results[n][d][i] is not None else 0.0 for n in stacked_inputs]
+                    for i in range(len(rows[d]))
+                ]
+            )
+            for d in specs
+        }
+        p = held_out_probabilities(features, labels, keep)
+        columns["stacked"] = lodo_decisions(gates, {d: [float(x) for x in p[d]] for d in specs})
+
+    print(f"\n{form} rows: leave-one-domain-out kappa (threshold from the other five domains)")
+    header = f"  {'domain':<20}" + "".join(f"{c:>16}" for c in columns)
+    print(header)
+    for d in specs:
+        cells = "".join(f"{cohen_kappa(columns[c][d], truth[d]):>16.3f}" for c in columns)
+        print(f"  {d:<20}{cells}")
+    pooled_truth = [t for d in specs for t in truth[d]]
+    cells = "".join(
+        f"{cohen_kappa([x for d in specs for x in columns[c][d]], pooled_truth):>16.3f}" for c in columns
+    )
+    print(f"  {'pooled':<20}{cells}")
+    for c in columns:
+        decided = [x for d in specs for x in columns[c][d]]
+        print(f"  {c}: {agreement(decided, pooled_truth, None).summary()}")
+
+
+def shipped_gate(
+    gates: dict[str, list[GateScore]], truth: dict[str, list[bool]], calibrated: Any
+) -> tuple[str, float]:
+    """The profile's gate as it ships (which signals it uses), with LODO thresholds."""
+    uses_panel = calibrated is None or (
+        calibrated.consensus_threshold > 0 and not getattr(calibrated, "skip_panel", False)
+    )
+    uses_on_topic = calibrated is not None and calibrated.on_topic_threshold is not None
+    decisions = {d: [s.rules_ok for s in gates[d]] for d in gates}
+    parts = ["rules"]
+    if uses_panel:
+        panel = lodo_decisions(gates, {d: [s.consensus for s in gates[d]] for d in gates})
+        decisions = {d: [a and b for a, b in zip(decisions[d], panel[d], strict=True)] for d in gates}
+        parts.append("panel")
+    if uses_on_topic:
+        topic = lodo_decisions(gates, {d: [s.on_topic for s in gates[d]] for d in gates})
+        decisions = {d: [a and b for a, b in zip(decisions[d], topic[d], strict=True)] for d in gates}
+        parts.append("on_topic")
+    pooled = cohen_kappa([x for d in gates for x in decisions[d]], [t for d in gates for t in truth[d]])
+    return " + ".join(parts), pooled
 
 
 if __name__ == "__main__":

@@ -297,7 +297,9 @@ def validate_file(
         raise _fail(str(e)) from None
     spec, _ = resolve_thresholds(spec, panel)
     client = resource.client(_warehouse(warehouse).cache_path) if models else None
-    result = validate_rows(spec, rows, client)
+    from synth_pipelines.llm.embeddings import embed_texts
+
+    result = validate_rows(spec, rows, client, embed_texts)
     out = report or file.with_name(f"{file.stem}.validation.json")
     out.write_text(json.dumps(result, indent=2, default=str))
     s = result["summary"]
@@ -341,7 +343,13 @@ def calibrate(
 
     from synth_pipelines.llm.config import ProfileError
     from synth_pipelines.resources import LLMResource
-    from synth_pipelines.validation.calibration import LabelledFileError, load_labelled, resolve_thresholds
+    from synth_pipelines.validation.calibration import (
+        LabelledFileError,
+        field_agreement_threshold,
+        load_labelled,
+        panel_kappa_gain,
+        resolve_thresholds,
+    )
     from synth_pipelines.validation.calibration import calibrate as run_calibration
 
     resource = LLMResource(profile=_profile(profile), api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None)
@@ -359,20 +367,28 @@ def calibrate(
             raise _fail(str(e)) from None
         sets.append((resolve_thresholds(spec, panel)[0], str(file), rows))
     client = resource.client(_warehouse(warehouse).cache_path)
-    from synth_pipelines.llm.embeddings import pair_similarity
+    from synth_pipelines.llm.embeddings import embed_texts, pair_similarity
 
-    results, pooled = run_calibration(sets, client, list(panel.roles.validators), pair_similarity)
+    results, pooled = run_calibration(
+        sets, client, list(panel.roles.validators), pair_similarity, embed_texts
+    )
+    fields = field_agreement_threshold(results)
     for r in results:
         typer.echo(f"{r.domain} ({r.file}): best {r.best.summary()}")
         typer.echo(f"  with the on-topic gate: {r.best_with_on_topic.summary()}")
         typer.echo(f"  rules alone: {r.rules_only.summary()}")
     typer.echo(f"all sets: best {pooled.summary()}")
+    typer.echo(
+        f"cross-field agreement: {fields.summary()}" if fields else "cross-field agreement: no gain, gate off"
+    )
     block = {
         "calibration": {
             "consensus_threshold": pooled.threshold,
             "on_topic_threshold": pooled.on_topic_threshold,
             "kappa": pooled.kappa,
             "accuracy": pooled.accuracy,
+            "panel_kappa_gain": panel_kappa_gain(results),
+            "field_agreement_threshold": round(fields.threshold or 0.0, 4) if fields else -1.0,
             "rows": pooled.rows,
             "labelled_sets": [str(f) for f in labels],
             "measured": f"synth calibrate, {datetime.now(UTC).date().isoformat()}",

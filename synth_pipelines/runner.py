@@ -145,6 +145,9 @@ def check_failure_line(name: str, metadata: dict[str, Any]) -> str:
     failed_as = {">=": "<", "<=": ">"}.get(str(comparison), "vs")
     source = _meta_value(metadata.get("threshold_source")) or "required"
     hint = _meta_value(metadata.get("hint"))
+    not_measured = _meta_value(metadata.get("not_measured"))
+    if not_measured:
+        return f"{name} failed, not measured: {not_measured}" + (f": {hint}" if hint else "")
     values = (
         f"{measured:.3f} {failed_as} {threshold:.3f}"
         if isinstance(measured, int | float) and isinstance(threshold, int | float)
@@ -236,8 +239,12 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
             "raw_generations": lambda m: f"{m.get('rows')} rows ({m.get('ok')} ok, {m.get('failed')} failed)",
             "validated_examples": lambda m: (
                 f"{m.get('rows')} accepted of {m.get('input_rows')} "
-                f"(pass rate {float(m.get('overall_pass_rate') or 0):.0%}, mean consensus "
-                f"{float(m.get('mean_consensus') or 0):.2f})"
+                f"(pass rate {float(m.get('overall_pass_rate') or 0):.0%}, "
+                + (
+                    f"mean consensus {float(m.get('mean_consensus') or 0):.2f})"
+                    if str(m.get("panel") or "on") == "on"
+                    else f"judges {m.get('panel')})"
+                )
             ),
             "example_embeddings": lambda m: (
                 f"{m.get('rows')} vectors, diversity (mean pairwise cosine distance) "

@@ -76,7 +76,11 @@ def plumbing_specs(folder: Path) -> None:
     for path in folder.glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         data.setdefault("validation", {}).update(
-            diversity_threshold=0.0, consensus_threshold=0.25, min_pass_rate=0.5, on_topic_threshold=-1.0
+            diversity_threshold=0.0,
+            consensus_threshold=0.25,
+            min_pass_rate=0.5,
+            on_topic_threshold=-1.0,
+            field_agreement_threshold=-1.0,
         )
         data.pop("rules", None)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -89,8 +93,9 @@ def scripted_schemas_dir(schemas_dir: Path) -> Path:
     no spec rules (scripted replies pick an enum value at random, so a method-per-operation rule
     rejects most of them), and a fixed consensus threshold of 0.25 with min_pass_rate 0.5 (the
     scripted and fake-server judges score at random, and their test profiles carry no calibration,
-    so `auto` would mean the design's 0.75), and no on-topic gate (random words are off topic by
-    construction). Every gate is tested on its own with shipped settings."""
+    so `auto` would mean the design's 0.75), and no on-topic or cross-field agreement gate (random
+    words are off topic, and one field unrelated to the next, by construction). Every gate is tested
+    on its own with shipped settings."""
     plumbing_specs(schemas_dir)
     return schemas_dir
 

@@ -228,7 +228,7 @@ def test_off_topic_rows_are_rejected_before_any_judge(tmp_path: Path, schemas_di
     from tests.scripted import ScriptedBackend
 
     spec = load_spec(schemas_dir / "api_development.yaml").spec
-    spec = spec.with_panel(0.0, "t", on_topic=0.5)[0]
+    spec = spec.with_panel(0.0, "t", on_topic=0.5, field_agreement=-1.0)[0]
     example = {"task": "Remove a user account now", "method": "DELETE", "endpoint": "/users/{id}",
                "explanation": "The call removes the account named in the path for good."}  # fmt: skip
     rows = [

@@ -33,18 +33,19 @@ def test_full_graph_on_bundled_local_models_with_shipped_settings(tmp_path: Path
     raw = meta["raw_generations"]
     assert raw["rows"] == 8 and raw["model_calls"] >= 1 and "smollm2-135m" in raw["models_used"]
     validated = meta["validated_examples"]
-    assert "smollm2-135m" in validated["models_used"]
+    # The local profile's calibration found its panel uninformative: the judges are skipped, said so.
+    assert str(validated["panel"]).startswith("skipped (auto: skipped, the calibration of profile 'local'")
+    assert validated["validator_calls_skipped"] >= 2 * validated["rows"]
     rows = duckdb.sql(
         "select example_json, validator_scores, consensus, consensus_threshold from read_parquet("
         f"'{warehouse}/validated_examples/*/*.parquet', hive_partitioning=true)"
     ).fetchall()
     assert len(rows) == validated["rows"] >= 2
-    for example_json, scores, consensus, threshold in rows:
+    for example_json, scores, consensus, _threshold in rows:
         example = json.loads(example_json)
         assert example["method"] in {"GET", "POST", "PUT", "PATCH", "DELETE"}
         assert len(example["task"]) <= 120
-        assert {s["model"] for s in scores} <= {"smollm2-135m", "gemma3-270m"}
-        assert consensus >= threshold  # the shipped threshold decided what is here
+        assert scores == [] and consensus is None  # accepted unjudged, as the metadata says
 
     # The recorded score is the mean of what was measured, with an interval that holds it.
     program_meta = meta["compiled_program"]

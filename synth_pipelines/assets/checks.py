@@ -15,7 +15,6 @@ from synth_pipelines.assets.examples import validated_examples
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.validation import gates
-from synth_pipelines.warehouse.storage import SPEC_FILE
 
 # What to try when a blocking check fails: the last line a user reads (``synth generate``, the UI).
 HINTS = {
@@ -50,6 +49,7 @@ def _result(
             "comparison": comparison,
             "threshold_source": source,
             **({"hint": hint} if hint else {}),
+            **({"not_measured": gate.not_measured} if gate.not_measured else {}),
             "detail": dg.MetadataValue.json(json.loads(json.dumps(gate.detail, default=str))),
         },
     )
@@ -59,8 +59,7 @@ def _source(warehouse: WarehouseResource, domain: str, name: str, overridden: bo
     """Where a check's threshold came from: run config, or what domain_schema recorded for the spec."""
     if overridden:
         return "set in the run config"
-    stored = warehouse.get().read_json(SPEC_FILE.format(domain=domain)) or {}
-    return str((stored.get("threshold_sources") or {}).get(name, f"spec validation.{name}"))
+    return warehouse.get().threshold_source(domain, name) or f"spec validation.{name}"
 
 
 def _rows(warehouse: WarehouseResource, asset: str, domain: str, columns: list[str]) -> list[dict]:

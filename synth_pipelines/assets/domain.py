@@ -15,7 +15,7 @@ from synth_pipelines.assets._common import (
     require_upstream,
 )
 from synth_pipelines.generation.corpus import CorpusError, chunks_table, load_chunks, sample_chunks
-from synth_pipelines.generation.matrix import build_matrix, feedback_extras
+from synth_pipelines.generation.matrix import asked_conditions, build_matrix, feedback_extras
 from synth_pipelines.generation.seeds import build_seed_problems, grounded_seed_problems
 from synth_pipelines.generation.techniques import (
     attach_problems,
@@ -274,7 +274,12 @@ def problem_matrix(
     )
     recorded_now = record_feedback_targets(wh, domain, newly, source=context.run_id)
     extras = feedback_targets(wh, domain)
-    base = build_matrix(spec, [(s["seed_id"], s["problem"]) for s in seeds], target_count=config.target_count)
+    base = build_matrix(
+        spec,
+        [(s["seed_id"], s["problem"]) for s in seeds],
+        target_count=config.target_count,
+        asked=asked_conditions(seeds),
+    )
     cells = plan_technique_rows(spec, base, extras)
     technique_meta: dict[str, Any] = {}
     if spec.techniques.enabled:

@@ -284,7 +284,9 @@ def validated_examples(
     path = wh.write_dataset("validated_examples", domain, outcome.accepted)
     return dg.MaterializeResult(
         metadata={
-            **_validation_metadata(spec, raw.num_rows, outcome, judges),
+            **_validation_metadata(
+                spec, raw.num_rows, outcome, judges, wh.threshold_source(domain, "panel") or ""
+            ),
             "adaptive_concurrency": dg.MetadataValue.json(client.gate_stats()),
             "path": dg.MetadataValue.path(str(path)),
             **progress.metadata(),
@@ -302,7 +304,9 @@ def validated_examples(
     )
 
 
-def _validation_metadata(spec: Any, n: int, outcome: ValidationOutcome, judges: list[Any]) -> dict[str, Any]:
+def _validation_metadata(
+    spec: Any, n: int, outcome: ValidationOutcome, judges: list[Any], panel_source: str
+) -> dict[str, Any]:
     verdicts = outcome.verdicts
     consensus_values = [v.consensus for v in verdicts if v.consensus is not None]
     stages = outcome.stage_counts
@@ -316,8 +320,12 @@ def _validation_metadata(spec: Any, n: int, outcome: ValidationOutcome, judges: 
         "rule_check_pass_rate": dg.MetadataValue.float(
             round(1 - stages.get("rules", 0) / max(1, n - stages.get("generation", 0)), 4)
         ),
+        # "on", or "skipped: why" when the profile's calibration found the panel uninformative.
+        "panel": "on" if spec.validation.judges_run else f"skipped ({panel_source})",
         "consensus_pass_rate": dg.MetadataValue.float(
-            round(sum(v.passed for v in verdicts) / outcome.candidates, 4) if outcome.candidates else 0.0
+            round(sum(v.passed for v in verdicts) / outcome.candidates, 4)
+            if outcome.candidates and spec.validation.judges_run
+            else 0.0
         ),
         "near_duplicates_removed": outcome.near_duplicates_removed,
         "overall_pass_rate": dg.MetadataValue.float(round(accepted.num_rows / n, 4) if n else 0.0),

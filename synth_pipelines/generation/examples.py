@@ -22,7 +22,7 @@ from synth_pipelines.generation.matrix import MatrixCell
 from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.client import BudgetExhausted, LLMClient, prompt_hash
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest
-from synth_pipelines.spec.example_schema import example_json_schema, example_model
+from synth_pipelines.spec.example_schema import example_json_schema, example_model, field_guide
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.rules import narrowed_enums
 from synth_pipelines.spec.text import stable_int
@@ -157,19 +157,6 @@ def item_schema(spec: DomainSpec, item: PlannedItem) -> dict[str, Any]:
             for name, node in properties.items()
         },
     }
-
-
-def field_guide(spec: DomainSpec, narrowed: dict[str, list[Any]] | None = None) -> str:
-    lines = []
-    for name, f in spec.fields.items():
-        bits: list[str] = [f.type]
-        enum = (narrowed or {}).get(name) or f.enum
-        if enum:
-            bits.append("one of " + ", ".join(map(str, enum)))
-        if f.max_length:
-            bits.append(f"at most {f.max_length} chars")
-        lines.append(f"- {name} ({'; '.join(bits)}): {f.description}")
-    return "\n".join(lines)
 
 
 def build_messages(spec: DomainSpec, item: PlannedItem) -> list[ChatMessage]:

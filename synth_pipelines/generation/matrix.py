@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
+import json
 import math
 import re
 from functools import partial
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,8 +31,9 @@ class MatrixCell(BaseModel):
     capability: str | None = None
     problem: str | None = None
     parent_problem: str | None = None
-    # How the base row's problem was chosen for the cell's conditions (see ``seed_fit``): "tagged"
-    # (the spec tags the seed with conditions it fits), "mentions" (the seed names this cell's values),
+    # How the base row's problem was chosen for the cell's conditions (see ``seed_fit``): "asked"
+    # (the generator wrote the seed for these conditions), "tagged" (the spec tags the seed with
+    # conditions it fits), "mentions" (the seed names this cell's values),
     # "neutral" (it names no value of any dimension), or "derived" (no seed fits: the row's own
     # ``problem`` states the conditions instead).
     seed_match: str = "neutral"
@@ -62,11 +64,7 @@ def _cell_order(conditions: dict[str, str], level: str) -> str:
 
 def _planned_cells(spec: DomainSpec, total: int) -> tuple[list[tuple[dict[str, str], str, float]], list[int]]:
     """Every (conditions, level, weight) cell in plan order, and its base target summing to ``total``."""
-    dims = spec.matrix.dimensions
-    names = sorted(dims)
-    combos = [
-        dict(zip(names, values, strict=True)) for values in itertools.product(*(dims[n] for n in names))
-    ]
+    combos = spec.matrix.combinations()
     levels = [(lvl, w) for lvl, w in spec.matrix.complexity.items() if w > 0]
     level_totals = largest_remainder(total, [w for _, w in levels])
     cells: list[tuple[dict[str, str], str, float]] = []
@@ -121,8 +119,17 @@ def derived_problem(spec: DomainSpec, conditions: dict[str, str]) -> str:
     return f"{spec.description.strip().rstrip('.')}: a case with {case}."
 
 
+def asked_conditions(seeds: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """seed_id -> the conditions a generated seed was asked for (``seed_problems`` rows)."""
+    return {s["seed_id"]: json.loads(s["conditions_json"]) for s in seeds if s.get("conditions_json")}
+
+
 def build_matrix(
-    spec: DomainSpec, seeds: list[tuple[str, str]], *, target_count: int | None = None
+    spec: DomainSpec,
+    seeds: list[tuple[str, str]],
+    *,
+    target_count: int | None = None,
+    asked: dict[str, dict[str, str]] | None = None,
 ) -> list[MatrixCell]:
     """Cartesian product of dimensions x complexity; targets follow the complexity distribution and
     sum to ``target_count`` (the spec's by default). The feedback loop's extras for weak cells and
@@ -131,13 +138,21 @@ def build_matrix(
     cached generations).
 
     ``seeds`` are (seed_id, problem). Each cell takes, round robin, a seed whose problem fits its
-    conditions (``seed_fit``); a cell no seed fits gets a derived problem, so no prompt ever asks
-    for a contradiction ("Create a new user account" under ``operation=delete``).
+    conditions: a generated seed fits the conditions it was asked for (``asked``: seed_id ->
+    conditions, seed_match "asked"), a listed one what ``seed_fit`` says; a cell no seed fits gets a
+    derived problem, so no prompt ever asks for a contradiction ("Create a new user account" under
+    ``operation=delete``).
     """
     if not seeds:
         raise ValueError(f"domain {spec.domain!r} has no seed problems to build a matrix from")
     cells, base = _planned_cells(spec, target_count if target_count is not None else spec.target_count)
-    fits = [(seed_id, *seed_fit(spec, problem)) for seed_id, problem in seeds]
+    asked = asked or {}
+    fits = [
+        (seed_id, {dim: {value} for dim, value in asked[seed_id].items()}, "asked")
+        if seed_id in asked
+        else (seed_id, *seed_fit(spec, problem))
+        for seed_id, problem in seeds
+    ]
     out = []
     for i, (combo, level, _) in enumerate(cells):
         fitting = [

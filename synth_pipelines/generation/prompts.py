@@ -13,6 +13,12 @@ SEED_SYSTEM = (
 
 SEED_USER = "Domain: {domain}\nAbout: {description}\nWrite {n} different problems in this domain.{style}"
 
+# One request per combination of matrix conditions: every generated seed fits the cells it is for.
+CONDITIONED_SEED_USER = (
+    "Domain: {domain}\nAbout: {description}\nConditions: {conditions}\n"
+    "Write {n} different problems in this domain that fit these conditions.{style}"
+)
+
 GROUNDED_SEED_USER = (
     "Domain: {domain}\nAbout: {description}\nSource text:\n{text}\n"
     "Write one problem in this domain that a practitioner could face, grounded in the source text."

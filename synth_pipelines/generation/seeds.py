@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -28,6 +30,8 @@ class SeedProblem(BaseModel):
     chunk_start: int | None = None
     chunk_end: int | None = None
     chunk_excerpt: str | None = None
+    # The matrix conditions a generated seed was asked for (JSON), so it only serves cells it fits.
+    conditions_json: str | None = None
 
 
 def seed_list_model(n: int) -> type[BaseModel]:
@@ -38,34 +42,57 @@ def seed_list_model(n: int) -> type[BaseModel]:
     return create_model("SeedProblemList", problems=(list[item], Field(min_length=1, max_length=n)))
 
 
-def dedupe_problems(problems: list[tuple[str, str]]) -> list[SeedProblem]:
-    """Drop exact (normalized) duplicates, keep first occurrence and order; ids are content hashes."""
+def dedupe_problems(problems: list[tuple[str, str]] | list[tuple[str, str, str | None]]) -> list[SeedProblem]:
+    """Drop exact (normalized) duplicates, keep first occurrence and order; ids are content hashes.
+    Items are (text, source) or (text, source, conditions_json)."""
     seen: set[str] = set()
     out: list[SeedProblem] = []
-    for text, source in problems:
+    for text, source, *asked in problems:
         norm = normalize_text(text)
         if not norm or norm in seen:
             continue
         seen.add(norm)
         out.append(
-            SeedProblem(seed_id=f"s_{stable_hash(norm, length=10)}", problem=text.strip(), source=source)
+            SeedProblem(
+                seed_id=f"s_{stable_hash(norm, length=10)}",
+                problem=text.strip(),
+                source=source,
+                conditions_json=asked[0] if asked else None,
+            )
         )
     return out
 
 
-def seed_request(spec: DomainSpec, model: str, *, count: int, round_no: int) -> CompletionRequest:
-    """The request of one seed round (what ``synth plan`` looks up in the cache)."""
+def seeds_per_combination(spec: DomainSpec, count: int) -> int:
+    """How many seeds to ask for each combination of matrix conditions (``count`` in all, at least
+    one per combination)."""
+    return max(1, math.ceil(count / len(spec.matrix.combinations())))
+
+
+def seed_request(
+    spec: DomainSpec,
+    model: str,
+    *,
+    count: int,
+    round_no: int,
+    conditions: dict[str, str] | None = None,
+) -> CompletionRequest:
+    """The request of one seed round (what ``synth plan`` looks up in the cache), for one
+    combination of matrix conditions when the spec has dimensions."""
     style = f" Style: {spec.hints.style}" if spec.hints.style else ""
+    common = {"domain": spec.domain, "description": spec.description, "n": count, "style": style}
+    content = (
+        prompts.CONDITIONED_SEED_USER.format(
+            **common, conditions=", ".join(f"{k}={v}" for k, v in sorted(conditions.items()))
+        )
+        if conditions
+        else prompts.SEED_USER.format(**common)
+    )
     return CompletionRequest(
         model=model,
         messages=(
             ChatMessage(role="system", content=prompts.SEED_SYSTEM),
-            ChatMessage(
-                role="user",
-                content=prompts.SEED_USER.format(
-                    domain=spec.domain, description=spec.description, n=count, style=style
-                ),
-            ),
+            ChatMessage(role="user", content=content),
         ),
         json_schema=json_schema_for_model(seed_list_model(count)),
         temperature=0.8,
@@ -74,39 +101,59 @@ def seed_request(spec: DomainSpec, model: str, *, count: int, round_no: int) -> 
     )
 
 
+def seed_requests(spec: DomainSpec, model: str, *, count: int, round_no: int = 0) -> list[CompletionRequest]:
+    """One round's requests: one per combination of matrix conditions (one in all without any)."""
+    per = seeds_per_combination(spec, count)
+    return [
+        seed_request(spec, model, count=per, round_no=round_no, conditions=combo or None)
+        for combo in spec.matrix.combinations()
+    ]
+
+
 def build_seed_problems(
     spec: DomainSpec, client: LLMClient | None, *, count: int = 5, max_rounds: int = 3
 ) -> tuple[list[SeedProblem], list[str]]:
-    """Return (seeds, failure reasons). Spec seeds win; otherwise ask the generator for ``count``."""
+    """Return (seeds, failure reasons). Spec seeds win; otherwise ask the generator for about
+    ``count``, spread over the combinations of matrix conditions: each combination is asked for
+    its own seeds (up to ``max_rounds`` times until it has them), and each seed records the
+    conditions it was asked for, so the matrix gives it only to cells it fits."""
     if spec.seed_problems:
         return dedupe_problems([(p, "spec") for p in spec.seed_texts()]), []
     if client is None:
         raise ValueError(
             f"domain {spec.domain!r} has no seed_problems and no model was given to generate them"
         )
-    model_cls = seed_list_model(count)
+    per = seeds_per_combination(spec, count)
+    model_cls = seed_list_model(per)
     schema = json_schema_for_model(model_cls)
-    collected: list[tuple[str, str]] = []
+    collected: list[tuple[str, str, str | None]] = []
     failures: list[str] = []
     generator_chain = client.generator_chain()
-    for round_no in range(max_rounds):
-        request = seed_request(spec, generator_chain[0], count=count, round_no=round_no)
-        result = client.structured(
-            generator_chain,
-            request.messages,
-            model_cls,
-            json_schema=schema,
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-        )
-        if result.value is None:
-            failures.append(result.error or "unknown failure")
-            continue
-        collected += [(p, result.record.model) for p in result.value.problems]  # type: ignore[attr-defined]
-        if len(dedupe_problems(collected)) >= count:
-            break
-    return dedupe_problems(collected)[:count], failures
+    for combo in spec.matrix.combinations():
+        asked = json.dumps(combo, sort_keys=True) if combo else None
+        got = 0
+        for round_no in range(max_rounds):
+            request = seed_request(
+                spec, generator_chain[0], count=per, round_no=round_no, conditions=combo or None
+            )
+            result = client.structured(
+                generator_chain,
+                request.messages,
+                model_cls,
+                json_schema=schema,
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                seed=request.seed,
+            )
+            if result.value is None:
+                failures.append(result.error or "unknown failure")
+                continue
+            before = len(dedupe_problems(collected))
+            collected += [(p, result.record.model, asked) for p in result.value.problems]  # type: ignore[attr-defined]
+            got += len(dedupe_problems(collected)) - before
+            if got >= per:
+                break
+    return dedupe_problems(collected), failures
 
 
 # How much of its chunk a grounded seed carries to the generation prompt.

@@ -36,8 +36,13 @@ from synth_pipelines.generation.examples import (
     iter_plan_items,
     max_tokens_for,
 )
-from synth_pipelines.generation.matrix import MatrixCell, build_matrix
-from synth_pipelines.generation.seeds import SeedProblem, build_seed_problems, seed_request
+from synth_pipelines.generation.matrix import MatrixCell, asked_conditions, build_matrix
+from synth_pipelines.generation.seeds import (
+    SeedProblem,
+    build_seed_problems,
+    seed_requests,
+    seeds_per_combination,
+)
 from synth_pipelines.generation.techniques import (
     attach_problems,
     derivation_request,
@@ -278,32 +283,41 @@ class Planner:
                 return stored, None
             return seeds, None
         chain = self.client.generator_chain()
-        request = seed_request(spec, chain[0], count=self.seed_count, round_no=0)
-        cached = self.client.cached_replies([request])[0] is not None
+        # One request per combination of matrix conditions (first rounds; retries are not planned).
+        requests = seed_requests(spec, chain[0], count=self.seed_count)
+        hits = sum(r is not None for r in self.client.cached_replies(requests))
+        cached = hits == len(requests)
         if cached and materialized is not None:
             seeds = [SeedProblem(**r) for r in materialized.to_pylist()]
         else:
+            per = seeds_per_combination(spec, self.seed_count)
             seeds = [
-                SeedProblem(seed_id=f"s{i}", problem=PLACEHOLDER_PROBLEM, source="generated")
-                for i in range(self.seed_count)
+                SeedProblem(
+                    seed_id=f"s{i}_{k}",
+                    problem=PLACEHOLDER_PROBLEM,
+                    source="generated",
+                    conditions_json=json.dumps(combo, sort_keys=True) if combo else None,
+                )
+                for i, combo in enumerate(spec.matrix.combinations())
+                for k in range(per)
             ]
             self.notes.append("seed problems are not generated yet: items are estimated, not looked up")
         prior = _Rates(
             calls_per_unit=1,
-            prompt_tokens=_tokens_of(request),
-            completion_tokens=request.max_tokens / 2,
+            prompt_tokens=_tokens_of(requests[0]),
+            completion_tokens=requests[0].max_tokens / 2,
             latency_s=0,
             from_history=False,
         )
         rates = self._rates("seed_problems", "fresh", prior)
         line = self._line(
             "seed_problems",
-            units=1,
-            cached=int(cached),
-            fresh_units=0 if cached else 1,
+            units=len(requests),
+            cached=hits,
+            fresh_units=len(requests) - hits,
             rates=rates,
             models=chain[:1],
-            basis="the generator's seed request looked up in the cache",
+            basis="one seed request per combination of matrix conditions, looked up in the cache",
         )
         return seeds, line
 
@@ -311,7 +325,12 @@ class Planner:
         self, seeds: list[SeedProblem], target_count: int | None
     ) -> tuple[list[MatrixCell], AssetPlan | None]:
         spec = self.spec
-        base = build_matrix(spec, [(s.seed_id, s.problem) for s in seeds], target_count=target_count)
+        base = build_matrix(
+            spec,
+            [(s.seed_id, s.problem) for s in seeds],
+            target_count=target_count,
+            asked=asked_conditions([s.model_dump() for s in seeds]),
+        )
         cells = plan_technique_rows(spec, base, feedback_targets(self.wh, spec.domain))
         if not spec.techniques.enabled:
             return cells, None
@@ -386,6 +405,21 @@ class Planner:
     def validation(self, items: int, fresh: int) -> AssetPlan:
         spec = self.spec
         judges = resolve_judges(spec, self.client)
+        if not spec.validation.judges_run:
+            # The calibration found the panel uninformative: no judge is called (resolve_thresholds).
+            return AssetPlan(
+                asset="validated_examples",
+                units=items,
+                cached_units=items - fresh,
+                calls=0,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost_usd=0.0,
+                wall_s=0.0,
+                models=[j.model for j in judges],
+                basis="validator panel skipped (validation.panel off: the profile's calibration found it "
+                "adds no agreement with labels); rules, on-topic and duplicate gates only",
+            )
         example = _expected_example(spec)
         messages = judge_messages(spec, PLACEHOLDER_PROBLEM, example)
         request = CompletionRequest(

@@ -403,7 +403,7 @@ def judge_metric(spec: DomainSpec, client: LLMClient) -> BatchMetric:
             spec,
             judges,
             example_id=json.dumps(gold, sort_keys=True)[:64],
-            problem=spec.description,
+            problem="",  # judged against the spec's description and field meanings
             example={**gold, **pred},
             early_stop=False,
         )

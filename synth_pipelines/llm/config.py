@@ -78,6 +78,11 @@ class WeightedModel(BaseModel):
     weight: float = Field(default=1.0, gt=0)
 
 
+# The least kappa a validator panel must add over the spec's rules (on the labelled sets) for
+# ``auto`` specs to call it: below it, the panel's calls buy no agreement with the labels.
+PANEL_MIN_KAPPA_GAIN = 0.05
+
+
 class PanelCalibration(BaseModel):
     """What ``synth calibrate`` measured for a validator panel on labelled sets: the consensus that
     best separates good from bad (max Cohen's kappa) and how well it did. Specs that say
@@ -97,7 +102,27 @@ class PanelCalibration(BaseModel):
     # The problem-to-example cosine similarity below which an example is off topic, calibrated
     # jointly with the consensus threshold. None: no on-topic gate.
     on_topic_threshold: float | None = Field(default=None, ge=-1, le=1)
+    # The lowest cross-field cosine similarity an example may have (-1: gate off). None: the
+    # design default (spec.model.DESIGN_FIELD_AGREEMENT_THRESHOLD).
+    field_agreement_threshold: float | None = Field(default=None, ge=-1, le=1)
+    # Kappa of rules + panel (at its best threshold) minus kappa of the rules alone, pooled over the
+    # labelled sets. Below PANEL_MIN_KAPPA_GAIN the panel decides nothing worth its calls.
+    panel_kappa_gain: float | None = Field(default=None, ge=-2, le=2)
     note: str = ""
+
+    def panel_skip_reason(self, profile: str) -> str | None:
+        """Why the panel is not worth calling for ``auto`` specs (None: it is)."""
+        if self.consensus_threshold <= 0:
+            return (
+                f"the calibration of profile {profile!r} found no consensus threshold that adds agreement "
+                "with the labels (threshold 0: the panel would never reject what the rules pass)"
+            )
+        if self.panel_kappa_gain is not None and self.panel_kappa_gain < PANEL_MIN_KAPPA_GAIN:
+            return (
+                f"the calibration of profile {profile!r} found the panel raises kappa by "
+                f"{self.panel_kappa_gain:.3f}, below the {PANEL_MIN_KAPPA_GAIN} margin"
+            )
+        return None
 
 
 class Roles(BaseModel):

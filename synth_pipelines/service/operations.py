@@ -425,7 +425,9 @@ class SynthService:
         )
         spec, _ = resolve_thresholds(spec, resource.load_profile())
         client = resource.client(self.warehouse.cache_path) if models else None
-        return validate_rows(spec, rows, client)
+        from synth_pipelines.llm.embeddings import embed_texts
+
+        return validate_rows(spec, rows, client, embed_texts)
 
     def plan(
         self, domain: str, *, target_count: int | None = None, seed_count: int = 5, save: bool = True

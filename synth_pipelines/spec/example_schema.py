@@ -162,3 +162,19 @@ def _arrow_type(field: FieldSpec) -> pa.DataType:
 def example_arrow_schema(spec: DomainSpec) -> pa.Schema:
     """Arrow schema of the typed example columns, derived from the same field list as the pydantic model."""
     return pa.schema([pa.field(n, _arrow_type(f), nullable=not f.required) for n, f in spec.fields.items()])
+
+
+def field_guide(spec: DomainSpec, narrowed: dict[str, list[Any]] | None = None) -> str:
+    """One line per field: its type, allowed values (``narrowed`` by the cell's conditions when
+    given), length bound and description. The generator fills the fields from it; the judges check
+    an example against it."""
+    lines = []
+    for name, f in spec.fields.items():
+        bits: list[str] = [f.type]
+        enum = (narrowed or {}).get(name) or f.enum
+        if enum:
+            bits.append("one of " + ", ".join(map(str, enum)))
+        if f.max_length:
+            bits.append(f"at most {f.max_length} chars")
+        lines.append(f"- {name} ({'; '.join(bits)}): {f.description}")
+    return "\n".join(lines)

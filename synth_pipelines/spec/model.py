@@ -7,6 +7,7 @@ expected. How a spec's ``fields`` compile to the example model lives in ``exampl
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from datetime import UTC, datetime
@@ -122,6 +123,14 @@ class MatrixSpec(_Strict):
             raise ValueError("complexity weights must be non-negative and sum to more than 0")
         return self
 
+    def combinations(self) -> list[dict[str, str]]:
+        """Every combination of dimension values (dimensions in name order); [{}] without any."""
+        names = sorted(self.dimensions)
+        return [
+            dict(zip(names, values, strict=True))
+            for values in itertools.product(*(self.dimensions[n] for n in names))
+        ]
+
 
 class RuleSpec(_Strict):
     """A declarative rule: a DuckDB SQL boolean expression over the example's fields and its matrix
@@ -164,6 +173,10 @@ DESIGN_CONSENSUS_THRESHOLD = 0.75
 DESIGN_DIVERSITY_THRESHOLD = 0.7
 # No on-topic gate unless a profile's calibration found one that helps (-1: cosine never below).
 DESIGN_ON_TOPIC_THRESHOLD = -1.0
+# The cross-field agreement gate (MiniLM, so the same for every panel): the kappa-maximizing
+# threshold on the six domains of tests/data/judge_bench, 0.335-0.343 in every leave-one-domain-out
+# fold (make bench-judges, docs: Quality gates).
+DESIGN_FIELD_AGREEMENT_THRESHOLD = 0.34
 
 
 class ValidationSpec(_Strict):
@@ -178,6 +191,11 @@ class ValidationSpec(_Strict):
     # The cosine similarity (MiniLM) an example's text must reach with the problem it was written
     # for, checked before any judge. ``auto``: the profile's calibrated value (off when none).
     on_topic_threshold: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = "auto"
+    # The lowest cosine similarity (MiniLM) allowed between two text fields of one example (a fix
+    # and the cause it fixes, a label's rationale and the message): below it the fields do not
+    # talk about the same thing. Checked before any judge; -1 turns it off. ``auto``: the profile's
+    # calibrated value, else the design default measured on the judge benchmark.
+    field_agreement_threshold: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = "auto"
     # Estimated Jaccard similarity of word 3-grams at which two accepted examples are near duplicates.
     near_duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
     # Cosine similarity (MiniLM) at which a new example duplicates one the domain accepted in an
@@ -187,6 +205,15 @@ class ValidationSpec(_Strict):
     cluster_threshold: float = Field(default=0.85, gt=0, le=1)
     criteria: list[str] = Field(default_factory=lambda: ["coherence", "accuracy", "relevance"], min_length=1)
     validators: list[ValidatorSpec] = Field(default_factory=list)
+    # Whether the validator panel judges the examples the rules pass. ``auto``: yes, unless the
+    # provider profile's calibration shows the panel adds no agreement with hand labels (then the
+    # judges are skipped and said so); a number for consensus_threshold means ``on``.
+    panel: Literal["auto", "on", "off"] = "auto"
+
+    @property
+    def judges_run(self) -> bool:
+        """Whether the panel is called (an unresolved ``auto`` counts as on)."""
+        return self.panel != "off"
 
     @property
     def threshold(self) -> float:
@@ -204,6 +231,15 @@ class ValidationSpec(_Strict):
         if isinstance(self.on_topic_threshold, str):
             raise ValueError("on_topic_threshold is 'auto' and was not resolved (DomainSpec.with_panel)")
         return float(self.on_topic_threshold)
+
+    @property
+    def min_field_agreement(self) -> float:
+        """The cross-field similarity an example must reach. Only a resolved spec has one."""
+        if isinstance(self.field_agreement_threshold, str):
+            raise ValueError(
+                "field_agreement_threshold is 'auto' and was not resolved (DomainSpec.with_panel)"
+            )
+        return float(self.field_agreement_threshold)
 
     @property
     def min_diversity(self) -> float:
@@ -570,27 +606,40 @@ class DomainSpec(_Strict):
         *,
         diversity: float | None = None,
         on_topic: float | None = None,
+        skip_panel: str | None = None,
+        field_agreement: float | None = None,
     ) -> tuple[DomainSpec, dict[str, str]]:
         """This spec with every ``auto`` threshold replaced: the consensus threshold by the panel's
         calibrated value (``calibrated``), the diversity threshold by what the profile's generator
         was calibrated to reach (``diversity``); None means never calibrated, so the design default.
-        Also returns where each number came from, for metadata and docs."""
-        update: dict[str, float] = {}
+        ``skip_panel`` (why the calibration found the panel uninformative) turns an ``auto`` panel
+        off, unless the spec sets its own consensus threshold. Also returns where each setting came
+        from, for metadata and docs."""
+        update: dict[str, Any] = {}
         sources: dict[str, str] = {
             "min_pass_rate": "set in the spec"
             if "min_pass_rate" in self.validation.model_fields_set
             else "design default",
         }
+        if self.validation.panel != "auto":
+            sources["panel"] = "set in the spec"
+        elif not isinstance(self.validation.consensus_threshold, str):
+            update["panel"], sources["panel"] = "on", "on: the spec sets consensus_threshold"
+        elif skip_panel:
+            update["panel"], sources["panel"] = "off", f"auto: skipped, {skip_panel}"
+        else:
+            update["panel"], sources["panel"] = "on", f"auto: called for profile {panel!r}"
         for name, value, default in (
             ("consensus_threshold", calibrated, DESIGN_CONSENSUS_THRESHOLD),
             ("diversity_threshold", diversity, DESIGN_DIVERSITY_THRESHOLD),
             ("on_topic_threshold", on_topic, DESIGN_ON_TOPIC_THRESHOLD),
+            ("field_agreement_threshold", field_agreement, DESIGN_FIELD_AGREEMENT_THRESHOLD),
         ):
             if not isinstance(getattr(self.validation, name), str):
                 sources[name] = "set in the spec"
             elif value is None:
                 update[name] = default
-                sources[name] = f"auto: profile {panel!r} is not calibrated, design default"
+                sources[name] = f"auto: profile {panel!r} is not calibrated for it, design default"
             else:
                 update[name], sources[name] = value, f"auto: calibrated for profile {panel!r}"
         if not update:

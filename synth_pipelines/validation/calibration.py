@@ -13,7 +13,7 @@ A labelled file is JSONL, one row per example::
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,9 @@ from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import ajudge_example
+from synth_pipelines.validation.consistency import field_agreement
 from synth_pipelines.validation.examples import Similarity
+from synth_pipelines.validation.memory import Embed
 from synth_pipelines.validation.rules import rule_check
 from synth_pipelines.warehouse.storage import Warehouse
 
@@ -39,6 +41,8 @@ def resolve_thresholds(spec: DomainSpec, profile: ProviderProfile) -> tuple[Doma
         profile.name,
         diversity=calibration.diversity_threshold if calibration else None,
         on_topic=calibration.on_topic_threshold if calibration else None,
+        skip_panel=calibration.panel_skip_reason(profile.name) if calibration else None,
+        field_agreement=calibration.field_agreement_threshold if calibration else None,
     )
 
 
@@ -81,6 +85,7 @@ class GateScore(BaseModel):
     rule_reasons: list[str]
     consensus: float | None = None  # None: rejected by the rules (not judged) or no judge answered
     on_topic: float | None = None  # cosine similarity of the example to its problem (rows the rules pass)
+    field_agreement: float | None = None  # lowest similarity of two of its text fields (rows the rules pass)
 
 
 def score_rows(
@@ -89,9 +94,11 @@ def score_rows(
     client: LLMClient | None,
     judges: list[WeightedModel],
     similarity: Similarity | None = None,
+    embed: Embed | None = None,
 ) -> list[GateScore]:
-    """Rules on every row (one vectorized query for the spec's rules); the whole panel on the rows
-    the rules pass (no early stop: the full consensus is the score being calibrated)."""
+    """Rules on every row (one vectorized query for the spec's rules); on the rows the rules pass,
+    the on-topic similarity (with ``similarity``), the cross-field agreement (with ``embed``) and
+    the whole panel (no early stop: the full consensus is the score being calibrated)."""
     parsed: list[dict[str, Any] | None] = []
     reasons: list[list[str]] = []
     for row in rows:
@@ -109,10 +116,16 @@ def score_rows(
     to_judge = [i for i in compliant if not reasons[i]]
     on_topic: dict[int, float] = {}
     if similarity is not None and to_judge:
+        # A row without a problem (from outside the pipeline) is compared with the spec's description.
         similar = similarity(
-            [rows[i].problem for i in to_judge], [example_text(parsed[i] or {}) for i in to_judge]
+            [rows[i].problem or spec.description for i in to_judge],
+            [example_text(parsed[i] or {}) for i in to_judge],
         )
         on_topic = dict(zip(to_judge, similar, strict=True))
+    agreement: dict[int, float] = {}
+    if embed is not None and to_judge:
+        measured = field_agreement([parsed[i] or {} for i in to_judge], embed)
+        agreement = {i: a.score for i, a in zip(to_judge, measured, strict=True)}
     consensus: dict[int, float | None] = {}
     if client is not None and to_judge:
 
@@ -125,6 +138,7 @@ def score_rows(
                 problem=rows[i].problem,
                 example=parsed[i] or {},
                 early_stop=False,
+                conditions=rows[i].conditions,
             )
             return verdict.consensus
 
@@ -140,6 +154,7 @@ def score_rows(
             rule_reasons=reasons[i],
             consensus=consensus.get(i),
             on_topic=on_topic.get(i),
+            field_agreement=agreement.get(i),
         )
         for i, row in enumerate(rows)
     ]
@@ -240,6 +255,24 @@ def best_thresholds(scores: Sequence[GateScore]) -> Agreement:
     return best
 
 
+def lodo_decisions(
+    gates: Mapping[str, Sequence[GateScore]], values: Mapping[str, Sequence[float | None]]
+) -> dict[str, list[bool]]:
+    """Leave one domain out: per domain, the gate's decisions with ``values`` as its signal (in
+    place of the consensus; None rejects) at the threshold with the highest kappa on the *other*
+    domains pooled. What a threshold calibrated elsewhere does on a domain nobody tuned it for."""
+    signal = {
+        d: [s.model_copy(update={"consensus": v}) for s, v in zip(gates[d], values[d], strict=True)]
+        for d in gates
+    }
+    decisions: dict[str, list[bool]] = {}
+    for domain in gates:
+        others = [x for other in gates if other != domain for x in signal[other]]
+        threshold = best_threshold(others).threshold or 0.0
+        decisions[domain] = gate_accepts(signal[domain], threshold)
+    return decisions
+
+
 class DomainCalibration(BaseModel):
     """One labelled set's result: the gate's scores, its best threshold, and the agreement of the
     rules alone (every row the rules pass accepted)."""
@@ -257,13 +290,15 @@ def calibrate(
     client: LLMClient | None,
     judges: list[WeightedModel],
     similarity: Similarity | None = None,
+    embed: Embed | None = None,
 ) -> tuple[list[DomainCalibration], Agreement]:
     """Score every labelled set (spec, file, rows) and find each one's best thresholds and the ones
     best over all of them pooled (a panel's threshold must hold across domains); with
-    ``similarity`` the on-topic gate is calibrated jointly, and kept only where it raises kappa."""
+    ``similarity`` the on-topic gate is calibrated jointly, and kept only where it raises kappa;
+    with ``embed`` each row's cross-field agreement is measured (:func:`field_agreement_threshold`)."""
     results: list[DomainCalibration] = []
     for spec, file, rows in sets:
-        scores = score_rows(spec, rows, client, judges, similarity)
+        scores = score_rows(spec, rows, client, judges, similarity, embed)
         truth = [s.good for s in scores]
         results.append(
             DomainCalibration(
@@ -278,6 +313,28 @@ def calibrate(
     pooled_scores = [s for r in results for s in r.scores]
     pooled = best_thresholds(pooled_scores) if similarity is not None else best_threshold(pooled_scores)
     return results, pooled
+
+
+def field_agreement_threshold(results: Sequence[DomainCalibration]) -> Agreement | None:
+    """The cross-field agreement minimum with the highest kappa over the labelled sets pooled (the
+    rules still apply), or None when it does not raise kappa over the rules alone (gate off)."""
+    scores = [s.model_copy(update={"consensus": s.field_agreement}) for r in results for s in r.scores]
+    if not any(s.field_agreement is not None for s in scores):
+        return None
+    best = best_threshold(scores)
+    rules_only = agreement([s.rules_ok for s in scores], [s.good for s in scores], None)
+    return best if best.kappa > rules_only.kappa else None
+
+
+def panel_kappa_gain(results: Sequence[DomainCalibration]) -> float:
+    """What the panel adds over the rules, pooled over the labelled sets: kappa of rules + panel at
+    its best consensus threshold minus kappa of the rules alone (0 when the best threshold is 0,
+    the panel then never rejects what the rules pass)."""
+    scores = [s for r in results for s in r.scores]
+    truth = [s.good for s in scores]
+    with_panel = best_threshold(scores)
+    rules_only = agreement([s.rules_ok for s in scores], truth, None)
+    return round(with_panel.kappa - rules_only.kappa, 4)
 
 
 # The share of the lowest diversity the generator reached that still passes: the gate flags a

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, create_model
 from synth_pipelines.llm.client import LLMClient, run_sync
 from synth_pipelines.llm.config import WeightedModel
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.spec.example_schema import json_schema_for_model
+from synth_pipelines.spec.example_schema import field_guide, json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import stable_int
 from synth_pipelines.validation import prompts
@@ -101,19 +101,42 @@ def outcome_decided(done: list[JudgeScore], remaining_weight: float, threshold: 
     return worst >= threshold or best < threshold
 
 
+def judge_criteria(spec: DomainSpec, extra: list[str] | None = None) -> list[str]:
+    """What the judges score: the spec's criteria, any ``extra`` ones, and always cross-field
+    consistency (each once, in that order)."""
+    names = [*spec.validation.criteria, *(extra or []), prompts.CONSISTENCY_CRITERION]
+    return list(dict.fromkeys(names))
+
+
 def judge_messages(
-    spec: DomainSpec, problem: str, example: dict[str, Any], criteria: list[str] | None = None
+    spec: DomainSpec,
+    problem: str,
+    example: dict[str, Any],
+    criteria: list[str] | None = None,
+    conditions: dict[str, Any] | None = None,
 ) -> list[ChatMessage]:
+    """The judge prompt: the spec's task and field guide, the problem and conditions the example
+    was written for (an empty ``problem``: a row from outside the pipeline), the example, and the
+    criteria with a note on each that needs one."""
+    names = criteria or judge_criteria(spec)
+    if problem.strip():
+        shown = ", ".join(f"{k}={v}" for k, v in sorted((conditions or {}).items())) or "none"
+        problem_block = prompts.PROBLEM_BLOCK.format(problem=problem, conditions=shown)
+    else:
+        problem_block = prompts.NO_PROBLEM_BLOCK
+    notes = "".join(f"{prompts.CRITERIA_NOTES[c]}\n" for c in names if c in prompts.CRITERIA_NOTES)
     return [
         ChatMessage(role="system", content=prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
         ChatMessage(
             role="user",
             content=prompts.VALIDATE_USER.format(
                 description=spec.description,
-                problem=problem,
+                field_guide=field_guide(spec),
+                problem_block=problem_block,
                 example=json.dumps(example, ensure_ascii=False),
-                criteria=", ".join(criteria or spec.validation.criteria),
-            ),
+                criteria=", ".join(names),
+                criteria_notes=notes,
+            ).rstrip(),
         ),
     ]
 
@@ -126,7 +149,7 @@ async def ajudge_one(
     example_id: str,
     criteria: list[str] | None = None,
 ) -> JudgeScore:
-    names = tuple(criteria or spec.validation.criteria)
+    names = tuple(criteria or judge_criteria(spec))
     model_cls = verdict_model(names)
     result = await client.astructured(
         [judge.model],
@@ -167,15 +190,14 @@ async def ajudge_example(
     example: dict[str, Any],
     early_stop: bool = True,
     extra_criteria: list[str] | None = None,
+    conditions: dict[str, Any] | None = None,
 ) -> Consensus:
     """Judges in descending weight, stopping once the rest could not change the outcome.
-    ``extra_criteria`` are scored too (an adversarial row's ``hard_but_well_posed``)."""
+    ``extra_criteria`` are scored too (an adversarial row's ``hard_but_well_posed``); ``conditions``
+    are the matrix cell's, shown with the problem (an empty problem: a row from outside)."""
     threshold = spec.validation.threshold
-    criteria = [
-        *spec.validation.criteria,
-        *(c for c in extra_criteria or [] if c not in spec.validation.criteria),
-    ]
-    messages = judge_messages(spec, problem, example, criteria)
+    criteria = judge_criteria(spec, extra_criteria)
+    messages = judge_messages(spec, problem, example, criteria, conditions)
     done: list[JudgeScore] = []
     for i, judge in enumerate(judges):
         remaining = sum(j.weight for j in judges[i:])
@@ -212,6 +234,7 @@ def judge_example(
     problem: str,
     example: dict[str, Any],
     early_stop: bool = True,
+    conditions: dict[str, Any] | None = None,
 ) -> Consensus:
     """Blocking :func:`ajudge_example` (for DSPy's metric and other synchronous callers)."""
     return run_sync(
@@ -223,5 +246,6 @@ def judge_example(
             problem=problem,
             example=example,
             early_stop=early_stop,
+            conditions=conditions,
         )
     )

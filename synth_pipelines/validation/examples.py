@@ -24,6 +24,7 @@ from synth_pipelines.spec.model import ADVERSARIAL_CRITERION, DomainSpec
 from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_example
+from synth_pipelines.validation.consistency import field_agreement
 from synth_pipelines.validation.dedup import near_duplicate_selection
 from synth_pipelines.validation.memory import Embed, Memory, memory_duplicates
 from synth_pipelines.validation.rules import dedup_key, example_json_text, rule_check
@@ -136,6 +137,21 @@ def validate_examples(
                 kept.append(i)
         candidates = kept
 
+    min_agreement = spec.validation.min_field_agreement
+    if min_agreement > -1 and candidates:
+        # Fields that do not talk about the same thing (one embedding batch, before any judge).
+        if embed is None:
+            raise ValueError("the spec's field_agreement_threshold is on, but no embed function was given")
+        agreements = field_agreement([examples[i] or {} for i in candidates], embed)
+        kept = []
+        for i, agreement in zip(candidates, agreements, strict=True):
+            reason = agreement.rejection(min_agreement)
+            if reason:
+                stage[i], reasons[i] = "inconsistent_fields", [reason]
+            else:
+                kept.append(i)
+        candidates = kept
+
     if progress is not None and n > len(candidates):
         progress.advance(n - len(candidates))  # decided by the rules, no judge needed
 
@@ -149,6 +165,7 @@ def validate_examples(
             example=examples[i] or {},
             early_stop=early_stop,
             extra_criteria=[ADVERSARIAL_CRITERION] if techniques[i] == "adversarial" else None,
+            conditions=json.loads(cols["conditions_json"][i] or "{}"),
         )
 
     def judged(i: int, verdict: Consensus) -> None:
@@ -159,12 +176,22 @@ def validate_examples(
                 cost_usd=sum(j.cost_usd for j in billed),
             )
 
-    try:
-        verdict_list = client.pool(
-            judge, candidates, width=client.concurrency_for(j.model for j in judges), on_result=judged
-        )
-    finally:
-        client.flush()
+    verdict_list: list[Consensus] = []
+    if spec.validation.judges_run:
+        try:
+            verdict_list = client.pool(
+                judge, candidates, width=client.concurrency_for(j.model for j in judges), on_result=judged
+            )
+        finally:
+            client.flush()
+    else:
+        # The profile's calibration found the panel adds no agreement: what the gates before it
+        # pass is accepted unjudged (consensus null), and the asset says so in its metadata.
+        verdict_list = [
+            Consensus(consensus=None, passed=True, spread=None, judges=[], skipped_calls=len(judges))
+        ] * len(candidates)
+        if progress is not None and candidates:
+            progress.advance(len(candidates))
     verdicts = dict(zip(candidates, verdict_list, strict=True))
     accepted: list[int] = []
     for i, verdict in verdicts.items():

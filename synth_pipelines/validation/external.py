@@ -10,6 +10,8 @@ from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.validation.consensus import judge_example, resolve_judges
+from synth_pipelines.validation.consistency import field_agreement
+from synth_pipelines.validation.memory import Embed
 from synth_pipelines.validation.rules import dedup_key, rule_check
 
 
@@ -22,15 +24,22 @@ def _conditions(spec: DomainSpec, row: dict[str, Any]) -> dict[str, str]:
     return {n: str(v) for n in names if (v := given.get(n, row.get(n) if n not in spec.fields else None))}
 
 
-def validate_rows(spec: DomainSpec, rows: list[dict[str, Any]], client: LLMClient | None) -> dict[str, Any]:
-    """Rule checks (the spec's SQL rules included), exact dedup and (with a client) the spec's
-    validator models, row by row.
+def validate_rows(
+    spec: DomainSpec,
+    rows: list[dict[str, Any]],
+    client: LLMClient | None,
+    embed: Embed | None = None,
+) -> dict[str, Any]:
+    """Rule checks (the spec's SQL rules included), exact dedup, the cross-field agreement gate
+    (with ``embed``, when the spec's ``field_agreement_threshold`` is on) and, with a client and
+    the spec's panel on, the spec's validator models, row by row.
 
     A row is either the example itself or holds it as ``example_json``.
     """
     judges = resolve_judges(spec, client) if client is not None else []
     seen: dict[str, int] = {}
     results: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]] = []
     for i, row in enumerate(rows):
         if "_error" in row:
             results.append({"row": i, "passed": False, "stage": "read", "reasons": [row["_error"]]})
@@ -59,25 +68,41 @@ def validate_rows(spec: DomainSpec, rows: list[dict[str, Any]], client: LLMClien
             continue
         seen[key] = i
         entry: dict[str, Any] = {"row": i, "passed": True, "stage": None, "reasons": []}
-        if client is not None:
-            verdict = judge_example(
-                client,
-                spec,
-                judges,
-                example_id=f"external-{key}",
-                problem=str(row.get("problem", spec.description)),
-                example=example,
-            )
-            entry.update(
-                consensus=verdict.consensus,
-                spread=verdict.spread,
-                validators=[
-                    j.model_dump(include={"model", "score", "reason", "error"}) for j in verdict.judges
-                ],
-            )
-            if not verdict.passed:
-                entry.update(passed=False, stage="consensus", reasons=[verdict.reason or "below threshold"])
         results.append(entry)
+        pending.append((entry, example, row, key))
+    minimum = spec.validation.min_field_agreement
+    if embed is not None and minimum > -1 and pending:
+        for (entry, *_), agreement in zip(
+            pending, field_agreement([p[1] for p in pending], embed), strict=True
+        ):
+            reason = agreement.rejection(minimum)
+            if reason:
+                entry.update(passed=False, stage="inconsistent_fields", reasons=[reason])
+    for entry, example, row, key in pending:
+        if client is None or not entry["passed"]:
+            continue
+        if not spec.validation.judges_run:
+            entry["panel"] = (
+                "skipped: validation.panel is off (the profile's calibration found it uninformative)"
+            )
+            continue
+        verdict = judge_example(
+            client,
+            spec,
+            judges,
+            example_id=f"external-{key}",
+            # No problem: judged against the spec's description and field meanings.
+            problem=str(row.get("problem") or ""),
+            example=example,
+            conditions=_conditions(spec, row),
+        )
+        entry.update(
+            consensus=verdict.consensus,
+            spread=verdict.spread,
+            validators=[j.model_dump(include={"model", "score", "reason", "error"}) for j in verdict.judges],
+        )
+        if not verdict.passed:
+            entry.update(passed=False, stage="consensus", reasons=[verdict.reason or "below threshold"])
     passed = sum(r["passed"] for r in results)
     return {
         "domain": spec.domain,

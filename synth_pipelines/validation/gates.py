@@ -19,8 +19,12 @@ class GateResult(BaseModel):
     value: float
     threshold: float
     detail: dict[str, Any] = {}
+    # Why nothing was measured (the gate's stage did not run); such a gate passes and says so.
+    not_measured: str | None = None
 
     def describe(self, name: str, comparison: str = ">=") -> str:
+        if self.not_measured:
+            return f"{name} not measured: {self.not_measured}{'' if self.passed else ': FAILS'}"
         verdict = "passes" if self.passed else "FAILS"
         return f"{name} {self.value:.4f} {comparison} {self.threshold:.4f}: {verdict}"
 
@@ -48,11 +52,22 @@ def consensus_pass_rate(
     *,
     min_pass_rate: float | None = None,
 ) -> GateResult:
-    """Of the examples the validator models judged, the share whose consensus met the threshold."""
+    """Of the examples the validator models judged, the share whose consensus met the threshold.
+    With the spec's panel off (skipped by calibration) there is no rate to measure and the gate
+    says so; it still fails when nothing at all was accepted (zero rows never pass)."""
+    threshold = spec.validation.min_pass_rate if min_pass_rate is None else min_pass_rate
+    if not spec.validation.judges_run:
+        return GateResult(
+            passed=bool(validated),
+            value=0.0,
+            threshold=threshold,
+            detail={"judged": 0, "accepted_unjudged": len(validated)},
+            not_measured="the validator panel was skipped (validation.panel is off for this run)"
+            + ("" if validated else "; and no example passed the gates before it"),
+        )
     judged_rejects = [r for r in rejected if r.get("fail_stage") in JUDGED_STAGES]
     passed = len(validated) + sum(1 for r in judged_rejects if r.get("fail_stage") == "near_duplicate")
     judged = len(validated) + len(judged_rejects)
-    threshold = spec.validation.min_pass_rate if min_pass_rate is None else min_pass_rate
     rate = passed / judged if judged else 0.0
     consensus = [r["consensus"] for r in validated if r.get("consensus") is not None]
     return GateResult(

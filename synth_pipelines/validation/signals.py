@@ -43,7 +43,9 @@ class LikelihoodModel(Protocol):
     def continuation_logprobs(self, prompt: str, continuation: str) -> list[float]: ...
 
 
-YES_NO_QUESTION = "Is the example a correct, on-topic answer to the problem? Answer yes or no."
+YES_NO_QUESTION = (
+    "Is the example correct, on topic, and do its fields agree with each other? Answer yes or no."
+)
 RATING_QUESTION = "Rate the example from 1 (wrong or nonsense) to 5 (excellent). Answer with one digit."
 PAIRWISE_QUESTION = "Which example is the better answer to its problem, A or B? Answer A or B."
 
@@ -70,27 +72,46 @@ def probability_mass(logprobs: np.ndarray, ids: Iterable[int]) -> float:
 
 
 def _judge_prompt(
-    model: LikelihoodModel, spec: DomainSpec, problem: str, example: dict[str, Any], ask: str
+    model: LikelihoodModel,
+    spec: DomainSpec,
+    problem: str,
+    example: dict[str, Any],
+    ask: str,
+    conditions: dict[str, Any] | None = None,
 ) -> str:
     """The panel's judge prompt (``consensus.judge_messages``), with ``ask`` as its last line."""
-    system, user = judge_messages(spec, problem, example)
+    system, user = judge_messages(spec, problem, example, conditions=conditions)
     messages = (system, ChatMessage(role="user", content=f"{user.content}\n{ask}"))
     # The rendered prompt ends where the reply starts (the assistant turn, or 'Answer:' for a base
     # model), so the next token is the answer itself.
     return model.render_prompt(messages)
 
 
-def yes_probability(model: LikelihoodModel, spec: DomainSpec, problem: str, example: dict[str, Any]) -> float:
+def yes_probability(
+    model: LikelihoodModel,
+    spec: DomainSpec,
+    problem: str,
+    example: dict[str, Any],
+    conditions: dict[str, Any] | None = None,
+) -> float:
     """P(yes) among {yes, no} for the next token (0.5 when the model puts no mass on either)."""
-    logprobs = model.next_token_logprobs(_judge_prompt(model, spec, problem, example, YES_NO_QUESTION))
+    prompt = _judge_prompt(model, spec, problem, example, YES_NO_QUESTION, conditions)
+    logprobs = model.next_token_logprobs(prompt)
     yes = probability_mass(logprobs, first_token_ids(model, ["yes"]))
     no = probability_mass(logprobs, first_token_ids(model, ["no"]))
     return 0.5 if yes + no <= 0 else yes / (yes + no)
 
 
-def expected_rating(model: LikelihoodModel, spec: DomainSpec, problem: str, example: dict[str, Any]) -> float:
+def expected_rating(
+    model: LikelihoodModel,
+    spec: DomainSpec,
+    problem: str,
+    example: dict[str, Any],
+    conditions: dict[str, Any] | None = None,
+) -> float:
     """The expected rating under the next-token probabilities of the digits 1-5, scaled to 0..1."""
-    logprobs = model.next_token_logprobs(_judge_prompt(model, spec, problem, example, RATING_QUESTION))
+    prompt = _judge_prompt(model, spec, problem, example, RATING_QUESTION, conditions)
+    logprobs = model.next_token_logprobs(prompt)
     mass = [probability_mass(logprobs, first_token_ids(model, [str(d)])) for d in range(1, 6)]
     total = sum(mass)
     if total <= 0:

@@ -56,10 +56,23 @@ PLACEHOLDER = re.compile(
     r"|\[PLACEHOLDER\]",
     re.IGNORECASE,
 )
+# Words prose rarely ends on.
 _FUNCTION = (
-    "the a an of to and or with for in on at by from that which who whose is are was were be as "
+    "the a an of to and or with for at from that which who whose is are was were be as "
     "than into onto its their his her our your this these those"
 )
+# "in", "on" and "by" also end phrasal verbs ("sign in", "log on", "come by"), as real unpunctuated
+# chat messages do: after one of these verbs they are a particle, not a cut.
+PARTICLES = frozenset({"in", "on", "by"})
+_PARTICLE_VERBS = (
+    "sign signed signing log logged logging check checked checking plug plugged come came coming "
+    "drop dropped stop stopped stopping turn turned fill filled hand handed move moved hold held "
+    "get got go goes going went put opt opted switch switched kick kicked pass passed stand "
+    "stood keep kept hang hung pop popped tune tuned count counted clock clocked dial dialed zoom "
+    "zoomed carry carried click clicked tap tapped swipe swiped stay stayed sit sat walk walked "
+    "call called let moving live lived step stepped jump jumped it them this that something everything"
+)
+PARTICLE_VERBS = frozenset(_PARTICLE_VERBS.split())
 FUNCTION_WORDS = frozenset(_FUNCTION.split())
 # Candidate tokens are runs of letters and digits: separators (- _ / + = .) end them, so model names
 # (all-MiniLM-L6-v2), paths and identifiers never count as one random blob.
@@ -204,7 +217,10 @@ def truncated(text: str) -> bool:
     if len(words) < 4:
         return False
     alphabetic = sum(1 for w in words if re.fullmatch(r"[A-Za-z][A-Za-z'-]*[.,;:]?", w))
-    return alphabetic / len(words) >= 0.6 and words[-1] in FUNCTION_WORDS
+    if alphabetic / len(words) < 0.6:
+        return False
+    last, before = words[-1], words[-2].lower().strip(".,;:'\"")
+    return last in FUNCTION_WORDS or (last in PARTICLES and before not in PARTICLE_VERBS)
 
 
 def degenerate_text(text: str) -> list[str]:

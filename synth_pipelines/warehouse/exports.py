@@ -94,9 +94,10 @@ def dpo_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Preference pairs for the generation task: candidates of one prompt (a matrix cell's problem),
     ranked by validator consensus; chosen = best, rejected = worst. Degenerate pairs are skipped:
-    identical texts, both below the consensus threshold, or equal scores."""
+    identical texts, both below the consensus threshold, or equal scores. Rows accepted unjudged
+    (the spec's panel was skipped) have no score to rank by and are counted as ``unjudged``."""
     threshold = spec.validation.threshold
-    candidates = [r for r in validated] + [
+    candidates = [r for r in validated if r.get("consensus") is not None] + [
         r
         for r in rejected
         if r.get("consensus") is not None and r.get("fail_stage") in ("consensus", "near_duplicate")
@@ -105,7 +106,13 @@ def dpo_rows(
     for r in candidates:
         by_prompt.setdefault(generation_prompt(r), []).append(r)
     out: list[dict[str, Any]] = []
-    skipped = {"single_candidate": 0, "identical": 0, "both_below_threshold": 0, "tied": 0}
+    skipped = {
+        "single_candidate": 0,
+        "identical": 0,
+        "both_below_threshold": 0,
+        "tied": 0,
+        "unjudged": sum(1 for r in validated if r.get("consensus") is None),
+    }
     for prompt, group in sorted(by_prompt.items()):
         if len(group) < 2:
             skipped["single_candidate"] += 1

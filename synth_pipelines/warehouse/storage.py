@@ -300,6 +300,13 @@ class Warehouse:
         payload = self.read_json(SPEC_FILE.format(domain=validate_domain_name(domain)))
         return DomainSpec.model_validate(payload["spec"]) if payload else None
 
+    def threshold_source(self, domain: str, name: str) -> str | None:
+        """Where the materialized spec's setting ``name`` came from (the spec, a calibration, a
+        design default), as ``domain_schema`` recorded it; None when it recorded nothing."""
+        payload = self.read_json(SPEC_FILE.format(domain=validate_domain_name(domain))) or {}
+        found = (payload.get("threshold_sources") or {}).get(name)
+        return None if found is None else str(found)
+
     @staticmethod
     def as_stored(spec: DomainSpec) -> DomainSpec:
         """``spec`` as :meth:`materialized_spec` will read it back after ``domain_schema`` stored it

@@ -35,6 +35,8 @@ SEED_PROBLEMS = pa.schema(
         ("chunk_start", pa.int64()),
         ("chunk_end", pa.int64()),
         ("chunk_excerpt", pa.string()),
+        # The matrix conditions a generated seed was asked for (JSON; null for listed seeds).
+        ("conditions_json", pa.string()),
     ]
 )
 
