@@ -98,7 +98,9 @@ def test_validate_external_file(tmp_path: Path, schemas_dir: Path, scripted_back
     data = json.loads(report.read_text())
     stages = [r["stage"] for r in data["rows"]]
     assert stages[1:] == ["dedup", "rules", "read"]
-    assert data["rows"][0]["consensus"] is not None and len(data["rows"][0]["validators"]) >= 1
+    # The default (local) profile's panel is uninformative, so it is skipped and the row says so
+    # (a judged outside row: tests/test_judging.py).
+    assert data["rows"][0]["passed"] and data["rows"][0]["panel"].startswith("skipped")
     assert "1/4 rows pass" in out
 
 

@@ -126,7 +126,13 @@ def test_doctor_finds_json_object(openai_profile: str, tmp_path: Path) -> None:
 def test_a_domain_end_to_end_through_the_openai_profile(
     calibrated_openai_profile: str, tmp_path: Path, schemas_dir: Path
 ) -> None:
-    """Generation, validation (two judges), embeddings and a DSPy compile, all through the server."""
+    """Generation, validation (two judges), embeddings and a DSPy compile, all through the server.
+    The copied calibration found the SmolLM2 panel uninformative (an ``auto`` panel is skipped), so
+    the spec asks for its panel (``panel: on``): the judges' path through the server is under test."""
+    spec_path = schemas_dir / f"{DOMAIN}.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec.setdefault("validation", {})["panel"] = "on"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     warehouse = tmp_path / "warehouse"
     resources = {
         "warehouse": WarehouseResource(root=str(warehouse), schemas_dir=str(schemas_dir)),

@@ -175,10 +175,11 @@ def test_failing_blocking_check_stops_downstream(
     from synth_pipelines.warehouse.storage import Warehouse
 
     messages = failure_messages(result)
+    # The local profile's panel is skipped (uninformative): no rate, and the line says why it failed.
     assert messages == [
-        "consensus_pass_rate 0.000 < 0.850 (design default): read the judges' reasons in "
-        "rejected_examples (stage consensus), sharpen the spec's hints and field descriptions, or run "
-        "synth calibrate for this profile"
+        "consensus_pass_rate failed, not measured: the validator panel was skipped (validation.panel is "
+        "off for this run); and no example passed the gates before it: every row was rejected before "
+        "the (skipped) validator panel: rejected_examples.fail_stage and fail_reasons say which gate and why"
     ]
     summary = summarize("api_development", result, Warehouse(warehouse_root), 1.0)
     assert "program:" not in summary  # compiled_program was not written: no path to it

@@ -18,6 +18,10 @@ from synth_pipelines.validation import gates
 
 # What to try when a blocking check fails: the last line a user reads (``synth generate``, the UI).
 HINTS = {
+    "nothing_accepted": (
+        "every row was rejected before the (skipped) validator panel: rejected_examples.fail_stage "
+        "and fail_reasons say which gate and why"
+    ),
     "schema_compliance": "stored rows no longer match the spec's fields: rematerialize validated_examples",
     "consensus_pass_rate": (
         "read the judges' reasons in rejected_examples (stage consensus), sharpen the spec's hints and "
@@ -108,7 +112,7 @@ def consensus_pass_rate(
         "consensus pass rate",
         gate,
         source=_source(warehouse, domain, "min_pass_rate", config.min_pass_rate is not None),
-        hint=HINTS["consensus_pass_rate"],
+        hint=HINTS["consensus_pass_rate"] if gate.not_measured is None else HINTS["nothing_accepted"],
     )
 
 
