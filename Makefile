@@ -86,8 +86,9 @@ bench-backfill: setup
 bench-rerun: setup
 	$(BIN)/python -m bench.rerun
 
-# The gate (spec rules + judge panel of SYNTH_PROFILE, default local) against hand-labelled sets:
-# Cohen's kappa per domain, per signal tried; last line judge_kappa=.
+# The gate against six hand-labelled domains (tests/data/judge_bench), with and without problem and
+# conditions: leave-one-domain-out Cohen's kappa per domain and signal (rules, the panel of
+# SYNTH_PROFILE, default local, embeddings, token probabilities); last line judge_kappa_lodo=.
 bench-judges: setup
 	$(BIN)/python -m bench.judges
 

@@ -300,3 +300,16 @@ def test_external_rows_get_the_field_gate_and_no_judge_when_the_panel_is_off() -
     validate_rows(on, [EXAMPLE], client, _topic_embed)
     asked = judges["judge-a"].requests[-1].messages[-1].content
     assert "Problem: none given" in asked
+
+
+def test_the_plan_counts_no_judge_call_when_the_panel_is_skipped(tmp_path: Path) -> None:
+    from synth_pipelines.learning.plan import plan_domain
+    from synth_pipelines.resources import LLMResource
+    from synth_pipelines.warehouse.storage import Warehouse
+
+    wh = Warehouse(tmp_path / "warehouse")
+    client = LLMResource(profile="local").client(wh.cache_path)
+    plan = plan_domain(load_spec(API_SPEC).spec, wh, client, target_count=8)
+    line = next(a for a in plan.assets if a.asset == "validated_examples")
+    assert line.units == 8 and line.calls == 0 and line.cost_usd == 0.0
+    assert line.basis.startswith("validator panel skipped")

@@ -226,8 +226,11 @@ def validated_examples(
 
     Gates, in order: rule-based schema compliance and degenerate-text checks, the spec's SQL rules,
     exact-duplicate removal on the spec's uniqueness fields, the on-topic gate (similarity of the
-    example to its problem, when the profile's calibration turns it on), then multi-model
-    validation (weighted consensus of the validator models against the spec's threshold), then
+    example to its problem, when the profile's calibration turns it on), the cross-field agreement
+    gate (two text fields of one example that talk about different things: ``inconsistent_fields``),
+    then multi-model validation (weighted consensus of the validator models against the spec's
+    threshold; skipped, and said so in the ``panel`` metadata, when the profile's calibration found
+    the panel adds no agreement: rows are then accepted unjudged, consensus null), then
     near-duplicate removal, then the domain's memory: a new example within
     ``memory_duplicate_threshold`` cosine of one accepted in an earlier run is rejected
     (``memory_duplicate``). Accepted rows

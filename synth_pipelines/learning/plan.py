@@ -418,7 +418,7 @@ class Planner:
                 wall_s=0.0,
                 models=[j.model for j in judges],
                 basis="validator panel skipped (validation.panel off: the profile's calibration found it "
-                "adds no agreement with labels); rules, on-topic and duplicate gates only",
+                "adds no agreement with labels); rules, on-topic, cross-field and duplicate gates only",
             )
         example = _expected_example(spec)
         messages = judge_messages(spec, PLACEHOLDER_PROBLEM, example)

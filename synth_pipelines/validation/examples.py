@@ -76,7 +76,10 @@ def validate_examples(
     a provider outage on every validator raises out of it (circuit open), never scores 0.
 
     ``similarity(problems, texts)`` gives the cosine similarity of each example's text to its
-    problem; it is needed when the spec's ``on_topic_threshold`` is on (above -1). ``memory`` (the
+    problem; it is needed when the spec's ``on_topic_threshold`` is on (above -1). ``embed`` is
+    needed when ``field_agreement_threshold`` is on. With the spec's panel off
+    (``validation.judges_run`` false) no judge is called and the candidates are accepted unjudged
+    (consensus null). ``memory`` (the
     domain's earlier accepted examples) and ``embed`` (texts -> unit vectors) turn on the last
     gate: a new example too close to a remembered one is a ``memory_duplicate``."""
     min_on_topic = spec.validation.min_on_topic
