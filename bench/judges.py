@@ -198,7 +198,7 @@ def main() -> None:
     pooled_truth = [t for d in specs for t in truth[d]]
     kappas: dict[str, float] = {}
     for form in FORMS:
-        name, decided = shipped_gate(gates[form], truth, specs)
+        name, decided = shipped_gate(gates[form], truth, specs, form)
         print(f"\nshipped gate of profile {profile.name!r}, {form} rows: {name}")
         for d in specs:
             print(f"  {d:<20} kappa {cohen_kappa(decided[d], truth[d]):.3f}")
@@ -273,12 +273,16 @@ def report_form(
 
 
 def shipped_gate(
-    gates: dict[str, list[GateScore]], truth: dict[str, list[bool]], specs: dict[str, DomainSpec]
+    gates: dict[str, list[GateScore]],
+    truth: dict[str, list[bool]],
+    specs: dict[str, DomainSpec],
+    form: str,
 ) -> tuple[str, dict[str, list[bool]]]:
     """The gate the profile ships, as ``domain_schema`` resolves it for each spec: thresholds
     calibrated elsewhere (the panel's, the on-topic minimum) at their shipped values; the
     cross-field agreement minimum, whose design default was fitted on these very sets, at its
-    leave-one-domain-out value instead."""
+    leave-one-domain-out value instead. External rows get what ``synth validate`` runs: no
+    on-topic gate (they have no problem to be on topic with)."""
     validation = next(iter(specs.values())).validation
     decisions = {d: [s.rules_ok for s in gates[d]] for d in gates}
     parts = ["rules"]
@@ -290,7 +294,7 @@ def shipped_gate(
     if validation.judges_run:
         narrow({d: gate_accepts(gates[d], validation.threshold) for d in gates})
         parts.append(f"panel >= {validation.threshold}")
-    if validation.min_on_topic > -1:
+    if validation.min_on_topic > -1 and form == "pipeline":
         narrow(
             {
                 d: [s.on_topic is not None and s.on_topic >= validation.min_on_topic for s in gates[d]]

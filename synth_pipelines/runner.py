@@ -243,7 +243,7 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
                 + (
                     f"mean consensus {float(m.get('mean_consensus') or 0):.2f})"
                     if str(m.get("panel") or "on") == "on"
-                    else f"judges {m.get('panel')})"
+                    else "judges skipped: the profile's calibration found the panel uninformative)"
                 )
             ),
             "example_embeddings": lambda m: (
@@ -274,7 +274,13 @@ def summarize(domain: str, result: dg.ExecuteInJobResult, warehouse: Warehouse, 
             "  checks:   "
             + ", ".join(
                 f"{c.check_name} {'ok' if c.passed else ('WARN' if c.severity.value == 'WARN' else 'FAILED')}"
-                + (f" ({_meta_value(c.metadata['measured']):.3g})" if "measured" in c.metadata else "")
+                + (
+                    " (not measured)"
+                    if "not_measured" in c.metadata
+                    else f" ({_meta_value(c.metadata['measured']):.3g})"
+                    if "measured" in c.metadata
+                    else ""
+                )
                 for c in checks
             )
         )
