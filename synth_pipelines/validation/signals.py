@@ -95,8 +95,9 @@ def yes_probability(
     conditions: dict[str, Any] | None = None,
 ) -> float:
     """P(yes) among {yes, no} for the next token (0.5 when the model puts no mass on either)."""
-    prompt = _judge_prompt(model, spec, problem, example, YES_NO_QUESTION, conditions)
-    logprobs = model.next_token_logprobs(prompt)
+    logprobs = model.next_token_logprobs(
+        _judge_prompt(model, spec, problem, example, YES_NO_QUESTION, conditions)
+    )
     yes = probability_mass(logprobs, first_token_ids(model, ["yes"]))
     no = probability_mass(logprobs, first_token_ids(model, ["no"]))
     return 0.5 if yes + no <= 0 else yes / (yes + no)
@@ -110,8 +111,9 @@ def expected_rating(
     conditions: dict[str, Any] | None = None,
 ) -> float:
     """The expected rating under the next-token probabilities of the digits 1-5, scaled to 0..1."""
-    prompt = _judge_prompt(model, spec, problem, example, RATING_QUESTION, conditions)
-    logprobs = model.next_token_logprobs(prompt)
+    logprobs = model.next_token_logprobs(
+        _judge_prompt(model, spec, problem, example, RATING_QUESTION, conditions)
+    )
     mass = [probability_mass(logprobs, first_token_ids(model, [str(d)])) for d in range(1, 6)]
     total = sum(mass)
     if total <= 0:
