@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
-from synth_pipelines.llm.config import load_profile
+from synth_pipelines.llm.config import PanelCalibration, load_profile
 from synth_pipelines.spec.model import (
     DESIGN_CONSENSUS_THRESHOLD,
     DESIGN_DIVERSITY_THRESHOLD,
@@ -164,6 +164,11 @@ def test_calibrate_prints_kappa_and_the_profile_block(
     calibration = block["calibration"]
     assert 0 <= calibration["consensus_threshold"] <= 1 and calibration["rows"] == 41
     assert -1 <= calibration["kappa"] <= 1
+    # Every judge gives 5: the panel never separates good from bad, so it adds no kappa and an
+    # `auto` spec under this calibration skips it.
+    assert calibration["panel_kappa_gain"] == 0.0
+    assert PanelCalibration(**calibration).panel_skip_reason("p") is not None
+    assert -1 <= calibration["field_agreement_threshold"] <= 1 and "cross-field agreement:" in result.output
 
 
 def test_calibrate_saves_a_calibrated_profile_with_the_measured_diversity(
@@ -173,7 +178,6 @@ def test_calibrate_saves_a_calibrated_profile_with_the_measured_diversity(
     --save writes the profile with the new block, and that profile loads and resolves `auto`."""
     import pyarrow as pa
 
-    from synth_pipelines.llm.config import load_profile
     from synth_pipelines.warehouse.storage import DIVERSITY_FILE
 
     wh = Warehouse(tmp_path / "wh")
