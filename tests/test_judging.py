@@ -313,3 +313,33 @@ def test_the_plan_counts_no_judge_call_when_the_panel_is_skipped(tmp_path: Path)
     line = next(a for a in plan.assets if a.asset == "validated_examples")
     assert line.units == 8 and line.calls == 0 and line.cost_usd == 0.0
     assert line.basis.startswith("validator panel skipped")
+
+
+def test_a_neutral_listed_seed_is_classified_once_and_serves_only_the_cells_it_fits(tmp_path: Path) -> None:
+    from synth_pipelines.generation.matrix import asked_conditions, build_matrix
+    from synth_pipelines.generation.seeds import build_seed_problems, classify_seeds, seeds_to_classify
+
+    base = load_spec(API_SPEC).spec
+    spec = base.model_copy(update={"seed_problems": ["Delete a stale webhook", "Rotate the signing key"]})
+    listed, _ = build_seed_problems(spec, None)
+    assert [s.problem for s in seeds_to_classify(spec, listed)] == ["Rotate the signing key"]
+    profile = scripted_profile()
+    backends = {n: ScriptedBackend(n) for n in profile.models}
+    client = build_client(profile, tmp_path / "cache.sqlite")
+    client.backends.update(backends)
+    seeds, failures = classify_seeds(spec, listed, client)
+    assert failures == [] and backends["gen-a"].calls == 1
+    assert "Problem: Rotate the signing key" in backends["gen-a"].requests[0].messages[-1].content
+    fits = asked_conditions([s.model_dump() for s in seeds])
+    (rotate_id,) = fits
+    assert set(fits[rotate_id]) == {"auth", "operation"}
+    assert all(isinstance(v, list) and v for v in fits[rotate_id].values())
+    cells = build_matrix(spec, [(s.seed_id, s.problem) for s in seeds], target_count=48, asked=fits)
+    for cell in cells:
+        if cell.seed_id == rotate_id and cell.problem is None:
+            assert cell.seed_match == "classified"
+            assert all(cell.conditions[d] in fits[rotate_id][d] for d in cell.conditions), cell
+    # The classification is cached: classifying again asks nothing.
+    again, _ = classify_seeds(spec, listed, client)
+    client.flush()
+    assert backends["gen-a"].calls == 1 and again == seeds

@@ -32,7 +32,8 @@ class MatrixCell(BaseModel):
     problem: str | None = None
     parent_problem: str | None = None
     # How the base row's problem was chosen for the cell's conditions (see ``seed_fit``): "asked"
-    # (the generator wrote the seed for these conditions), "tagged" (the spec tags the seed with
+    # (the generator wrote the seed for these conditions), "classified" (a listed seed the generator
+    # sorted into the values it fits), "tagged" (the spec tags the seed with
     # conditions it fits), "mentions" (the seed names this cell's values),
     # "neutral" (it names no value of any dimension), or "derived" (no seed fits: the row's own
     # ``problem`` states the conditions instead).
@@ -119,9 +120,18 @@ def derived_problem(spec: DomainSpec, conditions: dict[str, str]) -> str:
     return f"{spec.description.strip().rstrip('.')}: a case with {case}."
 
 
-def asked_conditions(seeds: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """seed_id -> the conditions a generated seed was asked for (``seed_problems`` rows)."""
+def asked_conditions(seeds: list[dict[str, Any]]) -> dict[str, dict[str, str | list[str]]]:
+    """seed_id -> the conditions recorded for a seed (``seed_problems`` rows): one value per
+    dimension for a generated seed (what it was asked for), a list of values for a listed seed the
+    generator classified."""
     return {s["seed_id"]: json.loads(s["conditions_json"]) for s in seeds if s.get("conditions_json")}
+
+
+def _recorded_fit(conditions: dict[str, str | list[str]]) -> tuple[dict[str, set[str]], str]:
+    """A seed's recorded conditions as the values it fits: "asked" (one value per dimension: the
+    generator wrote it for them) or "classified" (lists: the generator sorted a listed seed)."""
+    fit = {dim: set(v) if isinstance(v, list) else {v} for dim, v in conditions.items()}
+    return fit, "classified" if any(isinstance(v, list) for v in conditions.values()) else "asked"
 
 
 def build_matrix(
@@ -129,7 +139,7 @@ def build_matrix(
     seeds: list[tuple[str, str]],
     *,
     target_count: int | None = None,
-    asked: dict[str, dict[str, str]] | None = None,
+    asked: dict[str, dict[str, str | list[str]]] | None = None,
 ) -> list[MatrixCell]:
     """Cartesian product of dimensions x complexity; targets follow the complexity distribution and
     sum to ``target_count`` (the spec's by default). The feedback loop's extras for weak cells and
@@ -148,9 +158,7 @@ def build_matrix(
     cells, base = _planned_cells(spec, target_count if target_count is not None else spec.target_count)
     asked = asked or {}
     fits = [
-        (seed_id, {dim: {value} for dim, value in asked[seed_id].items()}, "asked")
-        if seed_id in asked
-        else (seed_id, *seed_fit(spec, problem))
+        (seed_id, *_recorded_fit(asked[seed_id])) if seed_id in asked else (seed_id, *seed_fit(spec, problem))
         for seed_id, problem in seeds
     ]
     out = []

@@ -45,3 +45,9 @@ EXAMPLE_BLOCK = "A good example looks like:\n{example}\n"
 
 # Appended to the conditions line of an adversarial row's prompt.
 ADVERSARIAL_NOTE = "This is an adversarial example: make it hard and still correct and well-posed"
+
+# One call per listed seed that is neither tagged nor names a dimension value: which cells it fits.
+CLASSIFY_SEED_USER = (
+    "Domain: {domain}\nAbout: {description}\nProblem: {problem}\n"
+    "For each condition below, list the values this problem fits (all of them if it fits any):\n{options}"
+)

@@ -216,3 +216,77 @@ def grounded_seed_problems(
             )
         )
     return seeds, failures
+
+
+def classification_model(spec: DomainSpec) -> type[BaseModel]:
+    """Response model of a seed classification: per dimension, the values the problem fits
+    (bounded: at least one, at most every value, each from the dimension's own list)."""
+    from typing import Literal
+
+    fields: dict[str, Any] = {
+        dim: (list[Literal[tuple(values)]], Field(min_length=1, max_length=len(values)))  # type: ignore[misc]
+        for dim, values in sorted(spec.matrix.dimensions.items())
+    }
+    return create_model("SeedConditions", **fields)
+
+
+def classify_request(spec: DomainSpec, model: str, problem: str) -> CompletionRequest:
+    """The cached classification request of one listed seed (what ``synth plan`` looks up)."""
+    options = "\n".join(
+        f"- {dim}: {', '.join(values)}" for dim, values in sorted(spec.matrix.dimensions.items())
+    )
+    content = prompts.CLASSIFY_SEED_USER.format(
+        domain=spec.domain, description=spec.description, problem=problem, options=options
+    )
+    return CompletionRequest(
+        model=model,
+        messages=(
+            ChatMessage(role="system", content=prompts.SEED_SYSTEM),
+            ChatMessage(role="user", content=content),
+        ),
+        json_schema=json_schema_for_model(classification_model(spec)),
+        temperature=0.0,
+        max_tokens=24 * sum(len(v) for v in spec.matrix.dimensions.values()) + 16,
+        seed=stable_int(spec.domain, problem),
+    )
+
+
+def seeds_to_classify(spec: DomainSpec, seeds: list[SeedProblem]) -> list[SeedProblem]:
+    """Listed seeds the spec does not tag and whose text names no dimension value ("neutral"):
+    without a classification they would fit every cell."""
+    from synth_pipelines.generation.matrix import seed_fit
+
+    if not spec.matrix.dimensions:
+        return []
+    return [s for s in seeds if s.source == "spec" and seed_fit(spec, s.problem)[1] == "neutral"]
+
+
+def classify_seeds(
+    spec: DomainSpec, seeds: list[SeedProblem], client: LLMClient
+) -> tuple[list[SeedProblem], list[str]]:
+    """``seeds`` with each neutral listed seed classified by one cached generator call: its
+    ``conditions_json`` holds the values it fits per dimension (lists), so the matrix gives it
+    only to those cells (``seed_match = classified``). A failed call leaves the seed neutral."""
+    chain = client.generator_chain()
+    model_cls = classification_model(spec)
+    found: dict[str, str] = {}
+    failures: list[str] = []
+    for seed in seeds_to_classify(spec, seeds):
+        request = classify_request(spec, chain[0], seed.problem)
+        result = client.structured(
+            chain,
+            request.messages,
+            model_cls,
+            json_schema=json_schema_for_model(model_cls),
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+        )
+        if result.value is None:
+            failures.append(f"classifying seed {seed.seed_id}: {result.error or 'no answer'}")
+            continue
+        fits = {dim: sorted(set(values)) for dim, values in result.value.model_dump().items()}
+        found[seed.seed_id] = json.dumps(fits, sort_keys=True)
+    return [
+        s.model_copy(update={"conditions_json": found[s.seed_id]}) if s.seed_id in found else s for s in seeds
+    ], failures

@@ -40,8 +40,10 @@ from synth_pipelines.generation.matrix import MatrixCell, asked_conditions, buil
 from synth_pipelines.generation.seeds import (
     SeedProblem,
     build_seed_problems,
+    classify_request,
     seed_requests,
     seeds_per_combination,
+    seeds_to_classify,
 )
 from synth_pipelines.generation.techniques import (
     attach_problems,
@@ -280,8 +282,8 @@ class Planner:
             # The stored seeds when they are the spec's: the matrix assigns seeds in stored order.
             stored = [SeedProblem(**r) for r in materialized.to_pylist()] if materialized is not None else []
             if {s.problem for s in stored} == {s.problem for s in seeds}:
-                return stored, None
-            return seeds, None
+                seeds = stored
+            return seeds, self._classification_line(seeds)
         chain = self.client.generator_chain()
         # One request per combination of matrix conditions (first rounds; retries are not planned).
         requests = seed_requests(spec, chain[0], count=self.seed_count)
@@ -320,6 +322,31 @@ class Planner:
             basis="one seed request per combination of matrix conditions, looked up in the cache",
         )
         return seeds, line
+
+    def _classification_line(self, seeds: list[SeedProblem]) -> AssetPlan | None:
+        """One cached call per listed seed that needs classifying (``seeds_to_classify``)."""
+        to_classify = seeds_to_classify(self.spec, seeds)
+        if not to_classify:
+            return None
+        chain = self.client.generator_chain()
+        requests = [classify_request(self.spec, chain[0], s.problem) for s in to_classify]
+        hits = sum(r is not None for r in self.client.cached_replies(requests))
+        prior = _Rates(
+            calls_per_unit=1,
+            prompt_tokens=_tokens_of(requests[0]),
+            completion_tokens=requests[0].max_tokens / 2,
+            latency_s=0,
+            from_history=False,
+        )
+        return self._line(
+            "seed_problems",
+            units=len(requests),
+            cached=hits,
+            fresh_units=len(requests) - hits,
+            rates=self._rates("seed_problems", "fresh", prior),
+            models=chain[:1],
+            basis="one classification call per untagged seed that names no condition value",
+        )
 
     def matrix(
         self, seeds: list[SeedProblem], target_count: int | None
