@@ -208,6 +208,37 @@ class Planner:
         found = _history_rates(self.history.get(asset, []), per)
         return found or prior
 
+    def _requests_line(
+        self,
+        asset: str,
+        requests: list[CompletionRequest],
+        hits: int,
+        *,
+        basis: str,
+        completion_tokens: float | None = None,
+    ) -> AssetPlan:
+        """The line of an asset whose calls are known requests (``hits`` of them cached), one per
+        unit, on the first generator: per-call rates from history, else from the requests (their
+        mean prompt and ``completion_tokens``, by default half their token limit)."""
+        prior = _Rates(
+            calls_per_unit=1,
+            prompt_tokens=sum(_tokens_of(r) for r in requests) / max(1, len(requests)),
+            completion_tokens=completion_tokens
+            if completion_tokens is not None
+            else sum(r.max_tokens for r in requests) / max(1, len(requests)) / 2,
+            latency_s=0,
+            from_history=False,
+        )
+        return self._line(
+            asset,
+            units=len(requests),
+            cached=hits,
+            fresh_units=len(requests) - hits,
+            rates=self._rates(asset, "fresh", prior),
+            models=self.client.generator_chain()[:1],
+            basis=basis,
+        )
+
     def _line(
         self,
         asset: str,
@@ -304,21 +335,10 @@ class Planner:
                 for k in range(per)
             ]
             self.notes.append("seed problems are not generated yet: items are estimated, not looked up")
-        prior = _Rates(
-            calls_per_unit=1,
-            prompt_tokens=_tokens_of(requests[0]),
-            completion_tokens=requests[0].max_tokens / 2,
-            latency_s=0,
-            from_history=False,
-        )
-        rates = self._rates("seed_problems", "fresh", prior)
-        line = self._line(
+        line = self._requests_line(
             "seed_problems",
-            units=len(requests),
-            cached=hits,
-            fresh_units=len(requests) - hits,
-            rates=rates,
-            models=chain[:1],
+            requests,
+            hits,
             basis="one seed request per combination of matrix conditions, looked up in the cache",
         )
         return seeds, line
@@ -331,20 +351,10 @@ class Planner:
         chain = self.client.generator_chain()
         requests = [classify_request(self.spec, chain[0], s.problem) for s in to_classify]
         hits = sum(r is not None for r in self.client.cached_replies(requests))
-        prior = _Rates(
-            calls_per_unit=1,
-            prompt_tokens=_tokens_of(requests[0]),
-            completion_tokens=requests[0].max_tokens / 2,
-            latency_s=0,
-            from_history=False,
-        )
-        return self._line(
+        return self._requests_line(
             "seed_problems",
-            units=len(requests),
-            cached=hits,
-            fresh_units=len(requests) - hits,
-            rates=self._rates("seed_problems", "fresh", prior),
-            models=chain[:1],
+            requests,
+            hits,
             basis="one classification call per untagged seed that names no condition value",
         )
 
@@ -373,21 +383,12 @@ class Planner:
             problems[d.key] = derived or f"{PLACEHOLDER_PROBLEM}|{d.key}"
         cells = attach_problems(cells, problems, seed_text)
         cached = sum(r is not None for r in replies)
-        prior = _Rates(
-            calls_per_unit=1,
-            prompt_tokens=sum(_tokens_of(r) for r in requests) / max(1, len(requests)),
-            completion_tokens=60,
-            latency_s=0,
-            from_history=False,
-        )
-        line = self._line(
+        line = self._requests_line(
             "problem_matrix",
-            units=len(wanted),
-            cached=cached,
-            fresh_units=len(wanted) - cached,
-            rates=self._rates("problem_matrix", "fresh", prior),
-            models=chain[:1],
+            requests,
+            cached,
             basis="every derivation request looked up in the cache",
+            completion_tokens=60,
         )
         return cells, line
 
