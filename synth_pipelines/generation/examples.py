@@ -280,15 +280,7 @@ def generate_examples(
                 progress.advance(resumed=True)
             return None
         try:
-            result = await client.astructured(
-                chain,
-                request.messages,
-                model_cls,
-                json_schema=schema,
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                seed=request.seed,
-            )
+            result = await client.astructured_request(chain, request, model_cls)
         except BudgetExhausted as e:
             if not stop_reason:
                 stop_reason.append(str(e))

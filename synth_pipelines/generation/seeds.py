@@ -125,7 +125,6 @@ def build_seed_problems(
         )
     per = seeds_per_combination(spec, count)
     model_cls = seed_list_model(per)
-    schema = json_schema_for_model(model_cls)
     collected: list[tuple[str, str, str | None]] = []
     failures: list[str] = []
     generator_chain = client.generator_chain()
@@ -136,15 +135,7 @@ def build_seed_problems(
             request = seed_request(
                 spec, generator_chain[0], count=per, round_no=round_no, conditions=combo or None
             )
-            result = client.structured(
-                generator_chain,
-                request.messages,
-                model_cls,
-                json_schema=schema,
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                seed=request.seed,
-            )
+            result = client.structured_request(generator_chain, request, model_cls)
             if result.value is None:
                 failures.append(result.error or "unknown failure")
                 continue
@@ -273,15 +264,7 @@ def classify_seeds(
     failures: list[str] = []
     for seed in seeds_to_classify(spec, seeds):
         request = classify_request(spec, chain[0], seed.problem)
-        result = client.structured(
-            chain,
-            request.messages,
-            model_cls,
-            json_schema=json_schema_for_model(model_cls),
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-        )
+        result = client.structured_request(chain, request, model_cls)
         if result.value is None:
             failures.append(f"classifying seed {seed.seed_id}: {result.error or 'no answer'}")
             continue

@@ -241,15 +241,7 @@ def derive_problems(
 
     async def derive(d: Derivation) -> tuple[str, str | None, str | None]:
         request = derivation_request(spec, d, chain[0])
-        result = await client.astructured(
-            chain,
-            request.messages,
-            DerivedProblem,
-            json_schema=request.json_schema or {},
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-        )
+        result = await client.astructured_request(chain, request, DerivedProblem)
         if result.value is None:
             return d.key, None, f"{d.technique} of {d.seed_id}: {result.error}"
         text = usable_problem(result.value.problem, d)

@@ -671,6 +671,27 @@ class LLMClient:
             )
         )
 
+    async def astructured_request(
+        self, models: Sequence[str], request: CompletionRequest, response_model: type[T]
+    ) -> StructuredResult[T]:
+        """:meth:`astructured` for a prepared request (its messages, schema, temperature, token
+        limit and seed), the form the planner looks up in the cache."""
+        return await self.astructured(
+            models,
+            request.messages,
+            response_model,
+            json_schema=request.json_schema or {},
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+        )
+
+    def structured_request(
+        self, models: Sequence[str], request: CompletionRequest, response_model: type[T]
+    ) -> StructuredResult[T]:
+        """Blocking :meth:`astructured_request`."""
+        return run_sync(self.astructured_request(models, request, response_model))
+
     # ------------------------------------------------------------------ fan-out
     async def apool(
         self,
