@@ -11,8 +11,9 @@ export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test test-fast dev partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun bench-judges bench-text clean-warehouse
+.PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun bench-judges bench-text clean-warehouse
 
 setup: $(STAMP)
 
@@ -39,6 +40,10 @@ test-fast: setup
 dev: setup
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/dagster dev -w workspace.yaml
+
+# The documentation site (docs/, mkdocs-material) into site/; --strict: a broken link or anchor fails.
+docs: setup
+	$(BIN)/mkdocs build --strict
 
 # Register a `domain` partition for every valid spec in schemas/ (the sensor does this too).
 partitions: setup

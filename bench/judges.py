@@ -52,7 +52,7 @@ from synth_pipelines.llm.backends import LlamaCppBackend
 from synth_pipelines.llm.config import load_profile
 from synth_pipelines.llm.embeddings import embed_texts, pair_similarity
 from synth_pipelines.llm.factory import build_client
-from synth_pipelines.spec.model import DomainSpec, load_spec
+from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.calibration import (
     GateScore,
@@ -62,7 +62,7 @@ from synth_pipelines.validation.calibration import (
     gate_accepts,
     load_labelled,
     lodo_decisions,
-    resolve_thresholds,
+    resolved_spec,
     score_rows,
 )
 from synth_pipelines.validation.signals import expected_rating, yes_probability
@@ -141,8 +141,7 @@ def main() -> None:
     specs: dict[str, DomainSpec] = {}
     rows: dict[str, list[LabelledRow]] = {}
     for file in files:
-        spec = load_spec(file.with_suffix(".yaml")).spec
-        specs[file.stem] = resolve_thresholds(spec, profile)[0]
+        specs[file.stem] = resolved_spec(file.with_suffix(".yaml"), profile).spec
         rows[file.stem] = load_labelled(file)
 
     timings: dict[str, float] = {}

@@ -4,15 +4,13 @@ and the statistical domains' (timeseries, events) short graph."""
 import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS
-from synth_pipelines.assets.plan import generation_plan
-from synth_pipelines.assets.statistical import STATISTICAL_ASSETS
-from synth_pipelines.partitions import domain_partitions
+from synth_pipelines.assets.generation_plan import generation_plan
+from synth_pipelines.assets.statistical_data import STATISTICAL_ASSETS
 from synth_pipelines.spec.model import STATISTICAL_TYPES
 
 synth_domain_job = dg.define_asset_job(
     name="synth_domain",
     selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),
-    partitions_def=domain_partitions,
     # In-process on purpose: the assets form a chain, so step subprocesses would only add an import
     # of the code location per step. Concurrency comes from async calls inside the model-calling
     # assets, and across domains from concurrent runs, which the instance queues by the `llm` pool
@@ -25,7 +23,6 @@ synth_domain_job = dg.define_asset_job(
 synth_statistical_job = dg.define_asset_job(
     name="synth_statistical",
     selection=dg.AssetSelection.assets(*STATISTICAL_ASSETS),
-    partitions_def=domain_partitions,
     executor_def=dg.in_process_executor,
     description="Materialize a timeseries or events domain: its spec and its statistical data.",
 )
@@ -34,7 +31,6 @@ synth_statistical_job = dg.define_asset_job(
 synth_plan_job = dg.define_asset_job(
     name="synth_plan",
     selection=dg.AssetSelection.assets(generation_plan),
-    partitions_def=domain_partitions,
     executor_def=dg.in_process_executor,
     description="Dry run: forecast a domain's next run (calls, tokens, dollars, time) without calling a "
     "model. Config ops.generation_plan.config.target_count plans for another count.",

@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from synth_pipelines.assets import PIPELINE_ASSETS, PIPELINE_STEPS
+from synth_pipelines.assets.spec_file import observe_spec
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources.settings import default_resources
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
@@ -50,8 +51,9 @@ def assets_for(domain: str, resources: dict[str, Any]) -> list[Any]:
     spec, the whole example graph otherwise (also when the spec cannot be read: domain_schema then
     fails with the reason)."""
     from synth_pipelines.assets.checks import QUALITY_CHECKS
-    from synth_pipelines.assets.statistical import STATISTICAL_ASSETS, STATISTICAL_CHECKS
-    from synth_pipelines.spec.model import SpecError, load_spec, spec_path_for
+    from synth_pipelines.assets.statistical_data import STATISTICAL_ASSETS, STATISTICAL_CHECKS
+    from synth_pipelines.spec.loading import load_spec, spec_path_for
+    from synth_pipelines.spec.model import SpecError
 
     schemas = getattr(resources.get("warehouse"), "schemas_dir", None) or "schemas"
     try:
@@ -83,6 +85,8 @@ def materialize_domain(
     if not instance.has_dynamic_partition(DOMAIN_PARTITIONS_NAME, domain):
         instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
     resources = resources or default_resources()
+    # The run's assets record the spec version they are made from (staleness in the UI).
+    observe_spec(instance, getattr(resources.get("warehouse"), "schemas_dir", None) or "schemas", domain)
     selected = [a for a in assets_for(domain, resources) if not _targets(a) & set(skip)]
     run_config = run_config_for(target_count, op_config=op_config)
     # A statistical domain has no matrix: its size is in its spec, so target_count does not apply.

@@ -15,7 +15,7 @@ from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialize_domain
 from synth_pipelines.sensors import domain_spec_sensor, plan_spec_runs
-from synth_pipelines.spec.model import discover_specs
+from synth_pipelines.spec.loading import discover_specs
 
 
 def resources(warehouse_root: Path, schemas_dir: Path) -> dict:
@@ -189,11 +189,11 @@ def test_killed_generation_resumes_without_repeating_calls(
     warehouse_root: Path, schemas_dir: Path, scripted_backends
 ) -> None:
     """A run that dies mid-generation keeps its flushed rows; the rerun only generates what is missing."""
-    from synth_pipelines.generation.examples import generate_examples, iter_plan_items
+    from synth_pipelines.generation.generate_rows import generate_examples, iter_plan_items
     from synth_pipelines.generation.matrix import build_matrix
     from synth_pipelines.generation.seeds import build_seed_problems
     from synth_pipelines.llm.client import LLMClient
-    from synth_pipelines.spec.model import load_spec
+    from synth_pipelines.spec.loading import load_spec
     from synth_pipelines.warehouse.inflight import InflightRows
     from synth_pipelines.warehouse.tables import RAW_GENERATIONS
     from tests.scripted import ScriptedBackend, scripted_profile
@@ -302,7 +302,7 @@ def test_full_graph_with_the_shipped_diversity_threshold(
     import yaml
 
     from synth_pipelines.llm.config import load_profile
-    from synth_pipelines.spec.model import load_spec
+    from synth_pipelines.spec.loading import load_spec
     from synth_pipelines.validation.calibration import resolve_thresholds
 
     # Random words are off topic by construction: the shipped on-topic gate would stop them before

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
 from synth_pipelines.llm.config import load_profile
-from synth_pipelines.service.benchmark import BUILTIN_STRATEGIES, strategy_profile
+from synth_pipelines.strategy_benchmark import BUILTIN_STRATEGIES, strategy_profile
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from tests.test_openai_compat import profile_file
 
@@ -92,7 +92,7 @@ def test_strategies_are_validated_before_anything_runs(tmp_path: Path, scripted_
     profile = load_profile("local")
     with pytest.raises(ValueError, match=r"generator names models \['nope'\]"):
         from synth_pipelines.llm.config import profile_path
-        from synth_pipelines.service.benchmark import load_strategies
+        from synth_pipelines.strategy_benchmark import load_strategies
 
         strategy_profile(profile, profile_path("local"), load_strategies(["strict"], custom)["strict"])
     assert BUILTIN_STRATEGIES["dspy-multi-model"].program

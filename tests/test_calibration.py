@@ -12,12 +12,8 @@ from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
 from synth_pipelines.llm.config import PanelCalibration, load_profile
-from synth_pipelines.spec.model import (
-    DESIGN_CONSENSUS_THRESHOLD,
-    DESIGN_DIVERSITY_THRESHOLD,
-    load_spec,
-    parse_spec,
-)
+from synth_pipelines.spec.loading import load_spec, parse_spec
+from synth_pipelines.spec.model import DESIGN_CONSENSUS_THRESHOLD, DESIGN_DIVERSITY_THRESHOLD
 from synth_pipelines.validation.calibration import (
     GateScore,
     LabelledFileError,
@@ -227,7 +223,7 @@ def test_the_on_topic_gate_is_kept_only_where_it_raises_kappa() -> None:
 
 def test_off_topic_rows_are_rejected_before_any_judge(tmp_path: Path, schemas_dir: Path) -> None:
     from synth_pipelines.llm.factory import build_client
-    from synth_pipelines.validation.examples import validate_examples
+    from synth_pipelines.validation.apply_gates import validate_examples
     from synth_pipelines.warehouse.tables import RAW_GENERATIONS
     from tests.scripted import ScriptedBackend
 

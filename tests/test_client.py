@@ -9,7 +9,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from synth_pipelines.llm.cache import ResponseCache
-from synth_pipelines.llm.client import BudgetExhausted, LLMClient, extract_json, parse_reply
+from synth_pipelines.llm.client import BudgetExhausted, LLMClient
+from synth_pipelines.llm.replies import extract_json, parse_reply
 from synth_pipelines.llm.types import ChatMessage, ProviderError
 from synth_pipelines.spec.example_schema import json_schema_for_model
 from tests.scripted import ScriptedBackend, failing, scripted_profile

@@ -188,7 +188,7 @@ def test_grounded_seeds_carry_their_chunk_to_validated_examples_and_the_card(
     # The generation prompts showed the chunk's text.
     prompts = [r.messages[-1].content for b in scripted_backends.values() for r in b.requests]
     assert any("Source excerpt" in p and "Ticket" in p for p in prompts)
-    from synth_pipelines.warehouse.exports import dataset_card_text
+    from synth_pipelines.exports.training import dataset_card_text
 
     card = dataset_card_text(wh, wh.materialized_spec(DOMAIN), "sft")  # type: ignore[arg-type]
     assert "## Sources" in card and "tickets.parquet" in card

@@ -315,7 +315,7 @@ _MODELS = ("gen-a", "gen-b", "judge-a", "judge-b")
 
 
 def _program_spec(metric: str, optimizer: str = "labeled_few_shot"):  # type: ignore[no-untyped-def]
-    from synth_pipelines.spec.model import parse_spec
+    from synth_pipelines.spec.loading import parse_spec
 
     return parse_spec(
         {

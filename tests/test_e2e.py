@@ -13,7 +13,7 @@ import pytest
 from synth_pipelines.learning.program import load_program
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialization_metadata, materialize_domain
-from synth_pipelines.spec.model import load_spec
+from synth_pipelines.spec.loading import load_spec
 
 pytestmark = pytest.mark.e2e
 

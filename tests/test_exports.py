@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from synth_pipelines.spec.model import parse_spec
-from synth_pipelines.warehouse.exports import (
+from synth_pipelines.exports.training import (
     dpo_rows,
     evaluate_expressions,
     grpo_rows,
@@ -15,6 +14,7 @@ from synth_pipelines.warehouse.exports import (
     sft_rows,
     split_for,
 )
+from synth_pipelines.spec.loading import parse_spec
 
 SPEC = parse_spec(
     {
@@ -100,7 +100,7 @@ def test_grpo_keeps_only_verified_answers() -> None:
 
 
 def test_evaluator_rejects_non_arithmetic_in_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
-    import synth_pipelines.warehouse.exports as exports
+    import synth_pipelines.exports.training as exports
 
     def no_process(*args, **kwargs):
         raise AssertionError("a rejected expression must never reach the verifier process")
@@ -131,7 +131,7 @@ def test_each_expression_has_its_own_timeout() -> None:
 
 
 def test_verifier_runs_isolated_and_limited(monkeypatch: pytest.MonkeyPatch) -> None:
-    import synth_pipelines.warehouse.exports as exports
+    import synth_pipelines.exports.training as exports
 
     seen: dict[str, object] = {}
     real = exports.subprocess.Popen
@@ -150,7 +150,7 @@ def test_verifier_runs_isolated_and_limited(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_dying_verifier_blames_one_expression_and_finishes_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import synth_pipelines.warehouse.exports as exports
+    import synth_pipelines.exports.training as exports
 
     # A child that answers one expression, then dies (as on a limit or a crash).
     monkeypatch.setattr(

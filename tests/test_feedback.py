@@ -24,7 +24,8 @@ from synth_pipelines.learning.outcomes import (
 )
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.sensors import agent_performance_sensor
-from synth_pipelines.spec.model import FeedbackSpec, load_spec
+from synth_pipelines.spec.loading import load_spec
+from synth_pipelines.spec.model import FeedbackSpec
 from synth_pipelines.warehouse.storage import Warehouse
 
 DOMAINS = {"api_development", "data_analysis"}

@@ -212,7 +212,8 @@ def test_rule_fuzz_is_refused_in_one_line_or_runs_within_limits(
 ) -> None:
     """Each random rule is refused at load with a one-line message per problem, or loads and then
     runs on sample rows within its limits: no crash, no hang, no file written or read."""
-    from synth_pipelines.spec.model import SpecError, parse_spec
+    from synth_pipelines.spec.loading import parse_spec
+    from synth_pipelines.spec.model import SpecError
     from synth_pipelines.spec.rules import RULE_TIME_LIMIT_S, failed_rules, sample_rows
 
     data = dict(SPEC_DATA)

@@ -11,8 +11,9 @@ import pytest
 
 from synth_pipelines.llm.config import PANEL_MIN_KAPPA_GAIN, PanelCalibration, load_profile
 from synth_pipelines.llm.factory import build_client
-from synth_pipelines.spec.model import load_spec
+from synth_pipelines.spec.loading import load_spec
 from synth_pipelines.validation import gates
+from synth_pipelines.validation.apply_gates import validate_examples
 from synth_pipelines.validation.calibration import (
     GateScore,
     best_threshold,
@@ -23,7 +24,6 @@ from synth_pipelines.validation.calibration import (
 )
 from synth_pipelines.validation.consensus import judge_criteria, judge_messages
 from synth_pipelines.validation.consistency import field_agreement
-from synth_pipelines.validation.examples import validate_examples
 from synth_pipelines.validation.text_checks import degenerate_text
 from synth_pipelines.warehouse.tables import RAW_GENERATIONS
 from tests.scripted import ScriptedBackend, scripted_profile
@@ -303,7 +303,7 @@ def test_external_rows_get_the_field_gate_and_no_judge_when_the_panel_is_off() -
 
 
 def test_the_plan_counts_no_judge_call_when_the_panel_is_skipped(tmp_path: Path) -> None:
-    from synth_pipelines.learning.plan import plan_domain
+    from synth_pipelines.planning.forecast import plan_domain
     from synth_pipelines.resources import LLMResource
     from synth_pipelines.warehouse.storage import Warehouse
 

@@ -7,10 +7,10 @@ import pytest
 
 from synth_pipelines.generation.matrix import build_matrix, feedback_extras, largest_remainder
 from synth_pipelines.generation.techniques import plan_technique_rows
-from synth_pipelines.spec.model import parse_spec
+from synth_pipelines.spec.loading import parse_spec
 from synth_pipelines.validation.consensus import JudgeScore, outcome_decided, weighted_mean
 from synth_pipelines.validation.diversity import distinct_n, mean_pairwise_cosine_distance
-from synth_pipelines.validation.rules import (
+from synth_pipelines.validation.rule_checks import (
     dedup_key,
     degenerate_reasons,
     pii_reasons,
@@ -200,7 +200,7 @@ def test_seeds_of_known_operations_never_land_in_a_cell_of_another_operation() -
     from pathlib import Path
 
     from synth_pipelines.generation.matrix import seed_fit
-    from synth_pipelines.spec.model import load_spec
+    from synth_pipelines.spec.loading import load_spec
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "schemas" / "api_development.yaml").spec
     seeds = [(f"s{i}", text) for i, text in enumerate(spec.seed_texts())]

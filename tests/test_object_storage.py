@@ -23,7 +23,7 @@ from synth_pipelines.learning.outcomes import ingest_inbox
 from synth_pipelines.learning.program import load_program
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialize_domain
-from synth_pipelines.spec.model import load_spec
+from synth_pipelines.spec.loading import load_spec
 from synth_pipelines.warehouse.storage import StorageError, Warehouse, storage_location
 from tests.s3 import bucket_keys
 

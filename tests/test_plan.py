@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from synth_pipelines.learning.plan import Plan, plan_domain, save_plan
+from synth_pipelines.planning.forecast import Plan, plan_domain, save_plan
 from synth_pipelines.resources import LLMResource
-from synth_pipelines.spec.model import load_spec, spec_path_for
+from synth_pipelines.spec.loading import load_spec, spec_path_for
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.storage import Warehouse
 from synth_pipelines.warehouse.usage import usage_history
@@ -174,7 +174,7 @@ def test_plan_command_and_the_dry_run_job(
     import dagster as dg
     from typer.testing import CliRunner
 
-    from synth_pipelines.assets.plan import generation_plan
+    from synth_pipelines.assets.generation_plan import generation_plan
     from synth_pipelines.cli import app
     from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
     from synth_pipelines.resources import WarehouseResource
@@ -226,7 +226,7 @@ def test_items_in_the_in_flight_parts_are_planned_as_resumed(
 ) -> None:
     """A killed run's finished items are skipped by the rerun: the plan counts them as free. An item
     that got no answer from the provider is asked again, so it still costs a call."""
-    from synth_pipelines.generation.examples import RawGeneration
+    from synth_pipelines.generation.generate_rows import RawGeneration
     from synth_pipelines.warehouse.inflight import InflightRows
     from synth_pipelines.warehouse.tables import RAW_GENERATIONS
 

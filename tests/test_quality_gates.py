@@ -12,7 +12,7 @@ import pytest
 
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import materialize_domain
-from synth_pipelines.spec.model import parse_spec
+from synth_pipelines.spec.loading import parse_spec
 from synth_pipelines.validation import gates
 from synth_pipelines.validation.dedup import (
     embedding_clusters,
@@ -56,6 +56,39 @@ def test_consensus_pass_rate_gate() -> None:
     assert not failing.passed
     assert gates.consensus_pass_rate(SPEC, validated, rejected, min_pass_rate=0.95).passed is False
     assert not gates.consensus_pass_rate(SPEC, [], []).passed  # nothing judged cannot pass
+
+
+def test_one_judged_pass_rate_for_the_gate_the_card_and_the_stage_counts() -> None:
+    """Memory duplicates and rules rejects were never judged; near duplicates were judged and passed."""
+    from collections import Counter
+
+    from synth_pipelines.exports.cards import dataset_card
+
+    validated = [{"consensus": 0.9, "validator_scores": []}] * 6
+    rejected = (
+        [{"fail_stage": "consensus"}] * 3
+        + [{"fail_stage": "near_duplicate"}] * 3
+        + [{"fail_stage": "memory_duplicate"}] * 10
+        + [{"fail_stage": "rules"}] * 4
+    )
+    counted = gates.judged_pass_rate(6, Counter(r["fail_stage"] for r in rejected))
+    assert (counted.judged, counted.passed, counted.rate) == (12, 9, 0.75)
+    assert gates.consensus_pass_rate(SPEC, validated, rejected).value == pytest.approx(0.75)
+    card = dataset_card(
+        SPEC,
+        "sft",
+        rows=6,
+        splits={"train": 6},
+        name="t",
+        raw=[],
+        validated=validated,
+        rejected=rejected,
+        diversity={},
+        skipped={},
+        run_ids=[],
+    )
+    assert "| consensus pass rate | 75.00% |" in card
+    assert gates.judged_pass_rate(0, {"rules": 5}).rate is None
 
 
 def test_duplicates_target_and_diversity_gates() -> None:

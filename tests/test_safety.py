@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from synth_pipelines.service.operations import ServiceSettings, SynthService
-from synth_pipelines.spec.model import SpecError, load_spec, parse_spec
+from synth_pipelines.spec.loading import load_spec, parse_spec
+from synth_pipelines.spec.model import SpecError
 from tests.conftest import served
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ def _example(task: str = "Remove a user account", method: str = "DELETE") -> dic
 
 # ------------------------------------------------------------------ 1. the benchmark never deletes
 def test_benchmark_refuses_path_like_strategy_names(tmp_path: Path) -> None:
-    from synth_pipelines.service.benchmark import BenchmarkError, load_strategies
+    from synth_pipelines.strategy_benchmark import BenchmarkError, load_strategies
 
     for name in ("../victim", "/tmp/victim", "a/b", "cache", "Upper", ""):
         file = tmp_path / "strategies.yaml"
@@ -58,8 +59,8 @@ def test_benchmark_refuses_path_like_strategy_names(tmp_path: Path) -> None:
 def test_benchmark_empties_only_folders_it_marked_and_checks_all_strategies_first(
     tmp_path: Path, schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from synth_pipelines.service import benchmark
-    from synth_pipelines.service.benchmark import BenchmarkError, Strategy, run_benchmark, scratch_folder
+    from synth_pipelines import strategy_benchmark
+    from synth_pipelines.strategy_benchmark import BenchmarkError, Strategy, run_benchmark, scratch_folder
 
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -73,7 +74,7 @@ def test_benchmark_empties_only_folders_it_marked_and_checks_all_strategies_firs
     made = scratch_folder(workdir, "fresh")
     (made / "old-run.txt").write_text("stale")
     again = scratch_folder(workdir, "fresh")
-    assert not (again / "old-run.txt").exists() and (again / benchmark.MARKER).is_file()
+    assert not (again / "old-run.txt").exists() and (again / strategy_benchmark.MARKER).is_file()
     # A symlink named like a strategy is never followed into its target.
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -85,7 +86,7 @@ def test_benchmark_empties_only_folders_it_marked_and_checks_all_strategies_firs
 
     # A typo in the third strategy stops the benchmark before the first one spends anything.
     ran: list[str] = []
-    monkeypatch.setattr(benchmark, "run_strategy", lambda name, *a, **k: ran.append(name))
+    monkeypatch.setattr(strategy_benchmark, "run_strategy", lambda name, *a, **k: ran.append(name))
     strategies = {
         "one": Strategy(generator="first"),
         "two": Strategy(validators="first"),
@@ -478,7 +479,7 @@ def test_statistical_timestamps_do_not_depend_on_the_machine_time_zone(tmp_path:
     spec_yaml.write_text("start: 2026-03-01T00:00:00\nfrequency: 1h\nlength: 24\nseries: 1\n")
     code = (
         "import sys, yaml; from synth_pipelines.spec.model import TimeseriesSpec, EventsSpec;"
-        "from synth_pipelines.generation.statistical import generate_timeseries, generate_events;"
+        "from synth_pipelines.generation.simulate import generate_timeseries, generate_events;"
         "d = yaml.safe_load(open(sys.argv[1]));"
         "t = generate_timeseries(TimeseriesSpec.model_validate(d)).column('timestamp')[0].as_py();"
         "e = generate_events(EventsSpec.model_validate({'start': d['start'], 'duration': '1d'}));"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 import synth_pipelines.llm.embeddings as embeddings
 from synth_pipelines.llm.cache import KeyFilter, ResponseCache, request_key
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest, RawCompletion
-from synth_pipelines.spec.model import parse_spec
+from synth_pipelines.spec.loading import parse_spec
 from synth_pipelines.validation.diversity import similarity_sample
 from synth_pipelines.warehouse.progress import Progress, read_progress
 

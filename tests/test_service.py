@@ -76,8 +76,7 @@ def test_ann_recall_at_10_on_20k_vectors() -> None:
 def test_example_index_asset_builds_only_past_min_rows_and_search_uses_it(
     tmp_path: Path, scripted_schemas_dir: Path, scripted_backends: Any
 ) -> None:
-    from synth_pipelines.warehouse.ann import index_info
-    from synth_pipelines.warehouse.search import index_path
+    from synth_pipelines.warehouse.ann import index_info, index_path
     from tests.materialize import materialize_domain
 
     wh_root = tmp_path / "wh"
@@ -442,7 +441,7 @@ def test_mcp_over_stdio_lists_tools_and_domains(tmp_path: Path, schemas_dir: Pat
 
     tools, listed = asyncio.run(session())
     assert "synth_search" in tools and "synth_generate" in tools
-    from synth_pipelines.spec.model import discover_specs
+    from synth_pipelines.spec.loading import discover_specs
 
     assert sorted(d["domain"] for d in listed["domains"]) == sorted(discover_specs(schemas_dir))
     assert all(d["accepted"] == 0 for d in listed["domains"])

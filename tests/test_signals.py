@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from synth_pipelines.llm.types import ChatMessage
-from synth_pipelines.spec.model import load_spec
+from synth_pipelines.spec.loading import load_spec
 from synth_pipelines.validation.signals import (
     expected_rating,
     first_token_ids,

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from synth_pipelines.spec.example_schema import example_arrow_schema, example_json_schema, example_model
-from synth_pipelines.spec.model import TEMPLATES_DIR, SpecError, load_spec, parse_spec
+from synth_pipelines.spec.loading import TEMPLATES_DIR, load_spec, parse_spec
+from synth_pipelines.spec.model import SpecError
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ import duckdb
 import pytest
 import yaml
 
-from synth_pipelines.spec.model import SpecError, load_spec, parse_spec
+from synth_pipelines.spec.loading import load_spec, parse_spec
+from synth_pipelines.spec.model import SpecError
 from synth_pipelines.spec.rules import failed_rules
 from tests.materialize import materialize_domain, up_to
 
@@ -122,7 +123,7 @@ def test_validated_examples_rejects_rule_breakers_before_any_judge(
     method contradicts its operation is rejected at stage `rules` with the rule's message, and never
     judged; every accepted row obeys the rules. The requests carry the full method enum here (no
     per-cell narrowing), as a provider that ignores the schema would answer."""
-    from synth_pipelines.generation import examples as generation
+    from synth_pipelines.generation import generate_rows as generation
 
     monkeypatch.setattr(generation, "narrowed_enums", lambda *args, **kwargs: {})
     warehouse = tmp_path / "warehouse"
@@ -165,7 +166,7 @@ def test_rules_narrow_the_enum_offered_to_the_generator_per_cell() -> None:
     """A rule decided by one enum field, for the cell's conditions, narrows that field in the
     schema sent for the cell; a rule that also needs other fields, or that would allow nothing,
     leaves it open. The reply is still checked against the full model."""
-    from synth_pipelines.generation.examples import PlannedItem, item_schema
+    from synth_pipelines.generation.generate_rows import PlannedItem, item_schema
     from synth_pipelines.spec.rules import narrowed_enums
 
     spec = load_spec(SHIPPED).spec

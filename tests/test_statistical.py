@@ -12,9 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synth_pipelines.generation.statistical import generate_events, generate_timeseries
-from synth_pipelines.spec.model import EventsSpec, TimeseriesSpec, load_spec
-from synth_pipelines.validation.statistical import check_events, check_timeseries, dominant_period
+from synth_pipelines.generation.simulate import generate_events, generate_timeseries
+from synth_pipelines.spec.loading import load_spec
+from synth_pipelines.spec.model import EventsSpec, TimeseriesSpec
+from synth_pipelines.validation.recovery import check_events, check_timeseries, dominant_period
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "synth_pipelines" / "spec" / "templates"
 
@@ -119,7 +120,7 @@ def test_templates_parse() -> None:
 def load_spec_text(path: Path) -> Any:
     import yaml
 
-    from synth_pipelines.spec.model import parse_spec
+    from synth_pipelines.spec.loading import parse_spec
 
     return parse_spec(yaml.safe_load(path.read_text()), path=path)
 
@@ -168,7 +169,7 @@ def test_a_timeseries_domain_runs_its_own_graph_offline(
 
 
 def test_a_statistical_domain_has_no_training_export(schemas_dir: Path, tmp_path: Path) -> None:
-    from synth_pipelines.warehouse.exports import export_rows
+    from synth_pipelines.exports.training import export_rows
     from synth_pipelines.warehouse.storage import Warehouse
 
     spec = load_spec(schemas_dir / "payment_events.yaml").spec

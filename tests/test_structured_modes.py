@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from synth_pipelines.cli import app
 from synth_pipelines.llm.backends import _http_message
-from synth_pipelines.llm.client import extract_json
 from synth_pipelines.llm.config import load_profile
+from synth_pipelines.llm.replies import extract_json
 from synth_pipelines.llm.structured import (
     ModeMemory,
     compact_schema,

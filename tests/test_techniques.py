@@ -13,7 +13,8 @@ import yaml
 
 from synth_pipelines.generation.matrix import build_matrix, feedback_extras
 from synth_pipelines.generation.techniques import derivations, plan_technique_rows
-from synth_pipelines.spec.model import ADVERSARIAL_CRITERION, load_spec, parse_spec
+from synth_pipelines.spec.loading import load_spec, parse_spec
+from synth_pipelines.spec.model import ADVERSARIAL_CRITERION
 from synth_pipelines.warehouse.storage import Warehouse
 from tests.materialize import DOMAIN, materialize_domain, up_to
 

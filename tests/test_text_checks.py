@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from synth_pipelines.testing.text_corpus import Sample, degenerate_corpus, heldout_corpus, real_corpus
-from synth_pipelines.validation.rules import degenerate_reasons
+from synth_pipelines.validation.rule_checks import degenerate_reasons
 
 FALSE_POSITIVE_BUDGET = 0.01
 MIN_RECALL = 0.95

@@ -1,9 +1,13 @@
 """The domain-partitioned assets, in dependency order."""
 
-from synth_pipelines.assets.domain import corpus_chunks, domain_schema, problem_matrix, seed_problems
-from synth_pipelines.assets.downstream import compiled_program, example_embeddings
-from synth_pipelines.assets.examples import raw_generations, validated_examples
-from synth_pipelines.assets.search import example_index
+from synth_pipelines.assets import _quiet  # noqa: F401  (first: hides one Dagster preview warning)
+from synth_pipelines.assets.compiled_program import compiled_program
+from synth_pipelines.assets.domain_schema import domain_schema
+from synth_pipelines.assets.example_embeddings import example_embeddings
+from synth_pipelines.assets.example_index import example_index
+from synth_pipelines.assets.problems import corpus_chunks, problem_matrix, seed_problems
+from synth_pipelines.assets.raw_generations import raw_generations
+from synth_pipelines.assets.validated_examples import validated_examples
 
 PIPELINE_ASSETS = [
     domain_schema,

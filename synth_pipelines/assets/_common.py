@@ -12,6 +12,10 @@ from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.warehouse.storage import SPEC_FILE, Warehouse
 from synth_pipelines.warehouse.usage import UsageRecord, planned_for, record_usage, saved_plan, usage_history
 
+# One group for the whole per-domain chain (and its spec file): the job page then shows the chain
+# itself instead of group boxes a newcomer has to expand.
+PIPELINE_GROUP = "pipeline"
+
 
 def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:
     """The spec as ``domain_schema`` last validated it (downstream assets never re-read the YAML)."""

@@ -10,8 +10,8 @@ import dagster as dg
 from pydantic import Field
 
 from synth_pipelines.assets._common import load_materialized_spec
-from synth_pipelines.assets.downstream import example_embeddings
-from synth_pipelines.assets.examples import validated_examples
+from synth_pipelines.assets.example_embeddings import example_embeddings
+from synth_pipelines.assets.validated_examples import validated_examples
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.validation import gates

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from synth_pipelines.generation import prompts
+from synth_pipelines.generation import generation_prompts
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest
 from synth_pipelines.spec.example_schema import json_schema_for_model
@@ -82,16 +82,16 @@ def seed_request(
     style = f" Style: {spec.hints.style}" if spec.hints.style else ""
     common = {"domain": spec.domain, "description": spec.description, "n": count, "style": style}
     content = (
-        prompts.CONDITIONED_SEED_USER.format(
+        generation_prompts.CONDITIONED_SEED_USER.format(
             **common, conditions=", ".join(f"{k}={v}" for k, v in sorted(conditions.items()))
         )
         if conditions
-        else prompts.SEED_USER.format(**common)
+        else generation_prompts.SEED_USER.format(**common)
     )
     return CompletionRequest(
         model=model,
         messages=(
-            ChatMessage(role="system", content=prompts.SEED_SYSTEM),
+            ChatMessage(role="system", content=generation_prompts.SEED_SYSTEM),
             ChatMessage(role="user", content=content),
         ),
         json_schema=json_schema_for_model(seed_list_model(count)),
@@ -166,10 +166,10 @@ def grounded_seed_problems(
 
     async def ground(chunk: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
         messages = [
-            ChatMessage(role="system", content=prompts.SEED_SYSTEM),
+            ChatMessage(role="system", content=generation_prompts.SEED_SYSTEM),
             ChatMessage(
                 role="user",
-                content=prompts.GROUNDED_SEED_USER.format(
+                content=generation_prompts.GROUNDED_SEED_USER.format(
                     domain=spec.domain, description=spec.description, text=chunk["text"][:2000]
                 ),
             ),
@@ -226,13 +226,13 @@ def classify_request(spec: DomainSpec, model: str, problem: str) -> CompletionRe
     options = "\n".join(
         f"- {dim}: {', '.join(values)}" for dim, values in sorted(spec.matrix.dimensions.items())
     )
-    content = prompts.CLASSIFY_SEED_USER.format(
+    content = generation_prompts.CLASSIFY_SEED_USER.format(
         domain=spec.domain, description=spec.description, problem=problem, options=options
     )
     return CompletionRequest(
         model=model,
         messages=(
-            ChatMessage(role="system", content=prompts.SEED_SYSTEM),
+            ChatMessage(role="system", content=generation_prompts.SEED_SYSTEM),
             ChatMessage(role="user", content=content),
         ),
         json_schema=json_schema_for_model(classification_model(spec)),

@@ -23,7 +23,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from synth_pipelines.generation.matrix import MatrixCell, largest_remainder
-from synth_pipelines.llm.client import LLMClient, parse_reply
+from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.replies import parse_reply
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest
 from synth_pipelines.spec.example_schema import json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec

@@ -23,15 +23,17 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from synth_pipelines.llm.backends import Backend
+from synth_pipelines.llm.backends import Backend, ProviderConfigError
 from synth_pipelines.llm.cache import CacheBatcher, ResponseCache, request_key, schema_text
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
+from synth_pipelines.llm.doctor import ModelCheck, check_model
 from synth_pipelines.llm.limits import CircuitOpen, ModelGate
+from synth_pipelines.llm.replies import call_backend, parse_reply
 from synth_pipelines.llm.router import Strategy, order_models
 from synth_pipelines.llm.structured import (
     MODE_ORDER,
@@ -50,9 +52,6 @@ from synth_pipelines.llm.types import (
     StructuredResult,
     UsageTotals,
 )
-
-if TYPE_CHECKING:  # doctor imports this module
-    from synth_pipelines.llm.doctor import ModelCheck
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
@@ -111,72 +110,6 @@ def prompt_hash(messages: Sequence[ChatMessage], json_schema: dict[str, Any] | N
     parts = [f"[{_ascii(m.role)}, {_ascii(m.content)}]" for m in messages]
     parts.append(schema_text(json_schema, ascii=True))
     return hashlib.sha256(f"[{', '.join(parts)}]".encode()).hexdigest()[:16]
-
-
-def extract_json(text: str) -> Any:
-    """Parse a reply as JSON, repairing the common damage: code fences and chatter around the object."""
-    cleaned = text.strip()
-    if cleaned.startswith("```"):
-        cleaned = cleaned.strip("`")
-        cleaned = cleaned.split("\n", 1)[1] if "\n" in cleaned else cleaned
-    # strict=False accepts raw control characters (newlines, tabs) inside strings, which small
-    # models emit even under a grammar; the value is still validated against the schema after.
-    try:
-        return json.loads(cleaned, strict=False)
-    except json.JSONDecodeError:
-        start, end = cleaned.find("{"), cleaned.rfind("}")
-        if start == -1 or end <= start:
-            raise
-        # The first complete JSON object (prompt mode: "Here it is: {...} Hope that helps {x}").
-        try:
-            value, _ = _LENIENT.raw_decode(cleaned, start)
-            return value
-        except json.JSONDecodeError:
-            return json.loads(cleaned[start : end + 1], strict=False)
-
-
-_LENIENT = json.JSONDecoder(strict=False)
-
-
-def parse_reply(text: str, response_model: type[T]) -> tuple[T | None, str | None]:
-    """Return (object, None) or (None, reason). Never raises."""
-    if not text.strip():
-        return None, "empty reply"
-    try:
-        data = extract_json(text)
-    except json.JSONDecodeError as e:
-        return None, f"invalid JSON ({e.msg} at char {e.pos})"
-    try:
-        return response_model.model_validate(data), None
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        return None, f"schema violation at {loc}: {first['msg']} ({e.error_count()} error(s))"
-
-
-async def call_backend(
-    backend: Backend,
-    request: CompletionRequest,
-    response_model: type[BaseModel] | None,
-    mode: StructuredMode | None = None,
-) -> RawCompletion:
-    """One bare call of a backend (no cache, retry or limits): asynchronous backends are awaited
-    with the structured-output ``mode``; synchronous ones (embedded llama.cpp, scripted) run in a
-    worker thread, and a cancellable one is stopped if the caller gives up (a timeout)."""
-    acomplete = getattr(backend, "acomplete", None)
-    if acomplete is not None:
-        if mode is not None:
-            return await acomplete(request, response_model=response_model, mode=mode)
-        return await acomplete(request, response_model=response_model)
-    # In-process and scripted backends are synchronous: keep the loop free while they work.
-    if not getattr(backend, "supports_cancel", False):
-        return await asyncio.to_thread(backend.complete, request)
-    cancel = threading.Event()
-    try:
-        return await asyncio.to_thread(backend.complete, request, cancel)  # type: ignore[call-arg]
-    except BaseException:
-        cancel.set()  # a timeout (or any abandonment) stops the generation at its next token
-        raise
 
 
 @dataclass(slots=True)
@@ -364,9 +297,6 @@ class LLMClient:
         structured-output mode until one works (remembered). Concurrent first calls wait for the
         one check; if it fails they all raise its report (unreachable, key rejected, no mode), so
         a wrong URL or server fails the fan-out in seconds instead of row by row."""
-        from synth_pipelines.llm.backends import ProviderConfigError
-        from synth_pipelines.llm.doctor import check_model
-
         lock = self._probe_locks.setdefault(model, asyncio.Lock())
         async with lock:
             if model in self._probe_failures:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from synth_pipelines.llm.backends import Backend, ProviderConfigError
-from synth_pipelines.llm.client import call_backend, parse_reply
 from synth_pipelines.llm.config import ModelConfig
+from synth_pipelines.llm.replies import call_backend, parse_reply
 from synth_pipelines.llm.structured import ModeMemory, StructuredMode, endpoint_key, mode_chain
 from synth_pipelines.llm.types import ChatMessage, CompletionRequest, ProviderError, RawCompletion
 

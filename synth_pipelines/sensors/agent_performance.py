@@ -9,7 +9,8 @@ from synth_pipelines.jobs import synth_domain_job
 from synth_pipelines.learning.feedback import DomainState, decide
 from synth_pipelines.learning.outcomes import ingest_inbox, rolling_success
 from synth_pipelines.resources import WarehouseResource
-from synth_pipelines.spec.model import FeedbackSpec, SpecError, discover_specs, load_spec
+from synth_pipelines.spec.loading import discover_specs, load_spec
+from synth_pipelines.spec.model import FeedbackSpec, SpecError
 
 TRIGGER_TAG = "synth/trigger"
 DOMAIN_TAG = "synth/domain"

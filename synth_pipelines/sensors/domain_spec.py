@@ -1,17 +1,30 @@
-"""``domain_spec_sensor``: new or changed files in ``schemas/`` become partitions and runs."""
+"""Spec files and Dagster: ``spec_observation_sensor`` observes every spec file (so an edit marks
+the domain's assets stale in the UI within seconds); ``domain_spec_sensor`` turns new or changed
+files in ``schemas/`` into partitions and runs of exactly the assets the change made stale."""
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.data_version import extract_data_provenance_from_entry
 from pydantic import BaseModel
 
+from synth_pipelines.assets import PIPELINE_ASSETS
+from synth_pipelines.assets.spec_file import (
+    SPEC_FILE_ASSET,
+    latest_observed_version,
+    spec_observation,
+    spec_versions,
+)
+from synth_pipelines.assets.statistical_data import STATISTICAL_ASSETS
 from synth_pipelines.jobs import job_name_for, synth_domain_job, synth_statistical_job
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL, ensure_pool_limit
-from synth_pipelines.spec.model import SpecError, discover_specs, load_spec
+from synth_pipelines.spec.loading import discover_specs, load_spec
+from synth_pipelines.spec.model import SpecError
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 
 
@@ -76,6 +89,53 @@ def plan_spec_runs(
     return SpecPlan(new_partitions=new_partitions, runs=runs, skipped=skipped, cursor=next_cursor)
 
 
+def spec_stale_assets(
+    instance: dg.DagsterInstance, domain: str, version: str, assets: Sequence[dg.AssetsDefinition]
+) -> list[dg.AssetKey]:
+    """The assets (of ``assets``, in their order) a run for ``domain`` at spec ``version`` has to
+    make: those never materialized for the partition, those made from another version of the spec
+    file (Dagster's recorded input data version of ``domain_spec_file``), and every asset downstream
+    of one of them. After a completed run nothing is left; after a run that failed half way, only
+    what it did not finish."""
+    keys = [key for definition in assets for key in definition.keys]
+    parents = {key: set(definition.dependency_keys) for definition in assets for key in definition.keys}
+    stale: list[dg.AssetKey] = []
+    for key in keys:
+        record = instance.get_latest_data_version_record(key, partition_key=domain)
+        provenance = extract_data_provenance_from_entry(record.event_log_entry) if record else None
+        made_from = provenance.input_data_versions.get(SPEC_FILE_ASSET) if provenance else None
+        if made_from is None or made_from.value != version or parents[key] & set(stale):
+            stale.append(key)
+    return stale
+
+
+@dg.sensor(
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Observes every domain's spec file (SHA-256) so that an edit marks its assets stale.",
+)
+def spec_observation_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
+) -> dg.SensorResult:
+    """Observes the spec file of every registered domain every 10 seconds (running by default;
+    it only hashes files and never starts a run).
+
+    A file whose SHA-256 differs from the version last observed is recorded as a new observation of
+    ``domain_spec_file`` for that partition, so the UI and GraphQL ``staleStatus`` mark the domain's
+    assets stale ("has a new dependency data version") within seconds of the edit. An unchanged
+    file records nothing. ``domain_spec_sensor`` (off by default) is what reruns them."""
+    domains = context.instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME)
+    versions = spec_versions(warehouse.schemas_dir, domains)
+    changed = {
+        domain: version
+        for domain, version in versions.items()
+        if latest_observed_version(context.instance, domain) != version
+    }
+    for domain, version in changed.items():
+        context.log.info(f"{domain}: spec file now sha256 {version[:12]}; its assets are stale until rerun")
+    return dg.SensorResult(asset_events=[spec_observation(d, v) for d, v in sorted(changed.items())])
+
+
 @dg.sensor(
     jobs=[synth_domain_job, synth_statistical_job],
     minimum_interval_seconds=30,
@@ -84,9 +144,12 @@ def plan_spec_runs(
 def domain_spec_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
     """Watches ``schemas/`` for new or changed domain specs.
 
-    Adds a ``domain`` partition for each new valid spec and requests one run of the whole graph per
-    change of a spec file (``synth_statistical`` for timeseries and events specs): the run key is
-    the domain, the number of the change and the file's hash,
+    Adds a ``domain`` partition for each new valid spec and requests one run per change of a spec
+    file (``synth_statistical`` for timeseries and events specs), of the assets that change made
+    stale (``spec_stale_assets``: not yet made from this version of the file, and what depends on
+    them; the whole graph after an edit, only the unfinished rest after a run that failed half
+    way). It records the file's new version as an observation first, so the run's assets record it
+    as their input. The run key is the domain, the number of the change and the file's hash,
     so the same file never triggers twice in a row, and a spec reverted to an earlier version still
     runs. Invalid specs and unsafe file names are skipped with the validation message in the log.
     It also registers the model pool at the instance's default limit, so that the first runs it
@@ -104,19 +167,29 @@ def domain_spec_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse
         context.log.info(
             f"requesting a run for {run.domain} (spec change {run.sequence}, sha256 {run.file_hash[:12]})"
         )
+    requests = []
+    for run in plan.runs:
+        assets = STATISTICAL_ASSETS if run.job_name == synth_statistical_job.name else PIPELINE_ASSETS
+        selection = spec_stale_assets(context.instance, run.domain, run.file_hash, assets)
+        if selection:
+            requests.append((run, selection))
+        else:
+            context.log.info(f"{run.domain}: every asset is already made from this spec; no run")
     return dg.SensorResult(
+        asset_events=[spec_observation(run.domain, run.file_hash) for run in plan.runs],
         run_requests=[
             dg.RunRequest(
                 run_key=run.run_key,
                 job_name=run.job_name,
                 partition_key=run.domain,
+                asset_selection=selection,
                 tags={
                     "synth/trigger": "domain_spec_sensor",
                     "synth/domain": run.domain,
                     "synth/spec_hash": run.file_hash[:16],
                 },
             )
-            for run in plan.runs
+            for run, selection in requests
         ],
         dynamic_partitions_requests=(
             [dg.AddDynamicPartitionsRequest(DOMAIN_PARTITIONS_NAME, plan.new_partitions)]

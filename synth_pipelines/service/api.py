@@ -305,3 +305,15 @@ def create_app(
         )
 
     return app
+
+
+def serve_api(*, host: str = "127.0.0.1", port: int = 8000, allowed_hosts: list[str] | None = None) -> None:
+    """Serve the REST API on uvicorn until the process is stopped (the app is built first, so a
+    missing token off loopback fails before anything listens). Runs it launches land in
+    ``DAGSTER_HOME``, or ./.dagster_home as for ``make dev``."""
+    import uvicorn
+
+    from synth_pipelines.service.operations import default_dagster_home
+
+    default_dagster_home()
+    uvicorn.run(create_app(host=host, allowed_hosts=allowed_hosts), host=host, port=port, log_level="info")

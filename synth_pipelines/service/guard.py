@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from synth_pipelines.service.operations import ServiceError
+from synth_pipelines.service.models import BadInput
 
 TOKEN_ENV = "SYNTH_API_TOKEN"
 ALLOWED_HOSTS_ENV = "SYNTH_ALLOWED_HOSTS"
@@ -31,7 +31,7 @@ def require_token_off_loopback(host: str, token: str | None) -> str | None:
     without one would listen beyond loopback."""
     secret = token if token is not None else os.environ.get(TOKEN_ENV) or None
     if secret is None and host not in LOOPBACK:
-        raise ServiceError(
+        raise BadInput(
             f"refusing to serve on {host} without a token: set {TOKEN_ENV} (clients send "
             "'Authorization: Bearer <token>'), or bind to 127.0.0.1"
         )

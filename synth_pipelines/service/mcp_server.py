@@ -15,7 +15,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from synth_pipelines.learning.plan import Plan
+from synth_pipelines.planning.forecast import Plan
 from synth_pipelines.service.guard import (
     allowed_host_names,
     bearer_of,
@@ -23,13 +23,8 @@ from synth_pipelines.service.guard import (
     token_matches,
     validation_message,
 )
-from synth_pipelines.service.operations import (
-    DomainDetail,
-    DomainSummary,
-    RunInfo,
-    ServiceError,
-    SynthService,
-)
+from synth_pipelines.service.models import BadInput, DomainDetail, DomainSummary, RunInfo, ServiceError
+from synth_pipelines.service.operations import SynthService, default_dagster_home
 from synth_pipelines.warehouse.search import SearchResult
 
 INSTRUCTIONS = (
@@ -158,18 +153,15 @@ def build_mcp(service: SynthService | None = None) -> MCPServer:
         agent: Annotated[str, Field(max_length=100)] = "mcp",
     ) -> OutcomeReport:
         """Report whether an agent's task in a domain succeeded (drives the feedback loop)."""
-        from datetime import UTC, datetime
-
-        row = {
-            "outcome_id": outcome_id,
-            "domain": domain,
-            "cell_id": cell_id,
-            "tags": tags or [],
-            "success": success,
-            "recorded_at": datetime.now(UTC),
-            "agent": agent,
-        }
-        report = _call(svc.record_outcomes, [row])
+        report = _call(
+            svc.record_outcome,
+            domain,
+            success,
+            outcome_id=outcome_id,
+            cell_id=cell_id,
+            tags=tags,
+            agent=agent,
+        )
         if report.rejected and not report.accepted:
             raise ToolError(report.rejected[0].reason)
         return OutcomeReport(accepted=report.accepted, rejected=[r.model_dump() for r in report.rejected])
@@ -252,6 +244,9 @@ def serve_mcp(
     allowed_hosts: list[str] | None = None,
 ) -> None:
     """Run the MCP server until the client disconnects (stdio) or the process is stopped (HTTP)."""
+    if transport not in ("stdio", "streamable-http"):
+        raise BadInput(f"--transport {transport!r}: choose stdio or streamable-http", field="transport")
+    default_dagster_home()  # runs it launches land where the UI reads (./.dagster_home by default)
     if transport == "stdio":
         build_mcp().run("stdio")
         return

@@ -1,6 +1,8 @@
-"""The operations every surface offers: the REST API (``synth serve``), the MCP tools (``synth
-mcp``) and the CLI call these functions, so there is one implementation of launch, status,
-validate, search, outcomes and export.
+"""The operations every surface offers: the CLI (``synth``), the REST API (``synth serve``) and the
+MCP tools (``synth mcp``) call :class:`SynthService`, so there is one implementation of each: launch
+and run status, domains and their checks, plan, search, exports and cards here; the operations that
+run in this process (generate, validate, calibrate, train, benchmark, doctor, status, export,
+outcomes, spec files) in :mod:`synth_pipelines.service.tasks`.
 
 Runs go through the Dagster instance so that they show in the UI: through the webserver's GraphQL
 API when ``SYNTH_DAGSTER_URL`` names one, otherwise submitted to the instance as ``dagster job
@@ -16,16 +18,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import BaseModel, Field
 
-from synth_pipelines.learning.outcomes import IngestReport, record_outcomes
-from synth_pipelines.learning.plan import Plan, plan_domain, save_plan
+from synth_pipelines.assets.spec_file import observe_spec
 from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
-from synth_pipelines.spec.model import SpecError, discover_specs, load_spec, spec_path_for
+from synth_pipelines.planning.forecast import Plan, plan_domain, save_plan
+from synth_pipelines.service.models import (
+    BadInput,
+    CheckResult,
+    Conflict,
+    DomainDetail,
+    DomainSummary,
+    NotFound,
+    RunInfo,
+    ServiceError,
+    ServiceSettings,
+    Unavailable,
+)
+from synth_pipelines.service.tasks import LocalOperations
+from synth_pipelines.spec.loading import discover_specs, load_spec, spec_path_for
+from synth_pipelines.spec.model import SpecError
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 from synth_pipelines.warehouse.search import SearchError, SearchResult, search
 from synth_pipelines.warehouse.status import domain_status
-from synth_pipelines.warehouse.storage import Warehouse, location_from_env
+from synth_pipelines.warehouse.storage import StorageError, Warehouse
 
 CODE_LOCATION = "synth_pipelines.definitions"
 IN_FLIGHT = {
@@ -67,88 +82,18 @@ METRIC_KEYS = {
 }
 
 
-class ServiceError(Exception):
-    """A request the service cannot honour. ``status`` is the HTTP status the API answers with;
-    ``field`` names the offending input when there is one."""
-
-    status = 400
-
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-
-class NotFound(ServiceError):
-    status = 404
-
-
-class Conflict(ServiceError):
-    status = 409
-
-
-class Unavailable(ServiceError):
-    status = 503
-
-
-class RunInfo(BaseModel):
-    run_id: str
-    domain: str | None = None
-    status: str
-    done: bool
-    success: bool | None = None
-    error: str | None = None
-    note: str | None = None
-    url: str | None = None
-
-
-class DomainSummary(BaseModel):
-    domain: str
-    spec_file: str
-    generated: int = 0
-    accepted: int = 0
-    pass_rate: float | None = None
-    diversity: float | None = None
-    program_score: float | None = None
-    last_run: str | None = None
-
-
-class CheckResult(BaseModel):
-    check: str
-    asset: str
-    passed: bool | None
-    status: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class DomainDetail(DomainSummary):
-    description: str = ""
-    spec_version: str | None = None
-    in_flight_run: str | None = None
-    metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    checks: list[CheckResult] = Field(default_factory=list)
-
-
-class ServiceSettings(BaseModel):
-    """Where the service finds specs, data and models; resolved from the same environment
-    variables as the Dagster definitions, so the runs it launches see the same places."""
-
-    warehouse_root: str
-    state_dir: str | None
-    schemas_dir: str
-    profile: str
-    dagster_url: str | None = None
-
-    @classmethod
-    def from_env(cls) -> ServiceSettings:
-        root, state = location_from_env()
-        return cls(
-            warehouse_root=root,
-            state_dir=state,
-            schemas_dir=os.environ.get("SYNTH_SCHEMAS", "schemas"),
-            profile=os.environ.get("SYNTH_PROFILE", "local"),
-            dagster_url=os.environ.get("SYNTH_DAGSTER_URL") or None,
-        )
+def default_dagster_home() -> None:
+    """Runs launched by the API or the MCP tools must land in an instance the UI reads: without
+    DAGSTER_HOME, use ./.dagster_home as `make dev` does (created, with the project's dagster.yaml
+    when there is one)."""
+    if os.environ.get("DAGSTER_HOME"):
+        return
+    home = Path(".dagster_home").resolve()
+    home.mkdir(exist_ok=True)
+    project_config = Path("dagster.yaml")
+    if project_config.is_file() and not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(project_config.read_text())
+    os.environ["DAGSTER_HOME"] = str(home)
 
 
 def _metadata_value(value: Any) -> Any:
@@ -158,15 +103,25 @@ def _metadata_value(value: Any) -> Any:
     return str(raw)
 
 
-class SynthService:
+class SynthService(LocalOperations):
     """The shared operations over one warehouse, one specs folder and one Dagster instance."""
 
     def __init__(self, settings: ServiceSettings | None = None, instance: dg.DagsterInstance | None = None):
         self.settings = settings or ServiceSettings.from_env()
-        self.warehouse = Warehouse(self.settings.warehouse_root, state_dir=self.settings.state_dir)
+        try:
+            self.warehouse = Warehouse(self.settings.warehouse_root, state_dir=self.settings.state_dir)
+        except StorageError as e:
+            raise BadInput(str(e), field="warehouse") from None
         self._instance = instance
 
     # ------------------------------------------------------------------ domains
+    @staticmethod
+    def pipeline_steps() -> list[str]:
+        """The domain's assets in dependency order (what progress shows)."""
+        from synth_pipelines.assets import PIPELINE_STEPS
+
+        return list(PIPELINE_STEPS)
+
     @property
     def instance(self) -> dg.DagsterInstance:
         if self._instance is None:
@@ -183,7 +138,7 @@ class SynthService:
         try:
             validate_domain_name(domain)
         except UnsafeDomainError as e:
-            raise ServiceError(str(e), field="domain") from None
+            raise BadInput(str(e), field="domain") from None
         if domain not in discover_specs(self.settings.schemas_dir):
             known = ", ".join(sorted(discover_specs(self.settings.schemas_dir))) or "none"
             raise NotFound(
@@ -314,6 +269,7 @@ class SynthService:
         run_config = {"ops": {"problem_matrix": {"config": matrix}}} if matrix else {}
         tags = {"dagster/partition": domain, "synth/launched_by": "service"}
         self._register_partition(domain)
+        observe_spec(self.instance, self.settings.schemas_dir, domain)  # what the run is made from
         if self.settings.dagster_url:
             run_id = self._launch_graphql(job_name, run_config, tags)
         else:
@@ -403,54 +359,21 @@ class SynthService:
         return "the run failed (see the Dagster UI for its logs)"
 
     # ------------------------------------------------------------------ data
-    def validate(self, domain: str, rows: list[dict[str, Any]], *, models: bool = True) -> dict[str, Any]:
-        """Per-row verdicts of the domain's gates (rules, dedup and, with ``models``, the panel)."""
-        from synth_pipelines.resources import LLMResource
-        from synth_pipelines.validation.calibration import resolve_thresholds
-        from synth_pipelines.validation.external import validate_rows
-
-        domain = self.domain_name(domain)
-        try:
-            spec = load_spec(self.spec_file(domain)).spec
-        except SpecError as e:
-            raise ServiceError(str(e), field="domain") from None
-        if spec.statistical:
-            raise ServiceError(
-                f"{domain!r} is a {spec.type} domain: row validation applies to example domains; a "
-                f"{spec.type} domain is checked by its generator's recovery check (statistical_data)",
-                field="domain",
-            )
-        resource = LLMResource(
-            profile=self.settings.profile, api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None
-        )
-        spec, _ = resolve_thresholds(spec, resource.load_profile())
-        client = resource.client(self.warehouse.cache_path) if models else None
-        from synth_pipelines.llm.embeddings import embed_texts
-
-        return validate_rows(spec, rows, client, embed_texts)
-
     def plan(
         self, domain: str, *, target_count: int | None = None, seed_count: int = 5, save: bool = True
     ) -> Plan:
-        """The forecast of a run of ``domain`` (no model is called; see ``learning/plan.py``); saved,
-        unless ``save`` is off, so that the next run records planned vs actual."""
+        """The forecast of a run of ``domain`` (no model is called; see ``planning/forecast.py``),
+        of the spec as the run would resolve it; saved, unless ``save`` is off, so that the next run
+        records planned vs actual."""
         from synth_pipelines.llm.config import ProfileError
-        from synth_pipelines.resources import LLMResource
 
-        domain = self.domain_name(domain)
         if target_count is not None and target_count < 1:
             raise ServiceError("target_count must be at least 1", field="target_count")
+        resolved = self.resolved_spec(domain)
         try:
-            spec = load_spec(self.spec_file(domain)).spec
-        except SpecError as e:
-            raise ServiceError(str(e), field="domain") from None
-        resource = LLMResource(
-            profile=self.settings.profile, api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None
-        )
-        try:
-            client = resource.client(self.warehouse.cache_path)
+            client = self.llm_resource().client(self.warehouse.cache_path)
             forecast = plan_domain(
-                spec, self.warehouse, client, target_count=target_count, seed_count=seed_count
+                resolved, self.warehouse, client, target_count=target_count, seed_count=seed_count
             )
         except ProfileError as e:
             raise ServiceError(str(e), field="profile") from None
@@ -479,15 +402,9 @@ class SynthService:
                 raise NotFound(str(e), field="domain") from None
             raise ServiceError(str(e), field="k" if "k must" in str(e) else "q") from None
 
-    def record_outcomes(self, rows: list[dict[str, Any]]) -> IngestReport:
-        """Validate and store agent outcomes for the feedback loop."""
-        return record_outcomes(
-            self.warehouse, rows, known_domains=set(discover_specs(self.settings.schemas_dir))
-        )
-
     def export_lines(self, domain: str, fmt: Literal["sft", "dpo", "qa", "grpo-verifiable"]) -> Iterator[str]:
         """A training export as JSONL lines (the same rows ``synth export`` writes)."""
-        from synth_pipelines.warehouse.exports import export_rows
+        from synth_pipelines.exports.training import export_rows
 
         domain = self.domain_name(domain)
         spec = self.warehouse.materialized_spec(domain)
@@ -506,7 +423,7 @@ class SynthService:
 
     def dataset_card(self, domain: str) -> str:
         """The domain's dataset card (as ``synth export`` writes it, for the spec's format)."""
-        from synth_pipelines.warehouse.exports import dataset_card_text
+        from synth_pipelines.exports.training import dataset_card_text
 
         domain = self.domain_name(domain)
         spec = self.warehouse.materialized_spec(domain)

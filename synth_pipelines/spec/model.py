@@ -14,13 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -36,7 +34,7 @@ SpecType = Literal[
     "code-snippet",
     "conversation",
     "test-case",
-    # Statistical generators (README, Time series and events): no fields, no judges.
+    # Statistical generators (docs/specs.md, Time series and events): no fields, no judges.
     "timeseries",
     "events",
 ]
@@ -322,7 +320,7 @@ class Privacy(_Strict):
 
 
 class SeedSource(_Strict):
-    """Seeds grounded in the user's documents (README, Corpus-grounded seeds)."""
+    """Seeds grounded in the user's documents (docs/specs.md, Corpus-grounded seeds)."""
 
     # A folder, file or fsspec URL of Parquet, CSV, JSONL, Markdown or text; relative paths are
     # relative to the working directory.
@@ -445,7 +443,7 @@ ADVERSARIAL_CRITERION = "hard_but_well_posed"
 
 
 class TechniquesSpec(_Strict):
-    """How problems beyond the seeds are made, planned by ``problem_matrix`` (README, Techniques)."""
+    """How problems beyond the seeds are made, planned by ``problem_matrix`` (docs/specs.md, Techniques)."""
 
     # Rewrites of each seed for a cell's complexity level, keeping its core concept; each cell's
     # (non-adversarial) target is shared between the seed and its variations.
@@ -656,104 +654,6 @@ class DomainSpec(_Strict):
 
     def uniqueness_fields(self) -> list[str]:
         return list(self.constraints.uniqueness) or list(self.fields)
-
-
-class LoadedSpec(BaseModel):
-    """A spec together with where it came from and the hash of its bytes (its data version)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    path: str
-    file_hash: str
-    spec: DomainSpec
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-after")))
-
-
-def _explain(error: dict[str, Any]) -> str:
-    kind = error.get("type", "")
-    msg = str(error.get("msg", ""))
-    if kind == "literal_error":
-        expected = error.get("ctx", {}).get("expected", "")
-        return f"got {error.get('input')!r}, expected one of {expected}"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see the spec format in README)"
-    return msg.removeprefix("Value error, ")
-
-
-def parse_spec(data: Any, *, path: str | Path = "<memory>") -> DomainSpec:
-    """Validate already-loaded YAML data; raise :class:`SpecError` naming the path of every problem
-    (a rule whose SQL does not compile is one, named by the rule)."""
-    from synth_pipelines.spec.rules import rule_problems
-
-    if not isinstance(data, dict):
-        raise SpecError(path, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
-    try:
-        spec = DomainSpec.model_validate(data)
-    except ValidationError as e:
-        problems = [(_format_loc(err["loc"]), _explain(dict(err))) for err in e.errors()]
-        raise SpecError(path, problems) from None
-    problems = rule_problems(spec)
-    if problems:
-        raise SpecError(path, problems)
-    return spec
-
-
-def load_spec(path: str | Path) -> LoadedSpec:
-    """Read and validate ``schemas/<domain>.yaml``. The file stem must equal the spec's ``domain``."""
-    p = Path(path)
-    stem = p.stem
-    try:
-        validate_domain_name(stem, source=str(p))
-    except UnsafeDomainError as e:
-        raise SpecError(p, [("<file name>", str(e))]) from None
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise SpecError(p, [("", f"cannot read the file: {e.strerror}")]) from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise SpecError(p, [("", f"malformed YAML at {where}: {getattr(e, 'problem', e)}")]) from None
-    spec = parse_spec(data, path=p)
-    if spec.domain != stem:
-        raise SpecError(
-            p, [("domain", f"is {spec.domain!r} but the file is named {p.name}; rename one so they match")]
-        )
-    return LoadedSpec(path=str(p), file_hash=hashlib.sha256(raw).hexdigest(), spec=spec)
-
-
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-"""One spec template per example type (``synth schema templates``)."""
-
-
-def discover_specs(schemas_dir: str | Path) -> dict[str, Path]:
-    """Map domain -> spec path for every ``*.yaml`` directly in ``schemas_dir`` (templates excluded)."""
-    d = Path(schemas_dir)
-    if not d.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(d.glob("*.yaml")) if p.is_file()}
-
-
-def spec_path_for(schemas_dir: str | Path, domain: str) -> Path:
-    validate_domain_name(domain)
-    p = Path(schemas_dir) / f"{domain}.yaml"
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"no spec for domain {domain!r}: expected {p}. Create it (see `synth schema templates`) "
-            "or pick an existing domain."
-        )
-    return p
 
 
 def spec_digest(spec: DomainSpec) -> str:

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from synth_pipelines.spec.example_schema import example_arrow_schema
+from synth_pipelines.spec.model import DomainSpec, FieldSpec, RuleSpec
+
 if TYPE_CHECKING:
     import duckdb
-
-    from synth_pipelines.spec.model import DomainSpec, FieldSpec, RuleSpec
 
 ROW_COLUMN = "_row"
 # What one rule query may use: a row-level predicate over a batch needs neither more memory nor time.
@@ -86,8 +87,6 @@ def condition_columns(spec: DomainSpec) -> dict[str, str]:
 def rule_schema(spec: DomainSpec) -> pa.Schema:
     """The columns a rule expression can use: the example's typed columns (as in Parquet), then
     the matrix conditions."""
-    from synth_pipelines.spec.example_schema import example_arrow_schema
-
     conditions = [pa.field(column, pa.string()) for column in condition_columns(spec).values()]
     return pa.schema([pa.field(ROW_COLUMN, pa.int64()), *example_arrow_schema(spec), *conditions])
 

@@ -17,18 +17,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ProviderProfile, WeightedModel
+from synth_pipelines.spec.loading import LoadedSpec, load_spec
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
+from synth_pipelines.validation.apply_gates import Similarity
 from synth_pipelines.validation.consensus import ajudge_example
 from synth_pipelines.validation.consistency import field_agreement
-from synth_pipelines.validation.examples import Similarity
 from synth_pipelines.validation.memory import Embed
-from synth_pipelines.validation.rules import rule_check
+from synth_pipelines.validation.rule_checks import rule_check
 from synth_pipelines.warehouse.storage import Warehouse
 
 
@@ -44,6 +45,31 @@ def resolve_thresholds(spec: DomainSpec, profile: ProviderProfile) -> tuple[Doma
         skip_panel=calibration.panel_skip_reason(profile.name) if calibration else None,
         field_agreement=calibration.field_agreement_threshold if calibration else None,
     )
+
+
+class ResolvedSpec(BaseModel):
+    """A spec file as a run uses it: loaded, validated, and its ``auto`` thresholds resolved against
+    the profile, with where each number came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    loaded: LoadedSpec
+    spec: DomainSpec
+    threshold_sources: dict[str, str]
+
+    @property
+    def stored(self) -> DomainSpec:
+        """The spec exactly as ``domain_schema`` stores it and the run's assets read it back."""
+        return Warehouse.as_stored(self.spec)
+
+
+def resolved_spec(path: str | Path, profile: ProviderProfile) -> ResolvedSpec:
+    """Load the spec file at ``path`` and resolve it against ``profile``: the one way every caller
+    (``domain_schema``, the plan, ``synth validate`` and ``calibrate``, the strategy benchmark, the
+    judge benchmark) gets the spec a run would use. Raises :class:`SpecError` for a bad file."""
+    loaded = load_spec(path)
+    spec, sources = resolve_thresholds(loaded.spec, profile)
+    return ResolvedSpec(loaded=loaded, spec=spec, threshold_sources=sources)
 
 
 class LabelledRow(BaseModel):

@@ -19,7 +19,7 @@ from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.spec.example_schema import field_guide, json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import stable_int
-from synth_pipelines.validation import prompts
+from synth_pipelines.validation import judge_prompts
 
 SCALE = (1, 2, 3, 4, 5)
 MAX_REASON_CHARS = 120
@@ -104,7 +104,7 @@ def outcome_decided(done: list[JudgeScore], remaining_weight: float, threshold: 
 def judge_criteria(spec: DomainSpec, extra: list[str] | None = None) -> list[str]:
     """What the judges score: the spec's criteria, any ``extra`` ones, and always cross-field
     consistency (each once, in that order)."""
-    names = [*spec.validation.criteria, *(extra or []), prompts.CONSISTENCY_CRITERION]
+    names = [*spec.validation.criteria, *(extra or []), judge_prompts.CONSISTENCY_CRITERION]
     return list(dict.fromkeys(names))
 
 
@@ -121,15 +121,17 @@ def judge_messages(
     names = criteria or judge_criteria(spec)
     if problem.strip():
         shown = ", ".join(f"{k}={v}" for k, v in sorted((conditions or {}).items())) or "none"
-        problem_block = prompts.PROBLEM_BLOCK.format(problem=problem, conditions=shown)
+        problem_block = judge_prompts.PROBLEM_BLOCK.format(problem=problem, conditions=shown)
     else:
-        problem_block = prompts.NO_PROBLEM_BLOCK
-    notes = "".join(f"{prompts.CRITERIA_NOTES[c]}\n" for c in names if c in prompts.CRITERIA_NOTES)
+        problem_block = judge_prompts.NO_PROBLEM_BLOCK
+    notes = "".join(
+        f"{judge_prompts.CRITERIA_NOTES[c]}\n" for c in names if c in judge_prompts.CRITERIA_NOTES
+    )
     return [
-        ChatMessage(role="system", content=prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
+        ChatMessage(role="system", content=judge_prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
         ChatMessage(
             role="user",
-            content=prompts.VALIDATE_USER.format(
+            content=judge_prompts.VALIDATE_USER.format(
                 description=spec.description,
                 field_guide=field_guide(spec),
                 problem_block=problem_block,

@@ -12,7 +12,7 @@ from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.validation.consensus import judge_example, resolve_judges
 from synth_pipelines.validation.consistency import field_agreement
 from synth_pipelines.validation.memory import Embed
-from synth_pipelines.validation.rules import dedup_key, rule_check
+from synth_pipelines.validation.rule_checks import dedup_key, rule_check
 
 
 def _conditions(spec: DomainSpec, row: dict[str, Any]) -> dict[str, str]:

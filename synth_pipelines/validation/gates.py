@@ -4,14 +4,40 @@ taken from the spec (or run config). Plain functions over rows, so they are test
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
 from synth_pipelines.spec.model import DomainSpec
-from synth_pipelines.validation.rules import check_compliance
+from synth_pipelines.validation.rule_checks import check_compliance
 
+# The rejection stages of rows the panel judged: failed consensus, or passed it and were then
+# dropped as near duplicates of an accepted row. Every judged-rows figure comes from here.
 JUDGED_STAGES = ("consensus", "near_duplicate")
+PASSED_JUDGED_STAGES = ("near_duplicate",)
+
+
+class JudgedPassRate(BaseModel):
+    """Of the rows the validator panel judged, how many met the consensus threshold."""
+
+    judged: int
+    passed: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.passed / self.judged if self.judged else None
+
+
+def judged_pass_rate(accepted: int, rejected_by_stage: Mapping[Any, int]) -> JudgedPassRate:
+    """The one definition of the consensus pass rate (the gate, the asset's metadata, the dataset
+    card and the dbt mart ``domain_quality_summary`` agree with it): accepted rows and rows rejected
+    at a judged stage were judged; accepted rows and judged rows dropped only as near duplicates
+    passed. Rows rejected before the panel (rules, exact or memory duplicates, off topic) were not
+    judged and count in neither."""
+    judged_rejects = sum(int(rejected_by_stage.get(stage, 0)) for stage in JUDGED_STAGES)
+    passed_rejects = sum(int(rejected_by_stage.get(stage, 0)) for stage in PASSED_JUDGED_STAGES)
+    return JudgedPassRate(judged=accepted + judged_rejects, passed=accepted + passed_rejects)
 
 
 class GateResult(BaseModel):
@@ -65,10 +91,8 @@ def consensus_pass_rate(
             not_measured="the validator panel was skipped (validation.panel is off for this run)"
             + ("" if validated else "; and no example passed the gates before it"),
         )
-    judged_rejects = [r for r in rejected if r.get("fail_stage") in JUDGED_STAGES]
-    passed = len(validated) + sum(1 for r in judged_rejects if r.get("fail_stage") == "near_duplicate")
-    judged = len(validated) + len(judged_rejects)
-    rate = passed / judged if judged else 0.0
+    counted = judged_pass_rate(len(validated), Counter(r.get("fail_stage") for r in rejected))
+    judged, passed, rate = counted.judged, counted.passed, counted.rate or 0.0
     consensus = [r["consensus"] for r in validated if r.get("consensus") is not None]
     return GateResult(
         passed=judged > 0 and rate >= threshold,

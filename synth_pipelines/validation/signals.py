@@ -1,6 +1,6 @@
 """Judge signals read from token probabilities of an embedded (llama.cpp) model, instead of from
 the text it samples. ``make bench-judges`` measures each against hand labels; only the ones that
-raise Cohen's kappa are used by the gate (see README, Quality gates).
+raise Cohen's kappa are used by the gate (see docs/quality.md).
 
 * :func:`yes_probability`: P(yes) / (P(yes) + P(no)) for the next token after the judge prompt and
   "Is the example a correct answer to the problem? Answer yes or no."
@@ -24,7 +24,7 @@ import numpy as np
 from synth_pipelines.llm.types import ChatMessage
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import example_text
-from synth_pipelines.validation import prompts
+from synth_pipelines.validation import judge_prompts
 from synth_pipelines.validation.consensus import judge_messages
 
 
@@ -135,7 +135,7 @@ def _pairwise_prompt(
         return f"Example {label}\nProblem: {item[0]}\nAnswer: {json.dumps(item[1], ensure_ascii=False)}"
 
     messages = (
-        ChatMessage(role="system", content=prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
+        ChatMessage(role="system", content=judge_prompts.VALIDATE_SYSTEM.format(domain=spec.domain)),
         ChatMessage(
             role="user",
             content=f"Task: {spec.description}\n{block('A', a)}\n{block('B', b)}\n{PAIRWISE_QUESTION}",

@@ -6,7 +6,7 @@ alignment padding, indentation and blank lines are how tables and code look, not
 checks were measured on text nobody here wrote (``synth_pipelines/testing/text_corpus.py``: the
 standard library, command output, man pages, package READMEs and data files, system logs) and on a
 set of derailed outputs (repetition loops, placeholders, random tokens, truncation, lorem ipsum,
-runaways); the figures are in the README and ``tests/test_text_checks.py`` holds them.
+runaways); the figures are in docs/quality.md and ``tests/test_text_checks.py`` holds them.
 
 What was tried and left out, because real structured text trips it (measured on that corpus):
 Gopher's duplicate n-gram character fractions (99th percentile of real text 0.92 for 5-grams:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
+from synth_pipelines.spec.names import validate_domain_name
 from synth_pipelines.warehouse.storage import Warehouse, atomic_write_text
 from synth_pipelines.warehouse.tables import EMBEDDING_DIM
 
@@ -132,8 +133,6 @@ def load_index(wh: Warehouse, domain: str, embeddings: pa.Table) -> AnnIndex | N
     """The domain's index if one exists and was built from exactly these embeddings, else None."""
     from usearch.index import Index
 
-    from synth_pipelines.warehouse.search import index_path
-
     path = index_path(wh, domain)
     info = index_info(path)
     if info is None or info.fingerprint != embeddings_fingerprint(embeddings) or not path.is_file():
@@ -156,3 +155,8 @@ def recall_at_k(
         for a, e in zip(approx, exact, strict=True)
     ]
     return sum(found) / len(found) if found else 1.0
+
+
+def index_path(wh: Warehouse, domain: str) -> Path:
+    """Where the domain's ANN index lives: the state folder (a real filesystem; usearch maps files)."""
+    return wh.state_dir / "index" / f"{validate_domain_name(domain)}.usearch"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -21,6 +20,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from synth_pipelines.spec.names import validate_domain_name
+from synth_pipelines.warehouse.ann import load_index
 from synth_pipelines.warehouse.storage import Warehouse
 from synth_pipelines.warehouse.tables import EMBEDDING_DIM
 
@@ -161,8 +161,6 @@ def search(
 ) -> SearchResult:
     """The ``k`` validated examples of ``domain`` nearest to ``query`` (text embedded with ``embed``,
     the same model as the stored embeddings), with their consensus and provenance."""
-    from synth_pipelines.warehouse.ann import load_index
-
     if not 1 <= k <= 1000:
         raise SearchError(f"k must be between 1 and 1000, got {k}")
     if not query.strip():
@@ -184,8 +182,3 @@ def search(
         searched=embeddings.num_rows,
         hits=_hits(wh, domain, neighbours),
     )
-
-
-def index_path(wh: Warehouse, domain: str) -> Path:
-    """Where the domain's ANN index lives: the state folder (a real filesystem; usearch maps files)."""
-    return wh.state_dir / "index" / f"{validate_domain_name(domain)}.usearch"

@@ -10,7 +10,10 @@ accepted as (
 ),
 rejected as (
     select domain, count(*) as rejected,
-           count(*) filter (where fail_stage in ('consensus', 'near_duplicate')) as rejected_after_judging
+           -- validation/gates.py judged_pass_rate: judged = accepted + consensus + near_duplicate
+           -- rejects; passed = accepted + near_duplicate rejects (they met the threshold).
+           count(*) filter (where fail_stage in ('consensus', 'near_duplicate')) as rejected_after_judging,
+           count(*) filter (where fail_stage = 'near_duplicate') as judged_passed_then_dropped
     from {{ ref('stg_rejected_examples') }} group by domain
 ),
 program as (
@@ -22,7 +25,8 @@ select s.domain, s.name, s.training_format,
        coalesce(accepted.accepted, 0) as accepted,
        coalesce(rejected.rejected, 0) as rejected,
        coalesce(accepted.accepted, 0) / nullif(raw.generated, 0) as pass_rate,
-       coalesce(accepted.accepted, 0) / nullif(coalesce(accepted.accepted, 0) + coalesce(rejected.rejected_after_judging, 0), 0) as consensus_pass_rate,
+       (coalesce(accepted.accepted, 0) + coalesce(rejected.judged_passed_then_dropped, 0))
+           / nullif(coalesce(accepted.accepted, 0) + coalesce(rejected.rejected_after_judging, 0), 0) as consensus_pass_rate,
        accepted.mean_consensus, s.consensus_threshold, s.min_pass_rate,
        d.mean_pairwise_cosine_distance as diversity, d.clusters as semantic_clusters, s.diversity_threshold,
        program.program_score, raw.cost_usd, raw.tokens,

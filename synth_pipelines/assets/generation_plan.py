@@ -4,11 +4,14 @@ import dagster as dg
 from pydantic import Field
 
 from synth_pipelines.assets._common import markdown_table
-from synth_pipelines.learning.plan import plan_domain, render_plan, save_plan
+from synth_pipelines.assets.spec_file import domain_spec_file
 from synth_pipelines.llm.config import ProfileError
 from synth_pipelines.partitions import domain_partitions
+from synth_pipelines.planning.forecast import plan_domain, render_plan, save_plan
 from synth_pipelines.resources import LLMResource, WarehouseResource
-from synth_pipelines.spec.model import SpecError, load_spec, spec_path_for
+from synth_pipelines.spec.loading import spec_path_for
+from synth_pipelines.spec.model import SpecError
+from synth_pipelines.validation.calibration import resolved_spec
 
 GROUP = "planning"
 
@@ -18,7 +21,7 @@ class PlanConfig(dg.Config):
     seed_count: int = Field(default=5, ge=1, le=200, description="Seeds generated when the spec lists none.")
 
 
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, kinds={"json"})
+@dg.asset(partitions_def=domain_partitions, group_name=GROUP, deps=[domain_spec_file], kinds={"json"})
 def generation_plan(
     context: dg.AssetExecutionContext, config: PlanConfig, warehouse: WarehouseResource, llm: LLMResource
 ) -> dg.MaterializeResult:
@@ -31,9 +34,9 @@ def generation_plan(
     domain = context.partition_key
     wh = warehouse.get()
     try:
-        spec = load_spec(spec_path_for(warehouse.schemas_dir, domain)).spec
+        resolved = resolved_spec(spec_path_for(warehouse.schemas_dir, domain), llm.load_profile())
         plan = plan_domain(
-            spec,
+            resolved,
             wh,
             llm.client(wh.cache_path),
             target_count=config.target_count,

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from synth_pipelines.generation.examples import (
+from synth_pipelines.generation.generate_rows import (
     PlannedItem,
     finished_keys,
     generation_request,
@@ -57,7 +57,7 @@ from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.types import CompletionRequest
 from synth_pipelines.spec.example_schema import example_json_schema
 from synth_pipelines.spec.model import DomainSpec
-from synth_pipelines.validation.calibration import resolve_thresholds
+from synth_pipelines.validation.calibration import ResolvedSpec, resolve_thresholds
 from synth_pipelines.validation.consensus import JUDGE_MAX_TOKENS, judge_messages, resolve_judges
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.storage import SCORE_FILE, Warehouse
@@ -584,17 +584,21 @@ class Planner:
 
 
 def plan_domain(
-    spec: DomainSpec,
+    spec: ResolvedSpec | DomainSpec,
     warehouse: Warehouse,
     client: LLMClient,
     *,
     target_count: int | None = None,
     seed_count: int = 5,
 ) -> Plan:
-    """The forecast of one run of ``spec`` (the YAML's) for its domain (see the module docstring).
-    The run reads the spec as ``domain_schema`` stores it, so the plan does too."""
-    resolved, _ = resolve_thresholds(spec, client.profile)
-    stored = warehouse.as_stored(resolved)
+    """The forecast of one run of ``spec`` for its domain (see the module docstring). The run reads
+    the spec as ``domain_schema`` stores it, so the plan does too: pass the :class:`ResolvedSpec`
+    of the spec file (``validation.calibration.resolved_spec``); a bare ``DomainSpec`` (a library
+    caller's, a test's) is resolved against the client's profile here."""
+    if isinstance(spec, ResolvedSpec):
+        stored = spec.stored
+    else:
+        stored = warehouse.as_stored(resolve_thresholds(spec, client.profile)[0])
     return Planner(stored, warehouse, client, seed_count=seed_count).plan(target_count=target_count)
 
 

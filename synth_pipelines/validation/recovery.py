@@ -90,7 +90,7 @@ def check_timeseries(table: pa.Table, spec: TimeseriesSpec) -> dict[str, Any]:
 
 def check_events(table: pa.Table, spec: EventsSpec) -> dict[str, Any]:
     """The observed rate against the expected long-run rate, pooled over streams."""
-    from synth_pipelines.generation.statistical import expected_event_rate
+    from synth_pipelines.generation.simulate import expected_event_rate
 
     hours = duration_seconds(spec.duration) / 3600.0
     observed = table.num_rows

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import flatten_value, normalize_text, stable_hash
+from synth_pipelines.validation.gates import JUDGED_STAGES
 from synth_pipelines.warehouse.storage import StoragePath, Warehouse, atomic_write_parquet, atomic_write_text
 
 ExportFormat = Literal["sft", "dpo", "qa", "grpo-verifiable"]
@@ -98,9 +99,7 @@ def dpo_rows(
     (the spec's panel was skipped) have no score to rank by and are counted as ``unjudged``."""
     threshold = spec.validation.threshold
     candidates = [r for r in validated if r.get("consensus") is not None] + [
-        r
-        for r in rejected
-        if r.get("consensus") is not None and r.get("fail_stage") in ("consensus", "near_duplicate")
+        r for r in rejected if r.get("consensus") is not None and r.get("fail_stage") in JUDGED_STAGES
     ]
     by_prompt: dict[str, list[dict[str, Any]]] = {}
     for r in candidates:
@@ -428,7 +427,7 @@ def _card(
     run_ids: list[str],
 ) -> tuple[str, str]:
     """The export's file name stem and its dataset card."""
-    from synth_pipelines.warehouse.cards import dataset_card
+    from synth_pipelines.exports.cards import dataset_card
 
     raw_table = warehouse.read_partition("raw_generations", spec.domain)
     name = f"{spec.domain}_{fmt.replace('-', '_')}"

@@ -1,4 +1,4 @@
-"""The first three assets: the validated spec, its seed problems and the problem matrix."""
+"""The problems examples are written for: corpus chunks, seed problems and the problem matrix."""
 
 import json
 import time
@@ -8,12 +8,15 @@ import dagster as dg
 from pydantic import Field
 
 from synth_pipelines.assets._common import (
+    PIPELINE_GROUP,
     load_materialized_spec,
     markdown_table,
     provider_failure,
     record_spend,
     require_upstream,
 )
+from synth_pipelines.assets.domain_schema import domain_schema
+from synth_pipelines.assets.spec_file import domain_spec_file
 from synth_pipelines.generation.corpus import CorpusError, chunks_table, load_chunks, sample_chunks
 from synth_pipelines.generation.matrix import asked_conditions, build_matrix, feedback_extras
 from synth_pipelines.generation.seeds import (
@@ -31,105 +34,23 @@ from synth_pipelines.generation.techniques import (
 )
 from synth_pipelines.learning.feedback import feedback_targets, record_feedback_targets
 from synth_pipelines.llm.backends import ProviderConfigError
-from synth_pipelines.llm.config import ProfileError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
-from synth_pipelines.spec.example_schema import example_json_schema
-from synth_pipelines.spec.model import SpecError, load_spec, spec_digest, spec_path_for
-from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
-from synth_pipelines.validation.calibration import resolve_thresholds
-from synth_pipelines.warehouse.storage import SPEC_FILE
 from synth_pipelines.warehouse.tables import (
     CORPUS_CHUNKS,
     PROBLEM_MATRIX,
     SEED_PROBLEMS,
-    spec_table,
     to_table,
 )
 
-GROUP = "synthesis"
-
-
-@dg.asset(partitions_def=domain_partitions, group_name=GROUP, kinds={"yaml", "json"})
-def domain_schema(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, llm: LLMResource
-) -> dg.MaterializeResult:
-    """The parsed and validated domain spec (grain: one spec per domain).
-
-    Reads ``schemas/<domain>.yaml``, validates it (rules' SQL included) and compiles its fields to
-    the example model and JSON schema. ``consensus_threshold: auto`` becomes the calibrated threshold
-    of the provider profile's validator panel (the design's 0.75 for an uncalibrated panel), so
-    every later asset reads a number. Its data version is the SHA-256 of the file plus that
-    threshold, so editing the spec or switching to a panel calibrated differently marks everything
-    downstream stale. An invalid spec fails here, naming the file and field, and nothing downstream
-    runs.
-    """
-    domain = context.partition_key
-    try:
-        validate_domain_name(domain, source="the partition key")
-        path = spec_path_for(warehouse.schemas_dir, domain)
-        loaded = load_spec(path)
-    except (UnsafeDomainError, FileNotFoundError, SpecError) as e:
-        raise dg.Failure(description=str(e)) from e
-    program = loaded.spec.program
-    if program is not None and program.module is not None:
-        try:
-            module_file = program.module_file(warehouse.schemas_dir)
-        except ValueError as e:
-            raise dg.Failure(description=f"{path}: program.module: {e}") from e
-        if not module_file.is_file():
-            raise dg.Failure(
-                description=f"{path}: program.module: {module_file} does not exist (the path is relative "
-                "to the specs folder)"
-            )
-    try:
-        profile = llm.load_profile()
-    except ProfileError as e:
-        raise dg.Failure(description=str(e)) from e
-    spec, threshold_sources = resolve_thresholds(loaded.spec, profile)
-    schema = example_json_schema(spec)
-    wh = warehouse.get()
-    out = wh.write_json(
-        SPEC_FILE.format(domain=domain),
-        {
-            "file": str(path),
-            "file_hash": loaded.file_hash,
-            "spec_digest": spec_digest(spec),
-            "threshold_sources": threshold_sources,
-            "spec": spec.model_dump(mode="json"),
-            "example_json_schema": schema,
-        },
-    )
-    wh.replace_domain_rows("domain_specs", domain, spec_table(spec, loaded.file_hash))
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(
-            f"{loaded.file_hash}:{spec.validation.threshold:g}:{spec.validation.min_diversity:g}"
-        ),
-        metadata={
-            "spec_file": dg.MetadataValue.path(str(path)),
-            "file_sha256": loaded.file_hash,
-            "stored_at": dg.MetadataValue.path(str(out)),
-            "name": spec.name,
-            "version": spec.version_str,
-            "type": spec.type,
-            "fields": len(spec.fields),
-            "matrix_dimensions": dg.MetadataValue.json(spec.matrix.dimensions),
-            "complexity": dg.MetadataValue.json(spec.matrix.complexity),
-            "target_count": spec.target_count,
-            "consensus_threshold": spec.validation.threshold,
-            "diversity_threshold": spec.validation.min_diversity,
-            "threshold_sources": dg.MetadataValue.json(threshold_sources),
-            "rules": len(spec.rules),
-            "training_format": spec.training_format,
-            "example_json_schema": dg.MetadataValue.json(schema),
-        },
-    )
-
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[domain_schema], kinds={"parquet", "duckdb"}
+    partitions_def=domain_partitions,
+    group_name=PIPELINE_GROUP,
+    deps=[domain_schema, domain_spec_file],
+    kinds={"parquet", "duckdb"},
 )
 def corpus_chunks(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, embedder: EmbedderResource
@@ -185,8 +106,8 @@ class SeedConfig(dg.Config):
 @dg.asset(
     partitions_def=domain_partitions,
     pool=LLM_POOL,
-    group_name=GROUP,
-    deps=[domain_schema, corpus_chunks],
+    group_name=PIPELINE_GROUP,
+    deps=[domain_schema, corpus_chunks, domain_spec_file],
     kinds={"parquet", "duckdb"},
 )
 def seed_problems(
@@ -261,8 +182,8 @@ class MatrixConfig(dg.Config):
 @dg.asset(
     partitions_def=domain_partitions,
     pool=LLM_POOL,
-    group_name=GROUP,
-    deps=[seed_problems],
+    group_name=PIPELINE_GROUP,
+    deps=[seed_problems, domain_spec_file],
     kinds={"parquet", "duckdb"},
 )
 def problem_matrix(

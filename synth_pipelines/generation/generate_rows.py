@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from synth_pipelines.generation import prompts
+from synth_pipelines.generation import generation_prompts
 from synth_pipelines.generation.matrix import MatrixCell
 from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.client import BudgetExhausted, LLMClient, prompt_hash
@@ -164,24 +164,24 @@ def build_messages(spec: DomainSpec, item: PlannedItem) -> list[ChatMessage]:
     example_block = ""
     if spec.hints.examples:
         shown = spec.hints.examples[item.sample_index % len(spec.hints.examples)]
-        example_block = prompts.EXAMPLE_BLOCK.format(example=json.dumps(shown, ensure_ascii=False))
+        example_block = generation_prompts.EXAMPLE_BLOCK.format(example=json.dumps(shown, ensure_ascii=False))
     if item.grounding:
         # Only grounded items carry it: every other prompt (and its cache key) is unchanged.
-        example_block += prompts.GROUNDING_BLOCK.format(excerpt=item.grounding)
+        example_block += generation_prompts.GROUNDING_BLOCK.format(excerpt=item.grounding)
     conditions = ", ".join(f"{k}={v}" for k, v in sorted(item.conditions.items())) or "none"
     if item.technique == "adversarial":
         # Only adversarial rows say so: every other prompt (and its cache key) stays as it was.
-        conditions += f". {prompts.ADVERSARIAL_NOTE}"
+        conditions += f". {generation_prompts.ADVERSARIAL_NOTE}"
     return [
         ChatMessage(
             role="system",
-            content=prompts.GENERATE_SYSTEM.format(
+            content=generation_prompts.GENERATE_SYSTEM.format(
                 domain=spec.domain, spec_type=spec.type, description=spec.description, style=style
             ),
         ),
         ChatMessage(
             role="user",
-            content=prompts.GENERATE_USER.format(
+            content=generation_prompts.GENERATE_USER.format(
                 problem=item.problem,
                 conditions=conditions,
                 complexity=item.complexity,

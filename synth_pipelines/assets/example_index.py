@@ -5,20 +5,22 @@ import time
 import dagster as dg
 import numpy as np
 
-from synth_pipelines.assets._common import require_upstream
-from synth_pipelines.assets.downstream import example_embeddings
+from synth_pipelines.assets._common import PIPELINE_GROUP, require_upstream
+from synth_pipelines.assets.example_embeddings import example_embeddings
+from synth_pipelines.assets.spec_file import domain_spec_file
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
 from synth_pipelines.warehouse.ann import (
     AnnIndex,
     IndexInfo,
     embeddings_fingerprint,
+    index_path,
     recall_at_k,
     remove_index,
     save_index,
     vectors_of,
 )
-from synth_pipelines.warehouse.search import exact_neighbours, index_path
+from synth_pipelines.warehouse.search import exact_neighbours
 from synth_pipelines.warehouse.storage import INDEX_FILE
 
 # Queries sampled from the domain's own vectors to measure the index against exact search.
@@ -32,7 +34,10 @@ class IndexConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name="learning", deps=[example_embeddings], kinds={"usearch"}
+    partitions_def=domain_partitions,
+    group_name=PIPELINE_GROUP,
+    deps=[example_embeddings, domain_spec_file],
+    kinds={"usearch"},
 )
 def example_index(
     context: dg.AssetExecutionContext, config: IndexConfig, warehouse: WarehouseResource

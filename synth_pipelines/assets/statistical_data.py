@@ -8,15 +8,16 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from synth_pipelines.assets._common import load_materialized_spec, markdown_table, usage_metadata
-from synth_pipelines.assets.domain import domain_schema
-from synth_pipelines.generation.statistical import generate_events, generate_timeseries
+from synth_pipelines.assets.domain_schema import domain_schema
+from synth_pipelines.assets.spec_file import domain_spec_file
+from synth_pipelines.generation.simulate import generate_events, generate_timeseries
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ChatMessage, ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.spec.example_schema import json_schema_for_model
 from synth_pipelines.spec.model import DomainSpec
-from synth_pipelines.validation.statistical import check_events, check_timeseries
+from synth_pipelines.validation.recovery import check_events, check_timeseries
 from synth_pipelines.warehouse.storage import QUALITY_FILE, SCENARIO_FILE
 
 GROUP = "statistical"
@@ -68,7 +69,10 @@ def describe_scenario(
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[domain_schema], kinds={"parquet", "numpy"}
+    partitions_def=domain_partitions,
+    group_name=GROUP,
+    deps=[domain_schema, domain_spec_file],
+    kinds={"parquet", "numpy"},
 )
 def statistical_data(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, llm: LLMResource

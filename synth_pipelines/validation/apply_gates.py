@@ -27,7 +27,7 @@ from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_e
 from synth_pipelines.validation.consistency import field_agreement
 from synth_pipelines.validation.dedup import near_duplicate_selection
 from synth_pipelines.validation.memory import Embed, Memory, memory_duplicates
-from synth_pipelines.validation.rules import dedup_key, example_json_text, rule_check
+from synth_pipelines.validation.rule_checks import dedup_key, example_json_text, rule_check
 from synth_pipelines.warehouse.progress import Progress
 from synth_pipelines.warehouse.tables import JUDGED, PROVENANCE, REJECTED_EXAMPLES, VALIDATED_EXAMPLES
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from synth_pipelines.llm.config import ProviderProfile, load_profile, profile_path
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.runner import failure_messages, materialization_metadata, materialize_domain
-from synth_pipelines.spec.model import spec_path_for
+from synth_pipelines.spec.loading import spec_path_for
 from synth_pipelines.warehouse.storage import Warehouse
 
 
@@ -214,18 +214,17 @@ def judge_kappa(
     domain: str, schemas: Path, labelled: Path, llm: LLMResource, cache_path: Path, embedder: EmbedderResource
 ) -> tuple[float, dict[str, Any]]:
     """The strategy's panel, at its spec's thresholds, on the labelled set: Cohen's kappa."""
-    from synth_pipelines.spec.model import load_spec
     from synth_pipelines.validation.calibration import (
         agreement,
         gate_accepts,
         load_labelled,
-        resolve_thresholds,
+        resolved_spec,
         score_rows,
     )
     from synth_pipelines.validation.consensus import resolve_judges
 
     client = llm.client(cache_path)
-    spec, _ = resolve_thresholds(load_spec(spec_path_for(schemas, domain)).spec, client.profile)
+    spec = resolved_spec(spec_path_for(schemas, domain), client.profile).spec
     rows = load_labelled(labelled)
     scores = score_rows(
         spec,
@@ -337,7 +336,8 @@ def check_strategies(
 ) -> None:
     """Every strategy's models, validation overrides and scratch folder, checked before the first one
     runs, so a typo in the third does not waste the first two's spend."""
-    from synth_pipelines.spec.model import SpecError, parse_spec
+    from synth_pipelines.spec.loading import parse_spec
+    from synth_pipelines.spec.model import SpecError
 
     base = load_profile(str(profile_source))
     try:

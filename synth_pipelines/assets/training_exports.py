@@ -7,10 +7,11 @@ Written to ``<warehouse>/exports/<format>/domain=<d>/`` as Parquet + JSONL with 
 import dagster as dg
 
 from synth_pipelines.assets._common import load_materialized_spec, markdown_table
-from synth_pipelines.assets.examples import validated_examples
+from synth_pipelines.assets.spec_file import domain_spec_file
+from synth_pipelines.assets.validated_examples import validated_examples
+from synth_pipelines.exports.training import ExportFormat, build_export
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
-from synth_pipelines.warehouse.exports import ExportFormat, build_export
 from synth_pipelines.warehouse.storage import StorageError
 
 GROUP = "exports"
@@ -44,7 +45,10 @@ def _export(
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[validated_examples], kinds={"parquet", "jsonl"}
+    partitions_def=domain_partitions,
+    group_name=GROUP,
+    deps=[validated_examples, domain_spec_file],
+    kinds={"parquet", "jsonl"},
 )
 def sft_export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Supervised fine-tuning data (grain: one chat per validated example): system = the domain
@@ -53,7 +57,10 @@ def sft_export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) 
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[validated_examples], kinds={"parquet", "jsonl"}
+    partitions_def=domain_partitions,
+    group_name=GROUP,
+    deps=[validated_examples, domain_spec_file],
+    kinds={"parquet", "jsonl"},
 )
 def dpo_export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Preference pairs (grain: one pair per generation prompt with >= 2 judged candidates): chosen =
@@ -62,7 +69,10 @@ def dpo_export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) 
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[validated_examples], kinds={"parquet", "jsonl"}
+    partitions_def=domain_partitions,
+    group_name=GROUP,
+    deps=[validated_examples, domain_spec_file],
+    kinds={"parquet", "jsonl"},
 )
 def qa_export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Question/answer pairs (grain: one per validated example): question = inputs, answer = outputs."""
@@ -70,7 +80,10 @@ def qa_export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
 
 
 @dg.asset(
-    partitions_def=domain_partitions, group_name=GROUP, deps=[validated_examples], kinds={"parquet", "jsonl"}
+    partitions_def=domain_partitions,
+    group_name=GROUP,
+    deps=[validated_examples, domain_spec_file],
+    kinds={"parquet", "jsonl"},
 )
 def grpo_export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Verifiable problems for GRPO (grain: one per example whose answer checks out): the spec's

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.validation.gates import judged_pass_rate
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -33,7 +34,7 @@ def dataset_card(
     cost = sum(float(r.get("cost_usd") or 0.0) for r in raw)
     tokens = sum(int(r.get("prompt_tokens") or 0) + int(r.get("completion_tokens") or 0) for r in raw)
     stages = Counter(r.get("fail_stage") for r in rejected)
-    judged = len(validated) + stages.get("consensus", 0) + stages.get("near_duplicate", 0)
+    pass_rate = judged_pass_rate(len(validated), stages).rate
     consensus = [r["consensus"] for r in validated if r.get("consensus") is not None]
     what = _table(
         [
@@ -57,7 +58,7 @@ def dataset_card(
             ("generated / accepted", f"{len(raw)} / {len(validated)}"),
             ("rejected by stage", ", ".join(f"{k}: {v}" for k, v in stages.most_common()) or "none"),
             ("consensus threshold", spec.validation.threshold),
-            ("consensus pass rate", f"{len(validated) / judged:.2%}" if judged else "n/a"),
+            ("consensus pass rate", f"{pass_rate:.2%}" if pass_rate is not None else "n/a"),
             ("mean consensus (accepted)", f"{sum(consensus) / len(consensus):.3f}" if consensus else "n/a"),
             (
                 "diversity (mean pairwise cosine distance)",
