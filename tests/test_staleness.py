@@ -8,8 +8,10 @@ exactly that domain's assets stale; and the spec sensor's run asks only for what
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +192,53 @@ def test_the_observation_sensor_runs_by_default_often_enough_for_30_seconds() ->
     graph = defs.resolve_asset_graph()
     groups = {graph.get(k).group_name for k in job.asset_layer.executable_asset_keys}
     assert groups == {"pipeline"}
+
+
+def test_within_30_seconds_of_an_edit_the_running_daemon_shows_the_domain_stale(
+    tmp_path: Path, scripted_schemas_dir: Path, scripted_backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real path: `dagster-daemon` (as `make dev` runs it) ticks the observation sensor; a spec
+    edit shows in GraphQL ``staleStatus`` within 30 s, for that domain only."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    root = tmp_path / "warehouse"
+    for key, value in {
+        "DAGSTER_HOME": str(home),
+        "SYNTH_WAREHOUSE": str(root),
+        "SYNTH_SCHEMAS": str(scripted_schemas_dir),
+    }.items():
+        monkeypatch.setenv(key, value)
+    instance = dg.DagsterInstance.get()
+    _made(instance, root, scripted_schemas_dir, DOMAIN)
+    # A second domain registered but never observed: its first observation tells us the sensor runs.
+    instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [OTHER])
+    bin_dir = Path(sys.executable).parent
+    daemon = subprocess.Popen(
+        [str(bin_dir / "dagster-daemon"), "run", "-m", "synth_pipelines.definitions"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while latest_observed_version(instance, OTHER) is None:
+            assert time.monotonic() < deadline, "the daemon never ticked spec_observation_sensor"
+            time.sleep(1)
+        assert _graphql_status(instance, DOMAIN, MADE) == {a: ("FRESH", []) for a in MADE}
+
+        spec = scripted_schemas_dir / f"{DOMAIN}.yaml"
+        spec.write_text(spec.read_text() + "\n# edited\n")
+        edited = time.monotonic()
+        while True:
+            status = _graphql_status(instance, DOMAIN, MADE)
+            if all(s == "STALE" for s, _ in status.values()):
+                print(f"stale {time.monotonic() - edited:.1f} s after the edit")
+                break
+            assert time.monotonic() - edited < 30, status
+            time.sleep(1)
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+    assert _graphql_status(instance, OTHER, ["domain_schema"]) == {"domain_schema": ("MISSING", [])}
