@@ -15,13 +15,8 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dagster as dg
-
-from synth_pipelines.assets.spec_file import observe_spec
-from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
-from synth_pipelines.planning.forecast import Plan, plan_domain, save_plan
 from synth_pipelines.service.models import (
     BadInput,
     CheckResult,
@@ -42,13 +37,16 @@ from synth_pipelines.warehouse.search import SearchError, SearchResult, search
 from synth_pipelines.warehouse.status import domain_status
 from synth_pipelines.warehouse.storage import StorageError, Warehouse
 
+if TYPE_CHECKING:
+    # Dagster and the planner load with the operations that need them: the `synth` command starts
+    # in well under a second.
+    import dagster as dg
+
+    from synth_pipelines.planning.forecast import Plan
+
 CODE_LOCATION = "synth_pipelines.definitions"
-IN_FLIGHT = {
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-}
+# Run statuses (``DagsterRunStatus`` names) of a run that is queued or running.
+IN_FLIGHT = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 # The assets whose latest materialization metadata a domain's detail shows.
 METRIC_ASSETS = (
     "raw_generations",
@@ -124,6 +122,8 @@ class SynthService(LocalOperations):
 
     @property
     def instance(self) -> dg.DagsterInstance:
+        import dagster as dg
+
         if self._instance is None:
             if not os.environ.get("DAGSTER_HOME"):
                 raise Unavailable(
@@ -180,6 +180,8 @@ class SynthService(LocalOperations):
         return detail
 
     def _latest_metrics(self, domain: str) -> dict[str, dict[str, Any]]:
+        import dagster as dg
+
         metrics: dict[str, dict[str, Any]] = {}
         for asset in METRIC_ASSETS:
             result = self.instance.fetch_materializations(
@@ -232,8 +234,11 @@ class SynthService(LocalOperations):
 
     # ------------------------------------------------------------------ runs
     def in_flight_runs(self, domain: str) -> list[str]:
+        import dagster as dg
+
+        statuses = [dg.DagsterRunStatus[name] for name in IN_FLIGHT]
         runs = self.instance.get_run_records(
-            dg.RunsFilter(statuses=list(IN_FLIGHT), tags={"dagster/partition": domain}), limit=5
+            dg.RunsFilter(statuses=statuses, tags={"dagster/partition": domain}), limit=5
         )
         return [r.dagster_run.run_id for r in runs]
 
@@ -242,6 +247,7 @@ class SynthService(LocalOperations):
     ) -> RunInfo:
         """Launch a materialization of the whole graph for ``domain``; returns at once with the run
         id. A domain with a run already queued or running gets a Conflict naming that run."""
+        from synth_pipelines.assets.spec_file import observe_spec
         from synth_pipelines.jobs import job_name_for
 
         domain = self.domain_name(domain)
@@ -277,6 +283,7 @@ class SynthService(LocalOperations):
         return self.run(run_id)
 
     def _register_partition(self, domain: str) -> None:
+        from synth_pipelines.partitions import DOMAIN_PARTITIONS_NAME
         from synth_pipelines.resources.pools import ensure_pool_limit
 
         ensure_pool_limit(self.instance)
@@ -319,6 +326,8 @@ class SynthService(LocalOperations):
 
     def run(self, run_id: str) -> RunInfo:
         """A run's status; for a failed run, the first step failure's message."""
+        import dagster as dg
+
         record = self.instance.get_run_record_by_id(run_id)
         if record is None:
             raise NotFound(f"no run {run_id!r} in the Dagster instance", field="run_id")
@@ -348,6 +357,8 @@ class SynthService(LocalOperations):
         )
 
     def _failure_message(self, run_id: str) -> str | None:
+        import dagster as dg
+
         for event in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
             data = event.dagster_event.step_failure_data if event.dagster_event else None
             if data is None:
@@ -366,6 +377,7 @@ class SynthService(LocalOperations):
         of the spec as the run would resolve it; saved, unless ``save`` is off, so that the next run
         records planned vs actual."""
         from synth_pipelines.llm.config import ProfileError
+        from synth_pipelines.planning.forecast import plan_domain, save_plan
 
         if target_count is not None and target_count < 1:
             raise ServiceError("target_count must be at least 1", field="target_count")

@@ -9,22 +9,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from synth_pipelines.exports.training import ExportResult
-from synth_pipelines.learning.outcomes import IngestReport
-from synth_pipelines.llm.doctor import ModelCheck
-from synth_pipelines.llm.doctor import render as render_checks
-from synth_pipelines.planning.forecast import Plan, render_plan
-from synth_pipelines.service.tasks import CalibrationRun, FileValidation, StatusView, Trained
-from synth_pipelines.strategy_benchmark import BenchmarkReport, render_report
 from synth_pipelines.warehouse.progress import read_progress
-from synth_pipelines.warehouse.search import SearchResult
 from synth_pipelines.warehouse.storage import INDEX_FILE, PROGRAM_FILE, SPEC_FILE, StoragePath, Warehouse
 
-__all__ = ["render_checks", "render_plan", "render_report"]
+if TYPE_CHECKING:  # the result types; their modules load with the command that needs them
+    from synth_pipelines.exports.training import ExportResult
+    from synth_pipelines.learning.outcomes import IngestReport
+    from synth_pipelines.llm.doctor import ModelCheck
+    from synth_pipelines.planning.forecast import Plan
+    from synth_pipelines.service.tasks import CalibrationRun, FileValidation, StatusView, Trained
+    from synth_pipelines.strategy_benchmark import BenchmarkReport
+    from synth_pipelines.warehouse.search import SearchResult
 
 
 # ------------------------------------------------------------------------------------------ generate
@@ -141,16 +140,22 @@ def trained(run: Trained) -> str:
 
 
 def benchmark(report: BenchmarkReport, baseline: BenchmarkReport | None, saved_to: Path | None = None) -> str:
+    from synth_pipelines.strategy_benchmark import render_report
+
     return render_report(report, baseline) + (f"\nreport written to {saved_to}" if saved_to else "")
 
 
 def plan(forecast: Plan, as_json: bool) -> str:
+    from synth_pipelines.planning.forecast import render_plan
+
     if as_json:
         return json.dumps({**forecast.model_dump(mode="json"), "totals": forecast.summary()}, indent=2)
     return render_plan(forecast)
 
 
 def doctor(reports: list[ModelCheck]) -> str:
+    from synth_pipelines.llm.doctor import render as render_checks
+
     return render_checks(reports)
 
 

@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from synth_pipelines.learning.outcomes import IngestReport, record_outcomes
 from synth_pipelines.llm.config import ProfileError, ProviderProfile, profile_path
-from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.service.models import BadInput, NotFound, ServiceError, ServiceSettings
 from synth_pipelines.spec.loading import TEMPLATES_DIR, discover_specs, load_spec, parse_spec
 from synth_pipelines.spec.model import SpecError
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
-from synth_pipelines.validation.calibration import ResolvedSpec, resolved_spec
+from synth_pipelines.validation.calibration import Agreement, DomainCalibration, ResolvedSpec, resolved_spec
 from synth_pipelines.warehouse.progress import ProgressSnapshot, running
 from synth_pipelines.warehouse.status import domain_status
 from synth_pipelines.warehouse.storage import (
@@ -39,8 +38,8 @@ from synth_pipelines.warehouse.storage import (
 
 if TYPE_CHECKING:
     from synth_pipelines.exports.training import ExportResult
-    from synth_pipelines.learning.program import ProgramScore
     from synth_pipelines.llm.doctor import ModelCheck
+    from synth_pipelines.resources import LLMResource
     from synth_pipelines.strategy_benchmark import BenchmarkReport
 
 
@@ -53,6 +52,8 @@ class Generated(BaseModel):
 
 
 class FileValidation(BaseModel):
+    """The per-row report of ``synth validate`` and where it was written."""
+
     report: dict[str, Any]
     report_file: Path
 
@@ -60,31 +61,30 @@ class FileValidation(BaseModel):
 class CalibrationRun(BaseModel):
     """``synth calibrate``'s findings and the profile block they give."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
     profile: str
-    per_file: list[Any]  # SetCalibration
-    pooled: Any  # Calibration
-    fields: Any  # FieldAgreement | None
+    per_file: list[DomainCalibration]
+    pooled: Agreement
+    fields: Agreement | None  # the cross-field agreement minimum, None when it adds nothing
     diversity_reached: dict[str, float] = {}
     block: dict[str, Any]
     saved_to: Path | None = None
 
 
 class Trained(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    """A user's DSPy module trained and scored held out (``synth train``)."""
 
     program: Path
     class_name: str
     inputs: list[str]
     outputs: list[str]
-    score: Any  # ProgramScore
+    # learning.program.ProgramScore: typed loosely so that importing the CLI does not import DSPy.
+    score: Any
     state_file: Path
     source: str
 
 
 class StatusView(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    """Per-domain figures (``warehouse.status``) and the runs in progress."""
 
     rows: list[dict[str, Any]]
     live: list[ProgressSnapshot]
@@ -120,6 +120,8 @@ class LocalOperations:
         return domain
 
     def llm_resource(self) -> LLMResource:
+        from synth_pipelines.resources import LLMResource  # Dagster loads with the first model call
+
         return LLMResource(
             profile=self.settings.profile, api_key=os.environ.get("SYNTH_OPENAI_API_KEY") or None
         )
@@ -213,6 +215,7 @@ class LocalOperations:
         ``DAGSTER_HOME`` when set, so the UI shows the run; an ephemeral one otherwise)."""
         import dagster as dg
 
+        from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
         from synth_pipelines.runner import failure_messages, materialize_domain, run_report, summarize
 
         domain = self.spec_domain(domain)
@@ -361,6 +364,7 @@ class LocalOperations:
             save_program,
         )
         from synth_pipelines.learning.train import TrainError, train_user_program
+        from synth_pipelines.resources import EmbedderResource
 
         name = self.safe_name(domain)
         wh = self.warehouse
@@ -396,7 +400,7 @@ class LocalOperations:
             raise ServiceError(
                 f"training on {name!r}: {e}. Replies so far are cached; rerun to resume."
             ) from None
-        score: ProgramScore = run.score
+        score = run.score
         target = (
             output if output is not None else wh.root / TRAINED_FILE.format(domain=name, program=user.name)
         )
