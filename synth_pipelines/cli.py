@@ -1,8 +1,5 @@
-"""``synth``: the command line. Each command parses its arguments, calls one :class:`SynthService`
-operation (the same one the REST API and the MCP tools call) and prints what it returns.
-
-Errors are one short, actionable line on stderr and a non-zero exit code (2 for a malformed input).
-"""
+"""``synth``: each command parses its arguments, calls one :class:`SynthService` operation (the one
+the REST API and MCP tools call) and prints it. Errors: one line on stderr, exit 1 (2: bad input)."""
 
 from __future__ import annotations
 
@@ -110,8 +107,7 @@ def calibrate(
     diversity: opt.Diversity = False,
     save: opt.SaveProfile = None,
 ) -> None:
-    """Score labelled examples with the rules, on-topic similarity and panel; print the thresholds that
-    maximize Cohen's kappa and the profile's `roles.calibration` block (--save writes the profile)."""
+    """Find the gate thresholds that agree best (Cohen's kappa) with labelled examples."""
     with _service(warehouse, schemas, profile) as service:
         run = service.calibrate(labels, domain=domain, diversity=diversity, save=save)
         typer.echo(render.calibration(run))
@@ -130,8 +126,7 @@ def train(
     profile: opt.Profile = None,
     warehouse: opt.Warehouse = None,
 ) -> None:
-    """Train your DSPy module on a domain's validated examples, score it held out (95% interval), save
-    its state JSON and record the score in agent_performance (source train:<file stem>)."""
+    """Train your own DSPy module on a domain's validated examples and score it held out."""
     with _service(warehouse, profile=profile) as service:
         choices = dict(module=module, metric=metric, optimizer=optimizer)
         run = service.train(
@@ -153,8 +148,7 @@ def benchmark(
     profile: opt.Profile = None,
     schemas: opt.Schemas = None,
 ) -> None:
-    """Run generation strategies side by side on one domain (scratch warehouses, shared cache) and
-    report quality (pass rate, consensus, diversity, duplicates, judge kappa) and cost."""
+    """Run generation strategies side by side on one domain; report their quality and cost."""
     with _service(schemas=schemas, profile=profile) as service:
         files = dict(strategies_file=strategies_file, compare=compare, labelled=labelled, output=output)
         report, baseline = service.benchmark(domain, strategies, count=count, workdir=workdir, **files)
@@ -173,8 +167,7 @@ def plan(
     as_json: opt.AsJson = False,
     save: opt.SavePlan = True,
 ) -> None:
-    """Forecast a run before it spends anything: model calls, tokens, dollars and wall time per
-    asset, with what the cache already answers (no model is called)."""
+    """Forecast a run's model calls, tokens, dollars and time per asset (no model is called)."""
     with _service(warehouse, schemas, profile) as service:
         forecast = service.plan(domain, target_count=count, seed_count=seeds, save=save)
         typer.echo(render.plan(forecast, as_json))
@@ -182,8 +175,7 @@ def plan(
 
 @app.command()
 def doctor(profile: opt.Profile = None, warehouse: opt.Warehouse = None) -> None:
-    """Call each model of a profile once: reachable, key accepted, the structured-output mode that
-    works (remembered for runs), latency and tokens. On a failure, says what to change."""
+    """Call each model of a profile once: reachable, key, structured-output mode, latency."""
     with _service(warehouse, profile=profile) as service:
         reports = service.doctor()
         typer.echo(render.doctor(reports))
@@ -242,6 +234,19 @@ def ingest_outcomes(
 
 
 @app.command()
+def review(
+    domain: opt.Domain,
+    count: opt.ReviewCount = 20,
+    reviewer: opt.Reviewer = "reviewer",
+    as_json: opt.AsJson = False,
+    warehouse: opt.Warehouse = None,
+) -> None:
+    """Rows to label next (accepted and rejected, closest calls first); label them at /review/DOMAIN."""
+    with _service(warehouse) as service:
+        typer.echo(render.review(service.review_queue(domain, count=count, reviewer=reviewer), as_json))
+
+
+@app.command()
 def search(
     query: opt.Query,
     domain: opt.SearchDomain,
@@ -258,8 +263,7 @@ def search(
 
 @app.command()
 def serve(host: opt.Host = "127.0.0.1", port: opt.Port = 8000, allowed_host: opt.AllowedHost = None) -> None:
-    """Serve the REST API (FastAPI on uvicorn; OpenAPI docs at /docs), configured by the pipeline's
-    environment (SYNTH_WAREHOUSE, SYNTH_SCHEMAS, SYNTH_PROFILE; DAGSTER_HOME or ./.dagster_home)."""
+    """Serve the REST API and the review pages (OpenAPI docs at /docs)."""
     from synth_pipelines.service.api import serve_api
 
     with _service():
@@ -273,8 +277,7 @@ def mcp_server(
     port: opt.McpPort = 8765,
     allowed_host: opt.AllowedHost = None,
 ) -> None:
-    """Serve the MCP tools (synth_generate, synth_status, synth_validate, synth_search,
-    synth_record_outcome, synth_list_domains) and each domain's spec and card as resources."""
+    """Serve the MCP tools, and each domain's spec and card as resources."""
     from synth_pipelines.service.mcp_server import serve_mcp
 
     with _service():
@@ -282,8 +285,7 @@ def mcp_server(
 
 
 def main() -> None:
-    """The ``synth`` entry point: run the app, then skip interpreter teardown (every command has
-    closed what it opened; teardown would only add duckdb "leaked instance" warnings)."""
+    """Run the app, then skip interpreter teardown (only duckdb "leaked instance" noise)."""
     try:
         app()
         code = 0

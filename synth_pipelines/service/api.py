@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +32,9 @@ from synth_pipelines.service.operations import (
     ServiceError,
     SynthService,
 )
+from synth_pipelines.service.review_page import review_page
+from synth_pipelines.service.tasks import ReviewQueue
+from synth_pipelines.validation.review import LabelIn, ReviewProgress
 from synth_pipelines.warehouse.search import SearchResult
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -290,6 +293,33 @@ def create_app(
             first = report.rejected[0]
             return _error(422, f"outcomes.{first.position}: {first.reason}", f"outcomes.{first.position}")
         return JSONResponse(payload.model_dump())
+
+    @app.get("/v1/domains/{domain}/review", dependencies=v1)
+    def review_queue(
+        domain: str,
+        count: int = Query(default=20, ge=1, le=500),
+        reviewer: str = Query(default="reviewer", max_length=64),
+    ) -> ReviewQueue:
+        """Rows for a reviewer to label next (accepted and rejected, nearest the threshold first,
+        none they labelled), with their progress and agreement with the gate."""
+        return svc.review_queue(domain, count=count, reviewer=reviewer)
+
+    @app.post("/v1/domains/{domain}/review/labels", dependencies=v1)
+    def review_label(domain: str, body: LabelIn) -> ReviewProgress:
+        """Record a reviewer's label of one row (404: unknown example; 409: the content hash is not
+        the row's current content)."""
+        return svc.record_label(domain, body)
+
+    # Its errors are JSON like every other endpoint's, though the page itself is HTML.
+    page_errors = {
+        status: {**answer, "content": {"application/json": {}}} for status, answer in ERROR_RESPONSES.items()
+    }
+
+    @app.get("/review/{domain}", response_class=HTMLResponse, responses=page_errors)
+    def review(domain: str) -> HTMLResponse:
+        """The review page (no data in it: it reads and writes through the ``/v1`` review
+        endpoints with the token given in the address's fragment, ``#token=...``)."""
+        return HTMLResponse(review_page(svc.safe_name(domain)))
 
     @app.get("/v1/domains/{domain}/export", dependencies=v1)
     def export(domain: str, format: Literal["sft", "dpo", "qa", "grpo"] = "sft") -> StreamingResponse:

@@ -131,6 +131,10 @@ Tag = Annotated[list[str] | None, typer.Option(help="Task tag (repeatable).")]
 Agent = Annotated[str, typer.Option(help="Which agent reports.")]
 OutcomeFiles = Annotated[list[Path], typer.Argument(help="JSONL or Parquet files of outcomes.")]
 
+# review
+ReviewCount = Annotated[int, typer.Option("--count", min=1, max=500, help="How many rows to queue.")]
+Reviewer = Annotated[str, typer.Option(help="Whose labels: their labelled rows are not queued again.")]
+
 # search
 Query = Annotated[str, typer.Argument(help="What to look for, in words.")]
 SearchDomain = Annotated[str, typer.Option(help="Domain to search.")]

@@ -25,6 +25,8 @@ from synth_pipelines.service.guard import (
 )
 from synth_pipelines.service.models import BadInput, DomainDetail, DomainSummary, RunInfo, ServiceError
 from synth_pipelines.service.operations import SynthService, default_dagster_home
+from synth_pipelines.service.tasks import ReviewQueue
+from synth_pipelines.validation.review import LabelIn, ReviewProgress
 from synth_pipelines.warehouse.search import SearchResult
 
 INSTRUCTIONS = (
@@ -142,6 +144,22 @@ def build_mcp(service: SynthService | None = None) -> MCPServer:
     ) -> SearchResult:
         """The k accepted examples of the domain nearest in meaning to the query."""
         return _call(svc.search, domain, query, k=k)
+
+    @server.tool(name="synth_review_queue")
+    def review_queue(
+        domain: Annotated[str, Field(max_length=64)],
+        count: Annotated[int, Field(ge=1, le=100)] = 10,
+        reviewer: Annotated[str, Field(max_length=64)] = "reviewer",
+    ) -> ReviewQueue:
+        """Rows of the domain for a reviewer to label next: accepted and rejected, the gate's
+        closest calls first, none the reviewer labelled; label them with synth_review_label."""
+        return _call(svc.review_queue, domain, count=count, reviewer=reviewer)
+
+    @server.tool(name="synth_review_label")
+    def review_label(domain: Annotated[str, Field(max_length=64)], label: LabelIn) -> ReviewProgress:
+        """Record a reviewer's good/bad label of one row from synth_review_queue (with the row's
+        content_hash as given there); returns the reviewer's progress and agreement with the gate."""
+        return _call(svc.record_label, domain, label)
 
     @server.tool(name="synth_record_outcome")
     def record_outcome(

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the result types; their modules load with the command that 
     from synth_pipelines.learning.outcomes import IngestReport
     from synth_pipelines.llm.doctor import ModelCheck
     from synth_pipelines.planning.forecast import Plan
-    from synth_pipelines.service.tasks import CalibrationRun, FileValidation, StatusView, Trained
+    from synth_pipelines.service.tasks import CalibrationRun, FileValidation, ReviewQueue, StatusView, Trained
     from synth_pipelines.strategy_benchmark import BenchmarkReport
     from synth_pipelines.warehouse.search import SearchResult
 
@@ -206,4 +206,21 @@ def search(result: SearchResult, as_json: bool) -> str:
         lines.append(
             f"{rank:>3}. {hit.similarity:.3f}  consensus {consensus}  {hit.example_id}  {text[:160]}"
         )
+    return "\n".join(lines)
+
+
+def review(queue: ReviewQueue, as_json: bool) -> str:
+    if as_json:
+        return queue.model_dump_json(indent=2)
+    p = queue.progress
+    lines = [
+        f"{queue.domain}: {len(queue.items)} rows for {p.reviewer} ({p.labelled} labelled, "
+        f"{p.queued} to go); label them in the browser: synth serve, then "
+        f"http://127.0.0.1:8000/review/{queue.domain}"
+    ]
+    for item in queue.items:
+        gate = "accepted" if item.verdict == "accepted" else f"rejected ({item.stage})"
+        consensus = "-" if item.consensus is None else f"{item.consensus:.2f}"
+        text = json.dumps(item.example, ensure_ascii=False)
+        lines.append(f"  {item.example_id}  {gate:<24} consensus {consensus}  {text[:120]}")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from synth_pipelines.learning.outcomes import IngestReport, record_outcomes
 from synth_pipelines.llm.config import ProfileError, ProviderProfile, profile_path
-from synth_pipelines.service.models import BadInput, NotFound, ServiceError, ServiceSettings
+from synth_pipelines.service.models import BadInput, Conflict, NotFound, ServiceError, ServiceSettings
 from synth_pipelines.spec.loading import TEMPLATES_DIR, discover_specs, load_spec, parse_spec
 from synth_pipelines.spec.model import SpecError
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from synth_pipelines.llm.doctor import ModelCheck
     from synth_pipelines.resources import LLMResource
     from synth_pipelines.strategy_benchmark import BenchmarkReport
+    from synth_pipelines.validation.review import LabelIn, ReviewItem, ReviewProgress
 
 
 class Generated(BaseModel):
@@ -81,6 +82,14 @@ class Trained(BaseModel):
     score: Any
     state_file: Path
     source: str
+
+
+class ReviewQueue(BaseModel):
+    """Rows for one reviewer to label next, and how far they are."""
+
+    domain: str
+    items: list[Any]  # validation.review.ReviewItem
+    progress: Any  # validation.review.ReviewProgress
 
 
 class StatusView(BaseModel):
@@ -474,6 +483,68 @@ class LocalOperations:
         if output is not None:
             output.write_text(report.model_dump_json(indent=2))
         return report, baseline
+
+    # ------------------------------------------------------------------ review
+    def _review_items(self, domain: str) -> list[ReviewItem]:
+        from synth_pipelines.validation.review import review_items
+
+        domain = self.safe_name(domain)
+        validated = self.warehouse.read_partition("validated_examples", domain)
+        if validated is None:
+            raise NotFound(
+                f"domain {domain!r} has no validated examples in {self.warehouse.root} to review; "
+                f"run `synth generate --domain {domain}` first",
+                field="domain",
+            )
+        rejected = self.warehouse.read_partition("rejected_examples", domain)
+        return review_items(validated.to_pylist(), rejected.to_pylist() if rejected is not None else [])
+
+    def review_queue(self, domain: str, *, count: int = 20, reviewer: str = "reviewer") -> ReviewQueue:
+        """Rows for ``reviewer`` to label, stratified over cells, consensus bands and rejection
+        stages, nearest the threshold first, never one they labelled (``validation/review.py``)."""
+        from synth_pipelines.validation.review import current_labels, progress, read_labels, review_queue
+
+        if not 1 <= count <= 500:
+            raise BadInput("count must be between 1 and 500", field="count")
+        reviewer = self._reviewer(reviewer)
+        items = self._review_items(domain)
+        labels = read_labels(self.warehouse, domain)
+        done = {
+            (label["example_id"], label["content_hash"])
+            for label in current_labels(labels, items)
+            if label["reviewer"] == reviewer
+        }
+        return ReviewQueue(
+            domain=domain, items=review_queue(items, done, count), progress=progress(reviewer, labels, items)
+        )
+
+    def record_label(self, domain: str, label: LabelIn) -> ReviewProgress:
+        """Store one reviewer's label of a row, checked against the row as it is now: an unknown
+        example is a 404, a content hash that is not the row's current content a 409."""
+        from synth_pipelines.validation.review import progress, read_labels, record_label
+
+        items = {item.example_id: item for item in self._review_items(domain)}
+        item = items.get(label.example_id)
+        if item is None:
+            raise NotFound(
+                f"domain {domain!r} has no example {label.example_id!r} to label", field="example_id"
+            )
+        if item.content_hash != label.content_hash:
+            raise Conflict(
+                f"example {label.example_id!r} is not the content that was shown (it was regenerated, or the "
+                "hash was altered); reload the queue and label it again",
+                field="content_hash",
+            )
+        record_label(self.warehouse, domain, label, item)
+        return progress(label.reviewer, read_labels(self.warehouse, domain), list(items.values()))
+
+    @staticmethod
+    def _reviewer(name: str) -> str:
+        from synth_pipelines.validation.review import REVIEWER_PATTERN
+
+        if not REVIEWER_PATTERN.match(name):
+            raise BadInput("a reviewer name is letters, digits and _ . @ - (at most 64)", field="reviewer")
+        return name
 
     # ------------------------------------------------------------------ data
     def status(self) -> StatusView:

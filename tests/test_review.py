@@ -1,0 +1,259 @@
+"""Human review of the gate: the queue, labels as data of record, the API's refusals, and the review
+page driven in a real browser (Debian's chromium through selenium)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.runner import materialize_domain
+from synth_pipelines.service.models import Conflict, NotFound, ServiceSettings
+from synth_pipelines.service.operations import SynthService
+from synth_pipelines.validation.review import (
+    LabelIn,
+    ReviewItem,
+    content_hash,
+    current_labels,
+    review_queue,
+)
+
+DOMAIN = "api_development"
+TOKEN = "review-token-123"
+LATER = {"example_embeddings", "example_index", "compiled_program"}
+
+
+def _item(example_id: str, *, verdict: str = "accepted", stage: str | None = None, consensus=None, cell="c1"):
+    return ReviewItem(
+        example_id=example_id,
+        content_hash=content_hash(f'{{"x": "{example_id}"}}'),
+        cell_id=cell,
+        example={"x": example_id},
+        verdict=verdict,  # type: ignore[arg-type]
+        stage=stage,
+        consensus=consensus,
+        threshold=0.6,
+    )
+
+
+def test_the_queue_takes_turns_across_strata_closest_calls_first_and_never_repeats() -> None:
+    items = [
+        _item("far-ok", consensus=0.99),
+        _item("near-ok", consensus=0.62),
+        _item("near-bad", verdict="rejected", stage="consensus", consensus=0.58),
+        _item("rules", verdict="rejected", stage="rules"),
+        _item("other-cell", consensus=0.63, cell="c2"),
+    ]
+    queue = [i.example_id for i in review_queue(items, set(), 5)]
+    # The closest calls of every stratum come before any far one, both verdicts included.
+    assert set(queue[:3]) == {"near-ok", "near-bad", "other-cell"}
+    assert set(queue) == {i.example_id for i in items}
+    done = {(i.example_id, i.content_hash) for i in items if i.example_id in {"near-ok", "near-bad"}}
+    again = [i.example_id for i in review_queue(items, done, 10)]
+    assert "near-ok" not in again and "near-bad" not in again and len(again) == 3
+    assert [i.example_id for i in review_queue(items, set(), 2)] == queue[:2]
+
+
+def test_a_label_counts_only_for_the_content_it_judged() -> None:
+    old = _item("a")
+    label = {"reviewer": "alice", "example_id": "a", "content_hash": old.content_hash, "label": "good"}
+    assert current_labels([label], [old]) == [label]
+    regenerated = old.model_copy(update={"content_hash": content_hash('{"x": "new text"}')})
+    assert current_labels([label], [regenerated]) == []
+    # Each reviewer's latest label of a row is the one that counts.
+    relabel = {**label, "label": "bad"}
+    assert current_labels([label, relabel], [old]) == [relabel]
+
+
+def test_label_input_is_checked() -> None:
+    ok = LabelIn(example_id="a", content_hash="0" * 64, label="good", reviewer="alice@team")
+    assert ok.reason == ""
+    for bad in (
+        {"content_hash": "xyz"},
+        {"label": "maybe"},
+        {"reviewer": "../etc"},
+        {"reason": "x" * 501},
+    ):
+        with pytest.raises(ValueError):
+            LabelIn(**{"example_id": "a", "content_hash": "0" * 64, "label": "good", **bad})
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, scripted_schemas_dir: Path, scripted_backends) -> Iterator[SynthService]:
+    """A domain generated and validated on the scripted provider, and a service over it."""
+    import dagster as dg
+
+    root = tmp_path / "warehouse"
+    resources = {
+        "warehouse": WarehouseResource(root=str(root), schemas_dir=str(scripted_schemas_dir)),
+        "llm": LLMResource(profile="local"),
+        "embedder": EmbedderResource(),
+    }
+    with dg.instance_for_test() as instance:
+        result = materialize_domain(
+            DOMAIN, instance=instance, resources=resources, skip=LATER, target_count=12
+        )
+        assert result.success
+    settings = ServiceSettings(
+        warehouse_root=str(root), state_dir=None, schemas_dir=str(scripted_schemas_dir), profile="local"
+    )
+    yield SynthService(settings)
+
+
+def test_labels_are_recorded_checked_and_kept_per_reviewer(reviewed: SynthService) -> None:
+    queue = reviewed.review_queue(DOMAIN, count=50, reviewer="alice")
+    items = queue.items
+    assert len(items) >= 6 and {i.verdict for i in items} == {"accepted", "rejected"}
+    assert queue.progress.labelled == 0 and queue.progress.queued == len(items)
+    first, second = items[0], items[1]
+    progress = reviewed.record_label(
+        DOMAIN,
+        LabelIn(example_id=first.example_id, content_hash=first.content_hash, label="bad", reviewer="alice"),
+    )
+    assert progress.labelled == 1 and progress.queued == len(items) - 1
+    assert progress.agree == int(first.verdict == "rejected")
+    reviewed.record_label(
+        DOMAIN,
+        LabelIn(
+            example_id=second.example_id, content_hash=second.content_hash, label="good", reviewer="alice"
+        ),
+    )
+    # Alice never sees her rows again; Bob's queue and counts are his own.
+    alice = reviewed.review_queue(DOMAIN, count=50, reviewer="alice")
+    assert {first.example_id, second.example_id}.isdisjoint(i.example_id for i in alice.items)
+    bob = reviewed.review_queue(DOMAIN, count=50, reviewer="bob")
+    assert bob.progress.labelled == 0 and first.example_id in {i.example_id for i in bob.items}
+    # The labels are an append-only dataset, mirrored to DuckDB, with the gate's verdict of the time.
+    with reviewed.warehouse.duckdb() as conn:
+        rows = conn.execute(
+            "SELECT reviewer, example_id, label, gate_verdict FROM review_labels ORDER BY labelled_at"
+        ).fetchall()
+    assert rows == [
+        ("alice", first.example_id, "bad", first.verdict),
+        ("alice", second.example_id, "good", second.verdict),
+    ]
+    with pytest.raises(NotFound):
+        reviewed.record_label(DOMAIN, LabelIn(example_id="nope", content_hash="0" * 64, label="good"))
+    with pytest.raises(Conflict):
+        reviewed.record_label(
+            DOMAIN,
+            LabelIn(example_id=first.example_id, content_hash="f" * 64, label="good", reviewer="alice"),
+        )
+
+
+def test_the_api_refuses_what_it_cannot_take(reviewed: SynthService) -> None:
+    from synth_pipelines.service.api import create_app
+    from tests.conftest import served
+
+    with served(create_app(reviewed, host="127.0.0.1", token=TOKEN)) as url:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.get(f"/v1/domains/{DOMAIN}/review").status_code == 401
+            queue = client.get(f"/v1/domains/{DOMAIN}/review", params={"count": 3}, headers=auth).json()
+            item = queue["items"][0]
+            body = {"example_id": item["example_id"], "content_hash": item["content_hash"], "label": "good"}
+            path = f"/v1/domains/{DOMAIN}/review/labels"
+            assert client.post(path, json=body).status_code == 401
+            missing = client.post(path, json={**body, "example_id": "nope"}, headers=auth)
+            assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
+            tampered = client.post(path, json={**body, "content_hash": "a" * 64}, headers=auth)
+            assert tampered.status_code == 409 and tampered.json()["error"]["field"] == "content_hash"
+            assert client.post(path, json={**body, "label": "maybe"}, headers=auth).status_code == 422
+            assert client.get("/review/..%2Fetc").status_code in (400, 404)
+            ok = client.post(path, json=body, headers=auth)
+            assert ok.status_code == 200 and ok.json()["labelled"] == 1
+            page = client.get(f"/review/{DOMAIN}")
+            assert (
+                page.status_code == 200
+                and "<script>" in page.text
+                and "http" not in page.text.split("<body>")[1]
+            )
+
+
+def _chromium() -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1200,900",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(
+        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
+    )
+
+
+def _browser_available() -> bool:
+    return bool(shutil.which("chromium") and shutil.which("chromedriver"))
+
+
+@pytest.mark.skipif(
+    not _browser_available() and not os.environ.get("SYNTH_REQUIRE_BROWSER"),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
+def test_the_review_page_labels_rows_from_the_keyboard_in_a_real_browser(reviewed: SynthService) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from synth_pipelines.service.api import create_app
+    from tests.conftest import served
+
+    with served(create_app(reviewed, host="127.0.0.1", token=TOKEN)) as url:
+        browser = _chromium()
+        try:
+            wait = WebDriverWait(browser, 30)
+            browser.get(f"{url}/review/{DOMAIN}#token={TOKEN}&reviewer=alice")
+            wait.until(lambda b: b.find_element(By.ID, "progress").text.startswith("labelled 0"))
+            assert "token" not in browser.current_url  # the fragment is dropped once read
+            page = browser.find_element(By.TAG_NAME, "body")
+            seen = []
+            for key, reason in (("g", ""), ("b", "wrong method for the operation"), ("g", "")):
+                row = browser.find_element(By.ID, "row").get_attribute("data-example-id")
+                seen.append(row)
+                if reason:
+                    page.send_keys("r")
+                    browser.find_element(By.ID, "reason").send_keys(reason)
+                    browser.find_element(By.ID, "reason").send_keys("\ue007")  # Enter keeps it
+                page.send_keys(key)
+                done = len(seen)
+                wait.until(
+                    lambda b, n=done: b.find_element(By.ID, "progress").text.startswith(f"labelled {n} ")
+                )
+            page.send_keys("s")  # skip: nothing recorded
+            time.sleep(0.5)
+            assert browser.find_element(By.ID, "progress").text.startswith("labelled 3 ")
+            assert len(set(seen)) == 3
+
+            browser.refresh()  # labels are kept; labelled rows are not shown again
+            wait.until(lambda b: b.find_element(By.ID, "progress").text.startswith("labelled 3 "))
+            assert browser.find_element(By.ID, "row").get_attribute("data-example-id") not in seen
+
+            box = browser.find_element(By.ID, "reviewer")  # a second reviewer: their own labels
+            box.clear()
+            box.send_keys("bob\ue007")
+            browser.find_element(By.TAG_NAME, "h3").click()  # leave the box: its change event fires
+            wait.until(lambda b: b.find_element(By.ID, "progress").text.startswith("labelled 0 "))
+            body = browser.find_element(By.TAG_NAME, "body")
+            body.send_keys("b")
+            wait.until(lambda b: b.find_element(By.ID, "progress").text.startswith("labelled 1 "))
+        finally:
+            browser.quit()
+    labels = reviewed.review_queue(DOMAIN, count=1, reviewer="alice").progress
+    assert labels.labelled == 3
+    from synth_pipelines.validation.review import read_labels
+
+    recorded = read_labels(reviewed.warehouse, DOMAIN)
+    assert [r["reviewer"] for r in recorded] == ["alice", "alice", "alice", "bob"]
+    assert recorded[1]["reason"] == "wrong method for the operation"
+    assert [r["example_id"] for r in recorded[:3]] == seen
