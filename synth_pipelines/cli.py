@@ -99,7 +99,7 @@ def validate_file(
 
 @app.command()
 def calibrate(
-    labels: opt.Labels,
+    labels: opt.Labels = None,
     domain: opt.LabelsDomain = None,
     profile: opt.Profile = None,
     schemas: opt.Schemas = None,

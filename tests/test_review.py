@@ -257,3 +257,88 @@ def test_the_review_page_labels_rows_from_the_keyboard_in_a_real_browser(reviewe
     assert [r["reviewer"] for r in recorded] == ["alice", "alice", "alice", "bob"]
     assert recorded[1]["reason"] == "wrong method for the operation"
     assert [r["example_id"] for r in recorded[:3]] == seen
+
+
+def test_review_labels_calibrate_the_domain_and_its_runs_say_so(
+    tmp_path: Path, scripted_schemas_dir: Path, scripted_backends
+) -> None:
+    """Label 36 rows, calibrate from them, and the domain's `auto` thresholds come from its own labels
+    (the source says so); with fewer than 30 labels the profile's thresholds stay."""
+    import dagster as dg
+    import yaml
+    from typer.testing import CliRunner
+
+    from synth_pipelines.cli import app
+    from synth_pipelines.validation.calibration import MIN_REVIEW_LABELS, read_review_calibration
+
+    root = tmp_path / "warehouse"
+    resources = {
+        "warehouse": WarehouseResource(root=str(root), schemas_dir=str(scripted_schemas_dir)),
+        "llm": LLMResource(profile="local"),
+        "embedder": EmbedderResource(),
+    }
+    with dg.instance_for_test() as instance:
+        assert materialize_domain(
+            DOMAIN, instance=instance, resources=resources, skip=LATER, target_count=48
+        ).success
+    service = SynthService(
+        ServiceSettings(
+            warehouse_root=str(root), state_dir=None, schemas_dir=str(scripted_schemas_dir), profile="local"
+        )
+    )
+    # The spec leaves its gate to calibration (the plumbing settings set numbers).
+    spec_file = scripted_schemas_dir / f"{DOMAIN}.yaml"
+    data = yaml.safe_load(spec_file.read_text())
+    for name in ("consensus_threshold", "on_topic_threshold", "field_agreement_threshold"):
+        data["validation"][name] = "auto"
+    spec_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = service.resolved_spec(DOMAIN)
+    assert "review labels" not in before.threshold_sources["consensus_threshold"]
+
+    items = service.review_queue(DOMAIN, count=500, reviewer="alice").items
+    assert len(items) >= MIN_REVIEW_LABELS + 6, len(items)
+    # The reviewer mostly agrees with the gate, and disagrees on a few rows.
+    for n, item in enumerate(items[: MIN_REVIEW_LABELS + 6]):
+        good = (item.verdict == "accepted") != (n % 9 == 0)
+        label = LabelIn(
+            example_id=item.example_id,
+            content_hash=item.content_hash,
+            label="good" if good else "bad",
+            reviewer="alice",
+        )
+        service.record_label(DOMAIN, label)
+
+    done = CliRunner().invoke(
+        app,
+        ["calibrate", "--domain", DOMAIN, "--warehouse", str(root), "--schemas", str(scripted_schemas_dir)],
+    )
+    assert done.exit_code == 0, done.output
+    assert f"{MIN_REVIEW_LABELS + 6} review labels by alice" in done.output and "95% CI" in done.output
+    stored = read_review_calibration(service.warehouse, DOMAIN)
+    assert stored is not None and stored.usable and stored.labels == MIN_REVIEW_LABELS + 6
+    assert stored.kappa_low <= stored.kappa <= stored.kappa_high
+
+    after = service.resolved_spec(DOMAIN)
+    source = after.threshold_sources["consensus_threshold"]
+    assert source.startswith(f"auto: calibrated on {MIN_REVIEW_LABELS + 6} review labels of {DOMAIN}")
+    if stored.consensus_threshold is not None:
+        assert after.spec.validation.threshold == stored.consensus_threshold
+    assert after.spec.validation.field_agreement_threshold == stored.field_agreement_threshold
+
+    # Below the minimum, the profile's thresholds stay and the metadata says why.
+    service.warehouse.write_json(
+        f"review_labels/calibration/domain={DOMAIN}/calibration.json",
+        stored.model_copy(update={"labels": MIN_REVIEW_LABELS - 1}).model_dump(mode="json"),
+    )
+    few = service.resolved_spec(DOMAIN)
+    assert few.spec.validation == before.spec.validation
+    assert few.threshold_sources["review_labels"].startswith(
+        f"{MIN_REVIEW_LABELS - 1} of the {MIN_REVIEW_LABELS}"
+    )
+
+
+def test_calibrating_without_labels_is_a_clear_error(reviewed: SynthService) -> None:
+    from synth_pipelines.service.models import ServiceError
+
+    with pytest.raises(ServiceError, match="review label"):
+        reviewed.calibrate_domain(DOMAIN)

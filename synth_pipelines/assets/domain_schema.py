@@ -11,7 +11,7 @@ from synth_pipelines.spec.example_schema import example_json_schema
 from synth_pipelines.spec.loading import spec_path_for
 from synth_pipelines.spec.model import SpecError, spec_digest
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
-from synth_pipelines.validation.calibration import resolved_spec
+from synth_pipelines.validation.calibration import read_review_calibration, resolved_spec
 from synth_pipelines.warehouse.storage import SPEC_FILE
 from synth_pipelines.warehouse.tables import (
     spec_table,
@@ -31,19 +31,20 @@ def domain_schema(
 
     Reads ``schemas/<domain>.yaml``, validates it (rules' SQL included) and compiles its fields to
     the example model and JSON schema. ``consensus_threshold: auto`` becomes the calibrated
-    threshold of the provider profile's validator panel (the design's 0.75 for an uncalibrated
-    panel), so every later asset reads a number. Like every asset of the domain it depends on the
-    spec file (``domain_spec_file``, data version = the file's SHA-256), so an edit marks the whole
-    domain stale in the UI as soon as the file is observed. Its own data version is the file's hash
-    plus the resolved thresholds. An invalid spec fails here, naming the file and field, and nothing
-    downstream runs.
+    threshold of the domain's own review labels (``synth calibrate --domain``, from 30 labels on)
+    or of the provider profile's validator panel (the design's 0.75 for an uncalibrated panel), so
+    every later asset reads a number; ``threshold_sources`` says which. Like every asset of the
+    domain it depends on the spec file (``domain_spec_file``, data version = the file's SHA-256),
+    so an edit marks the whole domain stale in the UI as soon as the file is observed. Its own data
+    version is the file's hash plus the resolved thresholds. An invalid spec fails here, naming the
+    file and field, and nothing downstream runs.
     """
     domain = context.partition_key
     try:
         validate_domain_name(domain, source="the partition key")
         path = spec_path_for(warehouse.schemas_dir, domain)
         profile = llm.load_profile()
-        resolved = resolved_spec(path, profile)
+        resolved = resolved_spec(path, profile, read_review_calibration(warehouse.get(), domain))
     except (UnsafeDomainError, FileNotFoundError, SpecError, ProfileError) as e:
         raise dg.Failure(description=str(e)) from e
     loaded, spec, threshold_sources = resolved.loaded, resolved.spec, resolved.threshold_sources

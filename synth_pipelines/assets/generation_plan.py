@@ -11,7 +11,7 @@ from synth_pipelines.planning.forecast import plan_domain, render_plan, save_pla
 from synth_pipelines.resources import LLMResource, WarehouseResource
 from synth_pipelines.spec.loading import spec_path_for
 from synth_pipelines.spec.model import SpecError
-from synth_pipelines.validation.calibration import resolved_spec
+from synth_pipelines.validation.calibration import read_review_calibration, resolved_spec
 
 GROUP = "planning"
 
@@ -34,7 +34,8 @@ def generation_plan(
     domain = context.partition_key
     wh = warehouse.get()
     try:
-        resolved = resolved_spec(spec_path_for(warehouse.schemas_dir, domain), llm.load_profile())
+        review = read_review_calibration(wh, domain)
+        resolved = resolved_spec(spec_path_for(warehouse.schemas_dir, domain), llm.load_profile(), review)
         plan = plan_domain(
             resolved,
             wh,

@@ -40,7 +40,12 @@ SpecFile = Annotated[Path, typer.Argument(help="A spec YAML file.")]
 ExamplesFile = Annotated[Path, typer.Argument(help="JSONL or Parquet of examples (one object per row).")]
 ReportFile = Annotated[Path | None, typer.Option(help="Where to write the JSON report.")]
 Models = Annotated[bool, typer.Option("--models/--no-models", help="Also run the validator models.")]
-Labels = Annotated[list[Path], typer.Argument(help="Labelled JSONL files (see docs/quality.md).")]
+Labels = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Labelled JSONL files (docs/quality.md); none: --domain's review labels (docs/review.md)."
+    ),
+]
 LabelsDomain = Annotated[
     str | None, typer.Option(help="The spec to apply (default: each file's name, e.g. api_development).")
 ]

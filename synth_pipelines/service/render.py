@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from synth_pipelines.service.tasks import CalibrationRun
 from synth_pipelines.warehouse.progress import read_progress
 from synth_pipelines.warehouse.storage import INDEX_FILE, PROGRAM_FILE, SPEC_FILE, StoragePath, Warehouse
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # the result types; their modules load with the command that 
     from synth_pipelines.planning.forecast import Plan
     from synth_pipelines.service.tasks import CalibrationRun, FileValidation, ReviewQueue, StatusView, Trained
     from synth_pipelines.strategy_benchmark import BenchmarkReport
+    from synth_pipelines.validation.calibration import ReviewCalibration
     from synth_pipelines.warehouse.search import SearchResult
 
 
@@ -103,7 +105,9 @@ def validation(result: FileValidation) -> str:
     )
 
 
-def calibration(run: CalibrationRun) -> str:
+def calibration(run: CalibrationRun | ReviewCalibration) -> str:
+    if not isinstance(run, CalibrationRun):
+        return review_calibration(run)
     lines = []
     for r in run.per_file:
         lines += [
@@ -126,6 +130,28 @@ def calibration(run: CalibrationRun) -> str:
             f"calibrated profile written to {run.saved_to}; use it with SYNTH_PROFILE={run.saved_to}"
         )
     return "\n".join(lines)
+
+
+def review_calibration(run: ReviewCalibration) -> str:
+    from synth_pipelines.validation.calibration import MIN_REVIEW_LABELS
+
+    def at(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    use = (
+        "its runs now use these thresholds for every `auto` one (rerun the domain)"
+        if run.usable
+        else f"fewer than {MIN_REVIEW_LABELS} labels: its runs keep the profile's thresholds"
+    )
+    return (
+        f"{run.domain}: {run.labels} review labels by {', '.join(run.reviewers)}\n"
+        f"  consensus_threshold {at(run.consensus_threshold)}, "
+        f"on_topic_threshold {at(run.on_topic_threshold)}, "
+        f"field_agreement_threshold {at(run.field_agreement_threshold)}\n"
+        f"  kappa {run.kappa:.3f} (95% CI {run.kappa_low:.3f} to {run.kappa_high:.3f}), accuracy "
+        f"{run.accuracy:.1%}; the panel adds kappa {run.panel_kappa_gain:+.3f} over the rules\n"
+        f"  {use}"
+    )
 
 
 def trained(run: Trained) -> str:

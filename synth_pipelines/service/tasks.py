@@ -24,10 +24,17 @@ from synth_pipelines.service.models import BadInput, Conflict, NotFound, Service
 from synth_pipelines.spec.loading import TEMPLATES_DIR, discover_specs, load_spec, parse_spec
 from synth_pipelines.spec.model import SpecError
 from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
-from synth_pipelines.validation.calibration import Agreement, DomainCalibration, ResolvedSpec, resolved_spec
+from synth_pipelines.validation.calibration import (
+    Agreement,
+    DomainCalibration,
+    ResolvedSpec,
+    ReviewCalibration,
+    resolved_spec,
+)
 from synth_pipelines.warehouse.progress import ProgressSnapshot, running
 from synth_pipelines.warehouse.status import domain_status
 from synth_pipelines.warehouse.storage import (
+    REVIEW_CALIBRATION_FILE,
     TRAINED_FILE,
     TRAINED_SCORE_FILE,
     StorageError,
@@ -145,12 +152,15 @@ class LocalOperations:
         return Path(self.settings.schemas_dir) / f"{self.domain_name(domain)}.yaml"
 
     def resolved_spec(self, domain: str) -> ResolvedSpec:
-        """The domain's spec as a run uses it: loaded and resolved against the profile, exactly as
-        ``domain_schema`` stores it (``validation.calibration.resolved_spec``)."""
+        """The domain's spec as a run uses it: loaded and resolved against the domain's review
+        calibration or the profile, exactly as ``domain_schema`` stores it
+        (``validation.calibration.resolved_spec``)."""
+        from synth_pipelines.validation.calibration import read_review_calibration
+
         path = self.spec_path(domain)
         profile = self.provider_profile()
         try:
-            return resolved_spec(path, profile)
+            return resolved_spec(path, profile, read_review_calibration(self.warehouse, path.stem))
         except SpecError as e:
             raise ServiceError(str(e), field="domain") from None
 
@@ -282,14 +292,21 @@ class LocalOperations:
 
     def calibrate(
         self,
-        labels: list[Path],
+        labels: list[Path] | None,
         *,
         domain: str | None = None,
         diversity: bool = False,
         save: Path | None = None,
-    ) -> CalibrationRun:
+    ) -> CalibrationRun | ReviewCalibration:
         """Score labelled files with the rules, the on-topic similarity and the panel; the
-        thresholds that agree best with the labels, as the profile's ``roles.calibration`` block."""
+        thresholds that agree best with the labels, as the profile's ``roles.calibration`` block.
+        With no files and a ``domain``: the domain's own review labels (:meth:`calibrate_domain`)."""
+        if not labels:
+            if domain is None:
+                raise BadInput(
+                    "give labelled JSONL files, or --domain to use its review labels", field="labels"
+                )
+            return self.calibrate_domain(domain)
         from synth_pipelines.llm.embeddings import embed_texts, pair_similarity
         from synth_pipelines.validation.calibration import (
             LabelledFileError,
@@ -485,6 +502,39 @@ class LocalOperations:
         return report, baseline
 
     # ------------------------------------------------------------------ review
+    def calibrate_domain(self, domain: str) -> ReviewCalibration:
+        """Calibrate the domain's gate on its review labels and keep the result in the warehouse;
+        with ``MIN_REVIEW_LABELS`` or more, its runs use these thresholds for every ``auto`` one."""
+        from synth_pipelines.llm.embeddings import embed_texts, pair_similarity
+        from synth_pipelines.validation.calibration import calibrate_domain
+        from synth_pipelines.validation.review import current_labels, labelled_rows, read_labels
+
+        domain = self.spec_domain(domain)
+        items = self._review_items(domain)
+        labels = current_labels(read_labels(self.warehouse, domain), items)
+        if len(labels) < 2 or len({label["label"] for label in labels}) < 2:
+            raise ServiceError(
+                f"{domain!r} has {len(labels)} review label(s) for its current rows; label good and bad "
+                f"rows at /review/{domain} (synth serve) first",
+                field="domain",
+            )
+        spec = self.resolved_spec(domain).spec
+        profile = self.provider_profile()
+        client = self.llm_resource().client(self.warehouse.cache_path)
+        result = calibrate_domain(
+            spec,
+            labelled_rows(labels, items),
+            [label["reviewer"] for label in labels],
+            client,
+            list(profile.roles.validators),
+            pair_similarity,
+            embed_texts,
+        )
+        self.warehouse.write_json(
+            REVIEW_CALIBRATION_FILE.format(domain=domain), result.model_dump(mode="json")
+        )
+        return result
+
     def _review_items(self, domain: str) -> list[ReviewItem]:
         from synth_pipelines.validation.review import review_items
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synth_pipelines.llm.client import LLMClient
-from synth_pipelines.llm.config import ProviderProfile, WeightedModel
+from synth_pipelines.llm.config import PANEL_MIN_KAPPA_GAIN, ProviderProfile, WeightedModel
 from synth_pipelines.spec.loading import LoadedSpec, load_spec
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.rules import failed_rules
@@ -30,14 +30,47 @@ from synth_pipelines.validation.consensus import ajudge_example
 from synth_pipelines.validation.consistency import field_agreement
 from synth_pipelines.validation.memory import Embed
 from synth_pipelines.validation.rule_checks import rule_check
-from synth_pipelines.warehouse.storage import Warehouse
+from synth_pipelines.warehouse.storage import REVIEW_CALIBRATION_FILE, Warehouse
+
+# A domain's own review labels replace the profile's calibration from this many labels on.
+MIN_REVIEW_LABELS = 30
 
 
-def resolve_thresholds(spec: DomainSpec, profile: ProviderProfile) -> tuple[DomainSpec, dict[str, str]]:
-    """``spec`` with its ``auto`` thresholds taken from the profile's calibration (design defaults
+class ReviewCalibration(BaseModel):
+    """A domain's gate calibrated on its own review labels (``synth calibrate --domain D``)."""
+
+    domain: str
+    labels: int
+    reviewers: list[str]
+    consensus_threshold: float | None
+    on_topic_threshold: float | None
+    field_agreement_threshold: float  # -1: the gate adds nothing on these labels, off
+    panel_kappa_gain: float
+    kappa: float
+    kappa_low: float  # 95% bootstrap interval of kappa at these thresholds
+    kappa_high: float
+    accuracy: float
+    measured: str
+
+    @property
+    def usable(self) -> bool:
+        return self.labels >= MIN_REVIEW_LABELS
+
+    def source(self) -> str:
+        return (
+            f"auto: calibrated on {self.labels} review labels of {self.domain} (kappa {self.kappa:.2f}, "
+            f"95% CI {self.kappa_low:.2f} to {self.kappa_high:.2f})"
+        )
+
+
+def resolve_thresholds(
+    spec: DomainSpec, profile: ProviderProfile, review: ReviewCalibration | None = None
+) -> tuple[DomainSpec, dict[str, str]]:
+    """``spec`` with its ``auto`` thresholds taken from the domain's own review calibration when it
+    has at least ``MIN_REVIEW_LABELS`` labels, else from the profile's calibration (design defaults
     for a profile nobody calibrated), and where each number came from."""
     calibration = profile.roles.calibration
-    return spec.with_panel(
+    resolved, sources = spec.with_panel(
         calibration.consensus_threshold if calibration else None,
         profile.name,
         diversity=calibration.diversity_threshold if calibration else None,
@@ -45,6 +78,64 @@ def resolve_thresholds(spec: DomainSpec, profile: ProviderProfile) -> tuple[Doma
         skip_panel=calibration.panel_skip_reason(profile.name) if calibration else None,
         field_agreement=calibration.field_agreement_threshold if calibration else None,
     )
+    if review is None or not review.usable:
+        if review is not None:
+            sources["review_labels"] = (
+                f"{review.labels} of the {MIN_REVIEW_LABELS} needed: profile thresholds"
+            )
+        return resolved, sources
+    return _with_review(spec, resolved, sources, review)
+
+
+def _with_review(
+    spec: DomainSpec, resolved: DomainSpec, sources: dict[str, str], review: ReviewCalibration
+) -> tuple[DomainSpec, dict[str, str]]:
+    """The review calibration's thresholds for the settings the spec leaves ``auto``."""
+    update: dict[str, Any] = {}
+    values = {
+        "consensus_threshold": review.consensus_threshold,  # None: the profile's stays
+        # None: the on-topic gate did not help on these labels, so it is off.
+        "on_topic_threshold": -1.0 if review.on_topic_threshold is None else review.on_topic_threshold,
+        "field_agreement_threshold": review.field_agreement_threshold,
+    }
+    for name, value in values.items():
+        if value is not None and isinstance(getattr(spec.validation, name), str):
+            update[name], sources[name] = value, review.source()
+    if spec.validation.panel == "auto" and isinstance(spec.validation.consensus_threshold, str):
+        off = review.panel_kappa_gain < PANEL_MIN_KAPPA_GAIN
+        update["panel"] = "off" if off else "on"
+        sources["panel"] = (
+            f"auto: skipped, the panel added kappa {review.panel_kappa_gain:+.2f} on the review labels"
+            if off
+            else f"auto: on, the panel added kappa {review.panel_kappa_gain:+.2f} on the review labels"
+        )
+    sources["review_labels"] = review.source()
+    validation = resolved.validation.model_copy(update=update)
+    return resolved.model_copy(update={"validation": validation}), sources
+
+
+def kappa_interval(
+    accepted: Sequence[bool], truth: Sequence[bool], *, draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """A 95% bootstrap interval of Cohen's kappa (rows resampled with replacement, fixed seed)."""
+    import random
+
+    n = len(truth)
+    if n == 0:
+        return 0.0, 0.0
+    rng = random.Random(seed)
+    values = []
+    for _ in range(draws):
+        picks = [rng.randrange(n) for _ in range(n)]
+        values.append(cohen_kappa([accepted[i] for i in picks], [truth[i] for i in picks]))
+    values.sort()
+    return round(values[int(0.025 * draws)], 4), round(values[int(0.975 * draws) - 1], 4)
+
+
+def read_review_calibration(warehouse: Warehouse, domain: str) -> ReviewCalibration | None:
+    """The domain's review calibration, or None before ``synth calibrate --domain`` made one."""
+    payload = warehouse.read_json(REVIEW_CALIBRATION_FILE.format(domain=domain))
+    return ReviewCalibration.model_validate(payload) if payload else None
 
 
 class ResolvedSpec(BaseModel):
@@ -63,12 +154,15 @@ class ResolvedSpec(BaseModel):
         return Warehouse.as_stored(self.spec)
 
 
-def resolved_spec(path: str | Path, profile: ProviderProfile) -> ResolvedSpec:
+def resolved_spec(
+    path: str | Path, profile: ProviderProfile, review: ReviewCalibration | None = None
+) -> ResolvedSpec:
     """Load the spec file at ``path`` and resolve it against ``profile``: the one way every caller
     (``domain_schema``, the plan, ``synth validate`` and ``calibrate``, the strategy benchmark, the
-    judge benchmark) gets the spec a run would use. Raises :class:`SpecError` for a bad file."""
+    judge benchmark) gets the spec a run would use; ``review`` is the domain's own calibration
+    (:func:`read_review_calibration`). Raises :class:`SpecError` for a bad file."""
     loaded = load_spec(path)
-    spec, sources = resolve_thresholds(loaded.spec, profile)
+    spec, sources = resolve_thresholds(loaded.spec, profile, review)
     return ResolvedSpec(loaded=loaded, spec=spec, threshold_sources=sources)
 
 
@@ -382,3 +476,38 @@ def diversity_calibration(wh: Warehouse) -> tuple[dict[str, float], float | None
     if not reached:
         return {}, None
     return reached, math.floor(DIVERSITY_MARGIN * min(reached.values()) * 100) / 100
+
+
+def calibrate_domain(
+    spec: DomainSpec,
+    rows: list[LabelledRow],
+    reviewers: list[str],
+    client: LLMClient | None,
+    judges: list[WeightedModel],
+    similarity: Similarity | None = None,
+    embed: Embed | None = None,
+) -> ReviewCalibration:
+    """The domain's gate calibrated on its review labels: the kappa-best consensus threshold (with
+    the on-topic minimum where it helps), the cross-field agreement minimum, what the panel adds,
+    and kappa at those thresholds with a bootstrap interval."""
+    from datetime import UTC, datetime
+
+    results, pooled = calibrate([(spec, "review_labels", rows)], client, judges, similarity, embed)
+    fields = field_agreement_threshold(results)
+    scores = results[0].scores
+    decided = gate_accepts(scores, pooled.threshold or 0.0, pooled.on_topic_threshold or -1.0)
+    low, high = kappa_interval(decided, [s.good for s in scores])
+    return ReviewCalibration(
+        domain=spec.domain,
+        labels=len(rows),
+        reviewers=sorted(set(reviewers)),
+        consensus_threshold=pooled.threshold,
+        on_topic_threshold=pooled.on_topic_threshold,
+        field_agreement_threshold=round(fields.threshold or 0.0, 4) if fields else -1.0,
+        panel_kappa_gain=panel_kappa_gain(results),
+        kappa=pooled.kappa,
+        kappa_low=low,
+        kappa_high=high,
+        accuracy=pooled.accuracy,
+        measured=datetime.now(UTC).isoformat(timespec="seconds"),
+    )

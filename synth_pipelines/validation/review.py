@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
 
-from synth_pipelines.validation.calibration import cohen_kappa
+from synth_pipelines.validation.calibration import LabelledRow, cohen_kappa
 from synth_pipelines.warehouse.storage import Warehouse
 
 LABELS_TABLE = "review_labels"
@@ -228,3 +228,23 @@ def progress(reviewer: str, labels: Sequence[dict[str, Any]], items: Sequence[Re
         agree=sum(g == t for g, t in zip(gate, truth, strict=True)),
         kappa=round(cohen_kappa(gate, truth), 4) if len(mine) >= 2 else None,
     )
+
+
+def labelled_rows(labels: Iterable[dict[str, Any]], items: Sequence[ReviewItem]) -> list[LabelledRow]:
+    """The current labels as labelled rows for calibration: the example, its problem, conditions and
+    complexity as the gate saw them, and the reviewer's verdict (one row per reviewer and example)."""
+    by_content = {(i.example_id, i.content_hash): i for i in items}
+    rows = []
+    for label in current_labels(labels, items):
+        item = by_content[(label["example_id"], label["content_hash"])]
+        rows.append(
+            LabelledRow(
+                label=label["label"],
+                example=item.example,
+                problem=item.problem,
+                conditions={k: str(v) for k, v in item.conditions.items()},
+                complexity=item.complexity or "medium",
+                why=label.get("reason") or "",
+            )
+        )
+    return rows

@@ -51,6 +51,8 @@ INDEX_FILE = "example_index/domain={domain}/index.json"
 # A timeseries or events domain's recovery check and the scenario the generator model named.
 QUALITY_FILE = "statistical_data/domain={domain}/quality.json"
 SCENARIO_FILE = "statistical_data/domain={domain}/scenario.json"
+# A domain's own gate calibration, from its review labels (`synth calibrate --domain D`).
+REVIEW_CALIBRATION_FILE = "review_labels/calibration/domain={domain}/calibration.json"
 
 StoragePath: TypeAlias = Path | UPath
 """A local ``Path`` or an fsspec-backed ``UPath``; both speak the pathlib API."""
