@@ -31,11 +31,13 @@ demo: setup
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/python -m synth_pipelines.runner --domain $(DOMAIN) --target-count $(TARGET_COUNT)
 
+# Two workers (the machines have 2 cores; much of the suite waits on servers, daemons and runs);
+# one file's tests stay in one worker, so a file's fixtures and shared folders are never raced.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not e2e"
 
 dev: setup
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true

@@ -92,3 +92,12 @@ def test_dbt_source_tests_catch_a_consensus_violation(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "consensus_meets_threshold" in proc.stdout and "FAIL 1" in proc.stdout
+
+
+# Here, not in test_assets.py: it may parse the dbt project into dbt_quality/target, and the suite's
+# parallel workers keep one file's tests together (--dist loadfile), so no two dbt parses race.
+def test_dbt_code_location_loads() -> None:
+    from synth_pipelines.dbt_definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert any("sft_training" in k for k in keys) and any("domain_quality_summary" in k for k in keys)

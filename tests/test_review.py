@@ -342,3 +342,30 @@ def test_calibrating_without_labels_is_a_clear_error(reviewed: SynthService) -> 
 
     with pytest.raises(ServiceError, match="review label"):
         reviewed.calibrate_domain(DOMAIN)
+
+
+def test_the_agreement_check_measures_kappa_from_ten_current_labels() -> None:
+    from synth_pipelines.validation.review import review_agreement
+
+    items = [_item(f"a{n}") for n in range(8)] + [
+        _item(f"r{n}", verdict="rejected", stage="rules") for n in range(8)
+    ]
+
+    def label(item: ReviewItem, good: bool, who: str = "alice") -> dict:
+        return {
+            "reviewer": who, "example_id": item.example_id, "content_hash": item.content_hash,
+            "label": "good" if good else "bad", "labelled_at": 0,
+        }  # fmt: skip
+
+    few = [label(i, True) for i in items[:9]]
+    assert review_agreement(few, items, 0.2).not_measured == "9 current review labels of the 10 needed"
+    agreeing = [label(i, i.verdict == "accepted") for i in items]
+    good = review_agreement(agreeing, items, 0.2)
+    assert good.passed and good.value == pytest.approx(1.0) and good.detail["agree"] == 16
+    # The reviewer calls half the accepted rows bad: the gate's kappa falls under the spec's level.
+    disagreeing = [label(i, i.verdict == "accepted" and n % 2 == 0) for n, i in enumerate(items)]
+    bad = review_agreement(disagreeing, items, 0.6)
+    assert not bad.passed and bad.value < 0.6 and bad.detail["gate_accepted_bad"] == 4
+    # A regenerated row's label no longer counts.
+    regenerated = [items[0].model_copy(update={"content_hash": content_hash('{"x": "new"}')}), *items[1:]]
+    assert review_agreement(agreeing, regenerated, 0.2).detail["labels"] == 15

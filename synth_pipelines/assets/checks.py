@@ -7,6 +7,8 @@ check reports its measured value and threshold as metadata.
 import json
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from synth_pipelines.assets._common import load_materialized_spec
@@ -28,6 +30,10 @@ HINTS = {
         "field descriptions, or run synth calibrate for this profile"
     ),
     "no_exact_duplicates": "rematerialize validated_examples (it removes exact duplicates)",
+    "review_agreement": (
+        "the gate disagrees with your reviewers: run synth calibrate --domain <d> on their labels, "
+        "then rematerialize the domain"
+    ),
     "embedding_diversity": (
         "raise hints.temperature, add seed problems or matrix values, or run synth calibrate --diversity"
     ),
@@ -138,6 +144,40 @@ def target_count_reached(
     return _result("accepted examples", gate, severity=dg.AssetCheckSeverity.WARN)
 
 
+@dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
+def review_agreement(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """How well the gate agrees with the domain's review labels (``synth serve``, ``/review/<d>``):
+    Cohen's kappa of its verdict on each labelled row, as the row is now, against the reviewers'
+    current labels. WARN below ``validation.min_review_kappa`` (0.2); not measured under 10 labels."""
+    from synth_pipelines.validation.review import read_labels, review_agreement, review_items
+
+    domain = context.partition_key
+    wh = warehouse.get()
+    spec = load_materialized_spec(wh, domain)
+    labels = read_labels(wh, domain)
+    labelled = sorted({label["example_id"] for label in labels})
+    rows = {}
+    for asset in ("validated_examples", "rejected_examples"):
+        table = wh.read_partition(asset, domain) if labelled else None
+        # Only the labelled rows become Python objects: the check stays cheap on 100,000 rows.
+        rows[asset] = (
+            table.filter(pc.is_in(table.column("example_id"), pa.array(labelled))).to_pylist()
+            if table
+            else []
+        )
+    items = review_items(rows["validated_examples"], rows["rejected_examples"])
+    gate = review_agreement(labels, items, spec.validation.min_review_kappa)
+    return _result(
+        "review agreement (kappa)",
+        gate,
+        severity=dg.AssetCheckSeverity.WARN,
+        source=_source(warehouse, domain, "min_review_kappa", False),
+        hint=None if gate.passed else HINTS["review_agreement"],
+    )
+
+
 class DiversityConfig(dg.Config):
     diversity_threshold: float | None = Field(
         default=None, ge=0, le=2, description="Override the spec's diversity_threshold."
@@ -212,6 +252,7 @@ QUALITY_CHECKS = [
     consensus_pass_rate,
     no_exact_duplicates,
     target_count_reached,
+    review_agreement,
     great_expectations_suite,
     embedding_diversity,
 ]

@@ -207,6 +207,9 @@ class ValidationSpec(_Strict):
     # provider profile's calibration shows the panel adds no agreement with hand labels (then the
     # judges are skipped and said so); a number for consensus_threshold means ``on``.
     panel: Literal["auto", "on", "off"] = "auto"
+    # The agreement (Cohen's kappa) of the gate with the domain's review labels below which the
+    # review_agreement check warns; 0.2 is where "fair" agreement starts on the usual scale.
+    min_review_kappa: float = Field(default=0.2, ge=-1, le=1)
 
     @property
     def judges_run(self) -> bool:

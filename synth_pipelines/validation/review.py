@@ -24,6 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
 
 from synth_pipelines.validation.calibration import LabelledRow, cohen_kappa
+from synth_pipelines.validation.gates import GateResult
 from synth_pipelines.warehouse.storage import Warehouse
 
 LABELS_TABLE = "review_labels"
@@ -42,6 +43,8 @@ REVIEW_LABELS = pa.schema(
     ]
 )
 REVIEWER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+# The review_agreement check measures nothing below this many current labels.
+MIN_CHECK_LABELS = 10
 # Distance of a row's consensus from the threshold, in bands (rows without a consensus: their own).
 BANDS = (0.05, 0.15, 0.3)
 
@@ -248,3 +251,31 @@ def labelled_rows(labels: Iterable[dict[str, Any]], items: Sequence[ReviewItem])
             )
         )
     return rows
+
+
+def review_agreement(
+    labels: Iterable[dict[str, Any]], items: Sequence[ReviewItem], min_kappa: float
+) -> GateResult:
+    """The gate's verdict on each labelled row now against every reviewer's current label: Cohen's
+    kappa, compared with ``min_kappa``. Under ``MIN_CHECK_LABELS`` labels nothing is measured."""
+    current = current_labels(labels, items)
+    accepted = {(i.example_id, i.content_hash): i.verdict == "accepted" for i in items}
+    gate = [accepted[(label["example_id"], label["content_hash"])] for label in current]
+    truth = [label["label"] == "good" for label in current]
+    detail: dict[str, Any] = {
+        "labels": len(current),
+        "reviewers": sorted({label["reviewer"] for label in current}),
+        "agree": sum(g == t for g, t in zip(gate, truth, strict=True)),
+        "gate_accepted_bad": sum(g and not t for g, t in zip(gate, truth, strict=True)),
+        "gate_rejected_good": sum(t and not g for g, t in zip(gate, truth, strict=True)),
+    }
+    if len(current) < MIN_CHECK_LABELS:
+        return GateResult(
+            passed=True,
+            value=0.0,
+            threshold=min_kappa,
+            detail=detail,
+            not_measured=f"{len(current)} current review labels of the {MIN_CHECK_LABELS} needed",
+        )
+    kappa = cohen_kappa(gate, truth)
+    return GateResult(passed=kappa >= min_kappa, value=kappa, threshold=min_kappa, detail=detail)
