@@ -31,6 +31,7 @@ from synth_pipelines.validation.calibration import (
     ReviewCalibration,
     resolved_spec,
 )
+from synth_pipelines.validation.review import ReviewItem, ReviewProgress
 from synth_pipelines.warehouse.progress import ProgressSnapshot, running
 from synth_pipelines.warehouse.status import domain_status
 from synth_pipelines.warehouse.storage import (
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from synth_pipelines.llm.doctor import ModelCheck
     from synth_pipelines.resources import LLMResource
     from synth_pipelines.strategy_benchmark import BenchmarkReport
-    from synth_pipelines.validation.review import LabelIn, ReviewItem, ReviewProgress
+    from synth_pipelines.validation.review import LabelIn
 
 
 class Generated(BaseModel):
@@ -95,8 +96,8 @@ class ReviewQueue(BaseModel):
     """Rows for one reviewer to label next, and how far they are."""
 
     domain: str
-    items: list[Any]  # validation.review.ReviewItem
-    progress: Any  # validation.review.ReviewProgress
+    items: list[ReviewItem]
+    progress: ReviewProgress
 
 
 class StatusView(BaseModel):
