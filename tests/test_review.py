@@ -148,6 +148,17 @@ def test_labels_are_recorded_checked_and_kept_per_reviewer(reviewed: SynthServic
         )
 
 
+def test_the_rows_are_built_once_per_version_of_the_partition_files(reviewed: SynthService) -> None:
+    first = reviewed._review_items(DOMAIN)
+    assert reviewed._review_items(DOMAIN) is first  # cached: the files did not change
+    path = Path(str(reviewed.warehouse.partition_file("rejected_examples", DOMAIN)))
+    data = path.read_bytes()
+    path.write_bytes(data)  # rewritten (a rerun of validated_examples): built again
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    again = reviewed._review_items(DOMAIN)
+    assert again is not first and [i.example_id for i in again] == [i.example_id for i in first]
+
+
 def test_the_api_refuses_what_it_cannot_take(reviewed: SynthService) -> None:
     from synth_pipelines.service.api import create_app
     from tests.conftest import served

@@ -52,6 +52,10 @@ if TYPE_CHECKING:
     from synth_pipelines.validation.review import LabelIn
 
 
+# What a reviewer sees rows of.
+REVIEWED_TABLES = ("validated_examples", "rejected_examples")
+
+
 class Generated(BaseModel):
     """One in-process materialization of a domain's graph."""
 
@@ -537,9 +541,18 @@ class LocalOperations:
         return result
 
     def _review_items(self, domain: str) -> list[ReviewItem]:
+        """The domain's reviewable rows, rebuilt only when its Parquet files change: the page asks for
+        them on every label, and building 100,000 rows takes seconds."""
         from synth_pipelines.validation.review import review_items
 
         domain = self.safe_name(domain)
+        stamp = (str(self.warehouse.root), *(self._file_stamp(a, domain) for a in REVIEWED_TABLES))
+        cache: dict[str, tuple[tuple[Any, ...], list[ReviewItem]]] = self.__dict__.setdefault(
+            "_review_cache", {}
+        )
+        hit = cache.get(domain)
+        if hit is not None and hit[0] == stamp and None not in stamp:
+            return hit[1]
         validated = self.warehouse.read_partition("validated_examples", domain)
         if validated is None:
             raise NotFound(
@@ -548,7 +561,17 @@ class LocalOperations:
                 field="domain",
             )
         rejected = self.warehouse.read_partition("rejected_examples", domain)
-        return review_items(validated.to_pylist(), rejected.to_pylist() if rejected is not None else [])
+        items = review_items(validated.to_pylist(), rejected.to_pylist() if rejected is not None else [])
+        cache[domain] = (stamp, items)
+        return items
+
+    def _file_stamp(self, asset: str, domain: str) -> tuple[float, int] | None:
+        """(modification time, size) of a partition file; None when unknown (then nothing is cached)."""
+        try:
+            info = self.warehouse.partition_file(asset, domain).stat()
+            return (float(info.st_mtime), int(info.st_size))
+        except (OSError, NotImplementedError, KeyError, AttributeError):
+            return None
 
     def review_queue(self, domain: str, *, count: int = 20, reviewer: str = "reviewer") -> ReviewQueue:
         """Rows for ``reviewer`` to label, stratified over cells, consensus bands and rejection
