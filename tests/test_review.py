@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,26 +84,27 @@ def test_label_input_is_checked() -> None:
             LabelIn(**{"example_id": "a", "content_hash": "0" * 64, "label": "good", **bad})
 
 
-@pytest.fixture
-def reviewed(tmp_path: Path, scripted_schemas_dir: Path, scripted_backends) -> Iterator[SynthService]:
-    """A domain generated and validated on the scripted provider, and a service over it."""
+def _generated(root: Path, schemas: Path, count: int) -> SynthService:
+    """The domain generated and validated on the scripted provider, and a service over it."""
     import dagster as dg
 
-    root = tmp_path / "warehouse"
     resources = {
-        "warehouse": WarehouseResource(root=str(root), schemas_dir=str(scripted_schemas_dir)),
+        "warehouse": WarehouseResource(root=str(root), schemas_dir=str(schemas)),
         "llm": LLMResource(profile="local"),
         "embedder": EmbedderResource(),
     }
     with dg.instance_for_test() as instance:
-        result = materialize_domain(
-            DOMAIN, instance=instance, resources=resources, skip=LATER, target_count=12
-        )
-        assert result.success
-    settings = ServiceSettings(
-        warehouse_root=str(root), state_dir=None, schemas_dir=str(scripted_schemas_dir), profile="local"
+        assert materialize_domain(
+            DOMAIN, instance=instance, resources=resources, skip=LATER, target_count=count
+        ).success
+    return SynthService(
+        ServiceSettings(warehouse_root=str(root), state_dir=None, schemas_dir=str(schemas), profile="local")
     )
-    yield SynthService(settings)
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, scripted_schemas_dir: Path, scripted_backends) -> SynthService:
+    return _generated(tmp_path / "warehouse", scripted_schemas_dir, 12)
 
 
 def test_labels_are_recorded_checked_and_kept_per_reviewer(reviewed: SynthService) -> None:
@@ -275,7 +275,6 @@ def test_review_labels_calibrate_the_domain_and_its_runs_say_so(
 ) -> None:
     """Label 36 rows, calibrate from them, and the domain's `auto` thresholds come from its own labels
     (the source says so); with fewer than 30 labels the profile's thresholds stay."""
-    import dagster as dg
     import yaml
     from typer.testing import CliRunner
 
@@ -283,20 +282,7 @@ def test_review_labels_calibrate_the_domain_and_its_runs_say_so(
     from synth_pipelines.validation.calibration import MIN_REVIEW_LABELS, read_review_calibration
 
     root = tmp_path / "warehouse"
-    resources = {
-        "warehouse": WarehouseResource(root=str(root), schemas_dir=str(scripted_schemas_dir)),
-        "llm": LLMResource(profile="local"),
-        "embedder": EmbedderResource(),
-    }
-    with dg.instance_for_test() as instance:
-        assert materialize_domain(
-            DOMAIN, instance=instance, resources=resources, skip=LATER, target_count=48
-        ).success
-    service = SynthService(
-        ServiceSettings(
-            warehouse_root=str(root), state_dir=None, schemas_dir=str(scripted_schemas_dir), profile="local"
-        )
-    )
+    service = _generated(root, scripted_schemas_dir, 48)
     # The spec leaves its gate to calibration (the plumbing settings set numbers).
     spec_file = scripted_schemas_dir / f"{DOMAIN}.yaml"
     data = yaml.safe_load(spec_file.read_text())
