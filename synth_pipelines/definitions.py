@@ -10,7 +10,7 @@ import dagster as dg
 from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.assets.checks import QUALITY_CHECKS
 from synth_pipelines.assets.generation_plan import generation_plan
-from synth_pipelines.assets.spec_file import domain_spec_file
+from synth_pipelines.assets.spec_file import domain_review_calibration, domain_spec_file
 from synth_pipelines.assets.statistical_data import STATISTICAL_CHECKS, statistical_data
 from synth_pipelines.assets.training_exports import EXPORT_ASSETS
 from synth_pipelines.jobs import synth_domain_job, synth_plan_job, synth_statistical_job
@@ -18,7 +18,14 @@ from synth_pipelines.resources.settings import default_resources
 from synth_pipelines.sensors import agent_performance_sensor, domain_spec_sensor, spec_observation_sensor
 
 defs = dg.Definitions(
-    assets=[domain_spec_file, *PIPELINE_ASSETS, statistical_data, generation_plan, *EXPORT_ASSETS],
+    assets=[
+        domain_spec_file,
+        domain_review_calibration,
+        *PIPELINE_ASSETS,
+        statistical_data,
+        generation_plan,
+        *EXPORT_ASSETS,
+    ],
     asset_checks=[*QUALITY_CHECKS, *STATISTICAL_CHECKS],
     jobs=[synth_domain_job, synth_statistical_job, synth_plan_job],
     sensors=[spec_observation_sensor, domain_spec_sensor, agent_performance_sensor],

@@ -86,7 +86,9 @@ def materialize_domain(
         instance.add_dynamic_partitions(DOMAIN_PARTITIONS_NAME, [domain])
     resources = resources or default_resources()
     # The run's assets record the spec version they are made from (staleness in the UI).
-    observe_spec(instance, getattr(resources.get("warehouse"), "schemas_dir", None) or "schemas", domain)
+    warehouse: Any = resources.get("warehouse")
+    schemas = getattr(warehouse, "schemas_dir", None) or "schemas"
+    observe_spec(instance, schemas, domain, warehouse.get() if hasattr(warehouse, "get") else None)
     selected = [a for a in assets_for(domain, resources) if not _targets(a) & set(skip)]
     run_config = run_config_for(target_count, op_config=op_config)
     # A statistical domain has no matrix: its size is in its spec, so target_count does not apply.

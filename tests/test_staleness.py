@@ -90,10 +90,9 @@ def _graphql_status(instance: dg.DagsterInstance, domain: str, assets: list[str]
     }
 
 
-def _observe(instance: dg.DagsterInstance, schemas: Path) -> dg.SensorResult:
-    context = dg.build_sensor_context(
-        instance=instance, resources={"warehouse": WarehouseResource(schemas_dir=str(schemas))}
-    )
+def _observe(instance: dg.DagsterInstance, schemas: Path, root: Path | None = None) -> dg.SensorResult:
+    warehouse = WarehouseResource(schemas_dir=str(schemas), **({"root": str(root)} if root else {}))
+    context = dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse})
     return spec_observation_sensor(context)
 
 
@@ -106,12 +105,12 @@ def test_a_spec_edit_marks_exactly_that_domains_assets_stale(
     assert _graphql_status(instance, DOMAIN, MADE) == fresh
 
     # An unchanged spec: the sensor records nothing and nothing turns stale.
-    assert _observe(instance, scripted_schemas_dir).asset_events == []
+    assert _observe(instance, scripted_schemas_dir, warehouse_root).asset_events == []
     assert _graphql_status(instance, DOMAIN, MADE) == fresh
 
     spec = scripted_schemas_dir / f"{DOMAIN}.yaml"
     spec.write_text(spec.read_text().replace("target_count:", "# a comment\ntarget_count:", 1))
-    events = _observe(instance, scripted_schemas_dir).asset_events
+    events = _observe(instance, scripted_schemas_dir, warehouse_root).asset_events
     assert [(e.asset_key.path[-1], e.partition) for e in events] == [("domain_spec_file", DOMAIN)]
     # The sensor's events are stored by the daemon after the tick; here, as the daemon does.
     for event in events:
@@ -122,12 +121,33 @@ def test_a_spec_edit_marks_exactly_that_domains_assets_stale(
     }
     assert _graphql_status(instance, OTHER, MADE) == fresh  # another domain is untouched
     # Observing the edited file again changes nothing more.
-    assert _observe(instance, scripted_schemas_dir).asset_events == []
+    assert _observe(instance, scripted_schemas_dir, warehouse_root).asset_events == []
     # Reverting the edit makes the old outputs current again.
     spec.write_text(spec.read_text().replace("# a comment\n", "", 1))
-    for event in _observe(instance, scripted_schemas_dir).asset_events:
+    for event in _observe(instance, scripted_schemas_dir, warehouse_root).asset_events:
         instance.report_runless_asset_event(event)
     assert _graphql_status(instance, DOMAIN, MADE) == fresh
+
+
+def test_a_new_review_calibration_marks_exactly_the_gated_assets_stale(
+    instance: dg.DagsterInstance, warehouse_root: Path, scripted_schemas_dir: Path, scripted_backends
+) -> None:
+    """`synth calibrate --domain` writes the domain's calibration: domain_schema (which resolves the
+    thresholds) turns stale, and the assets that do not use thresholds stay fresh."""
+    from synth_pipelines.warehouse.storage import REVIEW_CALIBRATION_FILE, Warehouse
+
+    _made(instance, warehouse_root, scripted_schemas_dir, DOMAIN)
+    assert _observe(instance, scripted_schemas_dir, warehouse_root).asset_events == []
+    Warehouse(warehouse_root).write_json(REVIEW_CALIBRATION_FILE.format(domain=DOMAIN), {"labels": 40})
+    events = _observe(instance, scripted_schemas_dir, warehouse_root).asset_events
+    assert [(e.asset_key.path[-1], e.partition) for e in events] == [("domain_review_calibration", DOMAIN)]
+    for event in events:
+        instance.report_runless_asset_event(event)
+    status = _graphql_status(instance, DOMAIN, [*MADE, "validated_examples"])
+    assert status["domain_schema"] == ("STALE", ["domain_review_calibration: has a new data version"])
+    assert {a: status[a] for a in MADE[1:]} == {a: ("FRESH", []) for a in MADE[1:]}
+    # validated_examples was never made here: missing, not stale (it depends on the calibration too).
+    assert status["validated_examples"][0] == "MISSING"
 
 
 def test_the_spec_sensor_reruns_only_what_the_change_made_stale(

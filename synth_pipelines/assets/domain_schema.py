@@ -3,7 +3,14 @@
 import dagster as dg
 
 from synth_pipelines.assets._common import PIPELINE_GROUP
-from synth_pipelines.assets.spec_file import domain_spec_file, latest_observed_version, spec_observation
+from synth_pipelines.assets.spec_file import (
+    CALIBRATION_ASSET,
+    calibration_version,
+    domain_review_calibration,
+    domain_spec_file,
+    latest_observed_version,
+    spec_observation,
+)
 from synth_pipelines.llm.config import ProfileError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import LLMResource, WarehouseResource
@@ -21,7 +28,7 @@ from synth_pipelines.warehouse.tables import (
 @dg.asset(
     partitions_def=domain_partitions,
     group_name=PIPELINE_GROUP,
-    deps=[domain_spec_file],
+    deps=[domain_spec_file, domain_review_calibration],
     kinds={"yaml", "json"},
 )
 def domain_schema(
@@ -52,6 +59,9 @@ def domain_schema(
         # A run launched from elsewhere than this project's sensors and commands (which observe the
         # file first): record the version read, so the assets after this one are made "from" it.
         context.log_event(spec_observation(domain, loaded.file_hash))
+    calibrated = calibration_version(warehouse.get(), domain)
+    if latest_observed_version(context.instance, domain, CALIBRATION_ASSET) != calibrated:
+        context.log_event(spec_observation(domain, calibrated, CALIBRATION_ASSET))
     program = loaded.spec.program
     if program is not None and program.module is not None:
         try:

@@ -17,7 +17,7 @@ from synth_pipelines.assets._common import (
     require_upstream,
 )
 from synth_pipelines.assets.raw_generations import raw_generations
-from synth_pipelines.assets.spec_file import domain_spec_file
+from synth_pipelines.assets.spec_file import domain_review_calibration, domain_spec_file
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
@@ -38,7 +38,7 @@ class ValidationConfig(dg.Config):
     partitions_def=domain_partitions,
     pool=LLM_POOL,
     group_name=PIPELINE_GROUP,
-    deps=[raw_generations, domain_spec_file],
+    deps=[raw_generations, domain_spec_file, domain_review_calibration],
     kinds={"parquet", "duckdb"},
 )
 def validated_examples(

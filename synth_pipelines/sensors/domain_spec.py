@@ -13,7 +13,9 @@ from pydantic import BaseModel
 
 from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.assets.spec_file import (
+    CALIBRATION_ASSET,
     SPEC_FILE_ASSET,
+    calibration_version,
     latest_observed_version,
     spec_observation,
     spec_versions,
@@ -112,28 +114,38 @@ def spec_stale_assets(
 @dg.sensor(
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Observes every domain's spec file (SHA-256) so that an edit marks its assets stale.",
+    description="Observes every domain's spec file and review calibration (SHA-256) so that a change "
+    "marks the assets that use it stale.",
 )
 def spec_observation_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
 ) -> dg.SensorResult:
-    """Observes the spec file of every registered domain every 10 seconds (running by default;
-    it only hashes files and never starts a run).
+    """Observes the spec file and the review calibration of every registered domain every 10
+    seconds (running by default; it only hashes files and never starts a run).
 
-    A file whose SHA-256 differs from the version last observed is recorded as a new observation of
-    ``domain_spec_file`` for that partition, so the UI and GraphQL ``staleStatus`` mark the domain's
-    assets stale ("has a new dependency data version") within seconds of the edit. An unchanged
-    file records nothing. ``domain_spec_sensor`` (off by default) is what reruns them."""
+    A spec file whose SHA-256 differs from the version last observed is recorded as a new
+    observation of ``domain_spec_file`` for that partition, so the UI and GraphQL ``staleStatus``
+    mark the domain's assets stale ("has a new dependency data version") within seconds of the
+    edit; a new ``synth calibrate --domain`` result likewise for ``domain_review_calibration``, which
+    marks ``domain_schema`` and ``validated_examples`` stale. An unchanged file records nothing.
+    ``domain_spec_sensor`` (off by default) is what reruns them."""
     domains = context.instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME)
-    versions = spec_versions(warehouse.schemas_dir, domains)
-    changed = {
-        domain: version
-        for domain, version in versions.items()
-        if latest_observed_version(context.instance, domain) != version
-    }
-    for domain, version in changed.items():
-        context.log.info(f"{domain}: spec file now sha256 {version[:12]}; its assets are stale until rerun")
-    return dg.SensorResult(asset_events=[spec_observation(d, v) for d, v in sorted(changed.items())])
+    wh = warehouse.get()
+    events = []
+    for domain, version in sorted(spec_versions(warehouse.schemas_dir, domains).items()):
+        if latest_observed_version(context.instance, domain) != version:
+            context.log.info(
+                f"{domain}: spec file now sha256 {version[:12]}; its assets are stale until rerun"
+            )
+            events.append(spec_observation(domain, version))
+    for domain in sorted(domains):
+        calibrated = calibration_version(wh, domain)
+        if latest_observed_version(context.instance, domain, CALIBRATION_ASSET) != calibrated:
+            context.log.info(
+                f"{domain}: review calibration now {calibrated[:12]}; its gated assets are stale"
+            )
+            events.append(spec_observation(domain, calibrated, CALIBRATION_ASSET))
+    return dg.SensorResult(asset_events=events)
 
 
 @dg.sensor(

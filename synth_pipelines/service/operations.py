@@ -275,7 +275,7 @@ class SynthService(LocalOperations):
         run_config = {"ops": {"problem_matrix": {"config": matrix}}} if matrix else {}
         tags = {"dagster/partition": domain, "synth/launched_by": "service"}
         self._register_partition(domain)
-        observe_spec(self.instance, self.settings.schemas_dir, domain)  # what the run is made from
+        observe_spec(self.instance, self.settings.schemas_dir, domain, self.warehouse)  # the run's inputs
         if self.settings.dagster_url:
             run_id = self._launch_graphql(job_name, run_config, tags)
         else:
