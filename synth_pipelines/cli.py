@@ -45,7 +45,7 @@ def generate(
 ) -> None:
     """Materialize the whole graph for one domain, with a progress bar."""
     with _service(warehouse, schemas, profile) as service:
-        name = service.spec_domain(domain)
+        name = service.domain_name(domain)
         with render.progress_bar(service.warehouse, name, service.pipeline_steps()):
             run = service.generate(name, count=count, report=report)
         typer.echo(run.summary)

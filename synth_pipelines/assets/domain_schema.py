@@ -47,11 +47,12 @@ def domain_schema(
     file and field, and nothing downstream runs.
     """
     domain = context.partition_key
+    wh = warehouse.get()
     try:
         validate_domain_name(domain, source="the partition key")
         path = spec_path_for(warehouse.schemas_dir, domain)
         profile = llm.load_profile()
-        resolved = resolved_spec(path, profile, read_review_calibration(warehouse.get(), domain))
+        resolved = resolved_spec(path, profile, read_review_calibration(wh, domain))
     except (UnsafeDomainError, FileNotFoundError, SpecError, ProfileError) as e:
         raise dg.Failure(description=str(e)) from e
     loaded, spec, threshold_sources = resolved.loaded, resolved.spec, resolved.threshold_sources
@@ -59,7 +60,7 @@ def domain_schema(
         # A run launched from elsewhere than this project's sensors and commands (which observe the
         # file first): record the version read, so the assets after this one are made "from" it.
         context.log_event(spec_observation(domain, loaded.file_hash))
-    calibrated = calibration_version(warehouse.get(), domain)
+    calibrated = calibration_version(wh, domain)
     if latest_observed_version(context.instance, domain, CALIBRATION_ASSET) != calibrated:
         context.log_event(spec_observation(domain, calibrated, CALIBRATION_ASSET))
     program = loaded.spec.program
@@ -74,7 +75,6 @@ def domain_schema(
                 "to the specs folder)"
             )
     schema = example_json_schema(spec)
-    wh = warehouse.get()
     out = wh.write_json(
         SPEC_FILE.format(domain=domain),
         {

@@ -30,9 +30,8 @@ from synth_pipelines.service.models import (
     Unavailable,
 )
 from synth_pipelines.service.tasks import LocalOperations
-from synth_pipelines.spec.loading import discover_specs, load_spec, spec_path_for
+from synth_pipelines.spec.loading import discover_specs, load_spec
 from synth_pipelines.spec.model import SpecError
-from synth_pipelines.spec.names import UnsafeDomainError, validate_domain_name
 from synth_pipelines.warehouse.search import SearchError, SearchResult, search
 from synth_pipelines.warehouse.status import domain_status
 from synth_pipelines.warehouse.storage import StorageError, Warehouse
@@ -132,23 +131,6 @@ class SynthService(LocalOperations):
                 )
             self._instance = dg.DagsterInstance.get()
         return self._instance
-
-    def domain_name(self, domain: str) -> str:
-        """A safe, known domain name, or NotFound / a 400 naming the field."""
-        try:
-            validate_domain_name(domain)
-        except UnsafeDomainError as e:
-            raise BadInput(str(e), field="domain") from None
-        if domain not in discover_specs(self.settings.schemas_dir):
-            known = ", ".join(sorted(discover_specs(self.settings.schemas_dir))) or "none"
-            raise NotFound(
-                f"domain {domain!r} has no spec in {self.settings.schemas_dir}; known: {known}",
-                field="domain",
-            )
-        return domain
-
-    def spec_file(self, domain: str) -> Path:
-        return Path(spec_path_for(self.settings.schemas_dir, self.domain_name(domain)))
 
     def list_domains(self) -> list[DomainSummary]:
         """Every domain with a spec, with its counts when it has data."""

@@ -112,14 +112,11 @@ class StatusView(BaseModel):
 
 
 class LocalOperations:
-    """Operations that run here, mixed into :class:`SynthService` (which provides ``settings``,
-    ``warehouse`` and ``domain_name``)."""
+    """Operations that run here, mixed into :class:`SynthService` (which provides ``settings`` and
+    ``warehouse``)."""
 
     settings: ServiceSettings
     warehouse: Warehouse
-
-    def domain_name(self, domain: str) -> str:  # pragma: no cover - provided by SynthService
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ specs and models
     def safe_name(self, domain: str) -> str:
@@ -129,16 +126,21 @@ class LocalOperations:
         except UnsafeDomainError as e:
             raise BadInput(str(e), field="domain") from None
 
-    def spec_domain(self, domain: str) -> str:
-        """``domain`` checked as a name and as a spec file of the specs folder."""
+    def domain_name(self, domain: str) -> str:
+        """A safe name with a spec in the specs folder: BadInput (exit 2, HTTP 400) for an unsafe
+        name, NotFound naming the known domains otherwise."""
         domain = self.safe_name(domain)
-        if domain not in discover_specs(self.settings.schemas_dir):
-            raise ServiceError(
-                f"no spec {Path(self.settings.schemas_dir) / (domain + '.yaml')}; create it with "
-                "`synth schema new`",
+        known = discover_specs(self.settings.schemas_dir)
+        if domain not in known:
+            raise NotFound(
+                f"domain {domain!r} has no spec in {self.settings.schemas_dir}; known: "
+                f"{', '.join(sorted(known)) or 'none'}. Create one with `synth schema new {domain}`",
                 field="domain",
             )
         return domain
+
+    def spec_file(self, domain: str) -> Path:
+        return Path(self.settings.schemas_dir) / f"{self.domain_name(domain)}.yaml"
 
     def llm_resource(self) -> LLMResource:
         from synth_pipelines.resources import LLMResource  # Dagster loads with the first model call
@@ -153,16 +155,13 @@ class LocalOperations:
         except ProfileError as e:
             raise ServiceError(str(e), field="profile") from None
 
-    def spec_path(self, domain: str) -> Path:
-        return Path(self.settings.schemas_dir) / f"{self.domain_name(domain)}.yaml"
-
     def resolved_spec(self, domain: str) -> ResolvedSpec:
         """The domain's spec as a run uses it: loaded and resolved against the domain's review
         calibration or the profile, exactly as ``domain_schema`` stores it
         (``validation.calibration.resolved_spec``)."""
         from synth_pipelines.validation.calibration import read_review_calibration
 
-        path = self.spec_path(domain)
+        path = self.spec_file(domain)
         profile = self.provider_profile()
         try:
             return resolved_spec(path, profile, read_review_calibration(self.warehouse, path.stem))
@@ -242,7 +241,7 @@ class LocalOperations:
         from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
         from synth_pipelines.runner import failure_messages, materialize_domain, run_report, summarize
 
-        domain = self.spec_domain(domain)
+        domain = self.domain_name(domain)
         wh = self.warehouse
         resources = {
             "warehouse": WarehouseResource(
@@ -514,7 +513,7 @@ class LocalOperations:
         from synth_pipelines.validation.calibration import calibrate_domain
         from synth_pipelines.validation.review import current_labels, labelled_rows, read_labels
 
-        domain = self.spec_domain(domain)
+        domain = self.domain_name(domain)
         items = self._review_items(domain)
         labels = current_labels(read_labels(self.warehouse, domain), items)
         if len(labels) < 2 or len({label["label"] for label in labels}) < 2:
