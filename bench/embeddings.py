@@ -101,6 +101,14 @@ def main() -> None:
                 f"  the int8 graph itself: {rate:.1f} texts/s ({rate / torch_rate:.2f}x), cosine to torch "
                 f"min {cos.min():.4f} mean {cos.mean():.4f}"
             )
+    # The thread layout: the same fp32 graph on one single-threaded session instead of one per core.
+    model_dir = bundled_model_dir()
+    single = OnnxEncoder(export_dir(model_dir) / "model.onnx", model_dir, workers=1)
+    single.encode(texts[:32], 64)
+    started = time.perf_counter()
+    single.encode(texts, 64)
+    rate = len(texts) / (time.perf_counter() - started)
+    print(f"{'onnx, one session (1 thread)':<30} {rate:7.1f} texts/s  {rate / torch_rate:.2f}x")
     print(f"embed_speedup_best={best:.2f}")
 
 

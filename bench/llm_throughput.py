@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -110,21 +111,35 @@ async def bare_aiohttp(base_url: str, n: int, concurrency: int) -> float:
         return time.perf_counter() - started
 
 
+ROUNDS = 3
+
+
 def measure(latency: float, n: int, concurrency: int, transport: str) -> dict[str, float]:
+    """Provider layer and bare aiohttp, alternating for ROUNDS rounds against one server; medians
+    (one round on a 2-core machine moves the CPU ratio by ±0.2)."""
     proc, base_url = start_server(latency)
+    provider: list[tuple[float, float]] = []
+    bare: list[tuple[float, float]] = []
+    ok = n
     try:
         with tempfile.TemporaryDirectory() as tmp:
             client = make_client(base_url, concurrency, Path(tmp), transport)
             run_sync(provider_layer(client, 64, concurrency, "warmup"))
-            (_, ok), elapsed, cpu = timed(
-                lambda: run_sync(provider_layer(client, n, concurrency, f"run-{latency}"))
-            )
-        # The baseline, measured in the same run against the same server.
-        _, bare, bare_cpu = timed(lambda: asyncio.run(bare_aiohttp(base_url, n, concurrency)))
+            for round_ in range(ROUNDS):
+                (_, ok_round), elapsed, cpu = timed(
+                    lambda r=round_: run_sync(provider_layer(client, n, concurrency, f"run-{latency}-{r}"))
+                )
+                ok = min(ok, ok_round)
+                provider.append((elapsed, cpu))
+                # The baseline, measured in the same round against the same server.
+                _, wall, bare_cpu = timed(lambda: asyncio.run(bare_aiohttp(base_url, n, concurrency)))
+                bare.append((wall, bare_cpu))
     finally:
         stop_server(proc)
+    elapsed, cpu = (statistics.median(x) for x in zip(*provider, strict=True))
+    bare_wall, bare_cpu = (statistics.median(x) for x in zip(*bare, strict=True))
     ideal = concurrency / latency
-    rps, bare_rps = n / elapsed, n / bare
+    rps, bare_rps = n / elapsed, n / bare_wall
     return {
         "latency_ms": latency * 1000,
         "requests": n,
@@ -164,9 +179,13 @@ def main() -> None:
             f"({r['cpu_ms_per_request'] / r['bare_cpu_ms_per_request']:.2f}x)"
         )
     # The default transport's figures are the headline: CPU at 20 ms, throughput at 100 ms.
-    fast = results[(parser_transports[0], 0.02)]
+    # Targets (issue 25): provider/bare >= 0.9 at 100 ms and >= 0.75 at 20 ms; CPU <= 1.5x bare.
+    slow, fast = results[(parser_transports[0], 0.1)], results[(parser_transports[0], 0.02)]
+    for label, r in (("100ms", slow), ("20ms", fast)):
+        print(f"provider_vs_bare_{label}={r['provider_vs_bare']:.3f}")
+        print(f"cpu_ratio_vs_bare_{label}={r['cpu_ms_per_request'] / r['bare_cpu_ms_per_request']:.2f}")
     print(f"cpu_ratio_vs_bare={fast['cpu_ms_per_request'] / fast['bare_cpu_ms_per_request']:.2f}")
-    print(f"throughput_ratio={results[(parser_transports[0], 0.1)]['ratio_to_ideal']:.3f}")
+    print(f"throughput_ratio={slow['ratio_to_ideal']:.3f}")
 
 
 if __name__ == "__main__":

@@ -343,3 +343,51 @@ def test_a_neutral_listed_seed_is_classified_once_and_serves_only_the_cells_it_f
     again, _ = classify_seeds(spec, listed, client)
     client.flush()
     assert backends["gen-a"].calls == 1 and again == seeds
+
+
+def test_embedding_gates_run_in_chunks_that_overlap_the_judges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cross-field gate embeds chunk by chunk in a worker thread; the first chunk's judges are
+    called before the last chunk is embedded, and the verdicts equal one big batch's (issue 25)."""
+    import threading
+    import time
+
+    from synth_pipelines.validation import apply_gates
+
+    spec = load_spec(API_SPEC).spec.with_panel(0.5, "p", field_agreement=0.34)[0]
+    off = "Bake the cake at 180 degrees for forty minutes until golden."
+    rows = [{**EXAMPLE, "endpoint": f"/users/{{id}}/tokens/{{token}}/v{k}"} for k in range(6)]
+    rows[1] = {**rows[1], "explanation": off}
+    rows[4] = {**rows[4], "explanation": off}
+    events: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    def slow_embed(texts: list[str]) -> np.ndarray:
+        with lock:
+            events.append((time.perf_counter(), "embed"))
+        time.sleep(0.3)
+        return _topic_embed(texts)
+
+    def judged_at(request, call_no):  # type: ignore[no-untyped-def]
+        with lock:
+            events.append((time.perf_counter(), "judge"))
+        return None  # the scripted reply
+
+    def run(chunk: int) -> tuple[list[str], dict[str, int]]:
+        monkeypatch.setattr(apply_gates, "GATE_CHUNK", chunk)
+        profile = scripted_profile()
+        client = build_client(profile, None)
+        client.backends.update({n: ScriptedBackend(n, judged_at, judge_score=5) for n in profile.models})
+        outcome = validate_examples(
+            spec, _raw(rows), client, list(profile.roles.validators), embed=slow_embed, early_stop=False
+        )
+        return outcome.accepted.column("example_id").to_pylist(), outcome.stage_counts
+
+    events.clear()
+    accepted, stages = run(2)
+    embeds = [t for t, kind in events if kind == "embed"]
+    judges = [t for t, kind in events if kind == "judge"]
+    assert len(embeds) == 3  # three chunks of two
+    assert min(judges) < max(embeds)  # chunk 1's judges ran while a later chunk was embedding
+    assert stages == {"inconsistent_fields": 2}
+    assert sorted(accepted) == ["e0", "e2", "e3", "e5"]
+    assert run(1000) == (accepted, stages)  # the same verdicts as one batch

@@ -203,10 +203,17 @@ def test_onnx_backends_match_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert report["int8_ok"] == (report["int8_min_cosine"] >= embeddings.INT8_MIN_COSINE)
     if report["int8_ok"]:
         assert float(cosines.min()) > 0.98
-    verdict = json.loads(
-        (embeddings.export_dir(embeddings.bundled_model_dir()) / "int8_verdict.json").read_text()
-    )
+    folder = embeddings.export_dir(embeddings.bundled_model_dir())
+    verdict = json.loads((folder / f"{embeddings.INT8_FILE}.verdict.json").read_text())
     assert verdict["int8_probe_texts"] >= len(embeddings.PROBE_SENTENCES)
+    # Mixed precision: each layer's feed-forward output projection stays fp32, the rest is int8.
+    import onnx
+
+    kept = embeddings.fp32_layers(onnx.load(str(folder / "model.onnx")))
+    assert len(kept) == 6  # MiniLM-L6: one per layer
+    ops = {node.name: node.op_type for node in onnx.load(str(folder / embeddings.INT8_FILE)).graph.node}
+    assert all(ops.get(name) == "MatMul" for name in kept)
+    assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values()) >= 30
 
 
 def test_status_shows_what_is_running(tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
-from synth_pipelines.resources import LLMResource, WarehouseResource
+from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
+from synth_pipelines.validation.apply_gates import embedded_texts
 from synth_pipelines.warehouse.inflight import InflightRows, build_partition
 from synth_pipelines.warehouse.progress import Progress
 from synth_pipelines.warehouse.tables import (
@@ -92,6 +93,7 @@ def raw_generations(
     config: GenerationConfig,
     warehouse: WarehouseResource,
     llm: LLMResource,
+    embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     """Every generated example with full provenance (grain: one row per planned item of the matrix).
 
@@ -100,7 +102,9 @@ def raw_generations(
     written as they finish (Parquet parts in the state folder), so a killed run resumes without
     calling the model again for finished items. The partition is published only when the plan is
     complete and the provider answered enough items; otherwise the previous partition stays and the
-    run fails saying why (``allow_partial`` publishes anyway).
+    run fails saying why (``allow_partial`` publishes anyway). While the generator calls wait on the
+    network, a background thread embeds each good row into the embedding cache, so validation and
+    ``example_embeddings`` find the vectors ready (``embeddings_prefetched`` says how many).
     """
     started = time.monotonic()
     domain = context.partition_key
@@ -120,16 +124,21 @@ def raw_generations(
         f"generating {planned} examples for {domain} with {client.generator_chain()} "
         f"({client.strategy} routing); {len(sink.part_files())} in-flight part file(s) to resume from"
     )
+    # The example embeddings are computed while the generator calls wait on the network, into the
+    # embedding cache that validated_examples and example_embeddings read (issue 25: overlap).
+    prefetch = embedder.prefetcher(wh.embedding_cache_path)
     try:
-        outcome = generate_examples(
-            spec,
-            iter_plan_items(cells, seeds, domain),
-            client,
-            sink,
-            planned=planned,
-            temperature=config.temperature,
-            progress=progress,
-        )
+        with prefetch:
+            outcome = generate_examples(
+                spec,
+                iter_plan_items(cells, seeds, domain),
+                client,
+                sink,
+                planned=planned,
+                temperature=config.temperature,
+                progress=progress,
+                on_example=lambda example, problem: prefetch.submit(embedded_texts(spec, example, problem)),
+            )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(
             f"generating examples for {domain!r} ({sink.written} new rows kept in the state folder; "
@@ -161,6 +170,7 @@ def raw_generations(
         "stopped_reason": outcome.stopped_reason or "",
         "failure_reasons": dg.MetadataValue.json(summary["failure_reasons"]),
         "adaptive_concurrency": dg.MetadataValue.json(client.gate_stats()),
+        "embeddings_prefetched": dg.MetadataValue.json(prefetch.stats()),
         **progress.metadata(),
         **usage,
     }

@@ -10,7 +10,7 @@ items that failed on the provider's side, which are tried again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -140,12 +140,29 @@ def _max_chars(node: dict[str, Any]) -> int:
     return 12
 
 
+# (id(spec), narrowed enums) -> (spec, schema). The entry keeps the spec alive, so its id cannot be
+# reused; the same schema object for every item of a cell also lets the client serialize it once.
+_ITEM_SCHEMAS: dict[tuple[int, str], tuple[DomainSpec, dict[str, Any]]] = {}
+
+
 def item_schema(spec: DomainSpec, item: PlannedItem) -> dict[str, Any]:
     """The JSON schema sent for one item: the spec's, with the enum fields that the spec's rules
     decide for the item's cell narrowed to the values they allow (``spec.rules.narrowed_enums``),
-    so a constrained decoder cannot break them. Replies are still validated against the full model."""
-    base = example_json_schema(spec)
+    so a constrained decoder cannot break them. Replies are still validated against the full model.
+
+    Built once per spec and narrowing (pydantic's schema generation costs about a millisecond, on
+    the provider's event loop, for every item otherwise); callers must not modify it."""
     narrowed = narrowed_enums(spec, item.conditions, item.complexity)
+    key = (id(spec), json.dumps(narrowed, sort_keys=True, default=str))
+    entry = _ITEM_SCHEMAS.get(key)
+    if entry is None or entry[0] is not spec:
+        if len(_ITEM_SCHEMAS) > 4096:
+            _ITEM_SCHEMAS.clear()
+        entry = _ITEM_SCHEMAS[key] = (spec, _narrowed_schema(example_json_schema(spec), narrowed))
+    return entry[1]
+
+
+def _narrowed_schema(base: dict[str, Any], narrowed: dict[str, list[Any]]) -> dict[str, Any]:
     properties = base.get("properties", {})
     changed = {name: values for name, values in narrowed.items() if "enum" in properties.get(name, {})}
     if not changed:
@@ -257,11 +274,15 @@ def generate_examples(
     planned: int,
     temperature: float | None = None,
     progress: Progress | None = None,
+    on_example: Callable[[dict[str, Any], str], None] | None = None,
 ) -> GenerationOutcome:
     """Generate every planned item not already in ``sink``. A bad reply becomes a failed row, never
     an exception; an endpoint that is down (circuit open on the whole generator chain) stops the
     pass at once with :class:`~synth_pipelines.llm.limits.CircuitOpen`, everything finished so far
-    flushed. A spent budget stops new calls, but cached items are still served (they are free)."""
+    flushed. A spent budget stops new calls, but cached items are still served (they are free).
+
+    ``on_example(example, problem)`` sees each good row as it arrives (on the provider's event loop:
+    it must not block), so that work on it can start while the network is busy."""
     model_cls = example_model(spec)
     temp = spec.hints.temperature if temperature is None else temperature
     max_tokens = max_tokens_for(spec)
@@ -317,6 +338,8 @@ def generate_examples(
         if row is None:
             return
         sink.add(row.model_dump())
+        if on_example is not None and row.example_json is not None:
+            on_example(json.loads(row.example_json), row.problem)
         counts["generated"] += 1
         counts["fresh"] += not row.cache_hit
         counts["ok" if row.status == "ok" else "failed"] += 1

@@ -427,19 +427,25 @@ class LLMClient:
     async def _attempt(self, call: _Call) -> RawCompletion:
         gate, backend, request, rec, config = call.gate, call.backend, call.request, call.rec, call.config
         gate.breaker.check()
-        await gate.wait_unpaused()
-        async with gate.concurrency.slot():
-            await gate.buckets.admit(call.estimated_tokens)
+        # The common path awaits nothing it does not need (no pause, no rate limit configured):
+        # each skipped coroutine and context manager is client CPU at thousands of calls a second.
+        if gate.paused:
+            await gate.wait_unpaused()
+        await gate.concurrency.acquire()
+        try:
+            if gate.buckets.active:
+                await gate.buckets.admit(call.estimated_tokens)
             gate.breaker.check()  # it may have opened while this call waited for a slot
             rec.attempts += 1
             started = time.perf_counter()
             error: ProviderError | None
             try:
-                # One timer per call: the backend's own when it has one, else asyncio.timeout (which,
-                # unlike wait_for, makes no extra task).
-                deadline = None if getattr(backend, "enforces_timeout", False) else config.timeout_s
-                async with asyncio.timeout(deadline):
+                if getattr(backend, "enforces_timeout", False):
                     raw = await call_backend(backend, request, call.response_model, call.mode)
+                else:
+                    # One timer per call: asyncio.timeout (which, unlike wait_for, makes no extra task).
+                    async with asyncio.timeout(config.timeout_s):
+                        raw = await call_backend(backend, request, call.response_model, call.mode)
             except TimeoutError:
                 error = ProviderError(
                     request.model, f"timed out after {config.timeout_s:g}s", retryable=True, kind="timeout"
@@ -450,6 +456,8 @@ class LLMClient:
                 error = None
             finally:
                 rec.latency_s += time.perf_counter() - started
+        finally:
+            gate.concurrency.release()
         if error is None:
             gate.concurrency.on_success()
             gate.breaker.record_success()

@@ -312,6 +312,10 @@ class ModelGate:
         """Retry-After: no new call to this model starts before ``seconds`` from now."""
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
+    @property
+    def paused(self) -> bool:
+        return self._paused_until > time.monotonic()
+
     async def wait_unpaused(self) -> None:
         while (delay := self._paused_until - time.monotonic()) > 0:
             await asyncio.sleep(delay)

@@ -8,6 +8,7 @@ import json
 import threading
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from synth_pipelines.llm.backends import Backend
@@ -19,6 +20,10 @@ T = TypeVar("T", bound=BaseModel)
 
 def extract_json(text: str) -> Any:
     """Parse a reply as JSON, repairing the common damage: code fences and chatter around the object."""
+    try:
+        return orjson.loads(text)  # the common case, a clean object, at a fraction of json's cost
+    except orjson.JSONDecodeError:
+        pass
     cleaned = text.strip()
     if cleaned.startswith("```"):
         cleaned = cleaned.strip("`")

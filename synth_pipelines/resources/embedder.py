@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from synth_pipelines.llm.embedding_prefetch import EmbeddingPrefetcher
 from synth_pipelines.llm.embeddings import (
     EMBEDDING_MODEL_NAME,
     EmbeddingBackend,
@@ -58,6 +59,11 @@ class EmbedderResource(dg.ConfigurableResource):
             backend=self._backend(),
             cache_path=cache_path,
         )
+
+    def prefetcher(self, cache_path: Path) -> EmbeddingPrefetcher:
+        """A background embedder into the cache at ``cache_path`` (start it with ``with``): texts
+        submitted while an asset waits on the network are embedded then, not after it."""
+        return EmbeddingPrefetcher(lambda texts: self.embed(texts, cache_path=cache_path))
 
     def model_name(self) -> str:
         return EMBEDDING_MODEL_NAME if self.model_dir is None else self.model_dir

@@ -9,9 +9,11 @@ reads are turned into Python values.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +26,7 @@ from synth_pipelines.spec.model import ADVERSARIAL_CRITERION, DomainSpec
 from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_example
-from synth_pipelines.validation.consistency import field_agreement
+from synth_pipelines.validation.consistency import field_agreement, field_texts
 from synth_pipelines.validation.dedup import near_duplicate_selection
 from synth_pipelines.validation.memory import Embed, Memory, memory_duplicates
 from synth_pipelines.validation.rule_checks import dedup_key, example_json_text, rule_check
@@ -58,6 +60,37 @@ class ValidationOutcome:
         if not self.candidates or not calls or len(failed) != len(calls):
             return None
         return Counter((j.error or "")[:200] for j in failed).most_common(1)[0][0]
+
+
+# Candidates per chunk of the embedding gates (on topic, cross-field agreement): small enough that
+# the first judges start within seconds, large enough to batch the embedding well.
+GATE_CHUNK = 128
+
+
+def embedded_texts(spec: DomainSpec, example: dict[str, Any], problem: str) -> list[str]:
+    """The texts the embedding gates and ``example_embeddings`` look up for one row: the example's
+    text (memory gate, embeddings), its problem (on-topic gate, when on) and its text fields
+    (cross-field agreement, when on). Embedding them early fills the cache these read."""
+    texts = [example_text(example)]
+    if spec.validation.min_on_topic > -1:
+        texts.append(problem)
+    if spec.validation.min_field_agreement > -1:
+        texts.extend(field_texts(example).values())
+    return texts
+
+
+def texts_to_prefetch(spec: DomainSpec, raw: pa.Table) -> list[str]:
+    """What a background embedder can compute while the judges wait on the network: each good
+    row's example text (the memory gate and ``example_embeddings`` look it up). Empty when an
+    embedding gate is on: its own worker embeds these texts chunk by chunk as judging goes."""
+    if spec.validation.min_on_topic > -1 or spec.validation.min_field_agreement > -1:
+        return []
+    cols = raw.select(["status", "example_json"]).to_pydict()
+    return [
+        example_text(json.loads(text))
+        for status, text in zip(cols["status"], cols["example_json"], strict=True)
+        if status == "ok" and text
+    ]
 
 
 def validate_examples(
@@ -127,38 +160,50 @@ def validate_examples(
             continue
         seen_keys[key] = cols["example_id"][i]
         candidates.append(i)
-    if min_on_topic > -1 and candidates and similarity is not None:
-        # Off topic: far from the problem it was written for (one embedding batch, before any judge).
-        texts = [example_text(examples[i] or {}) for i in candidates]
-        scores = similarity([cols["problem"][i] for i in candidates], texts)
-        kept = []
-        for i, score in zip(candidates, scores, strict=True):
-            if score < min_on_topic:
-                stage[i] = "off_topic"
-                reasons[i] = [f"off topic: similarity {score:.3f} to its problem, below {min_on_topic:.3f}"]
-            else:
-                kept.append(i)
-        candidates = kept
-
     min_agreement = spec.validation.min_field_agreement
-    if min_agreement > -1 and candidates:
-        # Fields that do not talk about the same thing (one embedding batch, before any judge).
-        if embed is None:
-            raise ValueError("the spec's field_agreement_threshold is on, but no embed function was given")
-        agreements = field_agreement([examples[i] or {} for i in candidates], embed)
-        kept = []
-        for i, agreement in zip(candidates, agreements, strict=True):
-            reason = agreement.rejection(min_agreement)
-            if reason:
-                stage[i], reasons[i] = "inconsistent_fields", [reason]
-            else:
-                kept.append(i)
-        candidates = kept
+    if min_agreement > -1 and embed is None:
+        raise ValueError("the spec's field_agreement_threshold is on, but no embed function was given")
+
+    def embedding_gates(chunk: list[int]) -> dict[int, tuple[str, str]]:
+        """On topic, then cross-field agreement, for a chunk of candidates: the rejected rows' stage
+        and reason. Runs in a worker thread (it is CPU work: embeddings) while judges are busy."""
+        rejected: dict[int, tuple[str, str]] = {}
+        if min_on_topic > -1 and similarity is not None:
+            # Off topic: far from the problem it was written for.
+            texts = [example_text(examples[i] or {}) for i in chunk]
+            scores = similarity([cols["problem"][i] for i in chunk], texts)
+            for i, score in zip(chunk, scores, strict=True):
+                if score < min_on_topic:
+                    rejected[i] = (
+                        "off_topic",
+                        f"off topic: similarity {score:.3f} to its problem, below {min_on_topic:.3f}",
+                    )
+        rest = [i for i in chunk if i not in rejected]
+        if min_agreement > -1 and rest and embed is not None:
+            # Fields that do not talk about the same thing.
+            for i, agreement in zip(
+                rest, field_agreement([examples[i] or {} for i in rest], embed), strict=True
+            ):
+                reason = agreement.rejection(min_agreement)
+                if reason:
+                    rejected[i] = ("inconsistent_fields", reason)
+        return rejected
 
     if progress is not None and n > len(candidates):
         progress.advance(n - len(candidates))  # decided by the rules, no judge needed
 
-    async def judge(i: int) -> Consensus:
+    # The embedding gates run chunk by chunk in one worker thread, in order; a row's judges start as
+    # soon as its chunk has passed, so the CPU work of chunk k+1 overlaps the judge calls of chunk k
+    # (issue 25) instead of every embedding finishing before the first judge call.
+    chunks = [candidates[k : k + GATE_CHUNK] for k in range(0, len(candidates), GATE_CHUNK)]
+    chunk_of = {i: k for k, chunk in enumerate(chunks) for i in chunk}
+    gates_on = min_on_topic > -1 or min_agreement > -1
+    gate_pool = ThreadPoolExecutor(1, thread_name_prefix="synth-embedding-gates")
+    gated = [gate_pool.submit(embedding_gates, chunk) for chunk in chunks] if gates_on else []
+
+    async def judge(i: int) -> Consensus | None:
+        if gated and i in (await asyncio.wrap_future(gated[chunk_of[i]])):
+            return None  # rejected by an embedding gate: no judge call
         return await ajudge_example(
             client,
             spec,
@@ -171,31 +216,42 @@ def validate_examples(
             conditions=json.loads(cols["conditions_json"][i] or "{}"),
         )
 
-    def judged(i: int, verdict: Consensus) -> None:
+    def judged(i: int, verdict: Consensus | None) -> None:
         if progress is not None:
-            billed = [j for j in verdict.judges if j.model_calls]
+            billed = [j for j in verdict.judges if j.model_calls] if verdict is not None else []
             progress.advance(
                 tokens=sum(j.prompt_tokens + j.completion_tokens for j in billed),
                 cost_usd=sum(j.cost_usd for j in billed),
             )
 
-    verdict_list: list[Consensus] = []
-    if spec.validation.judges_run:
-        try:
-            verdict_list = client.pool(
-                judge, candidates, width=client.concurrency_for(j.model for j in judges), on_result=judged
+    verdict_list: list[Consensus | None] = []
+    try:
+        if spec.validation.judges_run:
+            try:
+                verdict_list = client.pool(
+                    judge, candidates, width=client.concurrency_for(j.model for j in judges), on_result=judged
+                )
+            finally:
+                client.flush()
+        else:
+            # The profile's calibration found the panel adds no agreement: what the gates before it
+            # pass is accepted unjudged (consensus null), and the asset says so in its metadata.
+            unjudged = Consensus(
+                consensus=None, passed=True, spread=None, judges=[], skipped_calls=len(judges)
             )
-        finally:
-            client.flush()
-    else:
-        # The profile's calibration found the panel adds no agreement: what the gates before it
-        # pass is accepted unjudged (consensus null), and the asset says so in its metadata.
-        verdict_list = [
-            Consensus(consensus=None, passed=True, spread=None, judges=[], skipped_calls=len(judges))
-        ] * len(candidates)
-        if progress is not None and candidates:
-            progress.advance(len(candidates))
-    verdicts = dict(zip(candidates, verdict_list, strict=True))
+            failed = {i for future in gated for i in future.result()}
+            verdict_list = [None if i in failed else unjudged for i in candidates]
+            if progress is not None and candidates:
+                progress.advance(len(candidates))
+        for future in gated:
+            for i, (gate_stage, reason) in future.result().items():
+                stage[i], reasons[i] = gate_stage, [reason]
+    finally:
+        gate_pool.shutdown(wait=True, cancel_futures=True)
+    # Rows an embedding gate rejected have no verdict: they were never judged.
+    verdicts = {
+        i: verdict for i, verdict in zip(candidates, verdict_list, strict=True) if verdict is not None
+    }
     accepted: list[int] = []
     for i, verdict in verdicts.items():
         if verdict.passed:
@@ -247,8 +303,8 @@ def validate_examples(
     return ValidationOutcome(
         accepted=_rows_table(raw, accepted, columns.for_rows(accepted), VALIDATED_EXAMPLES),
         rejected=_rows_table(raw, rejected, rejected_judged, REJECTED_EXAMPLES),
-        verdicts=verdict_list,
-        candidates=len(candidates),
+        verdicts=list(verdicts.values()),
+        candidates=len(verdicts),
         stage_counts=Counter(str(stage[i]) for i in rejected),
         reason_counts=Counter(
             f"rules: {reason.split(':', 1)[-1].strip()}" if stage[i] == "rules" else str(stage[i])
