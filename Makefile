@@ -34,10 +34,11 @@ demo: setup
 # Two workers (the machines have 2 cores; much of the suite waits on servers, daemons and runs);
 # one file's tests stay in one worker, so a file's fixtures and shared folders are never raced.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
+# The quick loop: everything but the end-to-end runs and the tests of 5 s or more (marked slow).
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not e2e"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not e2e and not slow and not llama_server"
 
 dev: setup
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true

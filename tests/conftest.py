@@ -133,6 +133,86 @@ def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
+# ------------------------------------------------------------------------------ scheduling
+# Test files by the time they take (``pytest --durations=0``, 2026-12-03), longest first. `make test`
+# hands whole files to the xdist workers in collection order (``--dist loadfile
+# --no-loadscope-reorder``), so the long files start at once and the short ones fill in around them
+# (longest-processing-time-first); xdist's own reordering, by number of tests, started the slowest
+# files last. An unlisted file runs after these, in the usual order.
+SLOWEST_FIRST = (
+    "test_llama_server.py",
+    "test_e2e.py",
+    "test_backfill.py",
+    "test_service.py",
+    "test_staleness.py",
+    "test_review.py",
+    "test_safety.py",
+    "test_dbt.py",
+    "test_structured_modes.py",
+    "test_concurrency.py",
+    "test_scale.py",
+    "test_text_checks.py",
+    "test_train.py",
+    "test_openai_compat.py",
+    "test_data_safety.py",
+    "test_assets.py",
+)
+
+
+# Tests of 5 seconds or more on 2 cores (same measurement): marked ``slow``, which `make test-fast`
+# leaves out (`make test` runs everything). Each still runs in `make test` and in CI.
+SLOW_TESTS = {
+    "test_a_domain_end_to_end_through_the_openai_profile",
+    "test_backfill_runs_queue_for_the_pool_in_the_daemon",
+    "test_two_partitions_in_parallel_processes",
+    "test_api_launches_polls_searches_records_and_exports",
+    "test_within_30_seconds_of_an_edit_the_running_daemon_shows_the_domain_stale",
+    "test_mcp_tools_generate_and_search",
+    "test_onnx_backends_match_torch",
+    "test_dbt_models_and_tests_run_as_dagster_assets",
+    "test_auto_finds_the_mode_the_server_takes_and_reuses_it",
+    "test_validation_rejects_an_erroring_row_at_stage_rules_through_the_service",
+    "test_ann_recall_at_10_on_20k_vectors",
+    "test_review_labels_calibrate_the_domain_and_its_runs_say_so",
+    "test_held_out_kinds_of_text_stay_within_the_budget",
+    "test_benchmark_report_matches_the_server_and_the_cache",
+    "test_real_text_from_this_machine_is_not_degenerate",
+    "test_full_graph_with_the_warehouse_on_s3",
+    "test_the_review_page_labels_rows_from_the_keyboard_in_a_real_browser",
+    "test_train_a_user_module_records_its_score_and_saves_a_loadable_program",
+    "test_dbt_source_tests_catch_a_consensus_violation",
+    "test_a_bad_program_file_is_a_one_line_error",
+    "test_rerun_keeps_its_examples_and_rejects_paraphrases_of_remembered_ones",
+    "test_sigkill_mid_generation_then_resume",
+    "test_full_graph_on_scripted_provider",
+    "test_plain_packages_import_without_dagster",
+    "test_rule_fuzz_is_refused_in_one_line_or_runs_within_limits",
+    "test_a_spec_edit_marks_exactly_that_domains_assets_stale",
+    "test_whole_graph_against_endpoint_and_key_never_leaks",
+    "test_500_retries_then_falls_back_to_next_model",
+    "test_timeout_is_retried",
+    "test_synth_generate_completes_every_item_through_thirty_percent_faults",
+    "test_miprov2_compiles_with_threads",
+    "test_generation_prefetches_exactly_what_validation_and_embeddings_look_up",
+    "test_example_index_asset_builds_only_past_min_rows_and_search_uses_it",
+    "test_statistical_timestamps_do_not_depend_on_the_machine_time_zone",
+    "test_full_graph_with_the_shipped_diversity_threshold",
+    # These share test_review.py's module fixture, a generated and reviewed domain (~20 s).
+    "test_labels_are_recorded_checked_and_kept_per_reviewer",
+    "test_the_rows_are_built_once_per_version_of_the_partition_files",
+    "test_calibrating_without_labels_is_a_clear_error",
+    "test_the_api_refuses_what_it_cannot_take",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file stays in order
+    for item in items:
+        if getattr(item, "originalname", item.name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 _EXIT_STATUS: dict[str, int] = {}
 
 
