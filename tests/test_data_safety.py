@@ -486,3 +486,33 @@ def test_an_append_only_dataset_reads_columns_added_after_its_first_parts(tmp_pa
             ("new", 40),
             ("old", None),
         ]
+
+
+def test_semantic_similarity_embeds_the_gold_answers_while_the_predictions_run() -> None:
+    """``evaluate_program`` hands the gold answers to the metric's ``prepare`` before predicting,
+    with exactly the texts the metric embeds for them; the scores are unchanged (issue 25)."""
+    import threading
+
+    import numpy as np
+
+    from synth_pipelines.learning.program import build_metric, evaluate_program, make_lm, to_dspy_examples
+    from synth_pipelines.llm.embeddings import embed_texts
+
+    spec = _program_spec("semantic_similarity")
+    client, _, _ = _program_client("GET")
+    program = spec.program_or_default()
+    test = to_dspy_examples(_rows(["GET", "POST", "DELETE"]), program)
+    calls: list[tuple[str, list[str]]] = []
+
+    def recording(texts: list[str]) -> np.ndarray:
+        calls.append((threading.current_thread().name, list(texts)))
+        return embed_texts(texts)
+
+    metric = build_metric(spec, program, recording, None)
+    scores, failures = evaluate_program(
+        _compiled(spec), test, make_lm(spec, client, "gen-a"), program, metric, threads=2
+    )
+    (prepared_in, prepared), (_, scored) = calls
+    assert prepared_in.startswith("synth-metric-prepare")
+    assert prepared == scored[: len(prepared)]  # the gold half of the metric's batch, same texts
+    assert failures == 0 and scores[0] == pytest.approx(1.0, abs=1e-4) and scores[1] < 0.99

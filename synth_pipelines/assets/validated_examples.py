@@ -86,7 +86,10 @@ def validated_examples(
     prefetch = embedder.prefetcher(wh.embedding_cache_path)
     try:
         with prefetch:
-            prefetch.submit(texts_to_prefetch(spec, raw))
+            # Only what the cache lacks: most rows were embedded while they were generated.
+            prefetch.submit(
+                embedder.uncached(texts_to_prefetch(spec, raw), cache_path=wh.embedding_cache_path)
+            )
             outcome = validate_examples(
                 spec,
                 raw,

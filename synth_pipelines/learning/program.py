@@ -211,6 +211,10 @@ def build_metric(
             gold, pred = vectors[: len(pairs)], vectors[len(pairs) :]
             return np.clip(np.einsum("ij,ij->i", gold, pred), 0.0, 1.0).astype(float).tolist()
 
+        def prepare(golds: Sequence[dict[str, Any]]) -> None:
+            embed([_outputs_text(g, outputs) for g in golds])  # a cached embedder keeps them
+
+        semantic.prepare = prepare  # type: ignore[attr-defined]
         return semantic
     if judge is None:
         raise ValueError("llm_judge needs a judge")
@@ -341,9 +345,18 @@ def evaluate_program(
     *,
     threads: int = 1,
 ) -> tuple[list[float], int]:
-    """Score every example of ``test``; a reply that cannot be parsed scores 0 and is counted."""
-    predictions = predict_all(compiled, test, lm, program.outputs, threads=threads)
+    """Score every example of ``test``; a reply that cannot be parsed scores 0 and is counted.
+
+    A metric with a ``prepare(golds)`` (semantic similarity: embeds the gold answers) gets it while
+    the predictions wait on the model, so with a cached embedder only the predictions are embedded
+    after them."""
     gold = [{f: ex.get(f) for f in program.outputs} for ex in test]
+    prepare = getattr(metric, "prepare", None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-metric-prepare") as pool:
+        preparing = pool.submit(prepare, gold) if prepare is not None and gold else None
+        predictions = predict_all(compiled, test, lm, program.outputs, threads=threads)
+        if preparing is not None:
+            preparing.result()  # an embedding error surfaces here, as it would in the metric
     parsed = [(g, p) for g, p in zip(gold, predictions, strict=True) if p is not None]
     scored = iter(metric(parsed))
     scores = [next(scored) if p is not None else 0.0 for p in predictions]

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-# Texts waiting at most (about 10 minutes of embedding on 2 cores at ~130 texts/s, ~2 MB of text).
-MAX_PENDING = 50_000
+# Texts waiting at most (~60 MB of text); beyond it a submission is dropped (embedded later by the
+# asset that needs it). Callers submit only what the cache lacks (``uncached_texts``), so a full
+# queue means the embedder is far behind, not that it is busy with cached texts.
+MAX_PENDING = 200_000
 _STOP = object()
 
 EmbedFn = Callable[[list[str]], np.ndarray]

@@ -325,6 +325,11 @@ def backend_report(model_dir: str | None, backend: EmbeddingBackend) -> dict[str
     return entry[1] if entry else {"requested": backend, "serving": "not loaded yet"}
 
 
+def cache_identity(model_dir: Path, backend: EmbeddingBackend) -> str:
+    """What a cached vector's key names besides its text: the model's weights and the backend."""
+    return f"{EMBEDDING_MODEL_NAME}:{_model_digest(model_dir)}:{backend}"
+
+
 class EmbeddingCache:
     """Vectors already computed, by (model, backend, text), in a SQLite file in the state folder.
 
@@ -354,6 +359,18 @@ class EmbeddingCache:
                 f"SELECT key, vector FROM embeddings WHERE key IN ({marks})", chunk
             ):
                 found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def present(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` the cache holds (keys only: no vector is read)."""
+        found: set[str] = set()
+        conn = self._db.conn()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                k for (k,) in conn.execute(f"SELECT key FROM embeddings WHERE key IN ({marks})", chunk)
+            )
         return found
 
     def put_many(self, keys: list[str], vectors: np.ndarray) -> None:
@@ -389,7 +406,7 @@ def embed_texts(
     if cache_path is None:
         return _compute(texts, folder, batch_size, backend)
     cache = EmbeddingCache(cache_path)
-    keys = EmbeddingCache.keys(texts, f"{EMBEDDING_MODEL_NAME}:{_model_digest(folder)}:{backend}")
+    keys = EmbeddingCache.keys(texts, cache_identity(folder, backend))
     found = cache.get_many(list(dict.fromkeys(keys)))
     missing = [i for i, k in enumerate(keys) if k not in found]
     out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
@@ -401,6 +418,24 @@ def embed_texts(
         if key in found:
             out[i] = found[key]
     return out
+
+
+def uncached_texts(
+    texts: list[str],
+    cache_path: Path,
+    *,
+    model_dir: str | None = None,
+    backend: EmbeddingBackend = "torch",
+) -> list[str]:
+    """The distinct texts of ``texts`` (in order) that the cache at ``cache_path`` does not hold yet:
+    what a background embedder still has to compute."""
+    if not texts or not cache_path.is_file():
+        return list(dict.fromkeys(texts))
+    folder = Path(model_dir) if model_dir else bundled_model_dir()
+    distinct = list(dict.fromkeys(texts))
+    keys = EmbeddingCache.keys(distinct, cache_identity(folder, backend))
+    held = EmbeddingCache(cache_path).present(keys)
+    return [text for text, key in zip(distinct, keys, strict=True) if key not in held]
 
 
 def pair_similarity(first: list[str], second: list[str], **embed_options: Any) -> list[float]:

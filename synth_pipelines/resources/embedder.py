@@ -14,6 +14,7 @@ from synth_pipelines.llm.embeddings import (
     backend_report,
     embed_texts,
     pair_similarity,
+    uncached_texts,
 )
 
 
@@ -59,6 +60,11 @@ class EmbedderResource(dg.ConfigurableResource):
             backend=self._backend(),
             cache_path=cache_path,
         )
+
+    def uncached(self, texts: list[str], *, cache_path: Path) -> list[str]:
+        """The distinct texts the cache at ``cache_path`` does not hold yet (for this model and
+        backend): what is worth handing to a :meth:`prefetcher`."""
+        return uncached_texts(texts, cache_path, model_dir=self.model_dir, backend=self._backend())
 
     def prefetcher(self, cache_path: Path) -> EmbeddingPrefetcher:
         """A background embedder into the cache at ``cache_path`` (start it with ``with``): texts
