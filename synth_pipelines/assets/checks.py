@@ -74,8 +74,10 @@ def _source(warehouse: WarehouseResource, domain: str, name: str, overridden: bo
 
 def _rows(warehouse: WarehouseResource, asset: str, domain: str, columns: list[str]) -> list[dict]:
     """Only the columns a check reads: a check over 100,000 rows must not load every column."""
-    table = warehouse.get().read_partition(asset, domain)
-    return table.select(columns).to_pylist() if table is not None else []
+    # Pruned in the Parquet read itself: selecting after a full read held every column (the
+    # validator_scores lists included) for a moment, a memory spike of the whole partition.
+    table = warehouse.get().read_partition(asset, domain, columns=columns)
+    return table.to_pylist() if table is not None else []
 
 
 @dg.asset_check(asset=validated_examples, blocking=True, partitions_def=domain_partitions)
