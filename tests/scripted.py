@@ -51,10 +51,12 @@ class ScriptedBackend:
 
 
 def failing(
-    model: str, *, retryable: bool = True, retry_after: float | None = None
+    model: str, *, retryable: bool = True, retry_after: float | None = None, status: int = 500
 ) -> Callable[..., str | None]:
+    kind = "rate_limit" if status == 429 else "http"
+
     def script(request: CompletionRequest, call_no: int) -> str | None:
-        raise ProviderError(model, "HTTP 500", retryable=retryable, retry_after=retry_after)
+        raise ProviderError(model, f"HTTP {status}", retryable=retryable, retry_after=retry_after, kind=kind)
 
     return script
 

@@ -83,6 +83,26 @@ def test_retryable_errors_retry_then_fall_back(tmp_path: Path) -> None:
     assert b["gen-a"].calls == 3  # 1 + max_retries(2)
 
 
+def test_429s_draw_on_their_own_budget_so_throttling_never_loses_a_row(tmp_path: Path) -> None:
+    """max_retries is 2, yet ten 429s in a row still end in a reply (rate_limit_retries is 12),
+    while the third 500 in a row falls back: throttling is not breakage."""
+    calls = {"n": 0}
+
+    def throttled(req, n):
+        calls["n"] += 1
+        if calls["n"] <= 10:
+            raise ProviderError("gen-a", "429", retryable=True, kind="rate_limit")
+        return None
+
+    b = backends(gen_a=throttled)
+    res = make_client(tmp_path, b).structured(["gen-a", "gen-b"], MSGS, Answer, json_schema=SCHEMA)
+    assert res.ok and res.record.model == "gen-a" and b["gen-a"].calls == 11
+
+    b = backends(gen_a=failing("gen-a", status=429))
+    res = make_client(tmp_path / "all", b).structured(["gen-a", "gen-b"], MSGS, Answer, json_schema=SCHEMA)
+    assert res.ok and res.record.model == "gen-b" and b["gen-a"].calls == 13  # 1 + rate_limit_retries
+
+
 def test_retry_after_is_honoured(tmp_path: Path) -> None:
     waits: list[float] = []
     calls = {"n": 0}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from synth_pipelines.llm.backends import Backend, ProviderConfigError
 from synth_pipelines.llm.cache import CacheBatcher, ResponseCache, request_key, schema_text
@@ -128,6 +128,13 @@ class _Call:
 
 def _retryable(error: BaseException) -> bool:
     return isinstance(error, ProviderError) and error.retryable
+
+
+def _retries_left(config: ModelConfig, failures: Sequence[BaseException]) -> bool:
+    """Whether another attempt is allowed after ``failures``: 429s count against
+    ``rate_limit_retries``, every other retryable error against ``max_retries``."""
+    throttled = sum(1 for e in failures if getattr(e, "kind", None) == "rate_limit")
+    return throttled <= config.rate_limit_retries and len(failures) - throttled <= config.max_retries
 
 
 def _outcome_error(state: RetryCallState) -> BaseException | None:
@@ -395,7 +402,7 @@ class LLMClient:
                 if first.kind == "unsupported" and mode is not None:
                     mode = self._fall_back(request.model, mode, first)
                     continue
-                if not first.retryable or config.max_retries == 0:
+                if not first.retryable or not _retries_left(config, [first]):
                     raise
                 raw = await self._retry(first, call)
             break
@@ -410,10 +417,19 @@ class LLMClient:
         return raw, rec
 
     async def _retry(self, first: ProviderError, call: _Call) -> RawCompletion:
-        """Attempts 2..max_retries+1 with tenacity: backoff with jitter, or Retry-After when given."""
+        """Further attempts with tenacity: backoff with jitter, or Retry-After when given, until the
+        budget of the failures' kind is spent (``max_retries``, or ``rate_limit_retries`` for 429s)."""
         await self._sleep(self._backoff(1, first))
+        failures: list[BaseException] = [first]
+
+        def spent(state: RetryCallState) -> bool:
+            error = _outcome_error(state)
+            if error is not None:
+                failures.append(error)
+            return not _retries_left(call.config, failures)
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(call.config.max_retries),
+            stop=spent,
             retry=retry_if_exception(_retryable),
             wait=lambda state: self._backoff(state.attempt_number + 1, _outcome_error(state)),
             sleep=self._sleep,

@@ -44,6 +44,9 @@ class ModelConfig(BaseModel):
     structured_output: StructuredOutput = "auto"
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
+    # A 429 says "later", not "broken": rate-limited attempts draw on their own, larger budget, so
+    # a throttling endpoint slows a run down instead of failing its rows.
+    rate_limit_retries: int = Field(default=12, ge=0)
     # The ceiling of concurrent calls. With ``adaptive_concurrency`` the client starts at 4, doubles
     # per round trip and halves on 429s and timeouts (AIMD), so the ceiling need not be guessed.
     max_concurrency: int = Field(default=64, ge=1)
