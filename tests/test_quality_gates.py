@@ -165,6 +165,28 @@ def test_embedding_clusters_link_close_vectors_only() -> None:
     assert (clusters.labels[0::2] == clusters.labels[1::2]).all()
 
 
+def test_embedding_clusters_memory_stays_bounded_with_a_million_candidate_pairs() -> None:
+    """12,000 rows around 120 topics: ~600,000 pairs above the threshold, in 28 bands each. Every
+    band's pairs at once, or the vectors of 200,000 pairs gathered in one step, took over 600 MB
+    at this size (and grew with it); the clusters must come out the same in bounded steps."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((120, 384)).astype(np.float32)
+    topic = rng.integers(0, 120, 12_000)
+    v = centers[topic] + 0.3 * rng.standard_normal((12_000, 384)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    tracemalloc.start()
+    try:
+        clusters = embedding_clusters(v, threshold=0.8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert clusters.n_clusters == 120 and clusters.pairs > 400_000
+    assert all(len(set(clusters.labels[topic == t])) == 1 for t in range(120))
+    assert peak < 120e6, f"{peak / 1e6:.0f} MB"
+
+
 def test_failing_blocking_check_stops_downstream(
     warehouse_root: Path, schemas_dir: Path, scripted_backends
 ) -> None:

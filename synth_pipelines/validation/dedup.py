@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,10 +169,30 @@ def _components(n: int, left: np.ndarray, right: np.ndarray) -> Clusters:
     return Clusters(labels=labels.astype(np.int64), n_clusters=int(n_clusters), pairs=len(left))
 
 
-def _unique_pairs(left: np.ndarray, right: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deduplicate undirected pairs via one int64 key per pair (fast 1-D sort)."""
+def _pair_keys(left: np.ndarray, right: np.ndarray, n: int) -> np.ndarray:
+    """One sorted, unique int64 key per undirected pair (fast 1-D sort)."""
     lo, hi = np.minimum(left, right).astype(np.int64), np.maximum(left, right).astype(np.int64)
-    keys = np.unique(lo * n + hi)
+    return _sorted_unique(lo * n + hi)
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting: numpy 2's hash-based unique is ~30x slower on millions of int64s.
+    The stable sort (timsort) merges already-sorted runs, such as two concatenated unique arrays,
+    in about linear time."""
+    keys = np.sort(keys, kind="stable")
+    if len(keys) < 2:
+        return keys
+    return keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+
+
+def _unique_band_pairs(bands: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unique candidate pairs over every band's row keys, merged band by band: memory follows
+    the number of distinct pairs, not bands x pairs (the bands of similar rows repeat most pairs)."""
+    keys = np.zeros(0, np.int64)
+    for band_keys in bands:
+        left, right = _band_candidate_pairs(band_keys)
+        if len(left):
+            keys = _sorted_unique(np.concatenate((keys, _pair_keys(left, right, n))))
     return keys // n, keys % n
 
 
@@ -193,16 +214,26 @@ def near_duplicate_pairs(
     sig = minhash_signatures(texts, num_perm=num_perm, shingle=shingle)
     # Band for a lower similarity than we verify at: recall first, the exact check removes the rest.
     bands, rows = choose_bands(num_perm, max(0.05, threshold - 0.15))
-    lefts, rights = [], []
-    for band in range(bands):
-        left, right = _band_candidate_pairs(_hash_rows(sig[:, band * rows : (band + 1) * rows]))
-        lefts.append(left)
-        rights.append(right)
-    left, right = _unique_pairs(np.concatenate(lefts), np.concatenate(rights), n)
-    if len(left):
-        similar = (sig[left] == sig[right]).mean(axis=1) >= threshold
-        left, right = left[similar], right[similar]
-    return left, right
+    left, right = _unique_band_pairs(
+        (_hash_rows(sig[:, band * rows : (band + 1) * rows]) for band in range(bands)), n
+    )
+    keep = _verified(left, right, lambda lo, hi: (sig[lo] == sig[hi]).mean(axis=1) >= threshold)
+    return left[keep], right[keep]
+
+
+# Pairs verified per step: the gathered rows of a step stay near 25 MB whatever the row count.
+VERIFY_CHUNK = 8192
+
+
+def _verified(
+    left: np.ndarray, right: np.ndarray, check: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``check`` over the pairs in bounded steps, as one boolean mask."""
+    keep = np.zeros(len(left), dtype=bool)
+    for start in range(0, len(left), VERIFY_CHUNK):
+        sl = slice(start, start + VERIFY_CHUNK)
+        keep[sl] = check(left[sl], right[sl])
+    return keep
 
 
 def near_duplicate_clusters(
@@ -214,35 +245,29 @@ def near_duplicate_clusters(
 
 
 def embedding_clusters(
-    unit_vectors: np.ndarray, *, threshold: float = 0.8, bits: int = 512, seed: int = 7, chunk: int = 200_000
+    unit_vectors: np.ndarray, *, threshold: float = 0.8, bits: int = 512, seed: int = 7
 ) -> Clusters:
-    """Clusters of embeddings with cosine >= ``threshold``, found by SimHash banding (no n x n matrix)."""
+    """Clusters of embeddings with cosine >= ``threshold``, found by SimHash banding (no n x n matrix;
+    working memory beyond the n x bits sign matrix stays bounded, see ``VERIFY_CHUNK``)."""
     n = unit_vectors.shape[0]
     if n < 2:
         return _components(n, np.zeros(0, np.int64), np.zeros(0, np.int64))
     rng = np.random.default_rng(seed)
     planes = rng.standard_normal((unit_vectors.shape[1], bits)).astype(np.float32)
-    signs = (unit_vectors @ planes) > 0
+    signs = np.empty((n, bits), dtype=bool)
+    for start in range(0, n, VERIFY_CHUNK):  # the float projections of one step at a time
+        signs[start : start + VERIFY_CHUNK] = (unit_vectors[start : start + VERIFY_CHUNK] @ planes) > 0
     # Angle theta flips a bit with probability theta/pi; pick bands for the matching bit agreement.
     # Enough bits per band that a bucket holds ~a few rows by chance (2^rows >> n), as many bands as
     # the bits allow: recall for the threshold comes from the number of bands.
     rows = max(8, int(np.ceil(np.log2(n))) + 1)
-    bands = bits // rows
-    lefts, rights = [], []
-    for band in range(bands):
-        packed = np.packbits(signs[:, band * rows : (band + 1) * rows], axis=1)
-        left, right = _band_candidate_pairs(_hash_rows(packed))
-        lefts.append(left)
-        rights.append(right)
-    left, right = _unique_pairs(np.concatenate(lefts), np.concatenate(rights), n)
-    if len(left):
-        keep = np.zeros(len(left), dtype=bool)
-        for start in range(0, len(left), chunk):  # bounded memory for the gathered vectors
-            sl = slice(start, start + chunk)
-            cos = np.einsum("ij,ij->i", unit_vectors[left[sl]], unit_vectors[right[sl]])
-            keep[sl] = cos >= threshold
-        left, right = left[keep], right[keep]
-    return _components(n, left, right)
+    left, right = _unique_band_pairs(
+        (_hash_rows(np.packbits(signs[:, b * rows : (b + 1) * rows], axis=1)) for b in range(bits // rows)), n
+    )
+    keep = _verified(
+        left, right, lambda lo, hi: np.einsum("ij,ij->i", unit_vectors[lo], unit_vectors[hi]) >= threshold
+    )
+    return _components(n, left[keep], right[keep])
 
 
 def near_duplicate_selection(
