@@ -151,6 +151,7 @@ SLOWEST_FIRST = (
     "test_structured_modes.py",
     "test_concurrency.py",
     "test_scale.py",
+    "test_shared_state.py",
     "test_text_checks.py",
     "test_train.py",
     "test_openai_compat.py",
@@ -162,6 +163,7 @@ SLOWEST_FIRST = (
 # Tests of 5 seconds or more on 2 cores (same measurement): marked ``slow``, which `make test-fast`
 # leaves out (`make test` runs everything). Each still runs in `make test` and in CI.
 SLOW_TESTS = {
+    "test_two_workers_under_a_shared_rpm_limit_never_exceed_it_at_the_endpoint",
     "test_a_domain_end_to_end_through_the_openai_profile",
     "test_backfill_runs_queue_for_the_pool_in_the_daemon",
     "test_two_partitions_in_parallel_processes",
@@ -258,3 +260,15 @@ def served(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server for the module's tests. Skipped where Debian's redis-server is not
+    installed, unless SYNTH_REQUIRE_REDIS is set (CI installs it and sets it: there it must run)."""
+    from synth_pipelines.testing.redis_server import redis_server, redis_server_binary
+
+    if redis_server_binary() is None and not os.environ.get("SYNTH_REQUIRE_REDIS"):
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    with redis_server() as url:
+        yield url

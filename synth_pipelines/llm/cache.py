@@ -24,6 +24,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -79,7 +80,7 @@ def schema_text(schema: dict[str, object] | None, *, ascii: bool = False) -> str
     return entry[1]
 
 
-def _completion(body: str) -> RawCompletion:
+def completion_from_body(body: str) -> RawCompletion:
     data = orjson.loads(body)
     return RawCompletion(
         text=str(data.get("text", "")),
@@ -89,8 +90,40 @@ def _completion(body: str) -> RawCompletion:
     )
 
 
+class ResponseStore(Protocol):
+    """What the client needs of a response cache: :class:`ResponseCache` (SQLite, one machine) or
+    :class:`~synth_pipelines.llm.redis_state.RedisResponseCache` (several machines)."""
+
+    @property
+    def location(self) -> str: ...
+    def get_many(self, keys: list[str]) -> dict[str, RawCompletion]: ...
+    def put_many(self, rows: Iterable[tuple[str, str, RawCompletion]]) -> None: ...
+    def keys_since(self, rowid: int) -> list[tuple[int, str]]: ...
+    def __len__(self) -> int: ...
+
+
+def open_response_cache(location: str | Path) -> ResponseStore:
+    """The response cache at ``location``: a ``redis://`` URL or a SQLite file."""
+    from synth_pipelines.llm.redis_state import RedisResponseCache, is_redis_url
+
+    if is_redis_url(location):
+        return RedisResponseCache(str(location))
+    return ResponseCache(location)
+
+
+def cache_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable or broken cache raises: a miss or a skipped write, never a failed call."""
+    try:
+        from redis import RedisError
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, RedisError)
+
+
 class ResponseCache:
-    """``get``/``put`` raw completions by request key, singly or in batches. Thread- and process-safe."""
+    """``get``/``put`` raw completions by request key, singly or in batches. Thread- and process-safe
+    on one machine (SQLite); :class:`~synth_pipelines.llm.redis_state.RedisResponseCache` is the
+    same interface for workers on several machines."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -100,6 +133,10 @@ class ResponseCache:
             " key TEXT PRIMARY KEY, model TEXT NOT NULL, body TEXT NOT NULL,"
             " created_at TEXT DEFAULT CURRENT_TIMESTAMP)"
         )
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def _conn(self) -> sqlite3.Connection:
         return self._db.conn()
@@ -114,7 +151,7 @@ class ResponseCache:
             chunk = keys[start : start + READ_BATCH]
             marks = ",".join("?" * len(chunk))
             for key, body in conn.execute(f"SELECT key, body FROM responses WHERE key IN ({marks})", chunk):
-                found[key] = _completion(body)
+                found[key] = completion_from_body(body)
         return found
 
     def put(self, key: str, model: str, completion: RawCompletion) -> None:
@@ -152,7 +189,7 @@ class KeyFilter:
 
     HASHES = 4
 
-    def __init__(self, cache: ResponseCache, *, refresh_s: float = 1.0):
+    def __init__(self, cache: ResponseStore, *, refresh_s: float = 1.0):
         self.cache = cache
         self.refresh_s = refresh_s
         self._bits = np.zeros(1, dtype=np.uint8)
@@ -212,7 +249,7 @@ class KeyFilter:
 class CacheBatcher:
     """The cache as the event loop sees it: ``await get``, ``put``, ``await flush``. Loop-bound."""
 
-    def __init__(self, cache: ResponseCache):
+    def __init__(self, cache: ResponseStore):
         self.cache = cache
         self._pending: dict[str, tuple[str, RawCompletion]] = {}
         self._waiting: dict[str, list[asyncio.Future[RawCompletion | None]]] = {}
@@ -249,7 +286,7 @@ class CacheBatcher:
             futures = {k: self._waiting.pop(k) for k in keys}
             try:
                 found = await asyncio.to_thread(self.cache.get_many, keys)
-            except sqlite3.Error:
+            except cache_errors():
                 found = {}  # an unreadable cache is a miss, never a failed call
             for key, waiters in futures.items():
                 for f in waiters:
@@ -271,7 +308,7 @@ class CacheBatcher:
             batch = list(self._pending.items())[:WRITE_BATCH]
             try:
                 await asyncio.to_thread(self.cache.put_many, [(k, m, c) for k, (m, c) in batch])
-            except sqlite3.Error:
+            except cache_errors():
                 # Kept in memory and retried on the next flush; a reply that never reaches the
                 # cache costs one repeated call on a rerun, not a failed run.
                 self.write_errors += 1

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from synth_pipelines.llm.backends import Backend, ProviderConfigError
-from synth_pipelines.llm.cache import CacheBatcher, ResponseCache, request_key, schema_text
+from synth_pipelines.llm.cache import CacheBatcher, ResponseStore, request_key, schema_text
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
 from synth_pipelines.llm.doctor import ModelCheck, check_model
 from synth_pipelines.llm.limits import CircuitOpen, ModelGate
@@ -150,7 +150,7 @@ class LLMClient:
         self,
         profile: ProviderProfile,
         backends: dict[str, Backend],
-        cache: ResponseCache | None = None,
+        cache: ResponseStore | None = None,
         *,
         parse_attempts: int = 2,
         budget_usd: float | None = None,
@@ -158,7 +158,7 @@ class LLMClient:
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         strategy: Strategy | None = None,
-        limits_path: Path | None = None,
+        limits_path: Path | str | None = None,
         modes: ModeMemory | None = None,
     ):
         self.profile = profile
@@ -254,7 +254,7 @@ class LLMClient:
     def _batcher(self) -> CacheBatcher | None:
         if self.cache is None:
             return None
-        key = str(self.cache.path)
+        key = self.cache.location
         batcher = _BATCHERS.get(key)
         if batcher is None:
             batcher = _BATCHERS[key] = CacheBatcher(self.cache)

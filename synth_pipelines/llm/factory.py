@@ -10,9 +10,10 @@ import threading
 from pathlib import Path
 
 from synth_pipelines.llm.backends import AiohttpChatBackend, Backend, LlamaCppBackend, OpenAICompatBackend
-from synth_pipelines.llm.cache import ResponseCache
+from synth_pipelines.llm.cache import open_response_cache
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ModelConfig, ProviderProfile
+from synth_pipelines.llm.redis_state import is_redis_url
 from synth_pipelines.llm.router import Strategy
 from synth_pipelines.llm.structured import ModeMemory
 
@@ -52,10 +53,11 @@ def build_client(
     modes_path: str | Path | None = None,
 ) -> LLMClient:
     """A client over ``profile``'s models. ``cache_path`` is the response cache (None: no cache),
-    ``limits_path`` the SQLite file whose RPM/TPM buckets every process shares (None: per process)
+    ``limits_path`` the SQLite file whose RPM/TPM buckets every process shares (None: per process);
+    either may be a ``redis://`` URL instead, shared by workers on several machines
     and ``modes_path`` where the structured-output mode that works per endpoint is remembered."""
     backends = {name: backend_for(name, cfg, api_key) for name, cfg in profile.models.items()}
-    cache = ResponseCache(cache_path) if cache_path is not None else None
+    cache = open_response_cache(cache_path) if cache_path is not None else None
     return LLMClient(
         profile,
         backends,
@@ -64,7 +66,7 @@ def build_client(
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
         strategy=strategy,
-        limits_path=Path(limits_path) if limits_path is not None else None,
+        limits_path=limits_path if limits_path is None or is_redis_url(limits_path) else Path(limits_path),
         modes=ModeMemory(Path(modes_path) if modes_path is not None else None),
     )
 

@@ -9,7 +9,8 @@ requests-/tokens-per-minute buckets that hold across processes.
   retries. After ``reset_s`` one probe call may close it again.
 * :class:`RateBuckets`: RPM/TPM token buckets. With a state folder they live in one SQLite file, so
   every process of a backfill (or every pod sharing the volume) draws from the same quota; one
-  short transaction per call, run off the event loop. (pyrate-limiter's SQLite bucket stores one
+  short transaction per call, run off the event loop. Across machines, a Redis server instead
+  (``llm/redis_state.py``). (pyrate-limiter's SQLite bucket stores one
   row per unit of weight, which a tokens-per-minute limit makes unusable, and its shared-state
   buckets only work between related processes; aiolimiter is per process.)
 """
@@ -25,6 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from synth_pipelines.llm.redis_state import RedisBuckets, is_redis_url
 from synth_pipelines.llm.sqlite import SharedDatabase
 from synth_pipelines.llm.types import ProviderError
 
@@ -247,15 +249,21 @@ def _reserve(
 
 
 class RateBuckets:
-    """RPM and TPM for one model. ``path`` is the shared SQLite file, or None for process-local."""
+    """RPM and TPM for one model. ``path`` is the shared SQLite file (one machine), a ``redis://``
+    URL (several machines, :class:`~synth_pipelines.llm.redis_state.RedisBuckets`), or None for
+    process-local."""
 
     _MEMORY = _MemoryBuckets()
 
-    def __init__(self, model_key: str, rpm: int | None, tpm: int | None, path: Path | None = None):
+    def __init__(self, model_key: str, rpm: int | None, tpm: int | None, path: Path | str | None = None):
         self.model_key = model_key
         self.rpm = rpm
         self.tpm = tpm
-        self._store: _MemoryBuckets | _SQLiteBuckets = _SQLiteBuckets(path) if path else self._MEMORY
+        self._store: _MemoryBuckets | _SQLiteBuckets | RedisBuckets = self._MEMORY
+        if is_redis_url(path):
+            self._store = RedisBuckets(str(path))
+        elif path:
+            self._store = _SQLiteBuckets(Path(path))
         self.waited_s = 0.0
 
     @property
@@ -298,7 +306,7 @@ class ModelGate:
         adaptive: bool,
         rpm: int | None,
         tpm: int | None,
-        buckets_path: Path | None,
+        buckets_path: Path | str | None,
         bucket_key: str,
         breaker: CircuitBreaker | None = None,
     ):

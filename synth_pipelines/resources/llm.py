@@ -1,5 +1,6 @@
 """The model provider resource: every LLM call in an asset goes through the client it builds."""
 
+import os
 from pathlib import Path
 from typing import cast, get_args
 
@@ -9,6 +10,7 @@ from pydantic import Field
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import ProviderProfile, load_profile
 from synth_pipelines.llm.factory import build_client
+from synth_pipelines.llm.redis_state import check_reachable, is_redis_url, redacted
 from synth_pipelines.llm.router import Strategy
 
 
@@ -31,6 +33,12 @@ class LLMResource(dg.ConfigurableResource):
         description="Use this response cache (SQLite file) instead of the warehouse's: several scratch "
         "warehouses (synth benchmark) then share replies.",
     )
+    shared_state: str | None = Field(
+        default=None,
+        description="redis://host:port/db: the response cache and the RPM/TPM buckets in Redis, shared "
+        "by workers on several machines (default: SYNTH_SHARED_STATE, else SQLite files in the state "
+        "folder, shared by the processes of one machine).",
+    )
     strategy: str | None = Field(
         default=None,
         description="Generator routing: declared, cost, quality, speed or balanced; overrides the profile's.",
@@ -44,10 +52,13 @@ class LLMResource(dg.ConfigurableResource):
         cache, and the RPM/TPM buckets and structured-output modes beside it in the state folder
         are shared)."""
         cache_path = self.cache_file or cache_path
+        shared = self.shared_location()
+        if shared is not None:
+            check_reachable(shared)  # one clear line now, not a connection error mid-run
         return build_client(
             self.load_profile(),
-            cache_path if self.use_cache else None,
-            limits_path=Path(cache_path).parent / "limits.sqlite",
+            (shared or cache_path) if self.use_cache else None,
+            limits_path=shared or Path(cache_path).parent / "limits.sqlite",
             modes_path=Path(cache_path).parent / "structured_modes.sqlite",
             api_key=self.api_key,
             budget_usd=self.budget_usd,
@@ -55,6 +66,16 @@ class LLMResource(dg.ConfigurableResource):
             parse_attempts=self.parse_attempts,
             strategy=self._strategy(),
         )
+
+    def shared_location(self) -> str | None:
+        """The Redis URL of the shared cache and buckets, or None (the state folder's SQLite)."""
+        url = self.shared_state or os.environ.get("SYNTH_SHARED_STATE") or None
+        if url is not None and not is_redis_url(url):
+            raise ValueError(
+                f"llm.shared_state / SYNTH_SHARED_STATE {redacted(url)!r} is not a Redis URL; use "
+                "redis://host:6379/0 (or rediss:// for TLS), or unset it for the state folder"
+            )
+        return url
 
     def _strategy(self) -> Strategy | None:
         if self.strategy is None:

@@ -48,6 +48,11 @@ class FaultPlan:
     error_message: str = "internal error"
     # Model ids the server serves; others get a 404 as from OpenAI. None: any id.
     known_models: frozenset[str] | None = None
+    # A provider's requests-per-minute quota, as providers enforce one: a token bucket holding
+    # ``rpm_limit`` (+ ``rpm_slack`` for network jitter), refilled at rpm_limit/60 per second. A
+    # request that finds it empty is answered 429 and counted as fault ``rpm_exceeded``.
+    rpm_limit: int | None = None
+    rpm_slack: float = 2.0
 
 
 @dataclass
@@ -128,6 +133,7 @@ class FakeOpenAIServer:
         self._site: web.SockSite | None = None
         self.dead = threading.Event()
         self.port = 0
+        self._quota = (float(self.plan.rpm_limit or 0) + self.plan.rpm_slack, time.monotonic())
 
     @property
     def base_url(self) -> str:
@@ -156,9 +162,21 @@ class FakeOpenAIServer:
             r -= rate
         return None
 
+    def _within_quota(self) -> bool:
+        """Take one request from the RPM bucket (call with the lock held)."""
+        limit = self.plan.rpm_limit
+        if limit is None:
+            return True
+        tokens, updated = self._quota
+        now = time.monotonic()
+        tokens = min(limit + self.plan.rpm_slack, tokens + (now - updated) * limit / 60.0)
+        self._quota = (tokens - 1 if tokens >= 1 else tokens, now)
+        return tokens >= 1
+
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         with self._lock:
+            within_quota = self._within_quota()
             self.stats.requests += 1
             n = self.stats.requests
             self.stats.auth_headers.append(request.headers.get("Authorization", ""))
@@ -180,6 +198,10 @@ class FakeOpenAIServer:
             status, explanation = _REJECTIONS[mode]
             error = {"message": explanation, "type": "invalid_request_error"}
             return web.json_response({"error": error}, status=status)
+        if not within_quota:
+            self.stats.fault("rpm_exceeded")
+            error = {"message": "requests per minute exceeded", "type": "rate_limit"}
+            return web.json_response({"error": error}, status=429, headers={"Retry-After": "1"})
         fault = self._decide(n)
         if self.plan.latency_s:
             await asyncio.sleep(self.plan.latency_s)
