@@ -71,7 +71,7 @@ def example_index(
     build_s = time.perf_counter() - started
     sample = np.random.default_rng(0).choice(rows, size=min(RECALL_QUERIES, rows), replace=False)
     queries = vectors[np.sort(sample)]
-    recall = recall_at_k(ann, exact_neighbours(embeddings, queries, 10), queries, 10)
+    recall = recall_at_k(ann, exact_neighbours(embeddings, queries, 10, vectors=vectors), queries, 10)
     info = IndexInfo(
         fingerprint=embeddings_fingerprint(embeddings),
         rows=rows,

@@ -14,13 +14,12 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from synth_pipelines.spec.names import validate_domain_name
-from synth_pipelines.warehouse.ann import load_index
+from synth_pipelines.warehouse.ann import load_index, vectors_of
 from synth_pipelines.warehouse.storage import Warehouse
 from synth_pipelines.warehouse.tables import EMBEDDING_DIM
 
@@ -79,41 +78,43 @@ def load_embeddings(wh: Warehouse, domain: str) -> pa.Table:
     return table
 
 
-def exact_neighbours(embeddings: pa.Table, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+# Corpus rows scored per step: the similarity block of a step stays small (200 queries x 16k rows
+# is 13 MB), where one query over the cross join held every (query, row) pair: 1.2 GB at 100k rows.
+EXACT_CHUNK = 16_384
+
+
+def exact_neighbours(
+    embeddings: pa.Table, queries: np.ndarray, k: int, *, vectors: np.ndarray | None = None
+) -> list[list[tuple[str, float]]]:
     """For each query vector, the ``k`` (example_id, cosine similarity) pairs nearest to it, best
-    first (ties by example_id, so results are deterministic). One DuckDB query for all queries."""
+    first (ties by example_id, so results are deterministic). ``vectors``: the embeddings' matrix
+    when the caller already has it. Scores the rows in bounded steps, keeping each query's best."""
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if q.shape[1] != EMBEDDING_DIM:
         raise SearchError(f"query vectors have {q.shape[1]} dimensions, the embeddings {EMBEDDING_DIM}")
-    flat = pa.array(q.reshape(-1), pa.float32())
-    query_table = pa.table(
-        {
-            "query_no": pa.array(range(len(q)), pa.int64()),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, EMBEDDING_DIM),
-        }
-    )
-    data = embeddings.select(["example_id", "embedding"])
-    with duckdb.connect() as conn:
-        conn.register("examples", data)
-        conn.register("queries", query_table)
-        rows = conn.execute(
-            f"""
-            SELECT query_no, example_id, similarity FROM (
-                SELECT q.query_no, e.example_id,
-                       array_cosine_similarity(
-                           e.embedding::FLOAT[{EMBEDDING_DIM}], q.vector::FLOAT[{EMBEDDING_DIM}]
-                       ) AS similarity
-                FROM queries q CROSS JOIN examples e
-            )
-            QUALIFY row_number() OVER (PARTITION BY query_no ORDER BY similarity DESC, example_id) <= ?
-            ORDER BY query_no, similarity DESC, example_id
-            """,
-            [k],
-        ).fetchall()
-    result: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
-    for query_no, example_id, similarity in rows:
-        result[int(query_no)].append((str(example_id), float(similarity)))
-    return result
+    if vectors is None:
+        vectors = vectors_of(embeddings)
+    ids = [str(x) for x in embeddings.column("example_id").to_pylist()]
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    best: list[dict[int, float]] = [{} for _ in range(len(q))]
+    for start in range(0, len(ids), EXACT_CHUNK):
+        block = np.asarray(vectors[start : start + EXACT_CHUNK], dtype=np.float32)
+        norms = np.maximum(np.linalg.norm(block, axis=1), 1e-12)
+        sims = (q @ block.T) / norms
+        take = min(k, sims.shape[1])
+        # Every row at least as similar as the k-th of the step (ties included: the id decides).
+        kth = np.partition(sims, sims.shape[1] - take, axis=1)[:, sims.shape[1] - take]
+        for query_no, (row, bar) in enumerate(zip(sims, kth, strict=True)):
+            for column in np.flatnonzero(row >= bar):
+                best[query_no][start + int(column)] = float(row[column])
+        for query_no, found in enumerate(best):
+            if len(found) > 4 * k:  # keep the candidate lists short between steps
+                kept = sorted(found.items(), key=lambda item: (-item[1], ids[item[0]]))[:k]
+                best[query_no] = dict(kept)
+    return [
+        [(ids[i], s) for i, s in sorted(found.items(), key=lambda item: (-item[1], ids[item[0]]))[:k]]
+        for found in best
+    ]
 
 
 def _hits(wh: Warehouse, domain: str, neighbours: list[tuple[str, float]]) -> list[SearchHit]:
