@@ -9,6 +9,7 @@ import dagster as dg
 
 from synth_pipelines.llm.types import UsageTotals
 from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.warehouse.heap import release_freed_memory
 from synth_pipelines.warehouse.storage import SPEC_FILE, Warehouse
 from synth_pipelines.warehouse.usage import UsageRecord, planned_for, record_usage, saved_plan, usage_history
 
@@ -29,6 +30,9 @@ def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:
 
 
 def require_upstream(warehouse: Warehouse, asset: str, domain: str) -> Any:
+    """The upstream partition, read after the heap the previous steps freed went back to the OS
+    (every asset past the first starts here; see ``warehouse/heap.py``)."""
+    release_freed_memory()
     table = warehouse.read_partition(asset, domain)
     if table is None:
         raise dg.Failure(
