@@ -80,16 +80,6 @@ def schema_text(schema: dict[str, object] | None, *, ascii: bool = False) -> str
     return entry[1]
 
 
-def completion_from_body(body: str) -> RawCompletion:
-    data = orjson.loads(body)
-    return RawCompletion(
-        text=str(data.get("text", "")),
-        prompt_tokens=int(data.get("prompt_tokens") or 0),
-        completion_tokens=int(data.get("completion_tokens") or 0),
-        finish_reason=str(data.get("finish_reason") or "stop"),
-    )
-
-
 class ResponseStore(Protocol):
     """What the client needs of a response cache: :class:`ResponseCache` (SQLite, one machine) or
     :class:`~synth_pipelines.llm.redis_state.RedisResponseCache` (several machines)."""
@@ -151,7 +141,7 @@ class ResponseCache:
             chunk = keys[start : start + READ_BATCH]
             marks = ",".join("?" * len(chunk))
             for key, body in conn.execute(f"SELECT key, body FROM responses WHERE key IN ({marks})", chunk):
-                found[key] = completion_from_body(body)
+                found[key] = RawCompletion.from_json(body)
         return found
 
     def put(self, key: str, model: str, completion: RawCompletion) -> None:

@@ -96,14 +96,12 @@ class RedisResponseCache:
         return self.get_many([key]).get(key)
 
     def get_many(self, keys: list[str]) -> dict[str, RawCompletion]:
-        from synth_pipelines.llm.cache import completion_from_body
-
         found: dict[str, RawCompletion] = {}
         for start in range(0, len(keys), self.READ_BATCH):
             chunk = keys[start : start + self.READ_BATCH]
             for key, body in zip(chunk, self._redis.mget([self._prefix + k for k in chunk]), strict=True):
                 if body is not None:
-                    found[key] = completion_from_body(body.decode())
+                    found[key] = RawCompletion.from_json(body)
         return found
 
     def put(self, key: str, model: str, completion: RawCompletion) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 T = TypeVar("T", bound=BaseModel)
@@ -43,6 +44,18 @@ class RawCompletion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> RawCompletion:
+        """A completion as a response cache stores it (``orjson.dumps`` of this dataclass); a
+        missing or null count reads as 0, so bodies written by older versions still load."""
+        data = orjson.loads(body)
+        return cls(
+            text=str(data.get("text", "")),
+            prompt_tokens=int(data.get("prompt_tokens") or 0),
+            completion_tokens=int(data.get("completion_tokens") or 0),
+            finish_reason=str(data.get("finish_reason") or "stop"),
+        )
 
 
 @dataclass(slots=True)
