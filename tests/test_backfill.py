@@ -43,6 +43,8 @@ def test_backfill_runs_queue_for_the_pool_in_the_daemon(
         "telemetry:\n  enabled: false\n"
         "concurrency:\n  pools:\n    granularity: run\n    default_limit: 1\n"
         "  runs:\n    max_concurrent_runs: 4\n"
+        # The queue's tick (5 s by default) only decides how soon a waiting run is seen to be free.
+        "run_queue:\n  dequeue_interval_seconds: 1\n"
     )
     bin_dir = Path(sys.executable).parent
     domains = ["api_development", "data_analysis"]
@@ -62,12 +64,31 @@ def test_backfill_runs_queue_for_the_pool_in_the_daemon(
         daemon: subprocess.Popen[bytes] | None = None
         try:
             config = json.dumps({"ops": {"problem_matrix": {"config": {"target_count": 4}}}})
-            for domain in domains:  # submitted together, as a backfill does
-                subprocess.run(
-                    [str(bin_dir / "dagster"), "job", "launch", "-m", LOCATION, "-j", "synth_domain",
-                     "--tags", json.dumps({"dagster/partition": domain}), "--config-json", config],
-                    cwd=REPO, env=env, check=True, capture_output=True, timeout=120,
-                )  # fmt: skip
+            launches = [  # submitted together, as a backfill does (each loads the code location)
+                subprocess.Popen(
+                    [
+                        str(bin_dir / "dagster"),
+                        "job",
+                        "launch",
+                        "-m",
+                        LOCATION,
+                        "-j",
+                        "synth_domain",
+                        "--tags",
+                        json.dumps({"dagster/partition": domain}),
+                        "--config-json",
+                        config,
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+                for domain in domains
+            ]
+            for launch in launches:
+                output, _ = launch.communicate(timeout=120)
+                assert launch.returncode == 0, output.decode()[-2000:]
             # The daemon starts with both runs already queued, so its first tick sees both: on a
             # fresh instance that is the tick where an unregistered pool would let both through.
             daemon = subprocess.Popen(
