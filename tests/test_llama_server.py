@@ -41,9 +41,9 @@ pytestmark = [
     ),
 ]
 DOMAIN = "api_development"
-# The shipped gates (rules, on-topic) pass about one in six of the tiny model's examples; twelve
-# leave the diversity check two or more to measure.
-TARGET = 12
+# Six rows through the server: generation, both judges, embeddings and the compile each see several
+# (twelve took twice as long and checked nothing more; the diversity gate is tested elsewhere).
+TARGET = 6
 
 
 def _free_port() -> int:
