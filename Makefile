@@ -13,7 +13,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-embed bench-backfill bench-rerun bench-judges bench-text clean-warehouse
+.PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-celery bench-embed bench-backfill bench-rerun bench-judges bench-text clean-warehouse
 
 setup: $(STAMP)
 
@@ -81,6 +81,10 @@ bench-quality: setup
 # 500 ms latency, concurrency 64 (SCALE_N=100000 adds a 100k run). Ends with scale_*/ideal_ratio lines.
 bench-scale: setup
 	$(BIN)/python -m bench.scale
+
+# Two domains on dagster-celery (Redis broker, fake server at 300 ms): one worker, then two; celery_2_vs_1=.
+bench-celery: setup
+	$(BIN)/python -m bench.celery_workers
 
 # Embedding throughput per backend (torch, ONNX, ONNX int8) next to sentence-transformers, same run.
 bench-embed: setup

@@ -13,7 +13,12 @@ from synth_pipelines.assets.generation_plan import generation_plan
 from synth_pipelines.assets.spec_file import domain_review_calibration, domain_spec_file
 from synth_pipelines.assets.statistical_data import STATISTICAL_CHECKS, statistical_data
 from synth_pipelines.assets.training_exports import EXPORT_ASSETS
-from synth_pipelines.jobs import synth_domain_job, synth_plan_job, synth_statistical_job
+from synth_pipelines.jobs import (
+    synth_domain_celery_job,
+    synth_domain_job,
+    synth_plan_job,
+    synth_statistical_job,
+)
 from synth_pipelines.resources.settings import default_resources
 from synth_pipelines.sensors import agent_performance_sensor, domain_spec_sensor, spec_observation_sensor
 
@@ -27,7 +32,12 @@ defs = dg.Definitions(
         *EXPORT_ASSETS,
     ],
     asset_checks=[*QUALITY_CHECKS, *STATISTICAL_CHECKS],
-    jobs=[synth_domain_job, synth_statistical_job, synth_plan_job],
+    jobs=[
+        synth_domain_job,
+        synth_statistical_job,
+        synth_plan_job,
+        *([synth_domain_celery_job] if synth_domain_celery_job else []),
+    ],
     sensors=[spec_observation_sensor, domain_spec_sensor, agent_performance_sensor],
     resources=default_resources(),
 )
@@ -37,3 +47,9 @@ def resolved_synth_domain_job() -> dg.JobDefinition:
     """The ``synth_domain`` job bound to this code location's resources, for ``dg.reconstructable``
     and ``dg.execute_job`` (which need a module-level function that rebuilds the job in a subprocess)."""
     return defs.resolve_job_def("synth_domain")
+
+
+def resolved_synth_domain_celery_job() -> dg.JobDefinition:
+    """The ``synth_domain_celery`` job, for ``dg.reconstructable`` (the Celery executor needs a job
+    its workers can rebuild from a module-level function)."""
+    return defs.resolve_job_def("synth_domain_celery")

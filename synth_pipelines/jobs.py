@@ -1,7 +1,10 @@
 """Jobs: the whole per-domain graph as one partitioned job (what sensors, backfills and the CLI launch),
 and the statistical domains' (timeseries, events) short graph."""
 
+import os
+
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from synth_pipelines.assets import PIPELINE_ASSETS
 from synth_pipelines.assets.generation_plan import generation_plan
@@ -35,6 +38,40 @@ synth_plan_job = dg.define_asset_job(
     description="Dry run: forecast a domain's next run (calls, tokens, dollars, time) without calling a "
     "model. Config ops.generation_plan.config.target_count plans for another count.",
 )
+
+
+CELERY_BROKER_ENV = "SYNTH_CELERY_BROKER"
+DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6379/0"
+
+
+def celery_broker_url() -> str:
+    """The broker (and result backend) the Celery job and its workers share: SYNTH_CELERY_BROKER,
+    read when the code location loads, like SYNTH_PROFILE."""
+    return os.environ.get(CELERY_BROKER_ENV) or DEFAULT_CELERY_BROKER
+
+
+def _celery_domain_job() -> UnresolvedAssetJobDefinition | None:
+    try:
+        from dagster_celery import celery_executor
+    except ImportError:  # the `distributed` extra is not installed: the job is not offered
+        return None
+    broker = celery_broker_url()
+    return dg.define_asset_job(
+        name="synth_domain_celery",
+        selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),
+        # Each step is a Celery task that any worker on the broker picks up (`celery -A
+        # synth_pipelines.celery_worker worker`); the run itself only submits steps and waits.
+        # Runs of several domains (a backfill) therefore spread their steps over every worker.
+        # Workers need this code, the same warehouse (object storage across machines) and, for
+        # one quota, SYNTH_SHARED_STATE.
+        executor_def=celery_executor.configured({"broker": broker, "backend": broker}, name="synth_celery"),
+        description="The synth_domain graph with every step a Celery task (SYNTH_CELERY_BROKER, default "
+        f"{DEFAULT_CELERY_BROKER}); start workers with `celery -A synth_pipelines.celery_worker worker`, "
+        "see docs/scaling-out.md.",
+    )
+
+
+synth_domain_celery_job = _celery_domain_job()
 
 
 def job_name_for(spec_type: str) -> str:

@@ -143,6 +143,7 @@ SLOWEST_FIRST = (
     "test_llama_server.py",
     "test_e2e.py",
     "test_backfill.py",
+    "test_celery.py",
     "test_service.py",
     "test_staleness.py",
     "test_review.py",
@@ -163,6 +164,7 @@ SLOWEST_FIRST = (
 # Tests of 5 seconds or more on 2 cores (same measurement): marked ``slow``, which `make test-fast`
 # leaves out (`make test` runs everything). Each still runs in `make test` and in CI.
 SLOW_TESTS = {
+    "test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run",
     "test_two_workers_under_a_shared_rpm_limit_never_exceed_it_at_the_endpoint",
     "test_a_domain_end_to_end_through_the_openai_profile",
     "test_backfill_runs_queue_for_the_pool_in_the_daemon",

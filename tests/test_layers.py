@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("partitions", "resources"),
     ("assets",),
     ("jobs",),
+    ("celery_worker",),
     ("sensors",),
     ("definitions", "dbt_definitions"),
     ("runner",),

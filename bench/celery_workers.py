@@ -1,0 +1,180 @@
+"""``make bench-celery``: the domain graph on dagster-celery with one worker, then with two, in one run.
+
+Each round starts a throwaway redis-server (Debian's), K Celery worker processes of one task slot
+each (``celery -A synth_pipelines.celery_worker worker``), and launches ``synth_domain_celery`` runs
+for two domains at once, as a backfill does, against the project's fake OpenAI-compatible server
+(its own process) at 300 ms latency with one generator and two judges at ``max_concurrency: 64``.
+With one worker the two runs' steps queue for the one slot; with two they run side by side.
+
+The unit spread over the workers is the step (an asset of one domain): a domain's rows are not
+split into shards yet (issue 26, part 1), so one domain alone gains nothing from a second worker.
+
+The last lines are::
+
+    celery_1_worker_s=<wall seconds, both domains, one worker>
+    celery_2_workers_s=<wall seconds, both domains, two workers>
+    celery_2_vs_1=<two workers / one worker>          (0.5 is perfect; issue 26 asks <= 0.6)
+
+``CELERY_BENCH_COUNT`` sets the rows per domain (default 300).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.common import start_server, stop_server
+from bench.scale import write_profile
+from synth_pipelines.testing.redis_server import redis_server
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAINS = ("api_development", "data_analysis")
+LATENCY_S = 0.3
+COUNT = int(os.environ.get("CELERY_BENCH_COUNT", "300"))
+
+LAUNCH = """
+import sys
+import dagster as dg
+from synth_pipelines.definitions import resolved_synth_domain_celery_job
+domain, target = sys.argv[1], int(sys.argv[2])
+with dg.DagsterInstance.get() as instance:
+    result = dg.execute_job(
+        dg.reconstructable(resolved_synth_domain_celery_job),
+        instance=instance,
+        tags={"dagster/partition": domain},
+        run_config={"ops": {"problem_matrix": {"config": {"target_count": target}}}},
+    )
+    sys.exit(0 if result.success else 1)
+"""
+
+
+def write_schemas(folder: Path) -> Path:
+    """The two shipped specs with thresholds where the fake server's random text mostly passes."""
+    schemas = folder / "schemas"
+    schemas.mkdir()
+    for domain in DOMAINS:
+        spec = yaml.safe_load((REPO / "schemas" / f"{domain}.yaml").read_text())
+        spec.setdefault("validation", {}).update(
+            diversity_threshold=0.0,
+            consensus_threshold=0.2,
+            min_pass_rate=0.5,
+            on_topic_threshold=-1.0,
+            field_agreement_threshold=-1.0,
+        )
+        spec.pop("rules", None)
+        (schemas / f"{domain}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return schemas
+
+
+def environment(folder: Path, broker: str, base_url: str) -> dict[str, str]:
+    home = folder / "dagster_home"
+    home.mkdir()
+    # One event-log database created before any process starts (per-run SQLite files race when the
+    # job and a worker create the same one); across machines this is Postgres.
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "event_log_storage:\n  module: dagster._core.storage.event_log\n"
+        "  class: ConsolidatedSqliteEventLogStorage\n"
+        f"  config:\n    base_dir: {home / 'history'}\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DAGSTER_HOME": str(home),
+        "SYNTH_CELERY_BROKER": broker,
+        "SYNTH_WAREHOUSE": str(folder / "warehouse"),
+        "SYNTH_SCHEMAS": str(write_schemas(folder)),
+        "SYNTH_PROFILE": str(write_profile(folder, base_url)),
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, dagster as dg\nwith dg.DagsterInstance.get() as i:\n"
+            "    i.add_dynamic_partitions('domain', sys.argv[1:])",
+            *DOMAINS,
+        ],
+        env=env,
+        check=True,
+    )
+    return env
+
+
+def run_round(workers: int, base_url: str) -> float:
+    """Wall seconds for both domains' runs with ``workers`` Celery workers, in a fresh warehouse."""
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-celery-{workers}-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with redis_server() as broker:
+            env = environment(folder, broker, base_url)
+            celery = Path(sys.executable).parent / "celery"
+            for i in range(workers):
+                log = (folder / f"worker{i}.log").open("wb")
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            str(celery),
+                            "-A",
+                            "synth_pipelines.celery_worker",
+                            "worker",
+                            "--concurrency",
+                            "1",
+                            "--prefetch-multiplier",
+                            "1",
+                            "--pool",
+                            "solo",
+                            "-n",
+                            f"bench{i}@%h",
+                        ],
+                        cwd=REPO,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            time.sleep(5)  # the workers connect to the broker before the clock starts
+            started = time.perf_counter()
+            launches = [
+                subprocess.Popen(
+                    [sys.executable, "-c", LAUNCH, domain, str(COUNT)],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+                for domain in DOMAINS
+            ]
+            for launch in launches:
+                output, _ = launch.communicate()
+                if launch.returncode != 0:
+                    raise SystemExit(f"a synth_domain_celery run failed:\n{output.decode()[-4000:]}")
+            return time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    server, base_url = start_server(LATENCY_S)
+    try:
+        one = run_round(1, base_url)
+        print(f"one worker: {one:.1f} s", flush=True)
+        two = run_round(2, base_url)
+        print(f"two workers: {two:.1f} s", flush=True)
+    finally:
+        stop_server(server)
+    print(f"\ncelery_1_worker_s={one:.1f}\ncelery_2_workers_s={two:.1f}\ncelery_2_vs_1={two / one:.2f}")
+
+
+if __name__ == "__main__":
+    main()
