@@ -15,7 +15,7 @@ The last lines are::
     celery_2_workers_s=<wall seconds, both domains, two workers>
     celery_2_vs_1=<two workers / one worker>          (0.5 is perfect; issue 26 asks <= 0.6)
 
-``CELERY_BENCH_COUNT`` sets the rows per domain (default 300).
+``CELERY_BENCH_COUNT`` sets the rows per domain (default 2,000).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from synth_pipelines.testing.redis_server import redis_server
 REPO = Path(__file__).resolve().parent.parent
 DOMAINS = ("api_development", "data_analysis")
 LATENCY_S = 0.3
-COUNT = int(os.environ.get("CELERY_BENCH_COUNT", "300"))
+COUNT = int(os.environ.get("CELERY_BENCH_COUNT", "2000"))
 
 LAUNCH = """
 import sys
