@@ -18,11 +18,17 @@ export NO_MKDOCS_2_WARNING := 1
 setup: $(STAMP)
 
 # torch==2.13.0 first: on these machines that pin takes the local CPU wheel instead of GBs of CUDA.
-# llama-cpp-python compiles from source (~5-10 min on 2 cores); pip caches the wheel afterwards.
+# llama-cpp-python compiles from source (~5 min on 2 cores), for an AVX2 baseline and not for the
+# building CPU: a native build on a machine with AMX crashed in llama_decode (SIGSEGV) where the
+# sandbox does not grant AMX tiles. --no-cache-dir: a natively built wheel in pip's cache (its key
+# ignores CMAKE_ARGS) must not be reused.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir --no-binary llama-cpp-python \
+	  'llama-cpp-python[server]>=0.3.16'
 	$(BIN)/pip install -e '.[dev]'
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	touch $(STAMP)
