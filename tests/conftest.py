@@ -165,6 +165,10 @@ SLOWEST_FIRST = (
 # leaves out (`make test` runs everything). Each still runs in `make test` and in CI.
 SLOW_TESTS = {
     "test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run",
+    "test_one_domain_in_four_shards_runs_on_both_workers_and_equals_a_single_process_run",
+    "test_three_shards_make_the_same_rows_as_one",
+    "test_a_failed_shard_keeps_the_others_rows_and_the_rerun_calls_only_for_its_items",
+    "test_shards_share_the_runs_budget",
     "test_two_workers_under_a_shared_rpm_limit_never_exceed_it_at_the_endpoint",
     "test_a_domain_end_to_end_through_the_openai_profile",
     "test_backfill_runs_queue_for_the_pool_in_the_daemon",

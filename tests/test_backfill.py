@@ -28,7 +28,12 @@ from tests.test_openai_compat import profile_file
 
 REPO = Path(__file__).resolve().parent.parent
 LOCATION = "synth_pipelines.definitions"
-POOL_STEPS = {"seed_problems", "raw_generations", "validated_examples", "compiled_program"}
+POOL_STEPS = {
+    "seed_problems",
+    "raw_generations.generate_shard[shard_0]",
+    "validated_examples",
+    "compiled_program",
+}
 IN_PROGRESS = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
 STARTING = dg.DagsterEventType.RUN_STARTING.value  # the event type's stored name
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}

@@ -3,7 +3,9 @@ redis-server) and two Celery worker processes, against the fake OpenAI-compatibl
 
 Two domains are launched at once as ``synth_domain_celery`` runs (what a backfill does); every step
 is a Celery task. The test reads which worker ran each step from the runs' engine events, and checks
-that the rows equal a single-process run's of the same domains against the same server.
+that the rows equal a single-process run's of the same domains against the same server. Then one
+domain in four generation shards: the shard steps land on both workers, and the rows again equal a
+single-process run's.
 """
 
 from __future__ import annotations
@@ -130,13 +132,16 @@ LAUNCH = """
 import sys
 import dagster as dg
 from synth_pipelines.definitions import resolved_synth_domain_celery_job
-domain, target = sys.argv[1], int(sys.argv[2])
+domain, target, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ops = {"problem_matrix": {"config": {"target_count": target}}}
+if shards > 1:
+    ops["raw_generations"] = {"config": {"shards": shards}}
 with dg.DagsterInstance.get() as instance:
     result = dg.execute_job(
         dg.reconstructable(resolved_synth_domain_celery_job),
         instance=instance,
         tags={"dagster/partition": domain},
-        run_config={"ops": {"problem_matrix": {"config": {"target_count": target}}}},
+        run_config={"ops": ops},
     )
     print(result.run_id)
     sys.exit(0 if result.success else 1)
@@ -146,14 +151,50 @@ with dg.DagsterInstance.get() as instance:
 def _step_workers(instance: dg.DagsterInstance) -> dict[str, set[str]]:
     """Per domain, the Celery workers that ran its runs' steps (dagster-celery's engine events)."""
     by_domain: dict[str, set[str]] = {}
+    for (domain, _step), names in _workers_by_step(instance).items():
+        by_domain.setdefault(domain, set()).update(names)
+    return by_domain
+
+
+def _workers_by_step(instance: dg.DagsterInstance) -> dict[tuple[str, str], set[str]]:
+    """Per (domain, step key), the Celery workers that ran it, without their ``@host``."""
+    ran: dict[tuple[str, str], set[str]] = {}
     for run in instance.get_runs():
         events = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
         for record in events:
             event = record.event_log_entry.dagster_event
             worker = event.engine_event_data.metadata.get("Celery worker") if event else None
             if worker is not None:
-                by_domain.setdefault(run.tags["dagster/partition"], set()).add(str(worker.value))
-    return by_domain
+                key = (run.tags["dagster/partition"], str(record.event_log_entry.step_key))
+                ran.setdefault(key, set()).add(str(worker.value).split("@")[0])
+    return ran
+
+
+def _launch(env: dict[str, str], domain: str, shards: int = 1) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, domain, str(TARGET), str(shards)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _single_process_rows(domains: tuple[str, ...], root: Path, schemas: Path, profile: str) -> list:
+    """The same domains in one process, in another warehouse, against the same server."""
+    for domain in domains:
+        result = materialize_domain(
+            domain,
+            instance=dg.DagsterInstance.ephemeral(),
+            target_count=TARGET,
+            resources={
+                "warehouse": WarehouseResource(root=str(root), schemas_dir=str(schemas)),
+                "llm": LLMResource(profile=profile),
+                "embedder": EmbedderResource(),
+            },
+        )
+        assert result.success
+    return _rows(root)
 
 
 def test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run(
@@ -164,16 +205,7 @@ def test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run(
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    launches = [
-        subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, domain, str(TARGET)],
-            cwd=REPO,
-            env=celery_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for domain in DOMAINS
-    ]
+    launches = [_launch(celery_env, domain) for domain in DOMAINS]
     for launch in launches:
         output, _ = launch.communicate(timeout=300)
         assert launch.returncode == 0, output.decode()[-3000:]
@@ -189,19 +221,29 @@ def test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run(
     distributed = _rows(Path(celery_env["SYNTH_WAREHOUSE"]))
     assert {d for d, _, _ in distributed} == set(DOMAINS)
 
-    # The same two domains in one process, in another warehouse, against the same server.
-    single = tmp_path / "single"
-    for domain in DOMAINS:
-        result = materialize_domain(
-            domain,
-            instance=dg.DagsterInstance.ephemeral(),
-            target_count=TARGET,
-            resources={
-                "warehouse": WarehouseResource(root=str(single), schemas_dir=str(scripted_schemas_dir)),
-                "llm": LLMResource(profile=celery_env["SYNTH_PROFILE"]),
-                "embedder": EmbedderResource(),
-            },
-        )
-        assert result.success
-    assert _rows(single) == distributed
+    single = _single_process_rows(
+        DOMAINS, tmp_path / "single", scripted_schemas_dir, celery_env["SYNTH_PROFILE"]
+    )
+    assert single == distributed
     print(f"two domains on two Celery workers: {distributed_s:.1f} s")
+
+
+def test_one_domain_in_four_shards_runs_on_both_workers_and_equals_a_single_process_run(
+    celery_env: dict[str, str],
+    workers: list[subprocess.Popen[bytes]],
+    scripted_schemas_dir: Path,
+    tmp_path: Path,
+) -> None:
+    domain = DOMAINS[0]
+    launch = _launch(celery_env, domain, shards=4)
+    output, _ = launch.communicate(timeout=300)
+    assert launch.returncode == 0, output.decode()[-3000:]
+    with _instance(Path(celery_env["DAGSTER_HOME"])) as instance:
+        ran = _workers_by_step(instance)
+    shard_steps = {step: names for (d, step), names in ran.items() if "generate_shard" in step}
+    assert set(shard_steps) == {f"raw_generations.generate_shard[shard_{k}]" for k in range(4)}, ran
+    assert set().union(*shard_steps.values()) == set(WORKERS), shard_steps  # the shards spread out
+    single = _single_process_rows(
+        (domain,), tmp_path / "single", scripted_schemas_dir, celery_env["SYNTH_PROFILE"]
+    )
+    assert _rows(Path(celery_env["SYNTH_WAREHOUSE"])) == single

@@ -123,7 +123,7 @@ def provider_failure(context_msg: str, error: BaseException) -> dg.Failure:
 
 
 def record_spend(
-    context: dg.AssetExecutionContext,
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
     warehouse: Warehouse,
     totals: UsageTotals,
     *,

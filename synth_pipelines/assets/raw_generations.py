@@ -1,12 +1,15 @@
-"""raw_generations: one structured generator call per planned example."""
+"""raw_generations: one structured generator call per planned example, in shards that may run on
+different workers, published as one partition."""
 
 import json
 import time
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any, NamedTuple
 
 import dagster as dg
 import duckdb
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from synth_pipelines.assets._common import (
     PIPELINE_GROUP,
@@ -18,23 +21,36 @@ from synth_pipelines.assets._common import (
 )
 from synth_pipelines.assets.problems import problem_matrix
 from synth_pipelines.assets.spec_file import domain_spec_file
-from synth_pipelines.generation.generate_rows import generate_examples, iter_plan_items, plan_table
+from synth_pipelines.generation.generate_rows import (
+    GenerationOutcome,
+    GenerationShard,
+    PlannedItem,
+    generate_examples,
+    iter_plan_items,
+    plan_table,
+    shard_items,
+)
 from synth_pipelines.generation.matrix import MatrixCell
 from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.backends import ProviderConfigError
-from synth_pipelines.llm.types import ProviderError
+from synth_pipelines.llm.client import LLMClient
+from synth_pipelines.llm.types import ProviderError, UsageTotals
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
+from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.validation.apply_gates import embedded_texts
 from synth_pipelines.warehouse.inflight import InflightRows, build_partition
 from synth_pipelines.warehouse.progress import Progress
+from synth_pipelines.warehouse.storage import Warehouse
 from synth_pipelines.warehouse.tables import (
     RAW_GENERATIONS,
 )
 
 
 class GenerationConfig(dg.Config):
+    """``ops.raw_generations.config``: what a user sets; the graph hands each part to its step."""
+
     temperature: float | None = Field(default=None, ge=0, le=2, description="Override the spec's hint.")
     allow_partial: bool = Field(
         default=False,
@@ -48,6 +64,99 @@ class GenerationConfig(dg.Config):
         description="The largest share of items that may end without an answer from the provider "
         "(HTTP errors, timeouts) before the run fails instead of publishing.",
     )
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Split the domain's planned items into this many shards, each a step of its own "
+        "(on synth_domain_celery any worker runs each). An item's shard follows from its id alone: "
+        "the rows are the same whatever the count. A failed shard reruns alone (re-execute from "
+        "failure); the others' rows stay in the state folder.",
+    )
+
+
+class ShardPlanConfig(dg.Config):
+    shards: int = 1
+
+
+class ShardRunConfig(dg.Config):
+    temperature: float | None = None
+
+
+class PublishConfig(dg.Config):
+    allow_partial: bool = False
+    max_provider_failure_rate: float = 0.2
+
+
+def _fan_out_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The one user-facing config, split over the graph's steps."""
+    user = GenerationConfig(**config)
+    return {
+        "plan_generation_shards": {"config": {"shards": user.shards}},
+        "generate_shard": {"config": {"temperature": user.temperature}},
+        "publish_generations": {
+            "config": {
+                "allow_partial": user.allow_partial,
+                "max_provider_failure_rate": user.max_provider_failure_rate,
+            }
+        },
+    }
+
+
+class ShardReport(BaseModel):
+    """What one shard's step did, handed to the publishing step (a small pickled value)."""
+
+    shard: GenerationShard
+    outcome: GenerationOutcome
+    totals: dict[str, Any]
+    concurrency: int
+    gate_stats: dict[str, Any]
+    prefetched: dict[str, Any]
+    progress: dict[str, Any]
+
+
+class DomainPlan(NamedTuple):
+    spec: DomainSpec
+    cells: list[MatrixCell]
+    seeds: list[SeedProblem]
+
+    def items(self, domain: str) -> Iterator[PlannedItem]:
+        return iter_plan_items(self.cells, self.seeds, domain)
+
+
+def _domain_plan(wh: Warehouse, domain: str) -> DomainPlan:
+    spec = load_materialized_spec(wh, domain)
+    cells = [
+        MatrixCell(**{**r, "conditions": json.loads(r.pop("conditions_json"))})
+        for r in require_upstream(wh, "problem_matrix", domain).to_pylist()
+    ]
+    seeds = [SeedProblem(**r) for r in require_upstream(wh, "seed_problems", domain).to_pylist()]
+    return DomainPlan(spec, cells, seeds)
+
+
+def _split_budget(client: LLMClient, shard: GenerationShard) -> None:
+    """Each shard spends its share of the run's budget: shards run at once, perhaps on other
+    machines, with no ledger between them, so equal shares keep the sum within the budget."""
+    if shard.of > 1 and client.budget_usd is not None:
+        client.budget_usd = client.budget_usd / shard.of
+    if shard.of > 1 and client.budget_tokens is not None:
+        client.budget_tokens = client.budget_tokens // shard.of
+
+
+def _merged_totals(reports: list[ShardReport]) -> UsageTotals:
+    """The shards' usage as one client's would have been."""
+    total = UsageTotals()
+    for report in reports:
+        part = report.totals
+        for name in ("calls", "model_calls", "probe_calls", "billed_tokens", "cache_hits", "failures",
+                     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"):  # fmt: skip
+            setattr(total, name, getattr(total, name) + part[name])
+        for model, figures in part["per_model"].items():
+            into = total.per_model.setdefault(model, dict.fromkeys(figures, 0))
+            for key, value in figures.items():
+                into[key] = into.get(key, 0) + value
+        total.structured_output.update(part["structured_output"])
+    return total
 
 
 def _partition_summary(path: Any) -> dict[str, Any]:
@@ -81,48 +190,46 @@ def _partition_summary(path: Any) -> dict[str, Any]:
     }
 
 
-@dg.asset(
-    partitions_def=domain_partitions,
-    pool=LLM_POOL,
-    group_name=PIPELINE_GROUP,
-    deps=[problem_matrix, domain_spec_file],
-    kinds={"parquet", "duckdb"},
+@dg.op(
+    ins={"problem_matrix": dg.In(dg.Nothing), "domain_spec_file": dg.In(dg.Nothing)},
+    out=dg.DynamicOut(GenerationShard),
 )
-def raw_generations(
-    context: dg.AssetExecutionContext,
-    config: GenerationConfig,
+def plan_generation_shards(config: ShardPlanConfig) -> Iterator[dg.DynamicOutput[GenerationShard]]:
+    """One step per shard of the domain's plan (``shards`` in ``ops.raw_generations.config``)."""
+    for index in range(config.shards):
+        shard = GenerationShard(index=index, of=config.shards)
+        yield dg.DynamicOutput(shard, mapping_key=shard.label)
+
+
+@dg.op(pool=LLM_POOL)
+def generate_shard(
+    context: dg.OpExecutionContext,
+    config: ShardRunConfig,
     warehouse: WarehouseResource,
     llm: LLMResource,
     embedder: EmbedderResource,
-) -> dg.MaterializeResult:
-    """Every generated example with full provenance (grain: one row per planned item of the matrix).
-
-    Rows hold the example JSON or the failure reason and its kind, plus cell, seed, generator model,
-    prompt hash, temperature, sampling seed, tokens, cost, latency, attempts and time. Rows are
-    written as they finish (Parquet parts in the state folder), so a killed run resumes without
-    calling the model again for finished items. The partition is published only when the plan is
-    complete and the provider answered enough items; otherwise the previous partition stays and the
-    run fails saying why (``allow_partial`` publishes anyway). While the generator calls wait on the
-    network, a background thread embeds each good row into the embedding cache, so validation and
-    ``example_embeddings`` find the vectors ready (``embeddings_prefetched`` says how many).
-    """
-    started = time.monotonic()
+    shard: GenerationShard,
+) -> ShardReport:
+    """Generate the items of one shard into the domain's rows in flight (Parquet parts in the state
+    folder, named per process, so shards running at once never collide). A killed shard resumes
+    without calling the model again for finished items."""
     domain = context.partition_key
     wh = warehouse.get()
-    spec = load_materialized_spec(wh, domain)
-    cells = [
-        MatrixCell(**{**r, "conditions": json.loads(r.pop("conditions_json"))})
-        for r in require_upstream(wh, "problem_matrix", domain).to_pylist()
-    ]
-    seeds = [SeedProblem(**r) for r in require_upstream(wh, "seed_problems", domain).to_pylist()]
-    planned = sum(c.target for c in cells)
-    plan = plan_table(spec, iter_plan_items(cells, seeds, domain))
+    plan = _domain_plan(wh, domain)
+    planned = sum(1 for _ in shard_items(plan.items(domain), shard))
     client = llm.client(wh.cache_path)
+    _split_budget(client, shard)
     sink = InflightRows(wh.inflight_dir("raw_generations", domain), RAW_GENERATIONS)
-    progress = Progress(wh.progress_path(domain), asset="raw_generations", domain=domain, total=planned)
+    progress = Progress(
+        wh.progress_path(domain, shard.index if shard.of > 1 else None),
+        asset="raw_generations",
+        domain=domain,
+        total=planned,
+    )
     context.log.info(
-        f"generating {planned} examples for {domain} with {client.generator_chain()} "
-        f"({client.strategy} routing); {len(sink.part_files())} in-flight part file(s) to resume from"
+        f"generating {planned} examples for {domain} ({shard.label} of {shard.of}) with "
+        f"{client.generator_chain()} ({client.strategy} routing); {len(sink.part_files())} in-flight "
+        "part file(s) to resume from"
     )
     # The example embeddings are computed while the generator calls wait on the network, into the
     # embedding cache that validated_examples and example_embeddings read (issue 25: overlap).
@@ -130,55 +237,95 @@ def raw_generations(
     try:
         with prefetch:
             outcome = generate_examples(
-                spec,
-                iter_plan_items(cells, seeds, domain),
+                plan.spec,
+                shard_items(plan.items(domain), shard),
                 client,
                 sink,
                 planned=planned,
                 temperature=config.temperature,
                 progress=progress,
-                on_example=lambda example, problem: prefetch.submit(embedded_texts(spec, example, problem)),
+                on_example=lambda example, problem: prefetch.submit(
+                    embedded_texts(plan.spec, example, problem)
+                ),
             )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(
-            f"generating examples for {domain!r} ({sink.written} new rows kept in the state folder; "
-            "the previous partition is unchanged; a rerun resumes)",
+            f"generating examples for {domain!r} ({shard.label} of {shard.of}; {sink.written} new rows "
+            "kept in the state folder; the previous partition is unchanged; a rerun resumes)",
             e,
         ) from e
     finally:
         progress.finish()
+    return ShardReport(
+        shard=shard,
+        outcome=outcome,
+        totals=asdict(client.totals),
+        concurrency=client.concurrency_for(client.generator_chain()),
+        gate_stats=client.gate_stats(),
+        prefetched=prefetch.stats(),
+        progress=progress.metadata(),
+    )
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def publish_generations(
+    context: dg.OpExecutionContext,
+    config: PublishConfig,
+    warehouse: WarehouseResource,
+    reports: list[ShardReport],
+) -> None:
+    """Build the partition from every shard's rows and publish it, only when the plan is complete
+    and the provider answered enough items (else the previous partition stays)."""
+    started = time.monotonic()
+    domain = context.partition_key
+    wh = warehouse.get()
+    plan = _domain_plan(wh, domain)
+    planned = sum(c.target for c in plan.cells)
+    reports = sorted(reports, key=lambda r: r.shard.index)
+    sink = InflightRows(wh.inflight_dir("raw_generations", domain), RAW_GENERATIONS)
     staged = wh.staging_file("raw_generations", domain)
-    rows = build_partition(sink.part_files(), plan, RAW_GENERATIONS, staged, temp_dir=wh.state_dir)
+    rows = build_partition(
+        sink.part_files(),
+        plan_table(plan.spec, plan.items(domain)),
+        RAW_GENERATIONS,
+        staged,
+        temp_dir=wh.state_dir,
+    )
     summary = _partition_summary(staged)
+    outcomes = [r.outcome for r in reports]
+    stopped = next((o.stopped_reason for o in outcomes if o.stopped_reason), None)
+    generated = sum(o.generated for o in outcomes)
     usage = record_spend(
         context,
         wh,
-        client.totals,
-        units=outcome.generated,
-        fresh_units=outcome.fresh,
-        started=started,
-        concurrency=client.concurrency_for(client.generator_chain()),
+        _merged_totals(reports),
+        units=generated,
+        fresh_units=sum(o.fresh for o in outcomes),
+        # Shards may have run in other processes (their clocks are not this one's): the wall time is
+        # the longest shard's plus this step's.
+        started=started - max(r.progress.get("elapsed_s", 0.0) for r in reports),
+        concurrency=max(r.concurrency for r in reports),
     )
     meta: dict[str, Any] = {
         "rows": rows,
         "planned": planned,
+        "shards": len(reports),
         "ok": summary["ok"],
         "failed": summary["failed"],
         "provider_failed": summary["provider_failed"],
-        "resumed": outcome.resumed,
-        "generated_now": outcome.generated,
-        "stopped_reason": outcome.stopped_reason or "",
+        "resumed": sum(o.resumed for o in outcomes),
+        "generated_now": generated,
+        "stopped_reason": stopped or "",
         "failure_reasons": dg.MetadataValue.json(summary["failure_reasons"]),
-        "adaptive_concurrency": dg.MetadataValue.json(client.gate_stats()),
-        "embeddings_prefetched": dg.MetadataValue.json(prefetch.stats()),
-        **progress.metadata(),
+        "adaptive_concurrency": dg.MetadataValue.json(_per_shard(reports, "gate_stats")),
+        "embeddings_prefetched": dg.MetadataValue.json(_per_shard(reports, "prefetched")),
+        **_summed_progress(reports),
         **usage,
     }
     problems = []
     if rows < planned:
         problems.append(
-            f"{planned - rows} of {planned} planned items have no row"
-            + (f" ({outcome.stopped_reason})" if outcome.stopped_reason else "")
+            f"{planned - rows} of {planned} planned items have no row" + (f" ({stopped})" if stopped else "")
         )
     if rows and summary["provider_failed"] / rows > config.max_provider_failure_rate:
         top = next(iter(summary["failure_reasons"]), "")
@@ -206,4 +353,50 @@ def raw_generations(
     meta["preview"] = markdown_table(
         summary["preview"], ["example_id", "cell_id", "generator_model", "example_json"], limit=5, width=120
     )
-    return dg.MaterializeResult(metadata=meta)
+    context.add_output_metadata(meta)
+
+
+def _per_shard(reports: list[ShardReport], field: str) -> dict[str, Any]:
+    """One shard: its figures as they were; several: keyed by shard."""
+    if len(reports) == 1:
+        return dict(getattr(reports[0], field))
+    return {r.shard.label: getattr(r, field) for r in reports}
+
+
+def _summed_progress(reports: list[ShardReport]) -> dict[str, Any]:
+    elapsed = max(r.progress.get("elapsed_s", 0.0) for r in reports)
+    done = sum(r.progress.get("progress_rows", 0) for r in reports)
+    return {
+        "progress_rows": done,
+        "progress_resumed_rows": sum(r.progress.get("progress_resumed_rows", 0) for r in reports),
+        "rows_per_s": round(done / elapsed, 3) if elapsed else 0.0,
+        "elapsed_s": elapsed,
+    }
+
+
+@dg.graph_asset(
+    partitions_def=domain_partitions,
+    group_name=PIPELINE_GROUP,
+    ins={
+        "problem_matrix": dg.AssetIn(key=problem_matrix.key, dagster_type=dg.Nothing),
+        "domain_spec_file": dg.AssetIn(key=domain_spec_file.key, dagster_type=dg.Nothing),
+    },
+    config=dg.ConfigMapping(config_fn=_fan_out_config, config_schema=GenerationConfig.to_config_schema()),
+    kinds={"parquet", "duckdb"},
+)
+def raw_generations(problem_matrix: Any, domain_spec_file: Any) -> Any:
+    """Every generated example with full provenance (grain: one row per planned item of the matrix).
+
+    Rows hold the example JSON or the failure reason and its kind, plus cell, seed, generator model,
+    prompt hash, temperature, sampling seed, tokens, cost, latency, attempts and time. The plan is
+    split into ``shards`` steps (1 by default; each item's shard follows from its id), which write
+    their rows as they finish (Parquet parts in the state folder), so a killed run resumes without
+    calling the model again for finished items, and on ``synth_domain_celery`` the shards run on
+    any worker. The partition is published only when the plan is complete and the provider answered
+    enough items; otherwise the previous partition stays and the run fails saying why
+    (``allow_partial`` publishes anyway). While the generator calls wait on the network, a
+    background thread embeds each good row into the embedding cache, so validation and
+    ``example_embeddings`` find the vectors ready (``embeddings_prefetched`` says how many).
+    """
+    shards = plan_generation_shards(problem_matrix=problem_matrix, domain_spec_file=domain_spec_file)
+    return publish_generations(shards.map(generate_shard).collect())

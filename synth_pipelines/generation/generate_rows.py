@@ -224,6 +224,30 @@ def generation_request(
     )
 
 
+class GenerationShard(BaseModel):
+    """One of ``of`` disjoint parts of a domain's plan; ``index`` counts from 0."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    of: int
+
+    @property
+    def label(self) -> str:
+        return f"shard_{self.index}"
+
+    def holds(self, example_id: str) -> bool:
+        """Whether the item belongs here: decided by its id alone, so an item's id, sampling seed,
+        prompt and cached reply are the same whatever the shard count (and a rerun with another
+        count finds every finished item again)."""
+        return self.of == 1 or stable_int("shard", example_id) % self.of == self.index
+
+
+def shard_items(items: Iterable[PlannedItem], shard: GenerationShard) -> Iterator[PlannedItem]:
+    """The items of ``items`` that ``shard`` holds, lazily."""
+    return (item for item in items if shard.holds(item.example_id))
+
+
 class GenerationOutcome(BaseModel):
     """What one generation pass did. The rows themselves are in the in-flight parts."""
 

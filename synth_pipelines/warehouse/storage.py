@@ -250,9 +250,11 @@ class Warehouse:
         """Rows of a model-calling asset in progress (Parquet parts); on a real filesystem, always."""
         return self.state_dir / asset / f"domain={validate_domain_name(domain)}" / "_inflight"
 
-    def progress_path(self, domain: str) -> Path:
-        """What the running asset of a domain reports about itself (see ``warehouse.progress``)."""
-        return self.state_dir / "progress" / f"domain={validate_domain_name(domain)}.json"
+    def progress_path(self, domain: str, shard: int | None = None) -> Path:
+        """What the running asset of a domain (or one shard of it) reports about itself (see
+        ``warehouse.progress``): a file per shard, since shards may run in different processes."""
+        name = f"domain={validate_domain_name(domain)}" + ("" if shard is None else f".shard_{int(shard)}")
+        return self.state_dir / "progress" / f"{name}.json"
 
     def staging_file(self, asset: str, domain: str) -> Path:
         """Where a partition file is built and checked before :meth:`publish_partition_file` makes it

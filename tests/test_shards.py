@@ -1,0 +1,165 @@
+"""Shards of a domain's generation (issue 26): each item's shard follows from its id, the rows are
+the same whatever the shard count, and a failed shard leaves the others' rows for the rerun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from synth_pipelines.generation.generate_rows import GenerationShard, iter_plan_items, shard_items
+from synth_pipelines.generation.matrix import build_matrix
+from synth_pipelines.generation.seeds import build_seed_problems
+from synth_pipelines.llm.types import ProviderError
+from synth_pipelines.spec.loading import load_spec
+from tests.materialize import DOMAIN, materialize_domain, up_to
+
+
+def _plan_ids(schemas_dir: Path, target: int) -> list[str]:
+    spec = load_spec(schemas_dir / f"{DOMAIN}.yaml").spec
+    seeds, _ = build_seed_problems(spec, None)
+    cells = build_matrix(spec, [(s.seed_id, s.problem) for s in seeds], target_count=target)
+    return [item.example_id for item in iter_plan_items(cells, seeds, DOMAIN)]
+
+
+@pytest.mark.parametrize("of", [1, 2, 3, 7])
+def test_shards_split_the_plan_into_disjoint_parts_that_cover_it(schemas_dir: Path, of: int) -> None:
+    spec = load_spec(schemas_dir / f"{DOMAIN}.yaml").spec
+    seeds, _ = build_seed_problems(spec, None)
+    cells = build_matrix(spec, [(s.seed_id, s.problem) for s in seeds], target_count=60)
+    everything = [i.example_id for i in iter_plan_items(cells, seeds, DOMAIN)]
+    parts = [
+        [
+            i.example_id
+            for i in shard_items(iter_plan_items(cells, seeds, DOMAIN), GenerationShard(index=k, of=of))
+        ]
+        for k in range(of)
+    ]
+    joined = [example_id for part in parts for example_id in part]
+    assert sorted(joined) == sorted(everything)  # every item, each once
+    assert len(set(joined)) == len(everything) == 60
+    if of > 1:
+        # Hashing spreads items like fair dice: every shard within 4 sigma of its share, none empty.
+        share, sigma = 60 / of, (60 * (1 / of) * (1 - 1 / of)) ** 0.5
+        assert all(len(p) > 0 and abs(len(p) - share) <= 4 * sigma for p in parts), [len(p) for p in parts]
+
+
+def test_an_items_shard_depends_on_its_id_alone() -> None:
+    shard = GenerationShard(index=1, of=3)
+    assert [shard.holds(f"ex-{n}") for n in range(50)] == [shard.holds(f"ex-{n}") for n in range(50)]
+    # Which of three shards holds an id does not depend on which other ids exist.
+    held = {n for n in range(50) if shard.holds(f"ex-{n}")}
+    assert held == {n for n in range(50) if GenerationShard(index=1, of=3).holds(f"ex-{n}")}
+    assert GenerationShard(index=0, of=1).holds("anything")
+
+
+def _rows(warehouse: Path) -> list[tuple]:
+    glob = f"{warehouse}/raw_generations/*/*.parquet"
+    return duckdb.sql(
+        f"select example_id, status, example_json, error, generator_model, seed, prompt_hash "
+        f"from read_parquet('{glob}', hive_partitioning=true) order by example_id"
+    ).fetchall()
+
+
+def _meta(result: dg.ExecuteInJobResult, key: str = "raw_generations") -> dict:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == key:
+            return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+    raise AssertionError(f"no materialization of {key}")
+
+
+def test_three_shards_make_the_same_rows_as_one(
+    tmp_path: Path, scripted_schemas_dir: Path, scripted_backends
+) -> None:
+    one = materialize_domain(up_to("raw_generations"), tmp_path / "one", scripted_schemas_dir, target=12)
+    three = materialize_domain(
+        up_to("raw_generations"),
+        tmp_path / "three",
+        scripted_schemas_dir,
+        target=12,
+        op_config={"raw_generations": {"shards": 3}},
+    )
+    rows = _rows(tmp_path / "one")
+    assert len(rows) == 12 and _rows(tmp_path / "three") == rows
+    steps = {e.step_key for e in three.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
+    assert {f"raw_generations.generate_shard[shard_{k}]" for k in range(3)} <= steps
+    meta, single = _meta(three), _meta(one)
+    assert (meta["shards"], meta["rows"], meta["planned"], meta["generated_now"]) == (3, 12, 12, 12)
+    assert single["shards"] == 1
+    # Usage of the three shards is summed into the partition's figures like one client's.
+    assert meta["model_calls"] == single["model_calls"] == 12
+
+
+def test_a_failed_shard_keeps_the_others_rows_and_the_rerun_calls_only_for_its_items(
+    tmp_path: Path, scripted_schemas_dir: Path, scripted_backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    module = importlib.import_module("synth_pipelines.assets.raw_generations")
+
+    broken = GenerationShard(index=1, of=3)
+    in_broken = [i for i in _plan_ids(scripted_schemas_dir, 12) if broken.holds(i)]
+    assert 1 < len(in_broken) < 12
+    original = module.generate_examples
+    outage = {"on": True}
+
+    def one_row_then_an_outage(spec, items, client, sink, **kwargs):  # type: ignore[no-untyped-def]
+        items = list(items)
+        if outage["on"] and broken.holds(items[0].example_id):
+            original(spec, items[:1], client, sink, planned=1)
+            raise ProviderError("smollm2-135m", "HTTP 503: the provider went down", kind="http")
+        return original(spec, items, client, sink, **kwargs)
+
+    monkeypatch.setattr(module, "generate_examples", one_row_then_an_outage)
+    warehouse, config = tmp_path / "wh", {"raw_generations": {"shards": 3}}
+    first = materialize_domain(
+        up_to("raw_generations"), warehouse, scripted_schemas_dir, target=12, op_config=config,
+        raise_on_error=False,
+    )  # fmt: skip
+    assert not first.success
+    failed = [e.step_key for e in first.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failed == ["raw_generations.generate_shard[shard_1]"]
+    assert "went down" in str(first.all_events) and not list(warehouse.glob("raw_generations/*/*.parquet"))
+    generator_calls = sum(b.calls for b in scripted_backends.values())
+    assert generator_calls == 12 - len(in_broken) + 1  # two healthy shards and one row of the third
+
+    outage["on"] = False
+    again = materialize_domain(
+        up_to("raw_generations"), warehouse, scripted_schemas_dir, target=12, op_config=config
+    )
+    assert again.success
+    after = sum(b.calls for b in scripted_backends.values())
+    assert after - generator_calls == len(in_broken) - 1  # only the broken shard's missing items
+    meta = _meta(again)
+    assert (meta["rows"], meta["resumed"], meta["generated_now"]) == (
+        12,
+        12 - len(in_broken) + 1,
+        len(in_broken) - 1,
+    )
+    reference = materialize_domain(
+        up_to("raw_generations"), tmp_path / "ref", scripted_schemas_dir, target=12
+    )
+    assert reference.success and _rows(warehouse) == _rows(tmp_path / "ref")
+
+
+def test_shards_share_the_runs_budget(tmp_path: Path, scripted_schemas_dir: Path, scripted_backends) -> None:
+    """Shards run at once with no ledger between them: each spends its share, so the sum stays
+    within the budget (one shard with the whole budget each would spend three times it)."""
+    from synth_pipelines.resources import LLMResource
+
+    result = materialize_domain(
+        up_to("raw_generations"),
+        tmp_path / "wh",
+        scripted_schemas_dir,
+        llm=LLMResource(profile="local", budget_tokens=600),
+        target=24,
+        op_config={"raw_generations": {"shards": 3, "allow_partial": True}},
+    )
+    meta = _meta(result)
+    assert "budget of 200 tokens" in meta["stopped_reason"]
+    assert 0 < meta["rows"] < 24
+    # With the whole budget each, every shard would stop only past 600 tokens: 1,800 or more in all
+    # (24 rows hold about 2,400). Calls in flight when a share runs out still finish and are billed.
+    assert meta["billed_tokens"] < 3 * 600
