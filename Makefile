@@ -13,7 +13,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-celery bench-embed bench-backfill bench-rerun bench-judges bench-text clean-warehouse
+.PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-celery bench-embed bench-backfill bench-rerun bench-judges bench-text bench-decon clean-warehouse
 
 setup: $(STAMP)
 
@@ -115,7 +115,11 @@ bench-judges: setup
 bench-text: setup
 	$(BIN)/python -m bench.text_checks
 
-bench: bench-llm bench-quality bench-embed bench-text
+# The decontamination index at 10k and 100k rows against 10k eval rows, next to a plain Python set.
+bench-decon: setup
+	$(BIN)/python -m bench.decontamination
+
+bench: bench-llm bench-quality bench-embed bench-text bench-decon
 
 clean-warehouse:
 	rm -rf warehouse

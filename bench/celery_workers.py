@@ -1,19 +1,24 @@
 """``make bench-celery``: the domain graph on dagster-celery with one worker, then with two, in one run.
 
 Each round starts a throwaway redis-server (Debian's), K Celery worker processes of one task slot
-each (``celery -A synth_pipelines.celery_worker worker``), and launches ``synth_domain_celery`` runs
-for two domains at once, as a backfill does, against the project's fake OpenAI-compatible server
-(its own process) at 300 ms latency with one generator and two judges at ``max_concurrency: 64``.
-With one worker the two runs' steps queue for the one slot; with two they run side by side.
+each (``celery -A synth_pipelines.celery_worker worker``), and launches ``synth_domain_celery``
+runs against the project's fake OpenAI-compatible server (its own process) at 300 ms latency with
+one generator and two judges at ``max_concurrency: 64``. Two scenarios, each on one worker and then
+on two:
 
-The unit spread over the workers is the step (an asset of one domain): a domain's rows are not
-split into shards yet (issue 26, part 1), so one domain alone gains nothing from a second worker.
+* two domains at once, as a backfill does: with one worker the two runs' steps queue for the one
+  slot; with two they run side by side;
+* one domain whose generation is split into four shards (``ops.raw_generations.config.shards``):
+  the shard steps spread over the workers; validation, embeddings and the program stay one step.
 
 The last lines are::
 
     celery_1_worker_s=<wall seconds, both domains, one worker>
     celery_2_workers_s=<wall seconds, both domains, two workers>
     celery_2_vs_1=<two workers / one worker>          (0.5 is perfect; issue 26 asks <= 0.6)
+    shards_1_worker_s=<wall seconds, one domain in four shards, one worker>
+    shards_2_workers_s=<the same on two workers>
+    shards_2_vs_1=<two workers / one worker>
 
 ``CELERY_BENCH_COUNT`` sets the rows per domain (default 2,000).
 """
@@ -43,13 +48,16 @@ LAUNCH = """
 import sys
 import dagster as dg
 from synth_pipelines.definitions import resolved_synth_domain_celery_job
-domain, target = sys.argv[1], int(sys.argv[2])
+domain, target, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ops = {"problem_matrix": {"config": {"target_count": target}}}
+if shards > 1:
+    ops["raw_generations"] = {"config": {"shards": shards}}
 with dg.DagsterInstance.get() as instance:
     result = dg.execute_job(
         dg.reconstructable(resolved_synth_domain_celery_job),
         instance=instance,
         tags={"dagster/partition": domain},
-        run_config={"ops": {"problem_matrix": {"config": {"target_count": target}}}},
+        run_config={"ops": ops},
     )
     sys.exit(0 if result.success else 1)
 """
@@ -107,8 +115,9 @@ def environment(folder: Path, broker: str, base_url: str) -> dict[str, str]:
     return env
 
 
-def run_round(workers: int, base_url: str) -> float:
-    """Wall seconds for both domains' runs with ``workers`` Celery workers, in a fresh warehouse."""
+def run_round(workers: int, base_url: str, domains: tuple[str, ...] = DOMAINS, shards: int = 1) -> float:
+    """Wall seconds for ``domains``' runs (at once) with ``workers`` Celery workers, in a fresh
+    warehouse."""
     folder = Path(tempfile.mkdtemp(prefix=f"bench-celery-{workers}-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -143,13 +152,13 @@ def run_round(workers: int, base_url: str) -> float:
             started = time.perf_counter()
             launches = [
                 subprocess.Popen(
-                    [sys.executable, "-c", LAUNCH, domain, str(COUNT)],
+                    [sys.executable, "-c", LAUNCH, domain, str(COUNT), str(shards)],
                     cwd=REPO,
                     env=env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                 )
-                for domain in DOMAINS
+                for domain in domains
             ]
             for launch in launches:
                 output, _ = launch.communicate()
@@ -171,9 +180,18 @@ def main() -> None:
         print(f"one worker: {one:.1f} s", flush=True)
         two = run_round(2, base_url)
         print(f"two workers: {two:.1f} s", flush=True)
+        one_domain = DOMAINS[:1]
+        shards_one = run_round(1, base_url, one_domain, shards=4)
+        print(f"one domain in four shards, one worker: {shards_one:.1f} s", flush=True)
+        shards_two = run_round(2, base_url, one_domain, shards=4)
+        print(f"one domain in four shards, two workers: {shards_two:.1f} s", flush=True)
     finally:
         stop_server(server)
     print(f"\ncelery_1_worker_s={one:.1f}\ncelery_2_workers_s={two:.1f}\ncelery_2_vs_1={two / one:.2f}")
+    print(
+        f"shards_1_worker_s={shards_one:.1f}\nshards_2_workers_s={shards_two:.1f}\n"
+        f"shards_2_vs_1={shards_two / shards_one:.2f}"
+    )
 
 
 if __name__ == "__main__":

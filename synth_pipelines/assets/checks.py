@@ -16,7 +16,9 @@ from synth_pipelines.assets.example_embeddings import example_embeddings
 from synth_pipelines.assets.validated_examples import validated_examples
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import WarehouseResource
+from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation import gates
+from synth_pipelines.validation.decontamination import build_index
 
 # What to try when a blocking check fails: the last line a user reads (``synth generate``, the UI).
 HINTS = {
@@ -30,6 +32,10 @@ HINTS = {
         "field descriptions, or run synth calibrate for this profile"
     ),
     "no_exact_duplicates": "rematerialize validated_examples (it removes exact duplicates)",
+    "no_eval_contamination": (
+        "examples overlap an eval set: with decontamination.action drop, rematerialize validated_examples; "
+        "with flag, the rows were kept on purpose: remove them or switch to drop"
+    ),
     "review_agreement": (
         "the gate disagrees with your reviewers: run synth calibrate --domain <d> on their labels, "
         "then rematerialize the domain"
@@ -133,6 +139,39 @@ def no_exact_duplicates(
         _rows(warehouse, "validated_examples", context.partition_key, ["dedup_key"])
     )
     return _result("exact duplicates", gate, comparison="<=", hint=HINTS["no_exact_duplicates"])
+
+
+@dg.asset_check(asset=validated_examples, blocking=True, partitions_def=domain_partitions)
+def no_eval_contamination(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """No stored example shares a word n-gram with an eval set the spec names
+    (``decontamination.eval_sets``); reports the matches per eval set and which sets were checked."""
+    domain = context.partition_key
+    spec = load_materialized_spec(warehouse.get(), domain)
+    decon = spec.decontamination
+    if not decon.eval_sets:
+        return _result(
+            "eval contamination",
+            gates.GateResult(passed=True, value=0, threshold=0, not_measured="the spec names no eval sets"),
+            comparison="<=",
+        )
+    index = build_index(warehouse.schemas_dir, decon)
+    rows = _rows(warehouse, "validated_examples", domain, ["example_id", "example_json"])
+    overlaps = index.find([example_text(json.loads(r["example_json"]), decon.fields or None) for r in rows])
+    per_set = {name: 0 for name in index.set_names}
+    examples = []
+    for row, overlap in zip(rows, overlaps, strict=True):
+        if overlap is not None:
+            per_set.update({name: per_set[name] + 1 for name in overlap.sets})
+            examples.append({"example_id": row["example_id"], "sets": overlap.sets, "ngram": overlap.ngram})
+    gate = gates.GateResult(
+        passed=not examples,
+        value=len(examples),
+        threshold=0,
+        detail={"per_eval_set": per_set, "eval_set_texts": index.texts_per_set, "examples": examples[:20]},
+    )
+    return _result("eval contamination", gate, comparison="<=", hint=HINTS["no_eval_contamination"])
 
 
 @dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
@@ -253,6 +292,7 @@ QUALITY_CHECKS = [
     schema_compliance,
     consensus_pass_rate,
     no_exact_duplicates,
+    no_eval_contamination,
     target_count_reached,
     review_agreement,
     great_expectations_suite,

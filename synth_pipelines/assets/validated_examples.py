@@ -25,6 +25,7 @@ from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseRe
 from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.validation.apply_gates import ValidationOutcome, texts_to_prefetch, validate_examples
 from synth_pipelines.validation.consensus import resolve_judges
+from synth_pipelines.validation.decontamination import build_index, decontamination_summary
 from synth_pipelines.validation.gates import judged_pass_rate
 from synth_pipelines.validation.memory import load_memory
 from synth_pipelines.warehouse.progress import Progress
@@ -77,7 +78,8 @@ def validated_examples(
     client = llm.client(wh.cache_path)
     try:
         judges = resolve_judges(spec, client)
-    except ValueError as e:
+        eval_index = build_index(warehouse.schemas_dir, spec.decontamination)
+    except ValueError as e:  # an unknown judge, or an eval set that cannot be read: says which
         raise dg.Failure(description=str(e)) from e
     progress = Progress(
         wh.progress_path(domain), asset="validated_examples", domain=domain, total=raw.num_rows
@@ -102,6 +104,7 @@ def validated_examples(
                 ),
                 memory=load_memory(wh, domain),
                 embed=lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path),
+                eval_index=eval_index,
             )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(
@@ -125,6 +128,11 @@ def validated_examples(
         metadata={
             **_validation_metadata(
                 spec, raw.num_rows, outcome, judges, wh.threshold_source(domain, "panel") or ""
+            ),
+            "decontamination": dg.MetadataValue.json(
+                decontamination_summary(
+                    spec.decontamination, eval_index, outcome.overlaps_by_eval_set, outcome.flagged
+                )
             ),
             "adaptive_concurrency": dg.MetadataValue.json(client.gate_stats()),
             "embeddings_prefetched": dg.MetadataValue.json(prefetch.stats()),

@@ -13,6 +13,16 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
+def _eval_sets(spec: DomainSpec, dropped: int) -> str:
+    """Which eval sets the rows were checked against for overlap (spec ``decontamination``)."""
+    decon = spec.decontamination
+    if not decon.eval_sets:
+        return "none (the spec names no decontamination.eval_sets)"
+    names = ", ".join(f"`{e.name}` ({e.path})" for e in decon.eval_sets)
+    what = f"{dropped} overlapping example(s) dropped" if decon.action == "drop" else "overlaps flagged"
+    return f"{names}; word {decon.ngram}-grams (whole texts of {decon.min_ngram}+ words); {what}"
+
+
 def dataset_card(
     spec: DomainSpec,
     fmt: str,
@@ -65,6 +75,7 @@ def dataset_card(
                 diversity.get("mean_pairwise_cosine_distance", "n/a"),
             ),
             ("semantic clusters", diversity.get("clusters", "n/a")),
+            ("checked against eval sets", _eval_sets(spec, stages.get("decontamination", 0))),
             ("tokens / cost", f"{tokens} / ${cost:.4f}"),
             ("Dagster run ids", ", ".join(f"`{r}`" for r in run_ids) or "n/a"),
         ]

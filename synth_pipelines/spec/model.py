@@ -466,6 +466,51 @@ class TechniquesSpec(_Strict):
         return bool(self.variations or self.adversarial or self.scenario_expansion)
 
 
+class EvalSetSpec(_Strict):
+    """An evaluation set the generated data must not leak into (``decontamination.eval_sets``)."""
+
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # A Parquet, CSV or JSONL file, or a folder of them (a datasets save_to_disk folder), inside the
+    # specs folder: a spec reads files only from its own folder.
+    path: str = Field(min_length=1, max_length=500)
+    # The columns compared (default: every string column).
+    fields: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _inside_specs(cls, path: str) -> str:
+        parts = Path(path.replace("\\", "/")).parts
+        if Path(path).is_absolute() or path.startswith(("/", "\\", "~")) or ".." in parts:
+            raise ValueError(
+                f"must be a path inside the specs folder (no absolute path, '~' or '..'), got {path!r}"
+            )
+        return path
+
+
+class DecontaminationSpec(_Strict):
+    """Generated rows that share a word n-gram with an eval set are dropped (or kept and flagged:
+    the blocking ``no_eval_contamination`` check then fails until they are dealt with)."""
+
+    eval_sets: list[EvalSetSpec] = Field(default_factory=list, max_length=64)
+    ngram: int = Field(default=13, ge=3, le=64)
+    # Eval texts shorter than ``ngram`` words but at least this long are matched whole.
+    min_ngram: int = Field(default=8, ge=3, le=64)
+    action: Literal["drop", "flag"] = "drop"
+    # The example fields compared (default: every field).
+    fields: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DecontaminationSpec:
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram {self.min_ngram} must not exceed ngram {self.ngram}")
+        names = [e.name for e in self.eval_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval_sets: each name must be unique; got {names}")
+        return self
+
+
 class DomainSpec(_Strict):
     """A parsed, validated domain spec."""
 
@@ -492,6 +537,7 @@ class DomainSpec(_Strict):
     seed_source: SeedSource | None = None
     timeseries: TimeseriesSpec | None = None
     events: EventsSpec | None = None
+    decontamination: DecontaminationSpec = Field(default_factory=DecontaminationSpec)
 
     @property
     def statistical(self) -> bool:
@@ -544,6 +590,11 @@ class DomainSpec(_Strict):
         if len(set(rule_names)) != len(rule_names):
             repeated = sorted({n for n in rule_names if rule_names.count(n) > 1})
             raise ValueError(f"rules: each name must be unique; repeated: {repeated}")
+        unknown_compared = [f for f in self.decontamination.fields if f not in self.fields]
+        if unknown_compared:
+            raise ValueError(
+                f"decontamination.fields names unknown fields {unknown_compared}; known: {list(self.fields)}"
+            )
         unknown = [f for f in self.constraints.uniqueness if f not in self.fields]
         if unknown:
             raise ValueError(

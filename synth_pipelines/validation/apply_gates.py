@@ -27,6 +27,7 @@ from synth_pipelines.spec.rules import failed_rules
 from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation.consensus import Consensus, JudgeScore, ajudge_example
 from synth_pipelines.validation.consistency import field_agreement, field_texts
+from synth_pipelines.validation.decontamination import NgramIndex
 from synth_pipelines.validation.dedup import near_duplicate_selection
 from synth_pipelines.validation.memory import Embed, Memory, memory_duplicates
 from synth_pipelines.validation.rule_checks import dedup_key, example_json_text, rule_check
@@ -48,6 +49,10 @@ class ValidationOutcome:
     stage_counts: Counter[str] = field(default_factory=Counter)
     reason_counts: Counter[str] = field(default_factory=Counter)
     near_duplicates_removed: int = 0
+    # decontamination.action flag: the accepted examples that overlap an eval set, and how.
+    flagged: dict[str, str] = field(default_factory=dict)
+    # Per eval set, the examples that overlapped it (dropped or flagged).
+    overlaps_by_eval_set: Counter[str] = field(default_factory=Counter)
 
     @property
     def judge_calls(self) -> list[JudgeScore]:
@@ -104,6 +109,7 @@ def validate_examples(
     similarity: Similarity | None = None,
     memory: Memory | None = None,
     embed: Embed | None = None,
+    eval_index: NgramIndex | None = None,
 ) -> ValidationOutcome:
     """Run every gate over ``raw`` (a ``raw_generations`` table). Judging runs on the client's pool;
     a provider outage on every validator raises out of it (circuit open), never scores 0.
@@ -114,7 +120,10 @@ def validate_examples(
     (``validation.judges_run`` false) no judge is called and the candidates are accepted unjudged
     (consensus null). ``memory`` (the
     domain's earlier accepted examples) and ``embed`` (texts -> unit vectors) turn on the last
-    gate: a new example too close to a remembered one is a ``memory_duplicate``."""
+    gate: a new example too close to a remembered one is a ``memory_duplicate``. ``eval_index``
+    (the spec's eval sets, see ``validation.decontamination``) rejects an example that shares a
+    word n-gram with one (stage ``decontamination``), before any judge is paid to score it; with
+    ``decontamination.action: flag`` the example stays and ``flagged`` names it."""
     min_on_topic = spec.validation.min_on_topic
     if min_on_topic > -1 and similarity is None:
         raise ValueError("the spec's on_topic_threshold is on, but no similarity function was given")
@@ -160,6 +169,22 @@ def validate_examples(
             continue
         seen_keys[key] = cols["example_id"][i]
         candidates.append(i)
+    flagged: dict[str, str] = {}
+    overlapping: Counter[str] = Counter()
+    if eval_index is not None and not eval_index.empty and candidates:
+        decon = spec.decontamination
+        overlaps = eval_index.find(
+            [example_text(examples[i] or {}, decon.fields or None) for i in candidates]
+        )
+        for i, overlap in zip(candidates, overlaps, strict=True):
+            if overlap is not None:
+                overlapping.update(overlap.sets)
+                reason = f"overlaps eval set {', '.join(overlap.sets)}: '{overlap.ngram}'"
+                if decon.action == "drop":
+                    stage[i], reasons[i] = "decontamination", [reason]
+                else:
+                    flagged[cols["example_id"][i]] = reason
+        candidates = [i for i in candidates if stage[i] is None]
     min_agreement = spec.validation.min_field_agreement
     if min_agreement > -1 and embed is None:
         raise ValueError("the spec's field_agreement_threshold is on, but no embed function was given")
@@ -312,6 +337,8 @@ def validate_examples(
             for reason in reasons[i]
         ),
         near_duplicates_removed=len(replaced_by),
+        flagged=flagged,
+        overlaps_by_eval_set=overlapping,
     )
 
 
