@@ -1,5 +1,6 @@
-"""Training exports built from validated examples: SFT chat messages, DPO preference pairs, QA pairs
-and GRPO-verifiable problems, each written as Parquet + JSONL with a dataset card beside it."""
+"""Training exports built from validated examples: SFT chat messages, DPO preference pairs, QA pairs,
+GRPO-verifiable problems and retriever triplets with mined hard negatives, each written as Parquet +
+JSONL with a dataset card beside it."""
 
 from __future__ import annotations
 
@@ -11,39 +12,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from synth_pipelines.exports.rendering import render
 from synth_pipelines.spec.model import DomainSpec
-from synth_pipelines.spec.text import flatten_value, normalize_text, stable_hash
+from synth_pipelines.spec.text import normalize_text, stable_hash
 from synth_pipelines.validation.gates import JUDGED_STAGES
 from synth_pipelines.warehouse.storage import StoragePath, Warehouse, atomic_write_parquet, atomic_write_text
 
-ExportFormat = Literal["sft", "dpo", "qa", "grpo-verifiable"]
-FORMATS: tuple[ExportFormat, ...] = ("sft", "dpo", "qa", "grpo-verifiable")
+ExportFormat = Literal["sft", "dpo", "qa", "grpo-verifiable", "retrieval"]
+FORMATS: tuple[ExportFormat, ...] = ("sft", "dpo", "qa", "grpo-verifiable", "retrieval")
 TEST_FRACTION = 0.1
 
 
 def split_for(example_id: str) -> str:
     """Deterministic train/test split by id hash (stable across reruns)."""
     return "test" if int(stable_hash(example_id, length=8), 16) % 1000 < TEST_FRACTION * 1000 else "train"
-
-
-def render(values: dict[str, Any], fields: list[str]) -> str:
-    """Fields as text: one field alone is its value; several are ``name: value`` lines."""
-    present = [f for f in fields if values.get(f) is not None]
-    if len(present) == 1:
-        value = values[present[0]]
-        return (
-            "\n".join(f"- {flatten_value(v)}" for v in value)
-            if isinstance(value, list)
-            else flatten_value(value)
-        )
-    parts = []
-    for f in present:
-        value = values[f]
-        if isinstance(value, list):
-            parts.append(f"{f}:\n" + "\n".join(f"- {flatten_value(v)}" for v in value))
-        else:
-            parts.append(f"{f}: {flatten_value(value)}")
-    return "\n".join(parts)
 
 
 def _program_pairs(
@@ -412,9 +394,36 @@ def export_rows(
         rows = qa_rows(spec, validated)
     elif fmt == "dpo":
         rows, skipped = dpo_rows(spec, validated, rejected)
+    elif fmt == "retrieval":
+        rows, skipped = _retrieval(warehouse, spec, validated)
     else:
         rows, skipped = grpo_rows(spec, validated)
     return rows, skipped, {"validated_examples": validated, "rejected_examples": rejected}
+
+
+def _retrieval(
+    warehouse: Warehouse, spec: DomainSpec, validated: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Retriever triplets: hard negatives mined from the domain's example embeddings."""
+    import numpy as np
+
+    from synth_pipelines.exports.retrieval import retrieval_rows
+    from synth_pipelines.llm.embeddings import embed_texts
+
+    table = warehouse.read_partition("example_embeddings", spec.domain, columns=["example_id", "embedding"])
+    if table is None or not table.num_rows:
+        raise ValueError(
+            f"domain {spec.domain!r} has no example_embeddings in {warehouse.root}: the retrieval export "
+            "mines its negatives there; materialize example_embeddings first"
+        )
+    vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    embeddings = dict(zip(table.column("example_id").to_pylist(), vectors, strict=True))
+    return retrieval_rows(
+        spec,
+        validated,
+        embeddings,
+        lambda texts: embed_texts(texts, cache_path=warehouse.embedding_cache_path),
+    )
 
 
 def _card(
@@ -432,8 +441,8 @@ def _card(
     raw_table = warehouse.read_partition("raw_generations", spec.domain)
     name = f"{spec.domain}_{fmt.replace('-', '_')}"
     splits: dict[str, int] = {}
-    for r in rows:
-        splits[r["split"]] = splits.get(r["split"], 0) + 1
+    for r in rows:  # retrieval rows carry only their text columns: all of them train
+        splits[r.get("split", "train")] = splits.get(r.get("split", "train"), 0) + 1
     card = dataset_card(
         spec,
         fmt,

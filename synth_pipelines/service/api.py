@@ -322,9 +322,11 @@ def create_app(
         return HTMLResponse(review_page(svc.safe_name(domain)))
 
     @app.get("/v1/domains/{domain}/export", dependencies=v1)
-    def export(domain: str, format: Literal["sft", "dpo", "qa", "grpo"] = "sft") -> StreamingResponse:
+    def export(
+        domain: str, format: Literal["sft", "dpo", "qa", "grpo", "retrieval"] = "sft"
+    ) -> StreamingResponse:
         """A training export, streamed as JSON lines."""
-        fmt: Literal["sft", "dpo", "qa", "grpo-verifiable"] = (
+        fmt: Literal["sft", "dpo", "qa", "grpo-verifiable", "retrieval"] = (
             "grpo-verifiable" if format == "grpo" else format
         )
         lines = svc.export_lines(domain, fmt)

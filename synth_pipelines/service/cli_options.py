@@ -124,7 +124,9 @@ SavePlan = Annotated[
 Out = Annotated[str, typer.Option(help="Output folder or fsspec URL (Parquet, JSONL and README.md card).")]
 Format = Annotated[
     str | None,
-    typer.Option("--format", help="sft, dpo, qa or grpo-verifiable (default: the spec's training_format)."),
+    typer.Option(
+        "--format", help="sft, dpo, qa, grpo-verifiable or retrieval (default: the spec's training_format)."
+    ),
 ]
 
 # outcomes

@@ -396,7 +396,9 @@ class SynthService(LocalOperations):
                 raise NotFound(str(e), field="domain") from None
             raise ServiceError(str(e), field="k" if "k must" in str(e) else "q") from None
 
-    def export_lines(self, domain: str, fmt: Literal["sft", "dpo", "qa", "grpo-verifiable"]) -> Iterator[str]:
+    def export_lines(
+        self, domain: str, fmt: Literal["sft", "dpo", "qa", "grpo-verifiable", "retrieval"]
+    ) -> Iterator[str]:
         """A training export as JSONL lines (the same rows ``synth export`` writes)."""
         from synth_pipelines.exports.training import export_rows
 
