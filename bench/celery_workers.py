@@ -67,6 +67,8 @@ def write_schemas(folder: Path) -> Path:
     """The two shipped specs with thresholds where the fake server's random text mostly passes."""
     schemas = folder / "schemas"
     schemas.mkdir()
+    # The eval sets the shipped specs check their rows against (decontamination) travel with them.
+    shutil.copytree(REPO / "schemas" / "eval", schemas / "eval")
     for domain in DOMAINS:
         spec = yaml.safe_load((REPO / "schemas" / f"{domain}.yaml").read_text())
         spec.setdefault("validation", {}).update(

@@ -71,6 +71,8 @@ def write_profile(folder: Path, base_url: str) -> Path:
 def write_schemas(folder: Path) -> Path:
     schemas = folder / "schemas"
     schemas.mkdir()
+    # The eval sets the shipped specs check their rows against (decontamination) travel with them.
+    shutil.copytree(REPO / "schemas" / "eval", schemas / "eval")
     spec = yaml.safe_load((REPO / "schemas" / f"{DOMAIN}.yaml").read_text())
     # The fake server's text is word salad and its judges' scores are uniform at random: thresholds
     # where most rows pass. What the gates accept is tested elsewhere; this measures throughput.

@@ -27,7 +27,7 @@ PACKAGE = "synth_pipelines"
 # layer are independent of each other. docs/architecture.md's "Where things live" table says the same.
 LAYERS: list[tuple[str, ...]] = [
     ("spec", "llm"),
-    ("warehouse",),
+    ("warehouse", "tooluse"),
     ("generation",),
     ("validation",),
     ("learning",),
@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
 # Test support (the fake OpenAI server): imports only itself, and no product module imports it.
 ISOLATED = {"testing"}
 # The plain packages: no Dagster (nor dagster-dbt, dagster-k8s, ...), directly or lazily.
-PLAIN = ("spec", "llm", "warehouse", "generation", "validation", "learning", "planning", "exports")
+PLAIN = ("spec", "llm", "warehouse", "tooluse", "generation", "validation", "learning", "planning", "exports")
 
 
 def allowed_imports() -> dict[str, set[str]]:

@@ -39,6 +39,7 @@ from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.tooluse.tools import ToolError, ToolSet
 from synth_pipelines.validation.apply_gates import embedded_texts
 from synth_pipelines.warehouse.inflight import InflightRows, build_partition
 from synth_pipelines.warehouse.progress import Progress
@@ -231,6 +232,10 @@ def generate_shard(
         f"{client.generator_chain()} ({client.strategy} routing); {len(sink.part_files())} in-flight "
         "part file(s) to resume from"
     )
+    try:  # a tool-use domain's tools: their files are checked before any model call
+        tools = ToolSet(plan.spec, warehouse.schemas_dir) if plan.spec.type == "tool-use" else None
+    except ToolError as e:
+        raise dg.Failure(description=f"raw_generations for {domain!r}: {e}") from e
     # The example embeddings are computed while the generator calls wait on the network, into the
     # embedding cache that validated_examples and example_embeddings read (issue 25: overlap).
     prefetch = embedder.prefetcher(wh.embedding_cache_path)
@@ -247,6 +252,7 @@ def generate_shard(
                 on_example=lambda example, problem: prefetch.submit(
                     embedded_texts(plan.spec, example, problem)
                 ),
+                tools=tools,
             )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(

@@ -44,7 +44,56 @@ def _base(spec: DomainSpec, row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["example_id"], "domain": spec.domain, "split": split_for(row["example_id"])}
 
 
+def tool_use_messages(spec: DomainSpec, example: dict[str, Any]) -> list[dict[str, Any]]:
+    """A tool-use trace in the OpenAI chat format: the request, the assistant's ``tool_calls``, one
+    ``tool`` message per call with its real result, then the answer."""
+    calls = example.get("tool_calls") or []
+    return [
+        {"role": "system", "content": spec.description.strip()},
+        {"role": "user", "content": example["request"]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": f"call_{k}",
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for k, c in enumerate(calls, start=1)
+            ],
+        },
+        *(
+            {"role": "tool", "tool_call_id": f"call_{k}", "content": c["result"]}
+            for k, c in enumerate(calls, start=1)
+        ),
+        {"role": "assistant", "content": example["answer"]},
+    ]
+
+
+def openai_tools(spec: DomainSpec) -> list[dict[str, Any]]:
+    """The ``tools`` a tool-use export's rows declare (the OpenAI function-calling format)."""
+    return [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+        }
+        for t in spec.tools
+    ]
+
+
 def sft_rows(spec: DomainSpec, validated: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if spec.type == "tool-use":
+        tools = openai_tools(spec)
+        return [
+            {
+                **_base(spec, row),
+                "messages": tool_use_messages(spec, json.loads(row["example_json"])),
+                "tools": tools,
+                "consensus": row.get("consensus"),
+            }
+            for row in validated
+        ]
     return [
         {
             **_base(spec, row),

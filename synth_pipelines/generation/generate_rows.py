@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from synth_pipelines.generation import generation_prompts
+from synth_pipelines.generation import generation_prompts, tool_traces
 from synth_pipelines.generation.matrix import MatrixCell
 from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.client import BudgetExhausted, LLMClient, prompt_hash
@@ -26,6 +26,7 @@ from synth_pipelines.spec.example_schema import example_json_schema, example_mod
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.rules import narrowed_enums
 from synth_pipelines.spec.text import stable_int
+from synth_pipelines.tooluse.tools import ToolSet
 from synth_pipelines.warehouse.inflight import InflightRows
 from synth_pipelines.warehouse.progress import Progress
 
@@ -123,7 +124,12 @@ def iter_plan_items(
 
 
 def max_tokens_for(spec: DomainSpec) -> int:
-    schema = example_json_schema(spec)
+    # A tool-use item's first reply is its plan (the trace's results are not the model's to write).
+    schema = (
+        tool_traces.plan_model(spec).model_json_schema()
+        if spec.type == "tool-use"
+        else example_json_schema(spec)
+    )
     chars = len(json.dumps(schema))  # proxy for how much structure must be emitted
     limit = sum(_max_chars(p) for p in schema.get("properties", {}).values())
     return int(BASE_MAX_TOKENS + TOKENS_PER_CHAR * limit + 0.05 * chars)
@@ -152,6 +158,8 @@ def item_schema(spec: DomainSpec, item: PlannedItem) -> dict[str, Any]:
 
     Built once per spec and narrowing (pydantic's schema generation costs about a millisecond, on
     the provider's event loop, for every item otherwise); callers must not modify it."""
+    if spec.type == "tool-use":  # the first step of a trace: the request and its calls
+        return tool_traces.plan_model(spec).model_json_schema()
     narrowed = narrowed_enums(spec, item.conditions, item.complexity)
     key = (id(spec), json.dumps(narrowed, sort_keys=True, default=str))
     entry = _ITEM_SCHEMAS.get(key)
@@ -202,7 +210,11 @@ def build_messages(spec: DomainSpec, item: PlannedItem) -> list[ChatMessage]:
                 problem=item.problem,
                 conditions=conditions,
                 complexity=item.complexity,
-                field_guide=field_guide(spec, narrowed_enums(spec, item.conditions, item.complexity)),
+                field_guide=(
+                    tool_traces.plan_guide(spec)
+                    if spec.type == "tool-use"
+                    else field_guide(spec, narrowed_enums(spec, item.conditions, item.complexity))
+                ),
                 example_block=example_block,
             ),
         ),
@@ -299,6 +311,7 @@ def generate_examples(
     temperature: float | None = None,
     progress: Progress | None = None,
     on_example: Callable[[dict[str, Any], str], None] | None = None,
+    tools: ToolSet | None = None,
 ) -> GenerationOutcome:
     """Generate every planned item not already in ``sink``. A bad reply becomes a failed row, never
     an exception; an endpoint that is down (circuit open on the whole generator chain) stops the
@@ -306,8 +319,13 @@ def generate_examples(
     flushed. A spent budget stops new calls, but cached items are still served (they are free).
 
     ``on_example(example, problem)`` sees each good row as it arrives (on the provider's event loop:
-    it must not block), so that work on it can start while the network is busy."""
-    model_cls = example_model(spec)
+    it must not block), so that work on it can start while the network is busy.
+
+    A ``tool-use`` spec needs ``tools``: each item is then a trace (``generation.tool_traces``): the
+    plan, its calls run for real, and the answer written from their results."""
+    if spec.type == "tool-use" and tools is None:
+        raise ValueError(f"domain {spec.domain!r} is a tool-use spec: generating it needs its tools")
+    model_cls = tool_traces.plan_model(spec) if spec.type == "tool-use" else example_model(spec)
     temp = spec.hints.temperature if temperature is None else temperature
     max_tokens = max_tokens_for(spec)
     done = finished_keys(sink)
@@ -331,6 +349,25 @@ def generate_examples(
                 stop_reason.append(str(e))
             counts["skipped"] += 1
             return None
+        example_json = result.value.model_dump_json() if result.value is not None else None
+        error: str | None = result.error
+        failure_kind: str | None = result.failure_kind
+        records = [result.record]
+        if tools is not None and result.value is not None:
+            try:
+                trace = await tool_traces.finish_trace(
+                    result.value, tools, client, chain, temperature=temp, seed=item.seed
+                )
+            except BudgetExhausted as e:
+                if not stop_reason:
+                    stop_reason.append(str(e))
+                counts["skipped"] += 1
+                return None
+            example_json = json.dumps(trace.example) if trace.example is not None else None
+            error, failure_kind = trace.error, trace.failure_kind
+            if trace.answer_result is not None:
+                records.append(trace.answer_result.record)
+        ok = example_json is not None and error is None
         return RawGeneration(
             example_id=item.example_id,
             cell_id=item.cell_id,
@@ -338,21 +375,21 @@ def generate_examples(
             problem=item.problem,
             complexity=item.complexity,
             conditions_json=json.dumps(item.conditions, sort_keys=True),
-            status="ok" if result.ok else "failed",
-            example_json=result.value.model_dump_json() if result.value is not None else None,
-            error=result.error,
-            failure_kind=result.failure_kind,
+            status="ok" if ok else "failed",
+            example_json=example_json if ok else None,
+            error=None if ok else error,
+            failure_kind=None if ok else failure_kind,
             raw_text=None if result.ok else result.raw_text[:2000],
             generator_model=result.record.model,
             prompt_hash=phash,
             temperature=temp,
             seed=item.seed,
-            prompt_tokens=result.record.prompt_tokens,
-            completion_tokens=result.record.completion_tokens,
-            cost_usd=result.record.cost_usd,
-            latency_s=round(result.record.latency_s, 4),
+            prompt_tokens=sum(r.prompt_tokens for r in records),
+            completion_tokens=sum(r.completion_tokens for r in records),
+            cost_usd=sum(r.cost_usd for r in records),
+            latency_s=round(sum(r.latency_s for r in records), 4),
             attempt=result.record.attempts,
-            cache_hit=result.record.model_calls == 0,
+            cache_hit=all(r.model_calls == 0 for r in records),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             structured_output=result.record.structured_output,
             **item.model_dump(include=set(Lineage.model_fields)),

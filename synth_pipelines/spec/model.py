@@ -34,6 +34,8 @@ SpecType = Literal[
     "code-snippet",
     "conversation",
     "test-case",
+    # Executed tool-call traces: a request, real tool calls and their results, the final answer.
+    "tool-use",
     # Statistical generators (docs/specs.md, Time series and events): no fields, no judges.
     "timeseries",
     "events",
@@ -466,6 +468,79 @@ class TechniquesSpec(_Strict):
         return bool(self.variations or self.adversarial or self.scenario_expansion)
 
 
+def _inside_specs_folder(path: str, key: str) -> str:
+    """A spec reads and runs files only from its own folder: a relative path that stays inside it
+    (symlinks are resolved again when the file is used)."""
+    parts = Path(path.replace("\\", "/")).parts
+    if Path(path).is_absolute() or path.startswith(("/", "\\", "~")) or ".." in parts:
+        raise ValueError(
+            f"{key} must be a path inside the specs folder (no absolute path, '~' or '..'), got {path!r}"
+        )
+    return path
+
+
+class ToolSpec(_Strict):
+    """A tool the generator may call in a ``tool-use`` domain: a Python function in a file inside the
+    specs folder, run for real in a resource-limited subprocess for every call."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    description: str = Field(min_length=1, max_length=500)
+    # JSON schema of the arguments object (validated before the tool runs).
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    module: str = Field(min_length=1, max_length=500)
+    function: str = Field(default="run", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    memory_mb: int = Field(default=256, ge=32, le=4096)
+
+    @field_validator("module")
+    @classmethod
+    def _module_inside_specs(cls, module: str) -> str:
+        return _inside_specs_folder(module, "tools[].module")
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_schema(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema
+
+        if parameters.get("type") != "object":
+            raise ValueError("tools[].parameters must be a JSON schema of type object")
+        try:
+            jsonschema.Draft202012Validator.check_schema(parameters)
+        except jsonschema.SchemaError as e:
+            raise ValueError(f"tools[].parameters is not a valid JSON schema: {e.message}") from None
+        return parameters
+
+
+TOOL_USE_FIELDS: dict[str, Any] = {
+    "request": {
+        "type": "string",
+        "description": "what the user asks, needing the tools",
+        "min_length": 10,
+        "max_length": 300,
+    },
+    "tool_calls": {
+        "type": "array",
+        "description": "the calls made, each with its arguments (JSON) and the tool's real result",
+        "min_items": 1,
+        "max_items": 3,
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "max_length": 64},
+                "arguments": {"type": "string", "max_length": 300},
+                "result": {"type": "string", "max_length": 4000},
+            },
+        },
+    },
+    "answer": {
+        "type": "string",
+        "description": "the final answer, using the results",
+        "min_length": 5,
+        "max_length": 600,
+    },
+}
+
+
 class EvalSetSpec(_Strict):
     """An evaluation set the generated data must not leak into (``decontamination.eval_sets``)."""
 
@@ -481,12 +556,7 @@ class EvalSetSpec(_Strict):
     @field_validator("path")
     @classmethod
     def _inside_specs(cls, path: str) -> str:
-        parts = Path(path.replace("\\", "/")).parts
-        if Path(path).is_absolute() or path.startswith(("/", "\\", "~")) or ".." in parts:
-            raise ValueError(
-                f"must be a path inside the specs folder (no absolute path, '~' or '..'), got {path!r}"
-            )
-        return path
+        return _inside_specs_folder(path, "decontamination.eval_sets[].path")
 
 
 class DecontaminationSpec(_Strict):
@@ -538,11 +608,26 @@ class DomainSpec(_Strict):
     timeseries: TimeseriesSpec | None = None
     events: EventsSpec | None = None
     decontamination: DecontaminationSpec = Field(default_factory=DecontaminationSpec)
+    # type tool-use: the tools (fields are then the trace's: request, tool_calls, answer).
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=20)
 
     @property
     def statistical(self) -> bool:
         """A time-series or events domain: made by a statistical generator, not by examples."""
         return self.type in STATISTICAL_TYPES
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_use_fields(cls, data: Any) -> Any:
+        """A tool-use spec's fields are its traces' (request, tool_calls, answer), filled in here."""
+        kind = data.get("type") if isinstance(data, dict) else None
+        if (
+            isinstance(kind, str)
+            and kind.strip().lower().replace("_", "-") == "tool-use"
+            and not data.get("fields")
+        ):
+            return {**data, "fields": TOOL_USE_FIELDS}
+        return data
 
     @field_validator("type", mode="before")
     @classmethod
@@ -581,6 +666,18 @@ class DomainSpec(_Strict):
             raise ValueError("type timeseries needs a timeseries section (see the timeseries template)")
         if self.type == "events" and self.events is None:
             raise ValueError("type events needs an events section (see the events template)")
+        if self.type == "tool-use":
+            if not self.tools:
+                raise ValueError("type tool-use needs tools: at least one (see the tool-use template)")
+            names = [t.name for t in self.tools]
+            if len(set(names)) != len(names):
+                raise ValueError(f"tools: each name must be unique; got {names}")
+            if set(self.fields) != set(TOOL_USE_FIELDS):
+                raise ValueError(
+                    f"a tool-use spec's fields are its traces' ({', '.join(TOOL_USE_FIELDS)}): leave them out"
+                )
+        elif self.tools:
+            raise ValueError("tools: only a spec of type tool-use calls tools")
         if not self.statistical and not self.fields:
             raise ValueError("fields: at least one field is required for an example type")
         for name in self.fields:
