@@ -100,18 +100,18 @@ GOOD = {
     "tool_calls": [
         {
             "name": "sql_query",
-            "arguments": json.dumps({"query": "select name, price from products where price < 30"}),
+            "arguments": {"query": "select name, price from products where price < 30"},
         },
-        {"name": "calculator", "arguments": json.dumps({"expression": "27.75 * 2"})},
+        {"name": "calculator", "arguments": {"expression": "27.75 * 2"}},
     ],
 }
 BAD_ARGUMENTS = {
     "request": "How much is two plus two, please?",
-    "tool_calls": [{"name": "calculator", "arguments": json.dumps({"formula": "2+2"})}],
+    "tool_calls": [{"name": "calculator", "arguments": {"formula": "2+2"}}],
 }
 FAILS = {
     "request": "List every row of the suppliers table.",
-    "tool_calls": [{"name": "sql_query", "arguments": json.dumps({"query": "select * from suppliers"})}],
+    "tool_calls": [{"name": "sql_query", "arguments": {"query": "select * from suppliers"}}],
 }
 
 

@@ -159,7 +159,7 @@ def item_schema(spec: DomainSpec, item: PlannedItem) -> dict[str, Any]:
     Built once per spec and narrowing (pydantic's schema generation costs about a millisecond, on
     the provider's event loop, for every item otherwise); callers must not modify it."""
     if spec.type == "tool-use":  # the first step of a trace: the request and its calls
-        return tool_traces.plan_model(spec).model_json_schema()
+        return tool_traces.plan_schema(spec)
     narrowed = narrowed_enums(spec, item.conditions, item.complexity)
     key = (id(spec), json.dumps(narrowed, sort_keys=True, default=str))
     entry = _ITEM_SCHEMAS.get(key)

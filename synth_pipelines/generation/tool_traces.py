@@ -1,7 +1,8 @@
 """Tool-call traces (``type: tool-use``) in three steps per planned item:
 
 1. the generator writes the user's request and the tool calls that answer it (the *plan*, a
-   bounded JSON schema: at most three calls, arguments as a JSON string of at most 300 characters);
+   bounded JSON schema: at most three calls, each one of the tools with that tool's own arguments
+   schema, so a constrained decoder writes arguments of the right shape);
 2. every call is checked against its tool's argument schema and run for real
    (``tooluse.tools.ToolSet.call``); a refused or failing call ends the trace as a failed row whose
    error names the call and why (``failure_kind`` ``tool_schema`` or ``tool_execution``);
@@ -43,7 +44,7 @@ def _plan_model(tool_names: tuple[str, ...]) -> type[BaseModel]:
     call = create_model(
         "ToolCall",
         name=(Literal[tool_names], ...),  # type: ignore[arg-type]
-        arguments=(str, Field(max_length=300, description="a JSON object of the tool's arguments")),
+        arguments=(dict[str, Any], ...),
     )
     return create_model(
         "ToolPlan",
@@ -53,8 +54,48 @@ def _plan_model(tool_names: tuple[str, ...]) -> type[BaseModel]:
 
 
 def plan_model(spec: DomainSpec) -> type[BaseModel]:
-    """What the generator writes first: the request and its calls (tool names as an enum)."""
+    """What the generator's first reply is read into: the request and its calls. Each call's
+    arguments are checked against its own tool's schema when it runs (``ToolSet.call``)."""
     return _plan_model(tuple(t.name for t in spec.tools))
+
+
+def plan_schema(spec: DomainSpec) -> dict[str, Any]:
+    """The JSON schema sent for the plan: each call is one of the tools, its ``arguments`` that
+    tool's own parameters schema (so a constrained decoder writes valid arguments), every string
+    and array bounded (a tiny model otherwise runs on forever)."""
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": [t.name]}, "arguments": _bounded(t.parameters)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in spec.tools
+    ]
+    return {
+        "title": "ToolPlan",
+        "type": "object",
+        "properties": {
+            "request": {"type": "string", "minLength": 10, "maxLength": 300},
+            "tool_calls": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"anyOf": variants}},
+        },
+        "required": ["request", "tool_calls"],
+        "additionalProperties": False,
+    }
+
+
+def _bounded(schema: Any) -> Any:
+    """``schema`` with a maxLength on every string and a maxItems on every array that lacks one."""
+    if isinstance(schema, list):
+        return [_bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _bounded(v) for k, v in schema.items()}
+    if out.get("type") == "string":
+        out.setdefault("maxLength", 300)
+    if out.get("type") == "array":
+        out.setdefault("maxItems", 10)
+    return out
 
 
 def plan_guide(spec: DomainSpec) -> str:
@@ -66,7 +107,7 @@ def plan_guide(spec: DomainSpec) -> str:
     return (
         "- request: what a user asks, which these tools can answer (one or two sentences)\n"
         "- tool_calls: one to three calls that answer it; each has name (one of the tools) and "
-        "arguments (a JSON object as text, matching the tool's arguments)\n"
+        "arguments (matching the tool's arguments)\n"
         f"Tools:\n{tools}"
     )
 
@@ -112,7 +153,8 @@ async def finish_trace(
     calls: list[CallOutcome] = []
     for k, call in enumerate(written["tool_calls"], start=1):
         # In a worker thread: a call is a subprocess, and the event loop serves other items meanwhile.
-        outcome = await asyncio.to_thread(tools.call, call["name"], call["arguments"])
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        outcome = await asyncio.to_thread(tools.call, call["name"], arguments)
         if outcome.error is not None:
             verb = "refused" if outcome.kind == "schema" else "failed"
             return Trace(
