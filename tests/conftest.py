@@ -172,6 +172,7 @@ SLOW_TESTS = {
     "test_the_pipeline_drops_a_leaked_example_or_flags_it_and_the_check_blocks",
     "test_the_exported_file_loads_with_datasets_and_trains_minilm_for_two_steps",
     "test_the_pipeline_records_real_results_rejects_failed_traces_and_exports_openai_tool_calls",
+    "test_tools_imported_from_this_projects_mcp_server_are_called_for_real",
     "test_two_workers_under_a_shared_rpm_limit_never_exceed_it_at_the_endpoint",
     "test_a_domain_end_to_end_through_the_openai_profile",
     "test_backfill_runs_queue_for_the_pool_in_the_daemon",

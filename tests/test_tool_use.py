@@ -187,3 +187,37 @@ def test_the_pipeline_records_real_results_rejects_failed_traces_and_exports_ope
     assert [m["tool_call_id"] for m in messages[3:5]] == call_ids
     assert json.loads(messages[3]["content"])["rows"] == [["Water Filter Bottle", 27.75]]
     assert float(messages[4]["content"]) == 55.5
+
+
+def test_tools_imported_from_this_projects_mcp_server_are_called_for_real(
+    tmp_path: Path, schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/list of `synth mcp` gives spec declarations; a trace's call is a real tools/call."""
+    import yaml
+
+    from synth_pipelines.spec.loading import discover_specs
+    from synth_pipelines.spec.model import McpToolSource
+    from synth_pipelines.tooluse.mcp_tools import list_tools
+
+    monkeypatch.setenv("SYNTH_SCHEMAS", str(schemas_dir))
+    monkeypatch.setenv("SYNTH_WAREHOUSE", str(tmp_path / "wh"))
+    imported = list_tools(McpToolSource(server="synth"), schemas_dir)
+    names = {e["name"] for e in imported}
+    assert {"synth_list_domains", "synth_status", "synth_search"} <= names
+    data = yaml.safe_load((schemas_dir / f"{DOMAIN}.yaml").read_text())
+    data["tools"] = [e for e in imported if e["name"] in ("synth_list_domains", "synth_status")]
+    (schemas_dir / f"{DOMAIN}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    tools = ToolSet(_spec(schemas_dir), schemas_dir)  # the declarations are a valid spec as-is
+    listed = tools.call("synth_list_domains", "{}")
+    assert listed.error is None
+    assert {d["domain"] for d in json.loads(listed.result or "")["domains"]} == set(
+        discover_specs(schemas_dir)
+    )
+    status = tools.call("synth_status", json.dumps({"domain": "api_development"}))
+    assert status.error is None and json.loads(status.result or "")["domain"]["domain"] == "api_development"
+    refused = tools.call("synth_status", json.dumps({"domain": 7}))
+    assert refused.kind == "schema"  # checked against the server's own input schema, before calling
+    unknown = tools.call("synth_status", json.dumps({"domain": "no_such_domain"}))
+    assert unknown.kind == "execution" and "no_such_domain" in (unknown.error or "")
+    with pytest.raises(ValueError, match="inside the specs folder"):
+        McpToolSource(server="../elsewhere.py")

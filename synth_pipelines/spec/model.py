@@ -479,23 +479,48 @@ def _inside_specs_folder(path: str, key: str) -> str:
     return path
 
 
+class McpToolSource(_Strict):
+    """A tool served by an MCP server (``tools/call`` over stdio): this project's own ``synth mcp``
+    (``server: synth``) or a Python script inside the specs folder."""
+
+    server: str = Field(min_length=1, max_length=500)
+    tool: str | None = Field(
+        default=None, max_length=128, description="the server's name for it (default: name)"
+    )
+
+    @field_validator("server")
+    @classmethod
+    def _server_inside_specs(cls, server: str) -> str:
+        return server if server == "synth" else _inside_specs_folder(server, "tools[].mcp.server")
+
+
 class ToolSpec(_Strict):
     """A tool the generator may call in a ``tool-use`` domain: a Python function in a file inside the
-    specs folder, run for real in a resource-limited subprocess for every call."""
+    specs folder, run for real in a resource-limited subprocess for every call, or a tool of an MCP
+    server (``mcp``), called for real over the protocol."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     description: str = Field(min_length=1, max_length=500)
     # JSON schema of the arguments object (validated before the tool runs).
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    module: str = Field(min_length=1, max_length=500)
+    module: str | None = Field(default=None, min_length=1, max_length=500)
     function: str = Field(default="run", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    mcp: McpToolSource | None = None
     timeout_s: float = Field(default=5.0, gt=0, le=60)
     memory_mb: int = Field(default=256, ge=32, le=4096)
 
     @field_validator("module")
     @classmethod
-    def _module_inside_specs(cls, module: str) -> str:
-        return _inside_specs_folder(module, "tools[].module")
+    def _module_inside_specs(cls, module: str | None) -> str | None:
+        return None if module is None else _inside_specs_folder(module, "tools[].module")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ToolSpec:
+        if (self.module is None) == (self.mcp is None):
+            raise ValueError(
+                f"tools[{self.name}]: give exactly one of module (a Python file) or mcp (a server)"
+            )
+        return self
 
     @field_validator("parameters")
     @classmethod

@@ -11,7 +11,8 @@ import jsonschema
 from pydantic import BaseModel
 
 from synth_pipelines.spec.model import DomainSpec, ToolSpec
-from synth_pipelines.tooluse.sandbox import ToolRun, run_tool
+from synth_pipelines.tooluse.mcp_tools import McpError, call_tool, server_command
+from synth_pipelines.tooluse.sandbox import run_tool
 
 
 class ToolError(ValueError):
@@ -33,8 +34,15 @@ class ToolSet:
 
     def __init__(self, spec: DomainSpec, specs_dir: Path | str):
         self.spec = spec
+        self.specs_dir = specs_dir
         self.tools = {t.name: t for t in spec.tools}
-        self.files = {t.name: tool_file(specs_dir, t) for t in spec.tools}
+        self.files = {t.name: tool_file(specs_dir, t) for t in spec.tools if t.module is not None}
+        for tool in spec.tools:  # an MCP server's command is checked now, not at the first call
+            if tool.mcp is not None:
+                try:
+                    server_command(tool.mcp, specs_dir)
+                except McpError as e:
+                    raise ToolError(f"tools[{tool.name}]: {e}") from None
 
     def call(self, name: str, arguments: str) -> CallOutcome:
         """Check the model's call and run it; never raises for what the model got wrong."""
@@ -64,9 +72,14 @@ class ToolSet:
             return CallOutcome(
                 name=name, arguments=arguments, kind="schema", error=f"{where}: {problem.message}"
             )
-        run: ToolRun = run_tool(
-            self.files[name], tool.function, parsed, timeout_s=tool.timeout_s, memory_mb=tool.memory_mb
-        )
+        if tool.mcp is not None:
+            run = call_tool(
+                tool.mcp, tool.mcp.tool or tool.name, parsed, self.specs_dir, timeout_s=tool.timeout_s
+            )
+        else:
+            run = run_tool(
+                self.files[name], tool.function, parsed, timeout_s=tool.timeout_s, memory_mb=tool.memory_mb
+            )
         if not run.ok:
             return CallOutcome(name=name, arguments=arguments, kind="execution", error=run.error)
         return CallOutcome(name=name, arguments=json.dumps(parsed, sort_keys=True), result=run.text())
@@ -75,7 +88,7 @@ class ToolSet:
 def tool_file(specs_dir: Path | str, tool: ToolSpec) -> Path:
     """The tool's Python file, which must exist inside the specs folder (symlinks resolved)."""
     root = Path(specs_dir).resolve()
-    path = (root / tool.module).resolve()
+    path = (root / str(tool.module)).resolve()
     if root not in path.parents:
         raise ToolError(
             f"tools[{tool.name}].module {tool.module!r} leaves the specs folder {root}; keep tools inside it"
