@@ -175,6 +175,13 @@ def test_the_pipeline_records_real_results_rejects_failed_traces_and_exports_ope
         and "no such table: suppliers" in reasons["tool_execution"]
     )
 
+    rejected_after_generation = duckdb.sql(
+        f"select fail_stage, fail_reasons from read_parquet('{warehouse}/rejected_examples/*/*.parquet') "
+        "where fail_stage != 'generation'"
+    ).fetchall()
+    validated = duckdb.sql(f"select count(*) from read_parquet('{warehouse}/validated_examples/*/*.parquet')")
+    assert validated.fetchall()[0][0] >= 1, rejected_after_generation  # complete traces pass
+
     wh = Warehouse(str(warehouse))
     spec = wh.materialized_spec(DOMAIN)
     assert spec is not None
