@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-RESULT_CHARS = 4000  # a result longer than this is cut (the trace stores it as text)
+RESULT_CHARS = 4000  # the longest result a trace stores (as text); a longer one fails the call
 
 _RUNNER = r"""
 import importlib.util, json, os, resource, sys
@@ -59,8 +59,18 @@ class ToolRun(BaseModel):
         """The result as the trace stores it and the model reads it."""
         if not self.ok:
             return f"error: {self.error}"
-        value = self.result if isinstance(self.result, str) else json.dumps(self.result, ensure_ascii=False)
-        return value[:RESULT_CHARS]
+        return self.result if isinstance(self.result, str) else json.dumps(self.result, ensure_ascii=False)
+
+    def within_limit(self) -> ToolRun:
+        """This run, or a failed one when its result is too long to store whole: a cut JSON result
+        would be a broken ``tool`` message in the training data."""
+        if self.ok and len(self.text()) > RESULT_CHARS:
+            return ToolRun(
+                ok=False,
+                error=f"the result has {len(self.text()):,} characters, over the {RESULT_CHARS:,} a trace "
+                "stores; ask for less (a narrower query, fewer rows)",
+            )
+        return self
 
 
 def run_tool(

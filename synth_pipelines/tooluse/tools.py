@@ -80,6 +80,7 @@ class ToolSet:
             run = run_tool(
                 self.files[name], tool.function, parsed, timeout_s=tool.timeout_s, memory_mb=tool.memory_mb
             )
+        run = run.within_limit()
         if not run.ok:
             return CallOutcome(name=name, arguments=arguments, kind="execution", error=run.error)
         return CallOutcome(name=name, arguments=json.dumps(parsed, sort_keys=True), result=run.text())
