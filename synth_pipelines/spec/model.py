@@ -671,14 +671,8 @@ class DomainSpec(_Strict):
         """A spec runs code only from its own folder: ``program.module`` is a relative path that
         stays inside it (``ProgramSpec.module_file`` also resolves symlinks when it is used). A
         program named on the command line (``synth train FILE``) is the user's own choice."""
-        module = program.module if program is not None else None
-        if module is not None:
-            parts = Path(module.replace("\\", "/")).parts
-            if Path(module).is_absolute() or module.startswith(("/", "\\", "~")) or ".." in parts:
-                raise ValueError(
-                    f"program.module must be a path inside the specs folder (no absolute path, '~' or "
-                    f"'..'), got {module!r}"
-                )
+        if program is not None and program.module is not None:
+            _inside_specs_folder(program.module, "program.module")
         return program
 
     @model_validator(mode="after")
