@@ -8,8 +8,9 @@ on two:
 
 * two domains at once, as a backfill does: with one worker the two runs' steps queue for the one
   slot; with two they run side by side;
-* one domain whose generation is split into four shards (``ops.raw_generations.config.shards``):
-  the shard steps spread over the workers; validation, embeddings and the program stay one step.
+* one domain whose generation and judging are split into four shards
+  (``ops.raw_generations.config.shards`` and ``ops.validated_examples.config.shards``): the shard
+  steps spread over the workers; embeddings, the index and the program stay one step.
 
 The last lines are::
 
@@ -52,6 +53,7 @@ domain, target, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ops = {"problem_matrix": {"config": {"target_count": target}}}
 if shards > 1:
     ops["raw_generations"] = {"config": {"shards": shards}}
+    ops["validated_examples"] = {"config": {"shards": shards}}
 with dg.DagsterInstance.get() as instance:
     result = dg.execute_job(
         dg.reconstructable(resolved_synth_domain_celery_job),
@@ -59,6 +61,9 @@ with dg.DagsterInstance.get() as instance:
         tags={"dagster/partition": domain},
         run_config={"ops": ops},
     )
+    stats = instance.get_run_step_stats(result.run_id)
+    steps = sorted((s.start_time or 0, s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in stats)
+    print("steps: " + ", ".join(f"{key} {secs:.1f}s" for _, key, secs in steps))
     sys.exit(0 if result.success else 1)
 """
 
@@ -166,6 +171,8 @@ def run_round(workers: int, base_url: str, domains: tuple[str, ...] = DOMAINS, s
                 output, _ = launch.communicate()
                 if launch.returncode != 0:
                     raise SystemExit(f"a synth_domain_celery run failed:\n{output.decode()[-4000:]}")
+                steps = [line for line in output.decode().splitlines() if line.startswith("steps: ")]
+                print(f"  {workers} worker(s): {steps[-1] if steps else 'no step timings'}", flush=True)
             return time.perf_counter() - started
     finally:
         for proc in procs:

@@ -175,12 +175,17 @@ def materialization_metadata(result: dg.ExecuteInJobResult) -> dict[str, dict[st
 
 
 def step_seconds(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> dict[str, float]:
-    """Wall seconds per step (asset or check) as the instance recorded them."""
-    return {
-        stat.step_key: round(stat.end_time - stat.start_time, 3)
-        for stat in instance.get_run_step_stats(result.run_id)
-        if stat.start_time is not None and stat.end_time is not None
-    }
+    """Wall seconds per asset or check as the instance recorded them. A graph-backed asset's steps
+    (``raw_generations.generate_shard[shard_0]``, ...) count as that asset, from its first step's
+    start to its last step's end (shards may run at once)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for stat in instance.get_run_step_stats(result.run_id):
+        if stat.start_time is None or stat.end_time is None:
+            continue
+        key = stat.step_key.split(".", 1)[0]  # an op inside a graph asset: "<asset>.<op>[...]"
+        start, end = spans.get(key, (stat.start_time, stat.end_time))
+        spans[key] = (min(start, stat.start_time), max(end, stat.end_time))
+    return {key: round(end - start, 3) for key, (start, end) in spans.items()}
 
 
 def run_report(

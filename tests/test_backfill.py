@@ -31,7 +31,7 @@ LOCATION = "synth_pipelines.definitions"
 POOL_STEPS = {
     "seed_problems",
     "raw_generations.generate_shard[shard_0]",
-    "validated_examples",
+    "validated_examples.judge_shard[shard_0]",
     "compiled_program",
 }
 IN_PROGRESS = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}

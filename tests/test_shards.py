@@ -1,20 +1,34 @@
-"""Shards of a domain's generation (issue 26): each item's shard follows from its id, the rows are
-the same whatever the shard count, and a failed shard leaves the others' rows for the rerun."""
+"""Shards of a domain's generation and validation (issue 26): each item's shard follows from its
+id, the rows are the same whatever the shard count, and a failed shard leaves the others' work for
+the rerun."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 import pytest
 
 from synth_pipelines.generation.generate_rows import GenerationShard, iter_plan_items, shard_items
 from synth_pipelines.generation.matrix import build_matrix
 from synth_pipelines.generation.seeds import build_seed_problems
+from synth_pipelines.llm.factory import build_client
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.spec.loading import load_spec
+from synth_pipelines.validation.apply_gates import (
+    JudgedCandidates,
+    finish_validation,
+    judge_candidates,
+    screen_candidates,
+    screen_examples,
+    validate_examples,
+)
+from synth_pipelines.warehouse.tables import RAW_GENERATIONS
 from tests.materialize import DOMAIN, materialize_domain, up_to
+from tests.scripted import ScriptedBackend, scripted_profile
 
 
 def _plan_ids(schemas_dir: Path, target: int) -> list[str]:
@@ -163,3 +177,155 @@ def test_shards_share_the_runs_budget(tmp_path: Path, scripted_schemas_dir: Path
     # With the whole budget each, every shard would stop only past 600 tokens: 1,800 or more in all
     # (24 rows hold about 2,400). Calls in flight when a share runs out still finish and are billed.
     assert meta["billed_tokens"] < 3 * 600
+
+
+# --- validation in shards -------------------------------------------------------------------------
+
+API_SPEC = Path(__file__).resolve().parent.parent / "schemas" / "api_development.yaml"
+TASKS = [
+    ("Remove the expired token of user {n}", "DELETE", "/users/{{id}}/tokens/{{token}}", "delete"),
+    ("List the open invoices of customer {n}", "GET", "/customers/{{id}}/invoices", "read"),
+    ("Create a webhook for order events of shop {n}", "POST", "/shops/{{id}}/webhooks", "create"),
+]
+
+
+def _validation_raw(n: int) -> pa.Table:
+    """``n`` raw rows: every fifth repeats an earlier row of its task (an exact duplicate whose first
+    copy may sit in another shard); every seventh uses a method its operation forbids (SQL rules)."""
+    rows = []
+    for i in range(n):
+        task, method, endpoint, operation = TASKS[i % 3]
+        number = 0 if i % 5 == 0 else i
+        rows.append(
+            {
+                "example_id": f"e{i}",
+                "status": "ok",
+                "problem": task.format(n="N"),
+                "conditions_json": json.dumps({"operation": operation}),
+                "complexity": "simple",
+                "example_json": json.dumps(
+                    {
+                        "task": task.format(n=number),
+                        "method": "PUT" if i % 7 == 3 else method,
+                        "endpoint": endpoint.format(),
+                        "explanation": f"Calls {endpoint.format()} with {method} for case {number}.",
+                    }
+                ),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=RAW_GENERATIONS)
+
+
+def _without_clock(table: pa.Table) -> list[dict]:
+    return sorted(table.drop_columns(["validated_at"]).to_pylist(), key=lambda r: r["example_id"])
+
+
+def test_judging_in_shards_gives_exactly_the_outcome_of_one_pass() -> None:
+    spec = load_spec(API_SPEC).spec.with_panel(0.5, "p", field_agreement=-1.0)[0]
+    profile = scripted_profile()
+    validators = list(profile.roles.validators)
+
+    def client():  # type: ignore[no-untyped-def]
+        built = build_client(profile, None)
+        built.backends.update({name: ScriptedBackend(name) for name in profile.models})  # random scores
+        return built
+
+    raw = _validation_raw(40)
+    single = validate_examples(spec, raw, client(), validators, early_stop=False)
+    screening = screen_examples(spec, raw)
+    assert 0 < len(screening.candidates) < 40 and {"dedup", "rules"} <= set(filter(None, screening.stage))
+    parts = []
+    for k in range(3):
+        shard = GenerationShard(index=k, of=3)
+        ids = [e for e in screening.candidate_ids() if shard.holds(e)]
+        assert ids  # each shard judges some candidates
+        parts.append(judge_candidates(spec, screen_candidates(spec, raw, ids), client(), validators,
+                                      early_stop=False))  # fmt: skip
+    sharded = finish_validation(spec, raw, screen_examples(spec, raw), JudgedCandidates.merged(parts))
+    assert single.accepted.num_rows > 0 and single.stage_counts["consensus"] > 0
+    assert _without_clock(sharded.accepted) == _without_clock(single.accepted)
+    assert _without_clock(sharded.rejected) == _without_clock(single.rejected)
+    # A shard's verdicts missing at publish is an error, never rows silently accepted or dropped.
+    with pytest.raises(ValueError, match="neither a verdict"):
+        finish_validation(spec, raw, screen_examples(spec, raw), JudgedCandidates.merged(parts[:2]))
+    # Candidates that no longer pass (raw changed between the steps) are refused by the shard.
+    with pytest.raises(ValueError, match="raw_generations changed"):
+        screen_candidates(spec, raw, ["e1", "e3"])  # e3 breaks a rule (PUT for a delete)
+
+
+def _validated(warehouse: Path) -> list[tuple]:
+    glob = f"{warehouse}/validated_examples/*/*.parquet"
+    return duckdb.sql(
+        f"select example_id, example_json, consensus, validator_scores, replaced_example_ids "
+        f"from read_parquet('{glob}', hive_partitioning=true) order by example_id"
+    ).fetchall()
+
+
+def test_a_domain_validated_in_three_shards_matches_one_and_a_failed_shard_reruns_only_its_calls(
+    tmp_path: Path, scripted_schemas_dir: Path, scripted_backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    module = importlib.import_module("synth_pipelines.assets.validated_examples")
+    assets = up_to("validated_examples")
+    one = materialize_domain(assets, tmp_path / "one", scripted_schemas_dir, target=12,
+                             op_config={"validated_examples": {"early_stop": False}})  # fmt: skip
+    broken = GenerationShard(index=1, of=3)
+    original = module.judge_candidates
+    outage = {"on": True, "judged": 0}
+
+    def one_verdict_then_an_outage(spec, screening, client, judges, **kwargs):  # type: ignore[no-untyped-def]
+        ids = screening.candidate_ids()
+        if outage["on"] and ids and broken.holds(ids[0]):
+            screening.candidates = screening.candidates[:1]
+            outage["judged"] = len(ids)
+            original(spec, screening, client, judges, **kwargs)
+            raise ProviderError("smollm2-135m", "HTTP 503: the judges went down", kind="http")
+        return original(spec, screening, client, judges, **kwargs)
+
+    monkeypatch.setattr(module, "judge_candidates", one_verdict_then_an_outage)
+    warehouse, config = tmp_path / "three", {"validated_examples": {"shards": 3, "early_stop": False}}
+    first = materialize_domain(assets, warehouse, scripted_schemas_dir, target=12, op_config=config,
+                               raise_on_error=False)  # fmt: skip
+    assert not first.success and outage["judged"] > 1
+    failed = [e.step_key for e in first.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failed == ["validated_examples.judge_shard[shard_1]"]
+    assert not list(warehouse.glob("validated_examples/*/*.parquet"))  # nothing half-published
+    before = sum(b.calls for b in scripted_backends.values())
+
+    outage["on"] = False
+    again = materialize_domain(assets, warehouse, scripted_schemas_dir, target=12, op_config=config)
+    judge_calls = sum(b.calls for b in scripted_backends.values()) - before
+    # Generation and the healthy shards' verdicts come from the response cache: the rerun pays two
+    # judges for each of the broken shard's candidates but the one it had judged.
+    assert judge_calls == 2 * (outage["judged"] - 1)
+    steps = {e.step_key for e in again.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
+    assert {f"validated_examples.judge_shard[shard_{k}]" for k in range(3)} <= steps
+    meta, single = _meta(again, "validated_examples"), _meta(one, "validated_examples")
+    assert meta["shards"] == 3 and single["shards"] == 1
+    assert meta["rows"] == single["rows"] > 0 and meta["input_rows"] == 12
+    assert _validated(warehouse) == _validated(tmp_path / "one")
+
+
+def test_a_sharded_assets_seconds_span_its_steps_in_the_run_report() -> None:
+    """``synth generate --report`` and bench-scale read per-asset seconds: a graph-backed asset's
+    steps count as the asset, from the first start to the last end (shards overlap)."""
+    from types import SimpleNamespace
+
+    from synth_pipelines.runner import step_seconds
+
+    stats = [
+        ("raw_generations.plan_generation_shards", 10.0, 10.5),
+        ("raw_generations.generate_shard[shard_0]", 10.5, 20.0),
+        ("raw_generations.generate_shard[shard_1]", 10.6, 25.0),
+        ("raw_generations.publish_generations", 25.0, 26.0),
+        ("validated_examples_schema_compliance", 40.0, 41.5),
+        ("example_embeddings", 30.0, None),  # still running: no end, left out
+    ]
+    instance = SimpleNamespace(
+        get_run_step_stats=lambda run_id: [
+            SimpleNamespace(step_key=k, start_time=s, end_time=e) for k, s, e in stats
+        ]
+    )
+    seconds = step_seconds(instance, SimpleNamespace(run_id="r"))  # type: ignore[arg-type]
+    assert seconds == {"raw_generations": 16.0, "validated_examples_schema_compliance": 1.5}

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import dagster as dg
 import duckdb
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from synth_pipelines.assets._common import (
     PIPELINE_GROUP,
@@ -18,6 +18,14 @@ from synth_pipelines.assets._common import (
     provider_failure,
     record_spend,
     require_upstream,
+)
+from synth_pipelines.assets._shards import (
+    ShardUsage,
+    longest_shard_s,
+    merged_totals,
+    per_shard,
+    split_budget,
+    summed_progress,
 )
 from synth_pipelines.assets.problems import problem_matrix
 from synth_pipelines.assets.spec_file import domain_spec_file
@@ -33,8 +41,7 @@ from synth_pipelines.generation.generate_rows import (
 from synth_pipelines.generation.matrix import MatrixCell
 from synth_pipelines.generation.seeds import SeedProblem
 from synth_pipelines.llm.backends import ProviderConfigError
-from synth_pipelines.llm.client import LLMClient
-from synth_pipelines.llm.types import ProviderError, UsageTotals
+from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
@@ -104,16 +111,10 @@ def _fan_out_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class ShardReport(BaseModel):
-    """What one shard's step did, handed to the publishing step (a small pickled value)."""
+class ShardReport(ShardUsage):
+    """What one generation shard did, handed to the publishing step."""
 
-    shard: GenerationShard
     outcome: GenerationOutcome
-    totals: dict[str, Any]
-    concurrency: int
-    gate_stats: dict[str, Any]
-    prefetched: dict[str, Any]
-    progress: dict[str, Any]
 
 
 class DomainPlan(NamedTuple):
@@ -133,31 +134,6 @@ def _domain_plan(wh: Warehouse, domain: str) -> DomainPlan:
     ]
     seeds = [SeedProblem(**r) for r in require_upstream(wh, "seed_problems", domain).to_pylist()]
     return DomainPlan(spec, cells, seeds)
-
-
-def _split_budget(client: LLMClient, shard: GenerationShard) -> None:
-    """Each shard spends its share of the run's budget: shards run at once, perhaps on other
-    machines, with no ledger between them, so equal shares keep the sum within the budget."""
-    if shard.of > 1 and client.budget_usd is not None:
-        client.budget_usd = client.budget_usd / shard.of
-    if shard.of > 1 and client.budget_tokens is not None:
-        client.budget_tokens = client.budget_tokens // shard.of
-
-
-def _merged_totals(reports: list[ShardReport]) -> UsageTotals:
-    """The shards' usage as one client's would have been."""
-    total = UsageTotals()
-    for report in reports:
-        part = report.totals
-        for name in ("calls", "model_calls", "probe_calls", "billed_tokens", "cache_hits", "failures",
-                     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"):  # fmt: skip
-            setattr(total, name, getattr(total, name) + part[name])
-        for model, figures in part["per_model"].items():
-            into = total.per_model.setdefault(model, dict.fromkeys(figures, 0))
-            for key, value in figures.items():
-                into[key] = into.get(key, 0) + value
-        total.structured_output.update(part["structured_output"])
-    return total
 
 
 def _partition_summary(path: Any) -> dict[str, Any]:
@@ -219,7 +195,7 @@ def generate_shard(
     plan = _domain_plan(wh, domain)
     planned = sum(1 for _ in shard_items(plan.items(domain), shard))
     client = llm.client(wh.cache_path)
-    _split_budget(client, shard)
+    split_budget(client, shard)
     sink = InflightRows(wh.inflight_dir("raw_generations", domain), RAW_GENERATIONS)
     progress = Progress(
         wh.progress_path(domain, shard.index if shard.of > 1 else None),
@@ -304,12 +280,10 @@ def publish_generations(
     usage = record_spend(
         context,
         wh,
-        _merged_totals(reports),
+        merged_totals(reports),
         units=generated,
         fresh_units=sum(o.fresh for o in outcomes),
-        # Shards may have run in other processes (their clocks are not this one's): the wall time is
-        # the longest shard's plus this step's.
-        started=started - max(r.progress.get("elapsed_s", 0.0) for r in reports),
+        started=started - longest_shard_s(reports),
         concurrency=max(r.concurrency for r in reports),
     )
     meta: dict[str, Any] = {
@@ -323,9 +297,9 @@ def publish_generations(
         "generated_now": generated,
         "stopped_reason": stopped or "",
         "failure_reasons": dg.MetadataValue.json(summary["failure_reasons"]),
-        "adaptive_concurrency": dg.MetadataValue.json(_per_shard(reports, "gate_stats")),
-        "embeddings_prefetched": dg.MetadataValue.json(_per_shard(reports, "prefetched")),
-        **_summed_progress(reports),
+        "adaptive_concurrency": dg.MetadataValue.json(per_shard(reports, "gate_stats")),
+        "embeddings_prefetched": dg.MetadataValue.json(per_shard(reports, "prefetched")),
+        **summed_progress(reports),
         **usage,
     }
     problems = []
@@ -360,24 +334,6 @@ def publish_generations(
         summary["preview"], ["example_id", "cell_id", "generator_model", "example_json"], limit=5, width=120
     )
     context.add_output_metadata(meta)
-
-
-def _per_shard(reports: list[ShardReport], field: str) -> dict[str, Any]:
-    """One shard: its figures as they were; several: keyed by shard."""
-    if len(reports) == 1:
-        return dict(getattr(reports[0], field))
-    return {r.shard.label: getattr(r, field) for r in reports}
-
-
-def _summed_progress(reports: list[ShardReport]) -> dict[str, Any]:
-    elapsed = max(r.progress.get("elapsed_s", 0.0) for r in reports)
-    done = sum(r.progress.get("progress_rows", 0) for r in reports)
-    return {
-        "progress_rows": done,
-        "progress_resumed_rows": sum(r.progress.get("progress_resumed_rows", 0) for r in reports),
-        "rows_per_s": round(done / elapsed, 3) if elapsed else 0.0,
-        "elapsed_s": elapsed,
-    }
 
 
 @dg.graph_asset(

@@ -1,11 +1,14 @@
 """validated_examples: every quality gate applied to the raw generations."""
 
 import time
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any, NamedTuple
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from synth_pipelines.assets._common import (
     PIPELINE_GROUP,
@@ -16,73 +19,159 @@ from synth_pipelines.assets._common import (
     record_spend,
     require_upstream,
 )
+from synth_pipelines.assets._shards import (
+    ShardUsage,
+    longest_shard_s,
+    merged_totals,
+    per_shard,
+    split_budget,
+    summed_progress,
+)
 from synth_pipelines.assets.raw_generations import raw_generations
 from synth_pipelines.assets.spec_file import domain_review_calibration, domain_spec_file
+from synth_pipelines.generation.generate_rows import GenerationShard
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.partitions import domain_partitions
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
 from synth_pipelines.resources.pools import LLM_POOL
-from synth_pipelines.validation.apply_gates import ValidationOutcome, texts_to_prefetch, validate_examples
+from synth_pipelines.spec.model import DomainSpec
+from synth_pipelines.validation.apply_gates import (
+    JudgedCandidates,
+    ValidationOutcome,
+    finish_validation,
+    judge_candidates,
+    screen_candidates,
+    screen_examples,
+    texts_to_prefetch,
+)
 from synth_pipelines.validation.consensus import resolve_judges
-from synth_pipelines.validation.decontamination import build_index, decontamination_summary
+from synth_pipelines.validation.decontamination import NgramIndex, build_index, decontamination_summary
 from synth_pipelines.validation.gates import judged_pass_rate
 from synth_pipelines.validation.memory import load_memory
 from synth_pipelines.warehouse.progress import Progress
 
 
 class ValidationConfig(dg.Config):
+    """``ops.validated_examples.config``: what a user sets; the graph hands each part to its step."""
+
     early_stop: bool = Field(default=True, description="Skip remaining judges once the outcome is decided.")
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Judge the domain's candidates in this many shards, each a step of its own (on "
+        "synth_domain_celery any worker runs each). A candidate's shard follows from its id alone, "
+        "as in raw_generations; the screening before the panel and the deduplication after it see "
+        "the whole domain, so the accepted rows are the same whatever the count.",
+    )
 
 
-@dg.asset(
-    partitions_def=domain_partitions,
-    pool=LLM_POOL,
-    group_name=PIPELINE_GROUP,
-    deps=[raw_generations, domain_spec_file, domain_review_calibration],
-    kinds={"parquet", "duckdb"},
+class ShardPlanConfig(dg.Config):
+    shards: int = 1
+
+
+class JudgeShardConfig(dg.Config):
+    early_stop: bool = True
+
+
+def _fan_out_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The one user-facing config, split over the graph's steps."""
+    user = ValidationConfig(**config)
+    return {
+        "plan_validation_shards": {"config": {"shards": user.shards}},
+        "judge_shard": {"config": {"early_stop": user.early_stop}},
+    }
+
+
+class ValidationShard(BaseModel):
+    """One shard's candidates: the example ids the screening passed that this shard holds."""
+
+    shard: GenerationShard
+    candidate_ids: list[str]
+
+
+class JudgeShardReport(ShardUsage):
+    """What one validation shard's judges said, handed to the publishing step."""
+
+    judged: JudgedCandidates
+
+
+class _Inputs(NamedTuple):
+    spec: DomainSpec
+    raw: pa.Table
+
+
+def _inputs(warehouse: WarehouseResource, domain: str) -> _Inputs:
+    wh = warehouse.get()
+    return _Inputs(load_materialized_spec(wh, domain), require_upstream(wh, "raw_generations", domain))
+
+
+def _eval_index(warehouse: WarehouseResource, spec: DomainSpec) -> NgramIndex:
+    try:
+        return build_index(warehouse.schemas_dir, spec.decontamination)
+    except ValueError as e:  # an eval set that cannot be read: says which
+        raise dg.Failure(description=str(e)) from e
+
+
+@dg.op(
+    ins={
+        "raw_generations": dg.In(dg.Nothing),
+        "domain_spec_file": dg.In(dg.Nothing),
+        "domain_review_calibration": dg.In(dg.Nothing),
+    },
+    out=dg.DynamicOut(ValidationShard),
 )
-def validated_examples(
-    context: dg.AssetExecutionContext,
-    config: ValidationConfig,
+def plan_validation_shards(
+    context: dg.OpExecutionContext, config: ShardPlanConfig, warehouse: WarehouseResource
+) -> Iterator[dg.DynamicOutput[ValidationShard]]:
+    """Screen every raw row (generation status, rule checks, SQL rules, exact duplicates,
+    decontamination: no model calls) and hand each shard the candidates it holds."""
+    spec, raw = _inputs(warehouse, context.partition_key)
+    screening = screen_examples(spec, raw, _eval_index(warehouse, spec))
+    ids = screening.candidate_ids()
+    context.log.info(
+        f"{len(ids)} of {screening.rows} rows passed the screening; judging them in {config.shards} shard(s)"
+    )
+    for index in range(config.shards):
+        shard = GenerationShard(index=index, of=config.shards)
+        yield dg.DynamicOutput(
+            ValidationShard(shard=shard, candidate_ids=[e for e in ids if shard.holds(e)]),
+            mapping_key=shard.label,
+        )
+
+
+@dg.op(pool=LLM_POOL)
+def judge_shard(
+    context: dg.OpExecutionContext,
+    config: JudgeShardConfig,
     warehouse: WarehouseResource,
     llm: LLMResource,
     embedder: EmbedderResource,
-) -> dg.MaterializeResult:
-    """Examples that passed every gate (grain: one row per accepted example).
-
-    Gates, in order: rule-based schema compliance and degenerate-text checks, the spec's SQL rules,
-    exact-duplicate removal on the spec's uniqueness fields, the on-topic gate (similarity of the
-    example to its problem, when the profile's calibration turns it on), the cross-field agreement
-    gate (two text fields of one example that talk about different things: ``inconsistent_fields``),
-    then multi-model validation (weighted consensus of the validator models against the spec's
-    threshold; skipped, and said so in the ``panel`` metadata, when the profile's calibration found
-    the panel adds no agreement: rows are then accepted unjudged, consensus null), then
-    near-duplicate removal, then the domain's memory: a new example within
-    ``memory_duplicate_threshold`` cosine of one accepted in an earlier run is rejected
-    (``memory_duplicate``). Accepted rows
-    keep their provenance and per-validator scores; rejected rows land in ``rejected_examples``
-    with stage and reasons (always written, even when nothing is accepted). Also written to the
-    DuckDB tables ``validated_examples`` and ``rejected_examples``. When no judge could score
-    anything because the validators' provider failed, the asset fails naming the cause and the
-    previous ``validated_examples`` partition stays. The CPU work overlaps the judge calls: the
-    embedding gates run chunk by chunk in a worker thread, each chunk's judges starting as soon as
-    it passed, and with those gates off a background thread embeds the examples for the memory gate
-    and ``example_embeddings`` (``embeddings_prefetched``).
-    """
-    started = time.monotonic()
-    domain = context.partition_key
+    planned: ValidationShard,
+) -> JudgeShardReport:
+    """The embedding gates and the judge panel over one shard's candidates. Judge replies go to the
+    response cache as they arrive, so a failed shard's rerun pays only for what it had not judged."""
+    domain, shard = context.partition_key, planned.shard
     wh = warehouse.get()
-    spec = load_materialized_spec(wh, domain)
-    raw = require_upstream(wh, "raw_generations", domain)
-    client = llm.client(wh.cache_path)
+    inputs = _inputs(warehouse, domain)
     try:
-        judges = resolve_judges(spec, client)
-        eval_index = build_index(warehouse.schemas_dir, spec.decontamination)
-    except ValueError as e:  # an unknown judge, or an eval set that cannot be read: says which
+        screening = screen_candidates(inputs.spec, inputs.raw, planned.candidate_ids)
+    except ValueError as e:
+        raise dg.Failure(
+            description=f"validated_examples for {domain!r} ({shard.label}): {e}. Rerun the whole asset."
+        ) from e
+    client = llm.client(wh.cache_path)
+    split_budget(client, shard)
+    try:
+        judges = resolve_judges(inputs.spec, client)
+    except ValueError as e:  # an unknown judge: says which
         raise dg.Failure(description=str(e)) from e
     progress = Progress(
-        wh.progress_path(domain), asset="validated_examples", domain=domain, total=raw.num_rows
+        wh.progress_path(domain, shard.index if shard.of > 1 else None),
+        asset="validated_examples",
+        domain=domain,
+        total=len(planned.candidate_ids),
     )
     # Examples' embeddings computed while the judges wait on the network (issue 25: overlap).
     prefetch = embedder.prefetcher(wh.embedding_cache_path)
@@ -90,11 +179,13 @@ def validated_examples(
         with prefetch:
             # Only what the cache lacks: most rows were embedded while they were generated.
             prefetch.submit(
-                embedder.uncached(texts_to_prefetch(spec, raw), cache_path=wh.embedding_cache_path)
+                embedder.uncached(
+                    texts_to_prefetch(inputs.spec, screening), cache_path=wh.embedding_cache_path
+                )
             )
-            outcome = validate_examples(
-                spec,
-                raw,
+            judged = judge_candidates(
+                inputs.spec,
+                screening,
                 client,
                 judges,
                 early_stop=config.early_stop,
@@ -102,18 +193,55 @@ def validated_examples(
                 similarity=lambda problems, texts: embedder.similarity(
                     problems, texts, cache_path=wh.embedding_cache_path
                 ),
-                memory=load_memory(wh, domain),
                 embed=lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path),
-                eval_index=eval_index,
             )
     except (ProviderError, ProviderConfigError) as e:
         raise provider_failure(
-            f"validating examples for {domain!r} (judge replies so far are cached; the previous "
-            "partition is unchanged)",
+            f"validating examples for {domain!r} ({shard.label} of {shard.of}; judge replies so far are "
+            "cached; the previous partition is unchanged)",
             e,
         ) from e
     finally:
         progress.finish()
+    return JudgeShardReport(
+        shard=shard,
+        judged=judged,
+        totals=asdict(client.totals),
+        concurrency=client.concurrency_for(j.model for j in judges),
+        gate_stats=client.gate_stats(),
+        prefetched=prefetch.stats(),
+        progress=progress.metadata(),
+    )
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def publish_validation(
+    context: dg.OpExecutionContext,
+    warehouse: WarehouseResource,
+    llm: LLMResource,
+    embedder: EmbedderResource,
+    reports: list[JudgeShardReport],
+) -> None:
+    """The shards' verdicts over the whole domain's screening, then the domain-wide gates (near
+    duplicates, memory), written as the partition."""
+    started = time.monotonic()
+    domain = context.partition_key
+    wh = warehouse.get()
+    spec, raw = _inputs(warehouse, domain)
+    eval_index = _eval_index(warehouse, spec)
+    reports = sorted(reports, key=lambda r: r.shard.index)
+    judges = resolve_judges(spec, llm.client(wh.cache_path))
+    try:
+        outcome = finish_validation(
+            spec,
+            raw,
+            screen_examples(spec, raw, eval_index),
+            JudgedCandidates.merged([r.judged for r in reports]),
+            memory=load_memory(wh, domain),
+            embed=lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path),
+        )
+    except ValueError as e:  # a shard's verdicts are missing: raw changed between the steps
+        raise dg.Failure(description=f"validated_examples for {domain!r}: {e}. Rerun the asset.") from e
     # The rejected rows are always written: they say why nothing (or little) got through.
     wh.write_dataset("rejected_examples", domain, outcome.rejected)
     cause = outcome.all_judges_failed_on_provider()
@@ -124,32 +252,79 @@ def validated_examples(
             "rejected_examples holds this run's rows. Fix the validator models' provider and rerun.",
         )
     path = wh.write_dataset("validated_examples", domain, outcome.accepted)
-    return dg.MaterializeResult(
-        metadata={
+    context.add_output_metadata(
+        {
             **_validation_metadata(
                 spec, raw.num_rows, outcome, judges, wh.threshold_source(domain, "panel") or ""
             ),
+            "shards": len(reports),
             "decontamination": dg.MetadataValue.json(
                 decontamination_summary(
                     spec.decontamination, eval_index, outcome.overlaps_by_eval_set, outcome.flagged
                 )
             ),
-            "adaptive_concurrency": dg.MetadataValue.json(client.gate_stats()),
-            "embeddings_prefetched": dg.MetadataValue.json(prefetch.stats()),
+            "adaptive_concurrency": dg.MetadataValue.json(per_shard(reports, "gate_stats")),
+            "embeddings_prefetched": dg.MetadataValue.json(per_shard(reports, "prefetched")),
             "path": dg.MetadataValue.path(str(path)),
-            **progress.metadata(),
+            **summed_progress(reports),
             # Units: raw rows; fresh: rows generated by a model call (their judge calls are new too).
             **record_spend(
                 context,
                 wh,
-                client.totals,
+                merged_totals(reports),
                 units=raw.num_rows,
                 fresh_units=int(pc.sum(pc.invert(raw.column("cache_hit"))).as_py() or 0),
-                started=started,
-                concurrency=client.concurrency_for(j.model for j in judges),
+                started=started - longest_shard_s(reports),
+                concurrency=max(r.concurrency for r in reports),
             ),
         }
     )
+
+
+@dg.graph_asset(
+    partitions_def=domain_partitions,
+    group_name=PIPELINE_GROUP,
+    ins={
+        "raw_generations": dg.AssetIn(key=raw_generations.key, dagster_type=dg.Nothing),
+        "domain_spec_file": dg.AssetIn(key=domain_spec_file.key, dagster_type=dg.Nothing),
+        "domain_review_calibration": dg.AssetIn(key=domain_review_calibration.key, dagster_type=dg.Nothing),
+    },
+    config=dg.ConfigMapping(config_fn=_fan_out_config, config_schema=ValidationConfig.to_config_schema()),
+    kinds={"parquet", "duckdb"},
+)
+def validated_examples(raw_generations: Any, domain_spec_file: Any, domain_review_calibration: Any) -> Any:
+    """Examples that passed every gate (grain: one row per accepted example).
+
+    Gates, in order: rule-based schema compliance and degenerate-text checks, the spec's SQL rules,
+    exact-duplicate removal on the spec's uniqueness fields, decontamination against the spec's
+    eval sets, the on-topic gate (similarity of the example to its problem, when the profile's
+    calibration turns it on), the cross-field agreement gate (two text fields of one example that
+    talk about different things: ``inconsistent_fields``), then multi-model validation (weighted
+    consensus of the validator models against the spec's threshold; skipped, and said so in the
+    ``panel`` metadata, when the profile's calibration found the panel adds no agreement: rows are
+    then accepted unjudged, consensus null), then near-duplicate removal, then the domain's memory:
+    a new example within ``memory_duplicate_threshold`` cosine of one accepted in an earlier run is
+    rejected (``memory_duplicate``). Accepted rows keep their provenance and per-validator scores;
+    rejected rows land in ``rejected_examples`` with stage and reasons (always written, even when
+    nothing is accepted). Also written to the DuckDB tables ``validated_examples`` and
+    ``rejected_examples``.
+
+    Steps: ``plan_validation_shards`` screens every row (no model calls), ``judge_shard[shard_k]``
+    runs the embedding gates and the panel over the candidates of one of ``shards`` shards (1 by
+    default; on ``synth_domain_celery`` any worker runs each), and ``publish_validation`` applies
+    the verdicts and the domain-wide gates and writes the partition. When no judge could score
+    anything because the validators' provider failed, the asset fails naming the cause and the
+    previous ``validated_examples`` partition stays. The CPU work overlaps the judge calls: the
+    embedding gates run chunk by chunk in a worker thread, each chunk's judges starting as soon as
+    it passed, and with those gates off a background thread embeds the examples for the memory gate
+    and ``example_embeddings`` (``embeddings_prefetched``).
+    """
+    shards = plan_validation_shards(
+        raw_generations=raw_generations,
+        domain_spec_file=domain_spec_file,
+        domain_review_calibration=domain_review_calibration,
+    )
+    return publish_validation(shards.map(judge_shard).collect())
 
 
 def _validation_metadata(

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
 
 from synth_pipelines.llm.client import LLMClient
 from synth_pipelines.llm.config import WeightedModel
@@ -84,49 +86,59 @@ def embedded_texts(spec: DomainSpec, example: dict[str, Any], problem: str) -> l
     return texts
 
 
-def texts_to_prefetch(spec: DomainSpec, raw: pa.Table) -> list[str]:
-    """What a background embedder can compute while the judges wait on the network: each good
-    row's example text (the memory gate and ``example_embeddings`` look it up). Empty when an
+def texts_to_prefetch(spec: DomainSpec, screening: Screening) -> list[str]:
+    """What a background embedder can compute while the judges wait on the network: each
+    candidate's example text (the memory gate and ``example_embeddings`` look it up). Empty when an
     embedding gate is on: its own worker embeds these texts chunk by chunk as judging goes."""
     if spec.validation.min_on_topic > -1 or spec.validation.min_field_agreement > -1:
         return []
-    cols = raw.select(["status", "example_json"]).to_pydict()
-    return [
-        example_text(json.loads(text))
-        for status, text in zip(cols["status"], cols["example_json"], strict=True)
-        if status == "ok" and text
-    ]
+    return [example_text(screening.examples[i] or {}) for i in screening.candidates]
 
 
-def validate_examples(
-    spec: DomainSpec,
-    raw: pa.Table,
-    client: LLMClient,
-    judges: list[WeightedModel],
-    *,
-    early_stop: bool = True,
-    progress: Progress | None = None,
-    similarity: Similarity | None = None,
-    memory: Memory | None = None,
-    embed: Embed | None = None,
-    eval_index: NgramIndex | None = None,
-) -> ValidationOutcome:
-    """Run every gate over ``raw`` (a ``raw_generations`` table). Judging runs on the client's pool;
-    a provider outage on every validator raises out of it (circuit open), never scores 0.
+@dataclass
+class Screening:
+    """The gates that need no model, over every row of a raw table: the generation's status, rule
+    checks, the spec's SQL rules, exact duplicates and decontamination. Deterministic, so each step
+    of a sharded validation that needs it computes the same one."""
 
-    ``similarity(problems, texts)`` gives the cosine similarity of each example's text to its
-    problem; it is needed when the spec's ``on_topic_threshold`` is on (above -1). ``embed`` is
-    needed when ``field_agreement_threshold`` is on. With the spec's panel off
-    (``validation.judges_run`` false) no judge is called and the candidates are accepted unjudged
-    (consensus null). ``memory`` (the
-    domain's earlier accepted examples) and ``embed`` (texts -> unit vectors) turn on the last
-    gate: a new example too close to a remembered one is a ``memory_duplicate``. ``eval_index``
-    (the spec's eval sets, see ``validation.decontamination``) rejects an example that shares a
-    word n-gram with one (stage ``decontamination``), before any judge is paid to score it; with
-    ``decontamination.action: flag`` the example stays and ``flagged`` names it."""
-    min_on_topic = spec.validation.min_on_topic
-    if min_on_topic > -1 and similarity is None:
-        raise ValueError("the spec's on_topic_threshold is on, but no similarity function was given")
+    cols: dict[str, list[Any]]
+    techniques: list[str]
+    stage: list[str | None]
+    reasons: list[list[str]]
+    examples: list[dict[str, Any] | None]
+    keys: list[str | None]
+    candidates: list[int]  # rows that passed: the panel judges these
+    flagged: dict[str, str] = field(default_factory=dict)
+    overlapping: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rows(self) -> int:
+        return len(self.stage)
+
+    def candidate_ids(self) -> list[str]:
+        return [self.cols["example_id"][i] for i in self.candidates]
+
+
+class JudgedCandidates(BaseModel):
+    """What the embedding gates and the panel said of some candidates, keyed by example id (the
+    value a validation shard hands to the publishing step)."""
+
+    verdicts: dict[str, Consensus] = Field(default_factory=dict)
+    # example id -> (stage, reason) of a candidate an embedding gate rejected before any judge call.
+    gated: dict[str, tuple[str, str]] = Field(default_factory=dict)
+
+    @classmethod
+    def merged(cls, parts: Sequence[JudgedCandidates]) -> JudgedCandidates:
+        out = cls()
+        for part in parts:
+            out.verdicts.update(part.verdicts)
+            out.gated.update(part.gated)
+        return out
+
+
+def screen_examples(spec: DomainSpec, raw: pa.Table, eval_index: NgramIndex | None = None) -> Screening:
+    """Every gate before the embedding gates and the panel, for every row of ``raw`` (see
+    :func:`validate_examples`)."""
     cols = raw.select(
         ["example_id", "status", "error", "example_json", "problem", "conditions_json", "complexity"]
     ).to_pydict()
@@ -169,25 +181,67 @@ def validate_examples(
             continue
         seen_keys[key] = cols["example_id"][i]
         candidates.append(i)
-    flagged: dict[str, str] = {}
-    overlapping: Counter[str] = Counter()
+    screening = Screening(cols, techniques, stage, reasons, examples, keys, candidates)
     if eval_index is not None and not eval_index.empty and candidates:
-        decon = spec.decontamination
-        overlaps = eval_index.find(
-            [example_text(examples[i] or {}, decon.fields or None) for i in candidates]
+        _decontaminate(spec, screening, eval_index)
+    return screening
+
+
+def screen_candidates(spec: DomainSpec, raw: pa.Table, candidate_ids: Sequence[str]) -> Screening:
+    """The screening of just ``candidate_ids`` (ids the whole domain's screening passed), as a
+    validation shard needs it: their rows screened again give the normalized examples the judges
+    read. Raises ValueError when they no longer pass (``raw`` changed since it was screened)."""
+    wanted = set(candidate_ids)
+    mine = raw.filter(pc.is_in(raw.column("example_id"), pa.array(sorted(wanted), pa.string())))
+    # The eval sets were checked on the whole domain already: flagged rows are candidates, dropped
+    # ones are not among the ids.
+    screening = screen_examples(spec, mine)
+    if set(screening.candidate_ids()) != wanted:
+        raise ValueError(
+            f"{len(wanted ^ set(screening.candidate_ids()))} of the shard's candidates no longer pass the "
+            "screening: raw_generations changed since it was screened"
         )
-        for i, overlap in zip(candidates, overlaps, strict=True):
-            if overlap is not None:
-                overlapping.update(overlap.sets)
-                reason = f"overlaps eval set {', '.join(overlap.sets)}: '{overlap.ngram}'"
-                if decon.action == "drop":
-                    stage[i], reasons[i] = "decontamination", [reason]
-                else:
-                    flagged[cols["example_id"][i]] = reason
-        candidates = [i for i in candidates if stage[i] is None]
+    return screening
+
+
+def _decontaminate(spec: DomainSpec, screening: Screening, eval_index: NgramIndex) -> None:
+    """Candidates sharing a word n-gram with an eval set: dropped (stage ``decontamination``) or
+    flagged, per ``decontamination.action``."""
+    decon, examples = spec.decontamination, screening.examples
+    candidates = screening.candidates
+    overlaps = eval_index.find([example_text(examples[i] or {}, decon.fields or None) for i in candidates])
+    for i, overlap in zip(candidates, overlaps, strict=True):
+        if overlap is not None:
+            screening.overlapping.update(overlap.sets)
+            reason = f"overlaps eval set {', '.join(overlap.sets)}: '{overlap.ngram}'"
+            if decon.action == "drop":
+                screening.stage[i], screening.reasons[i] = "decontamination", [reason]
+            else:
+                screening.flagged[screening.cols["example_id"][i]] = reason
+    screening.candidates = [i for i in candidates if screening.stage[i] is None]
+
+
+def judge_candidates(
+    spec: DomainSpec,
+    screening: Screening,
+    client: LLMClient,
+    judges: list[WeightedModel],
+    *,
+    early_stop: bool = True,
+    progress: Progress | None = None,
+    similarity: Similarity | None = None,
+    embed: Embed | None = None,
+) -> JudgedCandidates:
+    """The embedding gates (on topic, cross-field agreement) and the judge panel over the
+    screening's candidates. Judging runs on the client's pool; a provider outage on every
+    validator raises out of it (circuit open), never scores 0."""
+    min_on_topic = spec.validation.min_on_topic
+    if min_on_topic > -1 and similarity is None:
+        raise ValueError("the spec's on_topic_threshold is on, but no similarity function was given")
     min_agreement = spec.validation.min_field_agreement
     if min_agreement > -1 and embed is None:
         raise ValueError("the spec's field_agreement_threshold is on, but no embed function was given")
+    cols, examples, candidates = screening.cols, screening.examples, screening.candidates
 
     def embedding_gates(chunk: list[int]) -> dict[int, tuple[str, str]]:
         """On topic, then cross-field agreement, for a chunk of candidates: the rejected rows' stage
@@ -214,9 +268,6 @@ def validate_examples(
                     rejected[i] = ("inconsistent_fields", reason)
         return rejected
 
-    if progress is not None and n > len(candidates):
-        progress.advance(n - len(candidates))  # decided by the rules, no judge needed
-
     # The embedding gates run chunk by chunk in one worker thread, in order; a row's judges start as
     # soon as its chunk has passed, so the CPU work of chunk k+1 overlaps the judge calls of chunk k
     # (issue 25) instead of every embedding finishing before the first judge call.
@@ -237,7 +288,7 @@ def validate_examples(
             problem=cols["problem"][i],
             example=examples[i] or {},
             early_stop=early_stop,
-            extra_criteria=[ADVERSARIAL_CRITERION] if techniques[i] == "adversarial" else None,
+            extra_criteria=[ADVERSARIAL_CRITERION] if screening.techniques[i] == "adversarial" else None,
             conditions=json.loads(cols["conditions_json"][i] or "{}"),
         )
 
@@ -250,6 +301,7 @@ def validate_examples(
             )
 
     verdict_list: list[Consensus | None] = []
+    out = JudgedCandidates()
     try:
         if spec.validation.judges_run:
             try:
@@ -269,14 +321,89 @@ def validate_examples(
             if progress is not None and candidates:
                 progress.advance(len(candidates))
         for future in gated:
-            for i, (gate_stage, reason) in future.result().items():
-                stage[i], reasons[i] = gate_stage, [reason]
+            for i, rejection in future.result().items():
+                out.gated[cols["example_id"][i]] = rejection
     finally:
         gate_pool.shutdown(wait=True, cancel_futures=True)
     # Rows an embedding gate rejected have no verdict: they were never judged.
-    verdicts = {
-        i: verdict for i, verdict in zip(candidates, verdict_list, strict=True) if verdict is not None
+    out.verdicts = {
+        cols["example_id"][i]: verdict
+        for i, verdict in zip(candidates, verdict_list, strict=True)
+        if verdict is not None
     }
+    return out
+
+
+def validate_examples(
+    spec: DomainSpec,
+    raw: pa.Table,
+    client: LLMClient,
+    judges: list[WeightedModel],
+    *,
+    early_stop: bool = True,
+    progress: Progress | None = None,
+    similarity: Similarity | None = None,
+    memory: Memory | None = None,
+    embed: Embed | None = None,
+    eval_index: NgramIndex | None = None,
+) -> ValidationOutcome:
+    """Run every gate over ``raw`` (a ``raw_generations`` table) in one process: the screening
+    (:func:`screen_examples`), the embedding gates and the panel (:func:`judge_candidates`), then
+    the domain-wide gates (:func:`finish_validation`). A sharded validation runs the same three
+    pieces in different steps.
+
+    ``similarity(problems, texts)`` gives the cosine similarity of each example's text to its
+    problem; it is needed when the spec's ``on_topic_threshold`` is on (above -1). ``embed`` is
+    needed when ``field_agreement_threshold`` is on. With the spec's panel off
+    (``validation.judges_run`` false) no judge is called and the candidates are accepted unjudged
+    (consensus null). ``memory`` (the
+    domain's earlier accepted examples) and ``embed`` (texts -> unit vectors) turn on the last
+    gate: a new example too close to a remembered one is a ``memory_duplicate``. ``eval_index``
+    (the spec's eval sets, see ``validation.decontamination``) rejects an example that shares a
+    word n-gram with one (stage ``decontamination``), before any judge is paid to score it; with
+    ``decontamination.action: flag`` the example stays and ``flagged`` names it."""
+    screening = screen_examples(spec, raw, eval_index)
+    if progress is not None and screening.rows > len(screening.candidates):
+        progress.advance(screening.rows - len(screening.candidates))  # decided by the rules, no judge needed
+    judged = judge_candidates(
+        spec,
+        screening,
+        client,
+        judges,
+        early_stop=early_stop,
+        progress=progress,
+        similarity=similarity,
+        embed=embed,
+    )
+    return finish_validation(spec, raw, screening, judged, memory=memory, embed=embed)
+
+
+def finish_validation(
+    spec: DomainSpec,
+    raw: pa.Table,
+    screening: Screening,
+    judged: JudgedCandidates,
+    *,
+    memory: Memory | None = None,
+    embed: Embed | None = None,
+) -> ValidationOutcome:
+    """The panel's verdicts applied, then the gates that compare examples across the whole domain:
+    near duplicates among the accepted examples, and the domain's memory of earlier runs."""
+    cols, examples = screening.cols, screening.examples
+    stage, reasons = list(screening.stage), [list(r) for r in screening.reasons]
+    missing = [e for e in screening.candidate_ids() if e not in judged.verdicts and e not in judged.gated]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} candidate(s) have neither a verdict nor an embedding-gate result "
+            f"(first: {missing[0]}); every shard of the validation must have run"
+        )
+    verdicts: dict[int, Consensus] = {}
+    for i in screening.candidates:
+        example_id = cols["example_id"][i]
+        if example_id in judged.gated:
+            stage[i], reasons[i] = judged.gated[example_id][0], [judged.gated[example_id][1]]
+        else:
+            verdicts[i] = judged.verdicts[example_id]
     accepted: list[int] = []
     for i, verdict in verdicts.items():
         if verdict.passed:
@@ -310,14 +437,14 @@ def validate_examples(
             stage[i] = "memory_duplicate"
             reasons[i] = [f"near duplicate of earlier accepted example {remembered} (cosine {cosine:.3f})"]
         accepted = [i for k, i in enumerate(accepted) if k not in earlier]
-    rejected = [i for i in range(n) if stage[i] is not None]
+    rejected = [i for i in range(screening.rows) if stage[i] is not None]
 
     columns = _JudgedColumns(
         verdicts=verdicts,
         example_json=[
             example_json_text(e) if e is not None else cols["example_json"][i] for i, e in enumerate(examples)
         ],
-        dedup_keys=keys,
+        dedup_keys=screening.keys,
         replaced=replaced,
         threshold=spec.validation.threshold,
         spec_version=spec.version_str,
@@ -337,8 +464,8 @@ def validate_examples(
             for reason in reasons[i]
         ),
         near_duplicates_removed=len(replaced_by),
-        flagged=flagged,
-        overlaps_by_eval_set=overlapping,
+        flagged=screening.flagged,
+        overlaps_by_eval_set=screening.overlapping,
     )
 
 
