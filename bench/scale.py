@@ -43,13 +43,16 @@ DOMAIN = "api_development"
 EMBEDDING_GATES = os.environ.get("SCALE_EMBEDDING_GATES", "") == "1"
 
 
-def write_profile(folder: Path, base_url: str) -> Path:
+def write_profile(folder: Path, base_url: str, concurrency: int = CONCURRENCY) -> Path:
+    """A profile of one generator and two judges on ``base_url``, each model ``concurrency`` calls
+    at once."""
+
     def model(model_id: str) -> dict[str, Any]:
         return {
             "kind": "openai",
             "base_url": base_url,
             "model_id": model_id,
-            "max_concurrency": CONCURRENCY,
+            "max_concurrency": concurrency,
             "timeout_s": 30,
             "input_price_per_mtok": 0.15,
             "output_price_per_mtok": 0.60,

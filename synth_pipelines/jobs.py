@@ -42,6 +42,7 @@ synth_plan_job = dg.define_asset_job(
 
 CELERY_BROKER_ENV = "SYNTH_CELERY_BROKER"
 DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6379/0"
+CELERY_TICK_SECONDS = 0.1
 
 
 def celery_broker_url() -> str:
@@ -52,9 +53,15 @@ def celery_broker_url() -> str:
 
 def _celery_domain_job() -> UnresolvedAssetJobDefinition | None:
     try:
-        from dagster_celery import celery_executor
+        from dagster_celery import celery_executor, core_execution_loop
     except ImportError:  # the `distributed` extra is not installed: the job is not offered
         return None
+    # dagster-celery checks its running tasks and submits the next steps once per TICK_SECONDS (1 s):
+    # every step on the critical path waited up to a second for it, about 10 s of a 4-shard domain's
+    # minute on 2 workers (docs/benchmarks.md#celery-workers). A tick costs one result-backend read
+    # per running step, so a tenth of a second is cheap. The constant is read at each tick.
+    if getattr(core_execution_loop, "TICK_SECONDS", None) == 1:
+        core_execution_loop.TICK_SECONDS = CELERY_TICK_SECONDS
     broker = celery_broker_url()
     return dg.define_asset_job(
         name="synth_domain_celery",
