@@ -164,8 +164,7 @@ SLOWEST_FIRST = (
 # Tests of 5 seconds or more on 2 cores (same measurement): marked ``slow``, which `make test-fast`
 # leaves out (`make test` runs everything). Each still runs in `make test` and in CI.
 SLOW_TESTS = {
-    "test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run",
-    "test_one_domain_in_four_shards_runs_on_both_workers_and_equals_a_single_process_run",
+    "test_two_domains_one_in_four_shards_run_on_two_celery_workers_and_equal_a_single_process_run",
     "test_three_shards_make_the_same_rows_as_one",
     "test_a_failed_shard_keeps_the_others_rows_and_the_rerun_calls_only_for_its_items",
     "test_shards_share_the_runs_budget",

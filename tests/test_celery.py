@@ -1,11 +1,11 @@
 """The domain graph on a real distributed engine: dagster-celery with a Redis broker (Debian's
 redis-server) and two Celery worker processes, against the fake OpenAI-compatible server.
 
-Two domains are launched at once as ``synth_domain_celery`` runs (what a backfill does); every step
-is a Celery task. The test reads which worker ran each step from the runs' engine events, and checks
-that the rows equal a single-process run's of the same domains against the same server. Then one
-domain in four generation shards: the shard steps land on both workers, and the rows again equal a
-single-process run's.
+Two domains are launched at once as ``synth_domain_celery`` runs (what a backfill does), one of them
+with its generation and judging in four shards; every step is a Celery task. The test reads which
+worker ran each step from the runs' engine events (both runs' steps, and each kind of shard step,
+land on both workers), and checks that the rows equal a single-process run's of the same domains
+against the same server.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ domain, target, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ops = {"problem_matrix": {"config": {"target_count": target}}}
 if shards > 1:
     ops["raw_generations"] = {"config": {"shards": shards}}
+    ops["validated_examples"] = {"config": {"shards": shards}}
 with dg.DagsterInstance.get() as instance:
     result = dg.execute_job(
         dg.reconstructable(resolved_synth_domain_celery_job),
@@ -146,14 +147,6 @@ with dg.DagsterInstance.get() as instance:
     print(result.run_id)
     sys.exit(0 if result.success else 1)
 """
-
-
-def _step_workers(instance: dg.DagsterInstance) -> dict[str, set[str]]:
-    """Per domain, the Celery workers that ran its runs' steps (dagster-celery's engine events)."""
-    by_domain: dict[str, set[str]] = {}
-    for (domain, _step), names in _workers_by_step(instance).items():
-        by_domain.setdefault(domain, set()).update(names)
-    return by_domain
 
 
 def _workers_by_step(instance: dg.DagsterInstance) -> dict[tuple[str, str], set[str]]:
@@ -197,15 +190,16 @@ def _single_process_rows(domains: tuple[str, ...], root: Path, schemas: Path, pr
     return _rows(root)
 
 
-def test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run(
+def test_two_domains_one_in_four_shards_run_on_two_celery_workers_and_equal_a_single_process_run(
     celery_env: dict[str, str],
     workers: list[subprocess.Popen[bytes]],
     fake_server: FakeOpenAIServer,
     scripted_schemas_dir: Path,
     tmp_path: Path,
 ) -> None:
+    sharded, plain = DOMAINS
     started = time.monotonic()
-    launches = [_launch(celery_env, domain) for domain in DOMAINS]
+    launches = [_launch(celery_env, sharded, shards=4), _launch(celery_env, plain)]
     for launch in launches:
         output, _ = launch.communicate(timeout=300)
         assert launch.returncode == 0, output.decode()[-3000:]
@@ -213,37 +207,22 @@ def test_two_domains_run_on_two_celery_workers_and_equal_a_single_process_run(
     distributed_s = time.monotonic() - started
 
     with _instance(Path(celery_env["DAGSTER_HOME"])) as instance:
-        by_domain = _step_workers(instance)
+        ran = _workers_by_step(instance)
+    by_domain: dict[str, set[str]] = {}
+    for (domain, _step), names in ran.items():
+        by_domain.setdefault(domain, set()).update(names)
     assert set(by_domain) == set(DOMAINS)
-    ran_on = set().union(*by_domain.values())
-    assert {name.split("@")[0] for name in ran_on} == set(WORKERS), by_domain
+    assert set().union(*by_domain.values()) == set(WORKERS), by_domain  # both runs' steps spread out
+    # The sharded domain's generation and judging shards were steps of their own, on both workers.
+    for op in ("raw_generations.generate_shard", "validated_examples.judge_shard"):
+        shard_steps = {step: names for (d, step), names in ran.items() if d == sharded and op in step}
+        assert set(shard_steps) == {f"{op}[shard_{k}]" for k in range(4)}, ran
+        assert set().union(*shard_steps.values()) == set(WORKERS), shard_steps
 
     distributed = _rows(Path(celery_env["SYNTH_WAREHOUSE"]))
     assert {d for d, _, _ in distributed} == set(DOMAINS)
-
     single = _single_process_rows(
         DOMAINS, tmp_path / "single", scripted_schemas_dir, celery_env["SYNTH_PROFILE"]
     )
     assert single == distributed
-    print(f"two domains on two Celery workers: {distributed_s:.1f} s")
-
-
-def test_one_domain_in_four_shards_runs_on_both_workers_and_equals_a_single_process_run(
-    celery_env: dict[str, str],
-    workers: list[subprocess.Popen[bytes]],
-    scripted_schemas_dir: Path,
-    tmp_path: Path,
-) -> None:
-    domain = DOMAINS[0]
-    launch = _launch(celery_env, domain, shards=4)
-    output, _ = launch.communicate(timeout=300)
-    assert launch.returncode == 0, output.decode()[-3000:]
-    with _instance(Path(celery_env["DAGSTER_HOME"])) as instance:
-        ran = _workers_by_step(instance)
-    shard_steps = {step: names for (d, step), names in ran.items() if "generate_shard" in step}
-    assert set(shard_steps) == {f"raw_generations.generate_shard[shard_{k}]" for k in range(4)}, ran
-    assert set().union(*shard_steps.values()) == set(WORKERS), shard_steps  # the shards spread out
-    single = _single_process_rows(
-        (domain,), tmp_path / "single", scripted_schemas_dir, celery_env["SYNTH_PROFILE"]
-    )
-    assert _rows(Path(celery_env["SYNTH_WAREHOUSE"])) == single
+    print(f"two domains (one in four shards) on two Celery workers: {distributed_s:.1f} s")
