@@ -42,3 +42,19 @@ def test_freed_heap_returns_to_the_os_only_with_the_trim() -> None:
     assert before - after > 120, (before, after)
     control_before, control_after = run("keep")
     assert control_before - control_after < 40, (control_before, control_after)
+
+
+def test_the_full_collection_runs_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full pass over every object costs ~0.3 s with the models loaded, and an asset reads
+    several inputs: between full passes only the young generations are collected."""
+    from synth_pipelines.warehouse import heap
+
+    calls: list[tuple[int, ...]] = []
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(heap.gc, "collect", lambda *generation: calls.append(generation) or 0)
+    monkeypatch.setattr(heap.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(heap, "_last_full_collection", float("-inf"))
+    for step in (0.0, 1.0, 2.0, heap.FULL_COLLECTION_INTERVAL_S + 0.5, 0.1):
+        clock["now"] += step
+        heap.release_freed_memory()
+    assert calls == [(), (1,), (1,), (), (1,)]
