@@ -219,6 +219,11 @@ def test_two_domains_one_in_four_shards_run_on_two_celery_workers_and_equal_a_si
         assert set(shard_steps) == {f"{op}[shard_{k}]" for k in range(4)}, ran
         assert set().union(*shard_steps.values()) == set(WORKERS), shard_steps
 
+    # The shards' reports crossed between workers through the state folder every worker shares,
+    # not through a worker's local Dagster storage.
+    handed = {p.parent.name for p in (Path(celery_env["SYNTH_WAREHOUSE"]) / "step_outputs").rglob("result")}
+    assert {f"validated_examples.judge_shard[shard_{k}]" for k in range(4)} <= handed, handed
+
     distributed = _rows(Path(celery_env["SYNTH_WAREHOUSE"]))
     assert {d for d, _, _ in distributed} == set(DOMAINS)
     single = _single_process_rows(

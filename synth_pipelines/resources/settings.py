@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+from synth_pipelines.resources.step_outputs import StepOutputsIOManager
 from synth_pipelines.warehouse.storage import location_from_env
 
 
@@ -21,12 +22,15 @@ def warehouse_resource(root: str | None = None, schemas_dir: str | None = None) 
     )
 
 
-def default_resources() -> dict[str, dg.ConfigurableResource]:
+def default_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManagerFactory]:
     """The warehouse from :func:`warehouse_resource`, SYNTH_PROFILE (local) and the API key
-    SYNTH_OPENAI_API_KEY, bound with ``dg.EnvVar`` so it is read at run time and never stored."""
+    SYNTH_OPENAI_API_KEY, bound with ``dg.EnvVar`` so it is read at run time and never stored; the
+    steps' values in the warehouse's state folder (:class:`StepOutputsIOManager`)."""
     api_key = dg.EnvVar("SYNTH_OPENAI_API_KEY") if os.environ.get("SYNTH_OPENAI_API_KEY") else None
+    warehouse = warehouse_resource()
     return {
-        "warehouse": warehouse_resource(),
+        "warehouse": warehouse,
+        "io_manager": StepOutputsIOManager(warehouse=warehouse),
         "llm": LLMResource(profile=os.environ.get("SYNTH_PROFILE", "local"), api_key=api_key),
         "embedder": EmbedderResource(),
     }
