@@ -449,6 +449,31 @@ def test_program_module_is_confined_to_the_specs_folder(tmp_path: Path) -> None:
     )
 
 
+def test_a_symlink_out_of_the_specs_folder_is_refused_by_every_file_a_spec_names(tmp_path: Path) -> None:
+    """Program modules, tool modules, MCP server scripts and eval sets share one resolution: a
+    relative path whose symlink points outside the folder is refused by each user."""
+    from synth_pipelines.spec.model import EvalSetSpec, McpToolSource, ToolSpec, resolve_in_specs_folder
+    from synth_pipelines.tooluse.mcp_tools import McpError, server_command
+    from synth_pipelines.tooluse.tools import ToolError, tool_file
+    from synth_pipelines.validation.decontamination import EvalSetError, eval_set_path
+
+    specs = tmp_path / "schemas"
+    specs.mkdir()
+    outside = tmp_path / "evil.py"
+    outside.write_text("raise SystemExit('ran')\n")
+    (specs / "link.py").symlink_to(outside)
+    (specs / "mine.py").write_text("x = 1\n")
+    assert not resolve_in_specs_folder(specs, "link.py").inside
+    assert resolve_in_specs_folder(specs, "mine.py").inside
+    with pytest.raises(ToolError, match="leaves the specs folder"):
+        tool_file(specs, ToolSpec(name="t", description="d", module="link.py", function="f"))
+    with pytest.raises(McpError, match="inside the specs"):
+        server_command(McpToolSource(server="link.py"), specs)
+    with pytest.raises(EvalSetError, match="leaves the specs folder"):
+        eval_set_path(specs, EvalSetSpec(name="e", path="link.py"))
+    assert server_command(McpToolSource(server="mine.py"), specs)[1][-1] == str((specs / "mine.py").resolve())
+
+
 # ------------------------------------------------------------------ 6. the ANN index and new vectors
 def test_index_fingerprint_covers_the_vectors() -> None:
     from synth_pipelines.warehouse.ann import embeddings_fingerprint

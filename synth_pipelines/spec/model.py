@@ -12,7 +12,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import (
     AfterValidator,
@@ -284,9 +284,8 @@ class ProgramSpec(_Strict):
         own folder (a symlink pointing out of it is refused too)."""
         if self.module is None:
             raise ValueError("the spec's program names no module")
-        root = Path(specs_dir).resolve()
-        path = (root / self.module).resolve()
-        if not path.is_relative_to(root):
+        root, path = resolved = resolve_in_specs_folder(specs_dir, self.module)
+        if not resolved.inside:
             raise ValueError(
                 f"program.module {self.module!r} resolves to {path}, outside the specs folder {root}"
             )
@@ -466,6 +465,25 @@ class TechniquesSpec(_Strict):
     @property
     def enabled(self) -> bool:
         return bool(self.variations or self.adversarial or self.scenario_expansion)
+
+
+class SpecsFolderPath(NamedTuple):
+    """A path a spec names, resolved against its specs folder (symlinks followed)."""
+
+    root: Path
+    path: Path
+
+    @property
+    def inside(self) -> bool:
+        return self.path.is_relative_to(self.root)
+
+
+def resolve_in_specs_folder(specs_dir: str | Path, relative: str | Path) -> SpecsFolderPath:
+    """Where ``relative`` really points from ``specs_dir``. Every file a spec makes this project
+    read or run (a program module, a tool, an MCP server script, an eval set) goes through here,
+    and its user refuses the path unless ``inside``: a symlink out of the folder is refused too."""
+    root = Path(specs_dir).resolve()
+    return SpecsFolderPath(root, (root / relative).resolve())
 
 
 def _inside_specs_folder(path: str, key: str) -> str:

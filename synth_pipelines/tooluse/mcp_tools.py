@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from synth_pipelines.spec.model import McpToolSource
+from synth_pipelines.spec.model import McpToolSource, resolve_in_specs_folder
 from synth_pipelines.tooluse.sandbox import ToolRun
 
 
@@ -29,9 +29,8 @@ def server_command(source: McpToolSource, specs_dir: Path | str) -> tuple[str, l
     """The command, arguments and environment that start ``source``'s server on stdio."""
     if source.server == "synth":
         return sys.executable, ["-m", "synth_pipelines.cli", "mcp", "--transport", "stdio"], dict(os.environ)
-    root = Path(specs_dir).resolve()
-    script = (root / source.server).resolve()
-    if root not in script.parents or script.suffix != ".py" or not script.is_file():
+    root, script = resolved = resolve_in_specs_folder(specs_dir, source.server)
+    if not resolved.inside or script.suffix != ".py" or not script.is_file():
         raise McpError(
             f"tools[].mcp.server {source.server!r} must be 'synth' or a Python file inside the specs "
             f"folder {root}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 from pydantic import BaseModel
 
-from synth_pipelines.spec.model import DomainSpec, ToolSpec
+from synth_pipelines.spec.model import DomainSpec, ToolSpec, resolve_in_specs_folder
 from synth_pipelines.tooluse.mcp_tools import McpError, call_tool, server_command
 from synth_pipelines.tooluse.sandbox import run_tool
 
@@ -88,9 +88,8 @@ class ToolSet:
 
 def tool_file(specs_dir: Path | str, tool: ToolSpec) -> Path:
     """The tool's Python file, which must exist inside the specs folder (symlinks resolved)."""
-    root = Path(specs_dir).resolve()
-    path = (root / str(tool.module)).resolve()
-    if root not in path.parents:
+    root, path = resolved = resolve_in_specs_folder(specs_dir, str(tool.module))
+    if not resolved.inside:
         raise ToolError(
             f"tools[{tool.name}].module {tool.module!r} leaves the specs folder {root}; keep tools inside it"
         )

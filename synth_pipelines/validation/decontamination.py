@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
-from synth_pipelines.spec.model import DecontaminationSpec, EvalSetSpec
+from synth_pipelines.spec.model import DecontaminationSpec, EvalSetSpec, resolve_in_specs_folder
 from synth_pipelines.spec.text import flatten_value
 
 WORD = re.compile(r"[^\W_]+")
@@ -174,9 +174,8 @@ def _flatten(tokenized: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray
 
 def eval_set_path(specs_dir: Path | str, eval_set: EvalSetSpec) -> Path:
     """The eval set's file or folder, which must stay inside the specs folder (symlinks resolved)."""
-    root = Path(specs_dir).resolve()
-    path = (root / eval_set.path).resolve()
-    if path != root and root not in path.parents:
+    root, path = resolved = resolve_in_specs_folder(specs_dir, eval_set.path)
+    if not resolved.inside:
         raise EvalSetError(
             f"decontamination.eval_sets[{eval_set.name}].path {eval_set.path!r} leaves the specs folder "
             f"{root}; copy the eval set inside it"
