@@ -7,7 +7,8 @@ project at a real API would run it. Each size runs in a fresh warehouse and cach
 scores mostly pass (see ``write_schemas``; every gate is still computed).
 
 Per size it prints seconds, rows and model calls per asset, the wall time and the peak RSS of the
-``synth`` process. The last lines are::
+``synth`` process, and per asset the largest RSS sampled (every 0.5 s) while it ran, which says
+which asset holds the run's peak. The last lines are::
 
     scale_10k_wall_s=<seconds for 10,000>
     scale_ratio_10k_1k=<wall 10k / wall 1k>          (10 means linear)
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,31 @@ def write_schemas(folder: Path) -> Path:
     return schemas
 
 
+class RssSampler(threading.Thread):
+    """The resident set of a process, every half second until it exits, so that the report can
+    say which asset holds the run's peak (``ru_maxrss`` is only the whole run's)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.status = Path(f"/proc/{pid}/status")
+        self.samples: list[tuple[float, float]] = []  # (epoch seconds, MB)
+
+    def run(self) -> None:
+        while True:
+            try:
+                text = self.status.read_text()
+            except OSError:
+                return  # the process is gone
+            if "VmRSS:" not in text:
+                return  # a zombie, reaped next
+            self.samples.append((time.time(), int(text.split("VmRSS:")[1].split()[0]) / 1024))
+            time.sleep(0.5)
+
+    def peak_mb(self, start: float, end: float) -> float | None:
+        inside = [mb for t, mb in self.samples if start <= t <= end]
+        return max(inside) if inside else None
+
+
 def run_size(n: int, base_url: str) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
     try:
@@ -122,7 +149,10 @@ def run_size(n: int, base_url: str) -> dict[str, Any]:
         started = time.perf_counter()
         with (folder / "synth.log").open("w") as log:
             proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+            sampler = RssSampler(proc.pid)
+            sampler.start()
             _, status, usage = os.wait4(proc.pid, 0)
+            sampler.join()
         wall = time.perf_counter() - started
         if not report_path.is_file() or os.waitstatus_to_exitcode(status) != 0:
             tail = (folder / "synth.log").read_text()[-4000:]
@@ -130,6 +160,8 @@ def run_size(n: int, base_url: str) -> dict[str, Any]:
         report = json.loads(report_path.read_text())
         report["process_wall_s"] = wall
         report["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+        for asset in report["assets"].values():
+            asset["peak_rss_mb"] = sampler.peak_mb(*asset["span"]) if asset.get("span") else None
         return report
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -139,13 +171,18 @@ def print_report(n: int, report: dict[str, Any]) -> None:
     print(
         f"\n== {n:,} examples: wall {report['process_wall_s']:.0f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
     )
-    print(f"{'asset':<20} {'seconds':>8} {'rows':>8} {'model calls':>12} {'tokens':>10} {'cost $':>9}")
+    print(
+        f"{'asset':<20} {'seconds':>8} {'rows':>8} {'model calls':>12} {'tokens':>10} {'cost $':>9} "
+        f"{'peak RSS MB':>12}"
+    )
     for step in STEPS:
         a = report["assets"][step]
         seconds = a["seconds"] if a["seconds"] is not None else float("nan")
+        rss = a.get("peak_rss_mb")
         print(
             f"{step:<20} {seconds:>8.1f} {a['rows'] if a['rows'] is not None else '-':>8} "
-            f"{a['model_calls']:>12} {a['total_tokens']:>10} {a['cost_usd']:>9.4f}"
+            f"{a['model_calls']:>12} {a['total_tokens']:>10} {a['cost_usd']:>9.4f} "
+            f"{rss if rss is not None else float('nan'):>12.0f}"
         )
     checks = sum(report["checks_seconds"].values())
     print(f"{'asset checks':<20} {checks:>8.1f}")

@@ -174,10 +174,10 @@ def materialization_metadata(result: dg.ExecuteInJobResult) -> dict[str, dict[st
     return out
 
 
-def step_seconds(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> dict[str, float]:
-    """Wall seconds per asset or check as the instance recorded them. A graph-backed asset's steps
-    (``raw_generations.generate_shard[shard_0]``, ...) count as that asset, from its first step's
-    start to its last step's end (shards may run at once)."""
+def step_spans(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> dict[str, tuple[float, float]]:
+    """(start, end) epoch seconds per asset or check as the instance recorded them. A graph-backed
+    asset's steps (``raw_generations.generate_shard[shard_0]``, ...) count as that asset, from its
+    first step's start to its last step's end (shards may run at once)."""
     spans: dict[str, tuple[float, float]] = {}
     for stat in instance.get_run_step_stats(result.run_id):
         if stat.start_time is None or stat.end_time is None:
@@ -185,7 +185,12 @@ def step_seconds(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) ->
         key = stat.step_key.split(".", 1)[0]  # an op inside a graph asset: "<asset>.<op>[...]"
         start, end = spans.get(key, (stat.start_time, stat.end_time))
         spans[key] = (min(start, stat.start_time), max(end, stat.end_time))
-    return {key: round(end - start, 3) for key, (start, end) in spans.items()}
+    return spans
+
+
+def step_seconds(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> dict[str, float]:
+    """Wall seconds per asset or check (see :func:`step_spans`)."""
+    return {key: round(end - start, 3) for key, (start, end) in step_spans(instance, result).items()}
 
 
 def run_report(
@@ -193,13 +198,16 @@ def run_report(
 ) -> dict[str, Any]:
     """What ``synth generate --report`` writes: per asset its seconds, rows, model calls, tokens, cost."""
     meta = materialization_metadata(result)
-    seconds = step_seconds(instance, result)
+    spans = step_spans(instance, result)
+    seconds = {key: round(end - start, 3) for key, (start, end) in spans.items()}
     assets: dict[str, dict[str, Any]] = {}
     for name in PIPELINE_STEPS:
         m = meta.get(name, {})
         assets[name] = {
             "materialized": name in meta,
             "seconds": seconds.get(name),
+            # Epoch seconds, for lining the asset up with what was sampled meanwhile (bench-scale's RSS).
+            "span": list(spans[name]) if name in spans else None,
             "rows": m.get("rows"),
             "model_calls": int(m.get("model_calls") or 0),
             "cache_hits": int(m.get("cache_hits") or 0),
