@@ -22,6 +22,8 @@ from synth_pipelines.validation.apply_gates import (
     JudgedCandidates,
     finish_validation,
     judge_candidates,
+    restore_screening,
+    rows_digest,
     screen_candidates,
     screen_examples,
     validate_examples,
@@ -234,23 +236,37 @@ def test_judging_in_shards_gives_exactly_the_outcome_of_one_pass() -> None:
     single = validate_examples(spec, raw, client(), validators, early_stop=False)
     screening = screen_examples(spec, raw)
     assert 0 < len(screening.candidates) < 40 and {"dedup", "rules"} <= set(filter(None, screening.stage))
+    ids, texts = screening.cols["example_id"], screening.cols["example_json"]
     parts = []
-    for k in range(3):
+    for k in range(3):  # what each judge_shard step does with what plan_validation_shards gave it
         shard = GenerationShard(index=k, of=3)
-        ids = [e for e in screening.candidate_ids() if shard.holds(e)]
-        assert ids  # each shard judges some candidates
-        parts.append(judge_candidates(spec, screen_candidates(spec, raw, ids), client(), validators,
-                                      early_stop=False))  # fmt: skip
-    sharded = finish_validation(spec, raw, screen_examples(spec, raw), JudgedCandidates.merged(parts))
+        mine = [i for i in screening.candidates if shard.holds(ids[i])]
+        assert mine  # each shard judges some candidates
+        digest = rows_digest([ids[i] for i in mine], [texts[i] for i in mine])
+        own = screen_candidates(spec, raw, [ids[i] for i in mine], digest)
+        assert own.examples == [screening.examples[i] for i in mine]  # parsed again, the same
+        parts.append(judge_candidates(spec, own, client(), validators, early_stop=False))
+    # publish_validation: the screening restored from its verdicts (only the examples parsed again).
+    restored = restore_screening(spec, raw, screening.verdicts())
+    sharded = finish_validation(spec, raw, restored, JudgedCandidates.merged(parts))
     assert single.accepted.num_rows > 0 and single.stage_counts["consensus"] > 0
     assert _without_clock(sharded.accepted) == _without_clock(single.accepted)
     assert _without_clock(sharded.rejected) == _without_clock(single.rejected)
     # A shard's verdicts missing at publish is an error, never rows silently accepted or dropped.
     with pytest.raises(ValueError, match="neither a verdict"):
-        finish_validation(spec, raw, screen_examples(spec, raw), JudgedCandidates.merged(parts[:2]))
-    # Candidates that no longer pass (raw changed between the steps) are refused by the shard.
+        finish_validation(spec, raw, restored, JudgedCandidates.merged(parts[:2]))
+    # raw_generations rematerialized between the steps (same ids, other text): refused by both.
+    changed = _validation_raw(40).set_column(
+        RAW_GENERATIONS.get_field_index("example_json"),
+        "example_json",
+        pa.array([t.replace("case", "instance") for t in texts], pa.string()),
+    )
     with pytest.raises(ValueError, match="raw_generations changed"):
-        screen_candidates(spec, raw, ["e1", "e3"])  # e3 breaks a rule (PUT for a delete)
+        restore_screening(spec, changed, screening.verdicts())
+    first = [i for i in screening.candidates if GenerationShard(index=0, of=3).holds(ids[i])]
+    with pytest.raises(ValueError, match="raw_generations changed"):
+        screen_candidates(spec, changed, [ids[i] for i in first],
+                          rows_digest([ids[i] for i in first], [texts[i] for i in first]))  # fmt: skip
 
 
 def _validated(warehouse: Path) -> list[tuple]:

@@ -38,9 +38,12 @@ from synth_pipelines.resources.pools import LLM_POOL
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.validation.apply_gates import (
     JudgedCandidates,
+    ScreeningVerdicts,
     ValidationOutcome,
     finish_validation,
     judge_candidates,
+    restore_screening,
+    rows_digest,
     screen_candidates,
     screen_examples,
     texts_to_prefetch,
@@ -85,10 +88,12 @@ def _fan_out_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class ValidationShard(BaseModel):
-    """One shard's candidates: the example ids the screening passed that this shard holds."""
+    """One shard's candidates: the example ids the screening passed that this shard holds, and the
+    digest of their rows as screened."""
 
     shard: GenerationShard
     candidate_ids: list[str]
+    digest: str
 
 
 class JudgeShardReport(ShardUsage):
@@ -120,25 +125,34 @@ def _eval_index(warehouse: WarehouseResource, spec: DomainSpec) -> NgramIndex:
         "domain_spec_file": dg.In(dg.Nothing),
         "domain_review_calibration": dg.In(dg.Nothing),
     },
-    out=dg.DynamicOut(ValidationShard),
+    out={"shards": dg.DynamicOut(ValidationShard), "screened": dg.Out(ScreeningVerdicts)},
 )
 def plan_validation_shards(
     context: dg.OpExecutionContext, config: ShardPlanConfig, warehouse: WarehouseResource
-) -> Iterator[dg.DynamicOutput[ValidationShard]]:
+) -> Iterator[dg.DynamicOutput[ValidationShard] | dg.Output[ScreeningVerdicts]]:
     """Screen every raw row (generation status, rule checks, SQL rules, exact duplicates,
-    decontamination: no model calls) and hand each shard the candidates it holds."""
+    decontamination: no model calls) and hand each shard the candidates it holds; the verdicts go
+    to the publishing step, so the checks run once per domain."""
     spec, raw = _inputs(warehouse, context.partition_key)
     screening = screen_examples(spec, raw, _eval_index(warehouse, spec))
-    ids = screening.candidate_ids()
+    ids, texts = screening.cols["example_id"], screening.cols["example_json"]
     context.log.info(
-        f"{len(ids)} of {screening.rows} rows passed the screening; judging them in {config.shards} shard(s)"
+        f"{len(screening.candidates)} of {screening.rows} rows passed the screening; judging them in "
+        f"{config.shards} shard(s)"
     )
     for index in range(config.shards):
         shard = GenerationShard(index=index, of=config.shards)
+        mine = [i for i in screening.candidates if shard.holds(ids[i])]
         yield dg.DynamicOutput(
-            ValidationShard(shard=shard, candidate_ids=[e for e in ids if shard.holds(e)]),
+            ValidationShard(
+                shard=shard,
+                candidate_ids=[ids[i] for i in mine],
+                digest=rows_digest([ids[i] for i in mine], [texts[i] for i in mine]),
+            ),
+            output_name="shards",
             mapping_key=shard.label,
         )
+    yield dg.Output(screening.verdicts(), output_name="screened")
 
 
 @dg.op(pool=LLM_POOL)
@@ -156,7 +170,7 @@ def judge_shard(
     wh = warehouse.get()
     inputs = _inputs(warehouse, domain)
     try:
-        screening = screen_candidates(inputs.spec, inputs.raw, planned.candidate_ids)
+        screening = screen_candidates(inputs.spec, inputs.raw, planned.candidate_ids, planned.digest)
     except ValueError as e:
         raise dg.Failure(
             description=f"validated_examples for {domain!r} ({shard.label}): {e}. Rerun the whole asset."
@@ -221,6 +235,7 @@ def publish_validation(
     llm: LLMResource,
     embedder: EmbedderResource,
     reports: list[JudgeShardReport],
+    screened: ScreeningVerdicts,
 ) -> None:
     """The shards' verdicts over the whole domain's screening, then the domain-wide gates (near
     duplicates, memory), written as the partition."""
@@ -235,12 +250,12 @@ def publish_validation(
         outcome = finish_validation(
             spec,
             raw,
-            screen_examples(spec, raw, eval_index),
+            restore_screening(spec, raw, screened),
             JudgedCandidates.merged([r.judged for r in reports]),
             memory=load_memory(wh, domain),
             embed=lambda texts: embedder.embed(texts, cache_path=wh.embedding_cache_path),
         )
-    except ValueError as e:  # a shard's verdicts are missing: raw changed between the steps
+    except ValueError as e:  # raw changed between the steps, or a shard's verdicts are missing
         raise dg.Failure(description=f"validated_examples for {domain!r}: {e}. Rerun the asset.") from e
     # The rejected rows are always written: they say why nothing (or little) got through.
     wh.write_dataset("rejected_examples", domain, outcome.rejected)
@@ -319,12 +334,12 @@ def validated_examples(raw_generations: Any, domain_spec_file: Any, domain_revie
     it passed, and with those gates off a background thread embeds the examples for the memory gate
     and ``example_embeddings`` (``embeddings_prefetched``).
     """
-    shards = plan_validation_shards(
+    shards, screened = plan_validation_shards(
         raw_generations=raw_generations,
         domain_spec_file=domain_spec_file,
         domain_review_calibration=domain_review_calibration,
     )
-    return publish_validation(shards.map(judge_shard).collect())
+    return publish_validation(shards.map(judge_shard).collect(), screened)
 
 
 def _validation_metadata(

@@ -10,6 +10,7 @@ reads are turned into Python values.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from synth_pipelines.validation.consistency import field_agreement, field_texts
 from synth_pipelines.validation.decontamination import NgramIndex
 from synth_pipelines.validation.dedup import near_duplicate_selection
 from synth_pipelines.validation.memory import Embed, Memory, memory_duplicates
-from synth_pipelines.validation.rule_checks import dedup_key, example_json_text, rule_check
+from synth_pipelines.validation.rule_checks import check_compliance, dedup_key, example_json_text, rule_check
 from synth_pipelines.warehouse.progress import Progress
 from synth_pipelines.warehouse.tables import JUDGED, PROVENANCE, REJECTED_EXAMPLES, VALIDATED_EXAMPLES
 
@@ -118,6 +119,79 @@ class Screening:
     def candidate_ids(self) -> list[str]:
         return [self.cols["example_id"][i] for i in self.candidates]
 
+    def verdicts(self) -> ScreeningVerdicts:
+        """What the screening decided, without the rows: what a sharded validation's first step
+        hands its publishing step, so that the costly checks (degenerate text, PII, SQL rules) run
+        once per domain."""
+        return ScreeningVerdicts(
+            digest=rows_digest(self.cols["example_id"], self.cols["example_json"]),
+            stage=self.stage,
+            reasons=self.reasons,
+            keys=self.keys,
+            candidates=self.candidates,
+            flagged=self.flagged,
+            overlapping=dict(self.overlapping),
+        )
+
+
+class ScreeningVerdicts(BaseModel):
+    """:class:`Screening` without the rows (see :meth:`Screening.verdicts`)."""
+
+    digest: str  # of the screened rows' ids and example JSON: the same rows must come back
+    stage: list[str | None]
+    reasons: list[list[str]]
+    keys: list[str | None]
+    candidates: list[int]
+    flagged: dict[str, str]
+    overlapping: dict[str, int]
+
+
+def rows_digest(example_ids: Sequence[str], example_jsons: Sequence[str | None]) -> str:
+    """A digest of rows' ids and example JSON, in order: whether a later step reads the rows an
+    earlier one screened (``raw_generations`` may be rematerialized in between)."""
+    digest = hashlib.sha256()
+    for example_id, text in zip(example_ids, example_jsons, strict=True):
+        digest.update(example_id.encode())
+        digest.update(b"\0")
+        digest.update((text or "").encode())
+        digest.update(b"\1")
+    return digest.hexdigest()
+
+
+def _raw_columns(raw: pa.Table) -> tuple[dict[str, list[Any]], list[str]]:
+    cols = raw.select(
+        ["example_id", "status", "error", "example_json", "problem", "conditions_json", "complexity"]
+    ).to_pydict()
+    n = raw.num_rows
+    techniques = raw.column("technique").to_pylist() if "technique" in raw.column_names else ["base"] * n
+    return cols, techniques
+
+
+def _parsed_examples(spec: DomainSpec, cols: dict[str, list[Any]], rows: Sequence[int]) -> dict[int, Any]:
+    """The normalized example of each of ``rows`` that parses against the spec (what the screening
+    kept as the row's example), without the text checks."""
+    return {i: check_compliance(spec, cols["example_json"][i])[0] for i in rows if cols["status"][i] == "ok"}
+
+
+def restore_screening(spec: DomainSpec, raw: pa.Table, verdicts: ScreeningVerdicts) -> Screening:
+    """The :class:`Screening` of ``raw`` from its saved verdicts: only the examples are parsed
+    again. Raises ValueError when ``raw`` is not the table that was screened."""
+    cols, techniques = _raw_columns(raw)
+    if rows_digest(cols["example_id"], cols["example_json"]) != verdicts.digest:
+        raise ValueError("raw_generations changed since it was screened")
+    parsed = _parsed_examples(spec, cols, range(raw.num_rows))
+    return Screening(
+        cols,
+        techniques,
+        list(verdicts.stage),
+        [list(r) for r in verdicts.reasons],
+        [parsed.get(i) for i in range(raw.num_rows)],
+        list(verdicts.keys),
+        list(verdicts.candidates),
+        dict(verdicts.flagged),
+        Counter(verdicts.overlapping),
+    )
+
 
 class JudgedCandidates(BaseModel):
     """What the embedding gates and the panel said of some candidates, keyed by example id (the
@@ -139,11 +213,8 @@ class JudgedCandidates(BaseModel):
 def screen_examples(spec: DomainSpec, raw: pa.Table, eval_index: NgramIndex | None = None) -> Screening:
     """Every gate before the embedding gates and the panel, for every row of ``raw`` (see
     :func:`validate_examples`)."""
-    cols = raw.select(
-        ["example_id", "status", "error", "example_json", "problem", "conditions_json", "complexity"]
-    ).to_pydict()
+    cols, techniques = _raw_columns(raw)
     n = raw.num_rows
-    techniques = raw.column("technique").to_pylist() if "technique" in raw.column_names else ["base"] * n
     stage: list[str | None] = [None] * n
     reasons: list[list[str]] = [[] for _ in range(n)]
     examples: list[dict[str, Any] | None] = [None] * n
@@ -187,21 +258,28 @@ def screen_examples(spec: DomainSpec, raw: pa.Table, eval_index: NgramIndex | No
     return screening
 
 
-def screen_candidates(spec: DomainSpec, raw: pa.Table, candidate_ids: Sequence[str]) -> Screening:
+def screen_candidates(
+    spec: DomainSpec, raw: pa.Table, candidate_ids: Sequence[str], digest: str
+) -> Screening:
     """The screening of just ``candidate_ids`` (ids the whole domain's screening passed), as a
-    validation shard needs it: their rows screened again give the normalized examples the judges
-    read. Raises ValueError when they no longer pass (``raw`` changed since it was screened)."""
-    wanted = set(candidate_ids)
-    mine = raw.filter(pc.is_in(raw.column("example_id"), pa.array(sorted(wanted), pa.string())))
-    # The eval sets were checked on the whole domain already: flagged rows are candidates, dropped
-    # ones are not among the ids.
-    screening = screen_examples(spec, mine)
-    if set(screening.candidate_ids()) != wanted:
-        raise ValueError(
-            f"{len(wanted ^ set(screening.candidate_ids()))} of the shard's candidates no longer pass the "
-            "screening: raw_generations changed since it was screened"
-        )
-    return screening
+    validation shard needs it: their examples parsed again, not checked again. ``digest`` is
+    :func:`rows_digest` of those rows as they were screened; ValueError when they changed."""
+    wanted = pa.array(sorted(set(candidate_ids)), pa.string())
+    mine = raw.filter(pc.is_in(raw.column("example_id"), wanted))
+    cols, techniques = _raw_columns(mine)
+    if rows_digest(cols["example_id"], cols["example_json"]) != digest:
+        raise ValueError("raw_generations changed since it was screened")
+    n = mine.num_rows
+    parsed = _parsed_examples(spec, cols, range(n))
+    return Screening(
+        cols,
+        techniques,
+        stage=[None] * n,
+        reasons=[[] for _ in range(n)],
+        examples=[parsed.get(i) for i in range(n)],
+        keys=[None] * n,
+        candidates=list(range(n)),
+    )
 
 
 def _decontaminate(spec: DomainSpec, screening: Screening, eval_index: NgramIndex) -> None:
