@@ -327,7 +327,8 @@ def validated_examples(raw_generations: Any, domain_spec_file: Any, domain_revie
     Steps: ``plan_validation_shards`` screens every row (no model calls), ``judge_shard[shard_k]``
     runs the embedding gates and the panel over the candidates of one of ``shards`` shards (1 by
     default; on ``synth_domain_celery`` any worker runs each), and ``publish_validation`` applies
-    the verdicts and the domain-wide gates and writes the partition. When no judge could score
+    the screening's and the shards' verdicts and the domain-wide gates and writes the partition
+    (the text checks run once: the later steps only parse the examples again). When no judge could score
     anything because the validators' provider failed, the asset fails naming the cause and the
     previous ``validated_examples`` partition stays. The CPU work overlaps the judge calls: the
     embedding gates run chunk by chunk in a worker thread, each chunk's judges starting as soon as
