@@ -345,3 +345,40 @@ def test_a_sharded_assets_seconds_span_its_steps_in_the_run_report() -> None:
     )
     seconds = step_seconds(instance, SimpleNamespace(run_id="r"))  # type: ignore[arg-type]
     assert seconds == {"raw_generations": 16.0, "validated_examples_schema_compliance": 1.5}
+
+
+def test_the_shard_steps_values_land_in_the_state_folder(
+    tmp_path: Path, scripted_schemas_dir: Path, scripted_backends
+) -> None:
+    """What shard steps hand each other is pickled under the warehouse's state folder (shared by
+    every worker), not in a machine's local instance storage; the code location binds it so."""
+    from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
+    from synth_pipelines.resources.settings import default_resources
+    from synth_pipelines.resources.step_outputs import StepOutputsIOManager
+
+    bound = default_resources()
+    assert isinstance(bound["io_manager"], StepOutputsIOManager)
+    assert bound["io_manager"].warehouse is bound["warehouse"]
+
+    warehouse = WarehouseResource(root=str(tmp_path / "wh"), schemas_dir=str(scripted_schemas_dir))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("domain", [DOMAIN])
+    result = dg.materialize(
+        up_to("raw_generations"),
+        partition_key=DOMAIN,
+        instance=instance,
+        resources={
+            "warehouse": warehouse,
+            "llm": LLMResource(profile="local"),
+            "embedder": EmbedderResource(),
+            "io_manager": StepOutputsIOManager(warehouse=warehouse),
+        },
+        run_config={"ops": {"raw_generations": {"config": {"shards": 2}}}},
+    )
+    assert result.success
+    handed = tmp_path / "wh" / "step_outputs" / result.run_id
+    assert {p.parent.name for p in handed.rglob("result")} == {
+        "raw_generations.plan_generation_shards",  # the shard descriptions
+        "raw_generations.generate_shard[shard_0]",  # the shards' reports
+        "raw_generations.generate_shard[shard_1]",
+    }
