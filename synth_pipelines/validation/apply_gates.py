@@ -99,8 +99,9 @@ def texts_to_prefetch(spec: DomainSpec, screening: Screening) -> list[str]:
 @dataclass
 class Screening:
     """The gates that need no model, over every row of a raw table: the generation's status, rule
-    checks, the spec's SQL rules, exact duplicates and decontamination. Deterministic, so each step
-    of a sharded validation that needs it computes the same one."""
+    checks, the spec's SQL rules, exact duplicates and decontamination. A sharded validation computes
+    it once; its later steps rebuild it from :meth:`verdicts` (:func:`restore_screening`) or parse
+    just their candidates (:func:`screen_candidates`)."""
 
     cols: dict[str, list[Any]]
     techniques: list[str]
