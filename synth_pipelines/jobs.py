@@ -61,7 +61,7 @@ def _celery_domain_job() -> UnresolvedAssetJobDefinition | None:
     # minute on 2 workers (docs/benchmarks.md#celery-workers). A tick costs one result-backend read
     # per running step, so a tenth of a second is cheap. The constant is read at each tick.
     if getattr(core_execution_loop, "TICK_SECONDS", None) == 1:
-        core_execution_loop.TICK_SECONDS = CELERY_TICK_SECONDS
+        core_execution_loop.TICK_SECONDS = CELERY_TICK_SECONDS  # type: ignore[assignment]  # time.sleep takes a float
     broker = celery_broker_url()
     return dg.define_asset_job(
         name="synth_domain_celery",

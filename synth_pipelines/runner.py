@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sync_partitions:
         resources = default_resources()
         instance = dg.DagsterInstance.get()
-        added = sync_partitions(instance, resources["warehouse"].schemas_dir)  # type: ignore[attr-defined]
+        added = sync_partitions(instance, resources["warehouse"].schemas_dir)
         print(
             f"domain partitions: {sorted(instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME))} "
             f"(added {added or 'none'})"
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     resources = default_resources()
-    warehouse = resources["warehouse"].get()  # type: ignore[attr-defined]
+    warehouse = resources["warehouse"].get()
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     started = time.perf_counter()
     result = materialize_domain(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -22,7 +23,7 @@ def warehouse_resource(root: str | None = None, schemas_dir: str | None = None) 
     )
 
 
-def default_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManagerFactory]:
+def default_resources() -> dict[str, Any]:
     """The warehouse from :func:`warehouse_resource`, SYNTH_PROFILE (local) and the API key
     SYNTH_OPENAI_API_KEY, bound with ``dg.EnvVar`` so it is read at run time and never stored; the
     steps' values in the warehouse's state folder (:class:`StepOutputsIOManager`)."""
