@@ -1,6 +1,8 @@
 """What the sharded assets (``raw_generations``, ``validated_examples``) share: a shard step's
 report to its publishing step, and how the reports of several shards add up to one asset's."""
 
+from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import BaseModel
@@ -25,6 +27,18 @@ class ShardUsage(BaseModel):
     gate_stats: dict[str, Any]
     prefetched: dict[str, Any]
     progress: dict[str, Any]
+
+
+def shard_usage(client: LLMClient, models: Iterable[str], prefetch: Any, progress: Any) -> dict[str, Any]:
+    """A shard step's :class:`ShardUsage` fields (all but ``shard``): its client's totals and
+    gate figures, its concurrency for ``models``, its embedding prefetcher's and progress' figures."""
+    return {
+        "totals": asdict(client.totals),
+        "concurrency": client.concurrency_for(models),
+        "gate_stats": client.gate_stats(),
+        "prefetched": prefetch.stats(),
+        "progress": progress.metadata(),
+    }
 
 
 def split_budget(client: LLMClient, shard: GenerationShard) -> None:

@@ -4,7 +4,6 @@ different workers, published as one partition."""
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import dagster as dg
@@ -24,6 +23,7 @@ from synth_pipelines.assets._shards import (
     longest_shard_s,
     merged_totals,
     per_shard,
+    shard_usage,
     split_budget,
     summed_progress,
 )
@@ -241,11 +241,7 @@ def generate_shard(
     return ShardReport(
         shard=shard,
         outcome=outcome,
-        totals=asdict(client.totals),
-        concurrency=client.concurrency_for(client.generator_chain()),
-        gate_stats=client.gate_stats(),
-        prefetched=prefetch.stats(),
-        progress=progress.metadata(),
+        **shard_usage(client, client.generator_chain(), prefetch, progress),
     )
 
 

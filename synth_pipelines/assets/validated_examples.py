@@ -2,7 +2,6 @@
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import dagster as dg
@@ -24,6 +23,7 @@ from synth_pipelines.assets._shards import (
     longest_shard_s,
     merged_totals,
     per_shard,
+    shard_usage,
     split_budget,
     summed_progress,
 )
@@ -220,11 +220,7 @@ def judge_shard(
     return JudgeShardReport(
         shard=shard,
         judged=judged,
-        totals=asdict(client.totals),
-        concurrency=client.concurrency_for(j.model for j in judges),
-        gate_stats=client.gate_stats(),
-        prefetched=prefetch.stats(),
-        progress=progress.metadata(),
+        **shard_usage(client, [j.model for j in judges], prefetch, progress),
     )
 
 
