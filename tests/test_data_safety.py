@@ -488,9 +488,10 @@ def test_an_append_only_dataset_reads_columns_added_after_its_first_parts(tmp_pa
         ]
 
 
-def test_semantic_similarity_embeds_the_gold_answers_while_the_predictions_run() -> None:
-    """``evaluate_program`` hands the gold answers to the metric's ``prepare`` before predicting,
-    with exactly the texts the metric embeds for them; the scores are unchanged (issue 25)."""
+def test_semantic_similarity_embeds_gold_and_predictions_while_the_predictions_run() -> None:
+    """``evaluate_program`` hands the gold answers, then each prediction as it arrives, to a
+    background embedder with exactly the texts the metric embeds for them; the scores are unchanged
+    (issues 25, 26)."""
     import threading
 
     import numpy as np
@@ -499,9 +500,9 @@ def test_semantic_similarity_embeds_the_gold_answers_while_the_predictions_run()
     from synth_pipelines.llm.embeddings import embed_texts
 
     spec = _program_spec("semantic_similarity")
-    client, _, _ = _program_client("GET")
+    client, _, _ = _program_client("POST")
     program = spec.program_or_default()
-    test = to_dspy_examples(_rows(["GET", "POST", "DELETE"]), program)
+    test = to_dspy_examples(_rows(["GET", "DELETE"]), program)
     calls: list[tuple[str, list[str]]] = []
 
     def recording(texts: list[str]) -> np.ndarray:
@@ -512,7 +513,14 @@ def test_semantic_similarity_embeds_the_gold_answers_while_the_predictions_run()
     scores, failures = evaluate_program(
         _compiled(spec), test, make_lm(spec, client, "gen-a"), program, metric, threads=2
     )
-    (prepared_in, prepared), (_, scored) = calls
-    assert prepared_in.startswith("synth-metric-prepare")
-    assert prepared == scored[: len(prepared)]  # the gold half of the metric's batch, same texts
-    assert failures == 0 and scores[0] == pytest.approx(1.0, abs=1e-4) and scores[1] < 0.99
+    direct = build_metric(spec, program, embed_texts, None)
+    gold = [{"a": m} for m in ("GET", "DELETE")]
+    assert failures == 0 and scores == pytest.approx(direct([(g, {"a": "POST"}) for g in gold]), abs=1e-5)
+    *prefetched, (scored_in, scored) = calls
+    assert scored_in == threading.current_thread().name
+    assert prefetched and all(name == "synth-embed-prefetch" for name, _ in prefetched)
+    early = [text for _, texts in prefetched for text in texts]
+    gold_texts = scored[: len(scored) // 2]
+    assert early[: len(gold_texts)] == gold_texts  # the gold answers go first
+    # The predictions' texts follow as they arrive (identical predictions are embedded once).
+    assert early[len(gold_texts) :] == ["a: POST"]

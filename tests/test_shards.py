@@ -382,3 +382,29 @@ def test_the_shard_steps_values_land_in_the_state_folder(
         "raw_generations.generate_shard[shard_0]",  # the shards' reports
         "raw_generations.generate_shard[shard_1]",
     }
+
+
+def test_a_distributed_run_starts_the_gates_before_the_warnings() -> None:
+    """Among the steps ready after validated_examples, the blocking checks (which hold the
+    downstream assets back) are submitted before the warnings, in the order dagster-celery and the
+    multiprocess executor use (the higher tag first), and on the same Redis priority list."""
+    from dagster_celery.core_execution_loop import DAGSTER_CELERY_STEP_PRIORITY_TAG
+
+    from synth_pipelines.assets.checks import QUALITY_CHECKS
+
+    checks = [c for c in QUALITY_CHECKS if next(iter(c.check_specs)).asset_key.path == ["validated_examples"]]
+    default = 5  # dagster-celery's task_default_priority
+
+    def priority(check: dg.AssetChecksDefinition) -> int:
+        return int(check.node_def.tags.get(DAGSTER_CELERY_STEP_PRIORITY_TAG, default))
+
+    def dagster_priority(check: dg.AssetChecksDefinition) -> int:
+        return int(check.node_def.tags.get("dagster/priority", 0))
+
+    submitted = sorted(checks, key=lambda c: -priority(c))
+    blocking = [next(iter(c.check_specs)).blocking for c in submitted]
+    assert blocking == sorted(blocking, reverse=True) and blocking.count(False) == 3
+    assert all(priority(c) // 3 == default // 3 for c in checks)  # one Redis list (0-2, 3-5, ...)
+    gates = [c for c in checks if next(iter(c.check_specs)).blocking]
+    warnings = [c for c in checks if not next(iter(c.check_specs)).blocking]
+    assert min(map(dagster_priority, gates)) > max(map(dagster_priority, warnings))

@@ -20,6 +20,14 @@ from synth_pipelines.spec.text import example_text
 from synth_pipelines.validation import gates
 from synth_pipelines.validation.decontamination import build_index
 
+# Warnings wait behind the gates: a Celery or multiprocess run starts the ready steps with the
+# higher priority first (defaults: 5 for dagster-celery, 0 for dagster's own executors), so the
+# blocking checks, which hold the downstream assets back, are not queued behind a warning such as
+# the Great Expectations suite. The warnings go down rather than the gates up: Celery's Redis
+# transport serves its lists 0-2, 3-5, 6-8, 9 in that order (lowest first, unlike RabbitMQ), and 4
+# shares the default's list, so the submission order decides there too.
+WARNING_CHECK_TAGS = {"dagster/priority": "-1", "dagster-celery/priority": "4"}
+
 # What to try when a blocking check fails: the last line a user reads (``synth generate``, the UI).
 HINTS = {
     "nothing_accepted": (
@@ -174,7 +182,9 @@ def no_eval_contamination(
     return _result("eval contamination", gate, comparison="<=", hint=HINTS["no_eval_contamination"])
 
 
-@dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
+@dg.asset_check(
+    asset=validated_examples, blocking=False, partitions_def=domain_partitions, op_tags=WARNING_CHECK_TAGS
+)
 def target_count_reached(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
@@ -185,7 +195,9 @@ def target_count_reached(
     return _result("accepted examples", gate, severity=dg.AssetCheckSeverity.WARN)
 
 
-@dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
+@dg.asset_check(
+    asset=validated_examples, blocking=False, partitions_def=domain_partitions, op_tags=WARNING_CHECK_TAGS
+)
 def review_agreement(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
@@ -247,7 +259,9 @@ def embedding_diversity(
     )
 
 
-@dg.asset_check(asset=validated_examples, blocking=False, partitions_def=domain_partitions)
+@dg.asset_check(
+    asset=validated_examples, blocking=False, partitions_def=domain_partitions, op_tags=WARNING_CHECK_TAGS
+)
 def great_expectations_suite(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:

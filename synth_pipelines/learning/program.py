@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from synth_pipelines.learning.dspy_lm import ProviderLM, dspy
 from synth_pipelines.llm.backends import ProviderConfigError
 from synth_pipelines.llm.client import BudgetExhausted, LLMClient
+from synth_pipelines.llm.embedding_prefetch import EmbeddingPrefetcher
 from synth_pipelines.llm.types import ProviderError
 from synth_pipelines.spec.example_schema import example_json_schema, example_model
 from synth_pipelines.spec.model import DomainSpec, ProgramSpec
@@ -37,6 +38,9 @@ PROVIDER_ERRORS = (ProviderError, ProviderConfigError, BudgetExhausted)
 GoldPred = tuple[dict[str, Any], dict[str, Any]]
 # Most threads DSPy gets for concurrent predictions (the model's own concurrency is the real limit).
 MAX_PROGRAM_THREADS = 32
+# How long evaluation waits for the background embedder to finish the last predictions' texts
+# before the metric embeds what is left itself.
+PREDICTION_DRAIN_S = 120.0
 BatchMetric = Callable[[Sequence[GoldPred]], list[float]]
 
 
@@ -211,10 +215,11 @@ def build_metric(
             gold, pred = vectors[: len(pairs)], vectors[len(pairs) :]
             return np.clip(np.einsum("ij,ij->i", gold, pred), 0.0, 1.0).astype(float).tolist()
 
-        def prepare(golds: Sequence[dict[str, Any]]) -> None:
-            embed([_outputs_text(g, outputs) for g in golds])  # a cached embedder keeps them
-
-        semantic.prepare = prepare  # type: ignore[attr-defined]
+        # evaluate_program embeds these texts (gold answers first, then each prediction as it
+        # arrives) into the cached embedder while the model calls run, so the batch above finds
+        # them cached.
+        semantic.texts_of = lambda values: _outputs_text(values, outputs)  # type: ignore[attr-defined]
+        semantic.embed = embed  # type: ignore[attr-defined]
         return semantic
     if judge is None:
         raise ValueError("llm_judge needs a judge")
@@ -314,10 +319,17 @@ def prefetch_bootstrap(
 
 
 def predict_all(
-    compiled: dspy.Module, examples: list[dspy.Example], lm: ProviderLM, outputs: list[str], *, threads: int
+    compiled: dspy.Module,
+    examples: list[dspy.Example],
+    lm: ProviderLM,
+    outputs: list[str],
+    *,
+    threads: int,
+    on_prediction: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any] | None]:
     """The program's predicted output fields for every example (None where DSPy could not parse the
-    reply), on ``threads`` threads. A provider failure is raised, never turned into a score."""
+    reply), on ``threads`` threads; ``on_prediction`` sees each parsed one as it arrives. A provider
+    failure is raised, never turned into a score."""
 
     def predict(example: dspy.Example) -> dict[str, Any] | None:
         # dspy.context is per thread: each worker sets its own LM and adapter.
@@ -328,7 +340,10 @@ def predict_all(
                 raise
             except Exception:  # DSPy raises AdapterParseError etc. on an unusable reply
                 return None
-        return _jsonable({f: getattr(prediction, f, None) for f in outputs})
+        values = _jsonable({f: getattr(prediction, f, None) for f in outputs})
+        if on_prediction is not None:
+            on_prediction(values)
+        return values
 
     if threads <= 1:
         return [predict(e) for e in examples]
@@ -347,16 +362,29 @@ def evaluate_program(
 ) -> tuple[list[float], int]:
     """Score every example of ``test``; a reply that cannot be parsed scores 0 and is counted.
 
-    A metric with a ``prepare(golds)`` (semantic similarity: embeds the gold answers) gets it while
-    the predictions wait on the model, so with a cached embedder only the predictions are embedded
-    after them."""
+    A metric that embeds (semantic similarity: ``texts_of`` and ``embed``) has its texts embedded
+    into the cached embedder while the predictions wait on the model: the gold answers first, then
+    each prediction as it arrives, in a background :class:`EmbeddingPrefetcher`. The metric's own
+    batch afterwards finds them cached; whatever the prefetcher failed on (or had no time for within
+    ``PREDICTION_DRAIN_S``) the metric embeds itself, so an embedding error surfaces there."""
     gold = [{f: ex.get(f) for f in program.outputs} for ex in test]
-    prepare = getattr(metric, "prepare", None)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-metric-prepare") as pool:
-        preparing = pool.submit(prepare, gold) if prepare is not None and gold else None
+    texts_of = getattr(metric, "texts_of", None)
+    embed = getattr(metric, "embed", None)
+    if texts_of is None or embed is None or not gold:
         predictions = predict_all(compiled, test, lm, program.outputs, threads=threads)
-        if preparing is not None:
-            preparing.result()  # an embedding error surfaces here, as it would in the metric
+    else:
+        with EmbeddingPrefetcher(embed, batch=64) as prefetch:
+            prefetch.submit(texts_of(g) for g in gold)
+            predictions = predict_all(
+                compiled,
+                test,
+                lm,
+                program.outputs,
+                threads=threads,
+                on_prediction=lambda values: prefetch.submit([texts_of(values)]),
+            )
+            # The last predictions' texts: the metric would embed them now anyway, same cost.
+            prefetch.close(drain_s=PREDICTION_DRAIN_S)
     parsed = [(g, p) for g, p in zip(gold, predictions, strict=True) if p is not None]
     scored = iter(metric(parsed))
     scores = [next(scored) if p is not None else 0.0 for p in predictions]
