@@ -155,3 +155,30 @@ def test_only_what_the_cache_lacks_is_worth_prefetching(tmp_path: Path) -> None:
     texts = ["new 1", *held[::7], "new 2", "new 1", held[-1]]
     assert uncached_texts(texts, path) == ["new 1", "new 2"]
     assert uncached_texts(texts, path, backend="onnx") == list(dict.fromkeys(texts))  # another backend
+
+
+def test_texts_already_embedded_are_not_kept_alive() -> None:
+    """The prefetcher remembers what it was given to skip repeats, but not the texts themselves: at
+    100,000 rows those were several hundred MB held until the asset ended (issue 25, peak RSS)."""
+    import tracemalloc
+
+    def embed(texts: list[str]) -> np.ndarray:  # keeps nothing
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+    prefetch = EmbeddingPrefetcher(embed, batch=512).start()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        texts = [f"{i:06d} " + "word " * 200 for i in range(20_000)]  # ~20 MB of text
+        prefetch.submit(texts)
+        prefetch.close(drain_s=30)
+        assert prefetch.stats()["embedded"] == 20_000
+        del texts
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 4_000_000, retained
+    prefetch2 = EmbeddingPrefetcher(embed).start()
+    prefetch2.submit(["a", "a", "b"])
+    prefetch2.close(drain_s=10)
+    assert prefetch2.stats()["submitted"] == 2  # repeats are still skipped

@@ -45,7 +45,10 @@ class EmbeddingPrefetcher:
         self._embed = embed
         self._batch = max(1, batch)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
-        self._seen: set[str] = set()
+        # Hashes, not the texts: a set of every text ever submitted held them all for the whole
+        # asset (at 100,000 rows, several hundred MB of strings already embedded and cached). A
+        # 64-bit collision only skips a prefetch; the text is then embedded by whoever needs it.
+        self._seen: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.submitted = 0
@@ -65,9 +68,10 @@ class EmbeddingPrefetcher:
         if self._stop.is_set():
             return
         for text in texts:
-            if not text or text in self._seen:
+            key = hash(text)
+            if not text or key in self._seen:
                 continue
-            self._seen.add(text)
+            self._seen.add(key)
             try:
                 self._queue.put_nowait(text)
                 self.submitted += 1
