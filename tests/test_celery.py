@@ -224,6 +224,11 @@ def test_two_domains_one_in_four_shards_run_on_two_celery_workers_and_equal_a_si
     handed = {p.parent.name for p in (Path(celery_env["SYNTH_WAREHOUSE"]) / "step_outputs").rglob("result")}
     assert {f"validated_examples.judge_shard[shard_{k}]" for k in range(4)} <= handed, handed
 
+    # Each worker loaded the step code, the embedding model and DSPy once, before its first step.
+    for name in WORKERS:
+        log = (tmp_path / f"{name}.log").read_text(errors="replace")
+        assert log.count("synth worker warm-up: step code, embedding model and DSPy loaded") == 1, log[-2000:]
+
     distributed = _rows(Path(celery_env["SYNTH_WAREHOUSE"]))
     assert {d for d, _, _ in distributed} == set(DOMAINS)
     single = _single_process_rows(
