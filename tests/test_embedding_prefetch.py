@@ -50,6 +50,29 @@ def test_submit_never_blocks_and_a_full_queue_drops() -> None:
     prefetch.close()
 
 
+def test_the_queue_is_bounded_by_characters_too() -> None:
+    """Long texts fill the queue's character budget before its count: what is over it is dropped
+    (embedded later), and what the worker takes frees the budget again."""
+    gate = threading.Event()
+    embed, _ = _recording(gate=gate)
+    prefetch = EmbeddingPrefetcher(embed, batch=1, max_pending=1_000, max_pending_chars=10_000).start()
+    prefetch.submit([f"{i:04d}" + "x" * 996 for i in range(30)])  # 1,000 characters each
+    stats = prefetch.stats()
+    # The worker holds at most one text outside the queue while it waits on the gate.
+    assert 10 <= stats["submitted"] <= 11 and stats["submitted"] + stats["dropped_queue_full"] == 30
+    gate.set()
+    prefetch.close(drain_s=10)
+    assert prefetch.stats()["embedded"] == stats["submitted"]
+    later = EmbeddingPrefetcher(embed, batch=1, max_pending_chars=10_000).start()
+    for chunk in range(3):  # three budgets' worth, one after another: each fits once the last is taken
+        later.submit([f"{chunk}{i:03d}" + "y" * 996 for i in range(10)])
+        deadline = time.monotonic() + 10
+        while later.stats()["embedded"] < 10 * (chunk + 1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    later.close()
+    assert later.stats()["embedded"] == 30 and later.stats()["dropped_queue_full"] == 0
+
+
 def test_close_does_not_wait_for_the_queue() -> None:
     embed, batches = _recording(delay_s=0.2)
     prefetch = EmbeddingPrefetcher(embed, batch=2).start()

@@ -24,10 +24,14 @@ from typing import Any
 
 import numpy as np
 
-# Texts waiting at most (~60 MB of text); beyond it a submission is dropped (embedded later by the
-# asset that needs it). Callers submit only what the cache lacks (``uncached_texts``), so a full
-# queue means the embedder is far behind, not that it is busy with cached texts.
+# Texts waiting at most, by count and by characters (whichever is reached first); beyond either a
+# submission is dropped (embedded later by the asset that needs it, or submitted again by the next
+# asset that waits on the network). Callers submit only what the cache lacks (``uncached_texts``),
+# so a full queue means the embedder is far behind, not that it is busy with cached texts. The
+# character bound is what holds memory: generated rows run to ~1,500 characters a text, so 200,000
+# texts were ~300 MB of strings at 100,000 rows, where the embedder falls behind generation.
 MAX_PENDING = 200_000
+MAX_PENDING_CHARS = 48_000_000
 _STOP = object()
 
 EmbedFn = Callable[[list[str]], np.ndarray]
@@ -41,10 +45,20 @@ class EmbeddingPrefetcher:
     :meth:`close`.
     """
 
-    def __init__(self, embed: EmbedFn, *, batch: int = 128, max_pending: int = MAX_PENDING):
+    def __init__(
+        self,
+        embed: EmbedFn,
+        *,
+        batch: int = 128,
+        max_pending: int = MAX_PENDING,
+        max_pending_chars: int = MAX_PENDING_CHARS,
+    ):
         self._embed = embed
         self._batch = max(1, batch)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._max_chars = max_pending_chars
+        self._pending_chars = 0
+        self._chars_lock = threading.Lock()
         # Hashes, not the texts: a set of every text ever submitted held them all for the whole
         # asset (at 100,000 rows, several hundred MB of strings already embedded and cached). A
         # 64-bit collision only skips a prefetch; the text is then embedded by whoever needs it.
@@ -72,10 +86,18 @@ class EmbeddingPrefetcher:
             if not text or key in self._seen:
                 continue
             self._seen.add(key)
+            with self._chars_lock:
+                fits = self._pending_chars + len(text) <= self._max_chars
+                if fits:
+                    self._pending_chars += len(text)
+            if not fits:
+                self.dropped += 1
+                continue
             try:
                 self._queue.put_nowait(text)
                 self.submitted += 1
             except queue.Full:
+                self._taken([text])
                 self.dropped += 1
 
     def close(self, timeout_s: float = 30.0, *, drain_s: float = 0.0) -> None:
@@ -123,7 +145,12 @@ class EmbeddingPrefetcher:
                 self._stop.set()
                 break
             batch.append(item)
+        self._taken(batch)
         return batch
+
+    def _taken(self, texts: list[str]) -> None:
+        with self._chars_lock:
+            self._pending_chars -= sum(len(t) for t in texts)
 
     def _work(self) -> None:
         while not self._stop.is_set():
