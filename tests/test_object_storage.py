@@ -77,6 +77,24 @@ def test_partitions_replace_and_never_duplicate_on_a_remote_root(memory_warehous
     assert not wh.state_dir.exists() or not list(wh.state_dir.rglob("*.parquet"))
 
 
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_partition_is_read_without_the_columns_a_step_skips(
+    remote: bool, memory_warehouse: Warehouse, tmp_path: Path
+) -> None:
+    """What validation reads of raw_generations: every column but the raw replies. A skipped
+    column the file does not have (an older partition) is no error; ``columns`` still narrow."""
+    wh = memory_warehouse if remote else Warehouse(tmp_path / "w")
+    wh.write_partition(
+        "raw_generations", "d", pa.table({"id": ["a", "b"], "raw_text": ["x" * 50, "y"], "n": [1, 2]})
+    )
+    table = wh.read_partition("raw_generations", "d", skip={"raw_text", "not_in_this_file"})
+    assert table is not None and table.column_names == ["id", "n"] and table.column("n").to_pylist() == [1, 2]
+    narrowed = wh.read_partition("raw_generations", "d", columns=["n", "raw_text"], skip={"raw_text"})
+    assert narrowed is not None and narrowed.column_names == ["n"]
+    full = wh.read_partition("raw_generations", "d")
+    assert full is not None and full.column_names == ["id", "raw_text", "n"]
+
+
 def test_outcome_inbox_on_a_remote_root(memory_warehouse: Warehouse) -> None:
     wh = memory_warehouse
     inbox = wh.root / "outcomes_inbox"

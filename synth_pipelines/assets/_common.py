@@ -2,7 +2,7 @@
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import dagster as dg
@@ -29,11 +29,20 @@ def load_materialized_spec(warehouse: Warehouse, domain: str) -> DomainSpec:
     return spec
 
 
-def require_upstream(warehouse: Warehouse, asset: str, domain: str) -> Any:
+def require_upstream(
+    warehouse: Warehouse,
+    asset: str,
+    domain: str,
+    *,
+    columns: list[str] | None = None,
+    skip: Collection[str] = (),
+) -> Any:
     """The upstream partition, read after the heap the previous steps freed went back to the OS
-    (every asset past the first starts here; see ``warehouse/heap.py``)."""
+    (every asset past the first starts here; see ``warehouse/heap.py``). ``columns`` / ``skip``:
+    read only these, or all but those (at 100,000 rows a column a step does not use is hundreds
+    of MB it need not hold)."""
     release_freed_memory()
-    table = warehouse.read_partition(asset, domain)
+    table = warehouse.read_partition(asset, domain, columns=columns, skip=skip)
     if table is None:
         raise dg.Failure(
             description=f"{asset} has no data for domain {domain!r} under {warehouse.root}. "

@@ -29,8 +29,8 @@ from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EMBEDDING_DIM, EX
 
 def validated_rows(wh: Any, domain: str) -> dict[str, list[Any]]:
     """Only the columns the downstream assets read, as Python lists (never whole-row dicts)."""
-    table = require_upstream(wh, "validated_examples", domain)
-    return table.select(["example_id", "cell_id", "example_json"]).to_pydict()
+    columns = ["example_id", "cell_id", "example_json"]
+    return require_upstream(wh, "validated_examples", domain, columns=columns).select(columns).to_pydict()
 
 
 @dg.asset(
@@ -52,7 +52,7 @@ def example_embeddings(
     wh = warehouse.get()
     spec = load_materialized_spec(wh, domain)
     cols = validated_rows(wh, domain)
-    texts = [example_text(json.loads(j)) for j in cols["example_json"]]
+    texts = [example_text(json.loads(j)) for j in cols.pop("example_json")]  # the JSON is not needed again
     started = time.perf_counter()
     vectors = embedder.embed(texts, cache_path=wh.embedding_cache_path)
     embed_s = time.perf_counter() - started

@@ -50,7 +50,10 @@ def example_index(
     an index built from older embeddings is never used either (fingerprint check)."""
     domain = context.partition_key
     wh = warehouse.get()
-    embeddings = require_upstream(wh, "example_embeddings", domain)
+    # Not the text column: the index, its fingerprint and the recall check need ids and vectors only.
+    embeddings = require_upstream(
+        wh, "example_embeddings", domain, columns=["example_id", "embedding", "embedding_model"]
+    )
     path = index_path(wh, domain)
     rows = embeddings.num_rows
     if rows < config.min_rows:

@@ -109,7 +109,9 @@ class _Inputs(NamedTuple):
 
 def _inputs(warehouse: WarehouseResource, domain: str) -> _Inputs:
     wh = warehouse.get()
-    return _Inputs(load_materialized_spec(wh, domain), require_upstream(wh, "raw_generations", domain))
+    # Not the model's raw replies (``raw_text``, as large as the examples): validation never reads them.
+    raw = require_upstream(wh, "raw_generations", domain, skip={"raw_text"})
+    return _Inputs(load_materialized_spec(wh, domain), raw)
 
 
 def _eval_index(warehouse: WarehouseResource, spec: DomainSpec) -> NgramIndex:

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -159,11 +159,22 @@ def fresh_listing(folder: StoragePath) -> StoragePath:
     return folder
 
 
-def read_parquet(path: StoragePath, *, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(
+    path: StoragePath, *, columns: list[str] | None = None, skip: Collection[str] = ()
+) -> pa.Table:
+    """The file as a table: only ``columns`` if given, without the ``skip`` columns (whichever of
+    them the file has: older partitions may lack a newer column)."""
     if isinstance(path, Path):
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(path, columns=_kept(pq.read_schema(path), columns, skip) if skip else columns)
     with path.open("rb") as f:
+        if skip:
+            columns = _kept(pq.read_schema(f), columns, skip)
+            f.seek(0)
         return pq.read_table(f, columns=columns)
+
+
+def _kept(schema: pa.Schema, columns: list[str] | None, skip: Collection[str]) -> list[str]:
+    return [name for name in (columns or schema.names) if name not in skip]
 
 
 def read_rows_file(path: StoragePath) -> list[dict[str, Any]]:
@@ -350,11 +361,13 @@ class Warehouse:
         self.replace_domain_rows(asset, domain, table, column_types=column_types)
         return self.write_partition(asset, domain, table)
 
-    def read_partition(self, asset: str, domain: str, *, columns: list[str] | None = None) -> pa.Table | None:
+    def read_partition(
+        self, asset: str, domain: str, *, columns: list[str] | None = None, skip: Collection[str] = ()
+    ) -> pa.Table | None:
         path = self.partition_file(asset, domain)
         if not path.is_file():
             return None
-        return read_parquet(path, columns=columns)
+        return read_parquet(path, columns=columns, skip=skip)
 
     def partition_rows(self, asset: str, domain: str) -> int | None:
         """Rows in a partition, from the Parquet footer alone (no data read), or None when absent."""
