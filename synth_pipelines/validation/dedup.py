@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 _WORD = re.compile(r"[a-z0-9]+")
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -164,6 +162,10 @@ def _band_candidate_pairs(band_keys: np.ndarray, *, max_group: int = 32) -> tupl
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> Clusters:
     if n == 0:
         return Clusters(labels=np.zeros(0, dtype=np.int64), n_clusters=0, pairs=0)
+    # Imported here: scipy.sparse costs every process that loads the CLI or the assets ~0.4 s.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
     n_clusters, labels = connected_components(graph, directed=False)
     return Clusters(labels=labels.astype(np.int64), n_clusters=int(n_clusters), pairs=len(left))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from synth_pipelines.spec.model import EventsSpec, TimeseriesSpec, duration_seconds
 
 # Series checked at most (a random but fixed subset of a big domain).
