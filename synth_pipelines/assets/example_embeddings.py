@@ -30,7 +30,7 @@ from synth_pipelines.warehouse.tables import DOMAIN_DIVERSITY, EMBEDDING_DIM, EX
 def validated_rows(wh: Any, domain: str) -> dict[str, list[Any]]:
     """Only the columns the downstream assets read, as Python lists (never whole-row dicts)."""
     columns = ["example_id", "cell_id", "example_json"]
-    return require_upstream(wh, "validated_examples", domain, columns=columns).select(columns).to_pydict()
+    return require_upstream(wh, "validated_examples", domain, columns=columns).to_pydict()
 
 
 @dg.asset(
