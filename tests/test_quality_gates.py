@@ -132,6 +132,26 @@ def test_short_texts_are_compared_on_their_characters() -> None:
     assert keep == [0, 1, 2, 3] and replaced_by == {4: 0}
 
 
+def test_minhash_signatures_do_not_depend_on_how_the_texts_are_batched() -> None:
+    # Memory is bounded by shingles per pass and characters per batch; a long text (code, a log)
+    # is split across passes and combined by the running minimum: the signatures must not change.
+    from synth_pipelines.validation.dedup import minhash_signatures
+
+    rng = random.Random(5)
+    texts = [" ".join(f"w{rng.randrange(300)}" for _ in range(rng.randint(3, 80))) for _ in range(300)]
+    texts += [" ".join(f"t{rng.randrange(2000)}" for _ in range(5000))]
+    rng.shuffle(texts)
+    whole = minhash_signatures(texts)
+    for batch_chars, pass_shingles in ((1, 1), (500, 37), (10_000, 4096), (10**9, 1)):
+        split = minhash_signatures(texts, batch_chars=batch_chars, pass_shingles=pass_shingles)
+        assert np.array_equal(split, whole), (batch_chars, pass_shingles)
+    # Short texts (character grams) and empty ones mixed in: passes still change nothing.
+    mixed = [*texts[:50], "", "GET", "method: GET", "method: POST", *texts[50:]]
+    assert np.array_equal(minhash_signatures(mixed), minhash_signatures(mixed, pass_shingles=7))
+    # And they are signatures: a text is identical to itself only.
+    assert len({row.tobytes() for row in whole}) == len(set(texts))
+
+
 def test_kept_rows_are_never_near_and_every_dropped_row_is_near_a_kept_one() -> None:
     from synth_pipelines.validation.dedup import minhash_signatures
 

@@ -92,11 +92,68 @@ def _document_tokens(text: str, shingle: int) -> tuple[list[str], int]:
     return [f"\x00{joined[i : i + 3]}" for i in range(len(joined) - 2)], 1
 
 
+# What one pass holds at most, whatever the texts' length: the characters tokenized at once (the
+# tokens are Python strings, ~60 bytes each) and the shingles hashed at once (num_perm x shingles
+# uint64s: 64 MB at 128 permutations). Fixed document counts let long human texts (code, logs)
+# take gigabytes in one batch.
+_BATCH_CHARS = 2_000_000
+_PASS_SHINGLES = 1 << 16
+
+
+def _text_batches(texts: list[str], max_chars: int) -> Iterable[tuple[int, list[str]]]:
+    """``texts`` in consecutive batches of at most ``max_chars`` characters (a longer text alone),
+    each with the index of its first text."""
+    start, size = 0, 0
+    for end, text in enumerate(texts):
+        if size and size + len(text) > max_chars:
+            yield start, texts[start:end]
+            start, size = end, 0
+        size += len(text)
+    if start < len(texts):
+        yield start, texts[start:]
+
+
+def _min_hashes_into(
+    out: np.ndarray,
+    rows: np.ndarray,
+    shingles: np.ndarray,
+    counts: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    max_shingles: int,
+) -> None:
+    """``out[rows[d]]`` lowered to the minimum permuted hash over document d's shingles (documents'
+    shingles are consecutive in ``shingles``, ``counts[d]`` >= 1 each), ``max_shingles`` at a time:
+    a document split across passes is combined by the running minimum."""
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    for lo in range(0, len(shingles), max_shingles):
+        hi = min(lo + max_shingles, len(shingles))
+        first = int(np.searchsorted(offsets, lo, side="right")) - 1
+        last = int(np.searchsorted(offsets, hi, side="left"))
+        # (permutations x shingles), computed in place and reduced along contiguous rows: ~10x
+        # faster than the transposed layout with temporaries.
+        permuted = a[:, None] * shingles[None, lo:hi]
+        permuted += b[:, None]
+        permuted >>= np.uint64(32)
+        starts = np.maximum(offsets[first:last], lo) - lo
+        reduced = np.minimum.reduceat(permuted.astype(np.uint32), starts, axis=1).T
+        target = rows[first:last]
+        out[target] = np.minimum(out[target], reduced)
+
+
 def minhash_signatures(
-    texts: list[str], *, num_perm: int = 128, shingle: int = 3, seed: int = 1, batch_docs: int = 4096
+    texts: list[str],
+    *,
+    num_perm: int = 128,
+    shingle: int = 3,
+    seed: int = 1,
+    batch_chars: int = _BATCH_CHARS,
+    pass_shingles: int = _PASS_SHINGLES,
 ) -> np.ndarray:
     """MinHash signatures, shape (n, num_perm), uint32: over word ``shingle``-grams, or character
-    3-grams for texts shorter than ``shingle`` words. An empty text gets the all-maximum signature."""
+    3-grams for texts shorter than ``shingle`` words. An empty text gets the all-maximum signature.
+    Memory is bounded by ``batch_chars`` and ``pass_shingles``, not by the texts' count or length;
+    the signatures do not depend on either."""
     rng = np.random.default_rng(seed)
     # Multiply-shift hashing ((a*h + b) mod 2^64) >> 32 with odd a: a universal family that needs
     # no modulo, which is the slow part of the classic (a*h + b) mod p.
@@ -104,9 +161,9 @@ def minhash_signatures(
     b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
     vocab: dict[str, int] = {}
     out = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    for start in range(0, len(texts), batch_docs):
-        docs = [_document_tokens(t, shingle) for t in texts[start : start + batch_docs]]
-        for size in {k for _, k in docs}:  # word shingles and character grams, each vectorized
+    for start, batch in _text_batches(texts, batch_chars):
+        docs = [_document_tokens(t, shingle) for t in batch]
+        for size in sorted({k for _, k in docs}):  # character grams, then word shingles, vectorized
             rows = [i for i, (tokens, k) in enumerate(docs) if k == size and tokens]
             if not rows:
                 continue
@@ -118,14 +175,7 @@ def minhash_signatures(
                     vocab[w] = len(vocab) + 1
             ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.uint64, count=len(flat))
             shingles, counts = _batch_shingles(ids, lengths, size)
-            # (permutations x shingles), computed in place and reduced along contiguous rows: ~10x
-            # faster than the transposed layout with temporaries.
-            permuted = a[:, None] * shingles[None, :]
-            permuted += b[:, None]
-            permuted >>= np.uint64(32)
-            offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
-            reduced = np.minimum.reduceat(permuted.astype(np.uint32), offsets, axis=1).T
-            out[start + np.asarray(rows)] = reduced
+            _min_hashes_into(out, start + np.asarray(rows), shingles, counts, a, b, pass_shingles)
     return out
 
 
