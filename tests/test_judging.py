@@ -391,3 +391,42 @@ def test_embedding_gates_run_in_chunks_that_overlap_the_judges(monkeypatch: pyte
     assert stages == {"inconsistent_fields": 2}
     assert sorted(accepted) == ["e0", "e2", "e3", "e5"]
     assert run(1000) == (accepted, stages)  # the same verdicts as one batch
+
+
+def test_a_judged_candidate_costs_about_a_kilobyte_of_memory() -> None:
+    # A validation holds one verdict per candidate until it publishes (100,000 at scale); as pydantic
+    # models they took ~4.4 KB each, which put the 100,000-row run over its 2 GB budget.
+    import pickle
+    import tracemalloc
+
+    from synth_pipelines.validation.apply_gates import JudgedCandidates
+    from synth_pipelines.validation.consensus import Consensus, JudgeScore
+
+    def verdict(i: int) -> Consensus:
+        judges = [
+            JudgeScore(
+                model=name,
+                weight=weight,
+                scores={c: (i % 5) / 4 for c in ("coherence", "accuracy", "relevance", "consistency")},
+                score=(i % 5) / 4,
+                reason=f"payload invoice region churn order {i}",
+                prompt_tokens=300,
+                completion_tokens=40,
+                model_calls=1,
+            )
+            for name, weight in (("judge-a", 1.0), ("judge-b", 0.7))
+        ]
+        return Consensus(consensus=0.5, passed=True, spread=0.25, judges=judges, skipped_calls=0)
+
+    n = 5000
+    tracemalloc.start()
+    try:
+        judged = JudgedCandidates(verdicts={f"ex-{i:06d}": verdict(i) for i in range(n)})
+        per_row = tracemalloc.get_traced_memory()[0] / n
+    finally:
+        tracemalloc.stop()
+    assert per_row < 1600, f"{per_row:.0f} bytes per judged candidate"
+    # The shard's report goes to the publishing step pickled: it must come back whole.
+    back = pickle.loads(pickle.dumps(judged))
+    assert back.verdicts["ex-000003"].judges[1].scores["accuracy"] == 0.75
+    assert back.verdicts == judged.verdicts

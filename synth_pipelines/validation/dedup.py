@@ -94,10 +94,10 @@ def _document_tokens(text: str, shingle: int) -> tuple[list[str], int]:
 
 # What one pass holds at most, whatever the texts' length: the characters tokenized at once (the
 # tokens are Python strings, ~60 bytes each) and the shingles hashed at once (num_perm x shingles
-# uint64s: 64 MB at 128 permutations). Fixed document counts let long human texts (code, logs)
+# uint64s: 32 MB at 128 permutations). Fixed document counts let long human texts (code, logs)
 # take gigabytes in one batch.
 _BATCH_CHARS = 2_000_000
-_PASS_SHINGLES = 1 << 16
+_PASS_SHINGLES = 1 << 15
 
 
 def _text_batches(texts: list[str], max_chars: int) -> Iterable[tuple[int, list[str]]]:
@@ -136,7 +136,9 @@ def _min_hashes_into(
         permuted += b[:, None]
         permuted >>= np.uint64(32)
         starts = np.maximum(offsets[first:last], lo) - lo
-        reduced = np.minimum.reduceat(permuted.astype(np.uint32), starts, axis=1).T
+        narrowed = permuted.astype(np.uint32)
+        del permuted  # before the next pass allocates its own
+        reduced = np.minimum.reduceat(narrowed, starts, axis=1).T
         target = rows[first:last]
         out[target] = np.minimum(out[target], reduced)
 

@@ -99,7 +99,10 @@ def validate_rows(
         entry.update(
             consensus=verdict.consensus,
             spread=verdict.spread,
-            validators=[j.model_dump(include={"model", "score", "reason", "error"}) for j in verdict.judges],
+            validators=[
+                {"model": j.model, "score": j.score, "reason": j.reason, "error": j.error}
+                for j in verdict.judges
+            ],
         )
         if not verdict.passed:
             entry.update(passed=False, stage="consensus", reasons=[verdict.reason or "below threshold"])
