@@ -76,7 +76,7 @@ def example_index(
     queries = vectors[np.sort(sample)]
     recall = recall_at_k(ann, exact_neighbours(embeddings, queries, 10, vectors=vectors), queries, 10)
     info = IndexInfo(
-        fingerprint=embeddings_fingerprint(embeddings),
+        fingerprint=embeddings_fingerprint(embeddings, vectors),
         rows=rows,
         recall_at_10=round(recall, 4),
         recall_queries=len(queries),
