@@ -40,7 +40,7 @@ def embeddings_fingerprint(embeddings: pa.Table, vectors: np.ndarray | None = No
         h.update(b"\0")
     if "embedding" in embeddings.column_names and embeddings.num_rows:
         matrix = vectors_of(embeddings) if vectors is None else vectors
-        h.update(memoryview(np.ascontiguousarray(matrix, dtype=np.float32)).cast("B"))
+        h.update(np.ascontiguousarray(matrix, dtype=np.float32).data.cast("B"))
     if "embedding_model" in embeddings.column_names and embeddings.num_rows:
         h.update(str(embeddings.column("embedding_model")[0].as_py()).encode())
     return f"{embeddings.num_rows}:{h.hexdigest()[:24]}"
