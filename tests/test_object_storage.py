@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -212,3 +213,63 @@ def test_inbox_sees_files_dropped_by_other_writers(s3_bucket: str, tmp_path: Pat
     assert set(ingest_inbox(wh)) == {"a.jsonl", "b.jsonl"}
     processed = {f"synth/outcomes_inbox/processed/{name}" for name in ("a.jsonl", "b.jsonl")}
     assert processed <= bucket_keys(s3_bucket)
+
+
+def test_a_mirror_write_runs_under_a_bounded_duckdb_buffer_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DuckDB's default pool is 80% of RAM and it keeps what it touched until the connection closes:
+    # at 100,000 rows the mirror write alone added ~650 MB to the run's RSS.
+    from synth_pipelines.warehouse import storage
+
+    wh = Warehouse(tmp_path / "warehouse")
+    pools: list[str] = []
+    connect = Warehouse.duckdb
+
+    def recorded(self: Warehouse, **kwargs: object):  # the pool each write's connection ran under
+        manager = connect(self, **kwargs)
+        conn = manager.__enter__()
+        pools.append(conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+        return _Entered(manager, conn)
+
+    monkeypatch.setattr(Warehouse, "duckdb", recorded)
+    wh.replace_domain_rows("small_rows", "demo", pa.table({"example_id": ["a", "b"]}))
+    assert len(pools) == 1 and pools[0].endswith("MiB") and 200 < float(pools[0].split()[0]) < 300, pools
+    # Beyond the limit DuckDB spills, but rows too wide for the pool fail in it: such a write is
+    # retried under DuckDB's default pool, so the partition is still written whole (an 8 MB pool
+    # and 20 MB of rows here, which fail in it, to keep the test quick).
+    monkeypatch.setattr(storage, "DUCKDB_WRITE_MEMORY_LIMIT", "8MB")
+    pools.clear()
+    rows = 4_000
+    table = _wide_rows(rows)
+    wh.replace_domain_rows("big_rows", "demo", table)
+    assert len(pools) == 2 and pools[0].endswith("MiB") and pools[1].endswith("GiB"), pools
+    wh.replace_domain_rows("big_rows", "demo", table)  # replaced, not appended
+    monkeypatch.undo()
+    with duckdb.connect(str(wh.duckdb_path), read_only=True) as conn:
+        count, longest, last = conn.execute(
+            "SELECT count(*), max(length(raw_text)), max(example_id) FROM big_rows WHERE domain = 'demo'"
+        ).fetchone()
+    assert (count, longest, last) == (rows, 5000, "e003999")
+
+
+class _Entered:
+    """A context manager already entered: hands ``conn`` to the ``with`` and exits ``manager``."""
+
+    def __init__(self, manager: Any, conn: duckdb.DuckDBPyConnection):
+        self.manager, self.conn = manager, conn
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.manager.__exit__(*exc)
+
+
+def _wide_rows(rows: int) -> pa.Table:
+    return pa.table(
+        {
+            "example_id": [f"e{i:06d}" for i in range(rows)],
+            "raw_text": pa.array([f"{i:08d}" * 625 for i in range(rows)]),  # 5,000 chars a row
+        }
+    )
