@@ -416,7 +416,9 @@ class Warehouse:
         delay = 0.05
         while True:
             try:
-                config = {"memory_limit": memory_limit} if memory_limit else {}
+                config: dict[str, str | bool | int | float | list[str]] = (
+                    {"memory_limit": memory_limit} if memory_limit else {}
+                )
                 conn = duckdb.connect(str(self.duckdb_path), config=config)
                 break
             except duckdb.IOException as e:
