@@ -45,6 +45,49 @@ def test_memory_duplicates_flags_only_new_ids_close_to_a_remembered_one(
     assert memory_duplicates(ids, candidates, empty, 0.95, texts=texts) == {}
 
 
+def test_memory_duplicates_chunked_on_both_sides_match_every_pair_compared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # New examples are compared a chunk at a time too (4096 x 4096 at most, not 4096 x all of
+    # them: 1.6 GB at 100,000): each one's best match must be the one over every remembered row.
+    monkeypatch.setattr(memory_module, "CHUNK", 4)
+    rng = np.random.default_rng(3)
+    remembered = unit(rng, 23)
+    memory = Memory([f"m{i}" for i in range(23)], remembered, [content_hash(f"old {i}") for i in range(23)])
+    noisy = remembered[rng.integers(0, 23, size=30)] + 0.01 * rng.normal(size=(30, EMBEDDING_DIM))
+    candidates = np.concatenate([noisy / np.linalg.norm(noisy, axis=1, keepdims=True), unit(rng, 11)])
+    ids = [f"m{i}" if i % 4 == 0 else f"n{i}" for i in range(len(candidates))]  # some reuse an id
+    texts = [f"new {i}" for i in range(len(candidates))]
+    found = memory_duplicates(ids, candidates.astype(np.float32), memory, threshold=0.9, texts=texts)
+    sims = candidates @ remembered.T
+    for i, example_id in enumerate(ids):
+        if example_id in memory.ids:  # its own earlier content is not a duplicate of it
+            sims[i, memory.ids.index(example_id)] = -2.0
+    expected = {i: f"m{int(sims[i].argmax())}" for i in range(len(ids)) if sims[i].max() >= 0.9}
+    assert len(expected) >= 15
+    assert {i: match for i, (match, _) in found.items()} == expected
+    assert all(abs(found[i][1] - sims[i].max()) < 1e-5 for i in found)
+
+
+def test_memory_duplicates_hold_one_chunk_by_chunk_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    monkeypatch.setattr(memory_module, "CHUNK", 256)
+    rng = np.random.default_rng(4)
+    memory = Memory([f"m{i}" for i in range(512)], unit(rng, 512), [None] * 512)
+    candidates = unit(rng, 8000)  # 12 MB of vectors; every one of them new
+    ids, texts = [f"n{i}" for i in range(8000)], [f"t{i}" for i in range(8000)]
+    tracemalloc.start()
+    try:
+        memory_duplicates(ids, candidates, memory, threshold=0.99, texts=texts)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # 256 x 256 similarities and 256 query vectors at a time, plus per-candidate bookkeeping; the
+    # query side unchunked was 8000 x 256 floats and a copy of every candidate (~20 MB).
+    assert peak < 6_000_000, peak
+
+
 def test_a_remembered_id_with_new_content_that_copies_another_is_a_duplicate() -> None:
     """Memory is keyed by content: an id the memory knows passes only with the content it was
     accepted with. Regenerated under an old id, a copy of another remembered example is caught,

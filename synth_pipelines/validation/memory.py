@@ -36,7 +36,8 @@ MEMORY_SCHEMA = pa.schema(
         ("remembered_at", pa.string()),
     ]
 )
-# Rows of memory compared at once (bounds the similarity matrix: 4096 x new rows floats).
+# Rows of memory, and of new examples, compared at once: the similarity matrix stays 4096 x 4096
+# floats (64 MB). Chunking the memory alone made it 4096 x all new rows: 1.6 GB at 100,000.
 CHUNK = 4096
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -73,7 +74,8 @@ def load_memory(wh: Warehouse, domain: str) -> Memory:
     """The domain's memory (empty when it has none yet): for each id, the latest content it was
     remembered with. Parts written before content hashes were kept read as hash None (such an id is
     then compared as new once, and remembered with its hash)."""
-    table = wh.read_dataset(MEMORY_DATASET, domain=domain)
+    # Not spec_version: at 100,000 remembered rows every column not used is tens of MB held.
+    table = wh.read_dataset(MEMORY_DATASET, domain=domain, skip={"spec_version"})
     if table is None or table.num_rows == 0:
         return Memory([], np.zeros((0, EMBEDDING_DIM), dtype=np.float32), [])
     ids = [str(x) for x in table.column("example_id").to_pylist()]
@@ -95,6 +97,8 @@ def load_memory(wh: Warehouse, domain: str) -> Memory:
     for position in sorted(range(len(ids)), key=lambda i: order[i]):
         latest[ids[position]] = position
     keep = sorted(latest.values())
+    if len(keep) == len(ids):  # each id once (the usual case): no copy of the matrix
+        return Memory(ids, vectors, hashes)
     return Memory([ids[i] for i in keep], vectors[keep], [hashes[i] for i in keep])
 
 
@@ -143,24 +147,26 @@ def memory_duplicates(
     fresh = [i for i, example_id in enumerate(ids) if (example_id, content_hash(texts[i])) not in delivered]
     if not fresh:
         return {}
-    q = np.ascontiguousarray(vectors[fresh], dtype=np.float32)
     # Each candidate's own entry in the memory (-1: none). An id's earlier content is what it
     # replaces, not what it duplicates, so that entry is left out of its comparison.
     position = {example_id: k for k, example_id in enumerate(memory.ids)}
     own = np.array([position.get(ids[i], -1) for i in fresh], dtype=np.int64)
-    rows = np.arange(len(fresh))
     best = np.full(len(fresh), -2.0, dtype=np.float32)
     best_at = np.zeros(len(fresh), dtype=np.int64)
-    for start in range(0, len(memory), CHUNK):
-        block = memory.vectors[start : start + CHUNK]
-        sims = q @ block.T
-        inside = (own >= start) & (own < start + len(block))
-        sims[rows[inside], own[inside] - start] = -2.0
-        top = sims.argmax(axis=1)
-        values = sims[np.arange(len(fresh)), top]
-        better = values > best
-        best[better] = values[better]
-        best_at[better] = top[better] + start
+    for low in range(0, len(fresh), CHUNK):
+        q = np.ascontiguousarray(vectors[fresh[low : low + CHUNK]], dtype=np.float32)
+        mine = own[low : low + CHUNK]
+        rows = np.arange(len(q))
+        for start in range(0, len(memory), CHUNK):
+            block = memory.vectors[start : start + CHUNK]
+            sims = q @ block.T
+            inside = (mine >= start) & (mine < start + len(block))
+            sims[rows[inside], mine[inside] - start] = -2.0
+            top = sims.argmax(axis=1)
+            values = sims[rows, top]
+            better = values > best[low : low + CHUNK]
+            best[low : low + CHUNK][better] = values[better]
+            best_at[low : low + CHUNK][better] = top[better] + start
     return {
         fresh[k]: (memory.ids[int(best_at[k])], float(best[k]))
         for k in range(len(fresh))

@@ -159,18 +159,35 @@ def fresh_listing(folder: StoragePath) -> StoragePath:
     return folder
 
 
+# Rows decoded at a time when reading a Parquet file. pyarrow's ``read_table`` decodes a whole row
+# group at once (a partition is one): a 100,000-row embeddings partition (153 MB of vectors) peaked
+# at ~1 GB RSS; batches of 8,192 rows peaked at ~470 MB and read faster (0.8 s vs 1.5 s), and the
+# other partitions likewise (raw_generations 0.19 s vs 0.61 s).
+READ_BATCH_ROWS = 8192
+
+
 def read_parquet(
     path: StoragePath, *, columns: list[str] | None = None, skip: Collection[str] = ()
 ) -> pa.Table:
     """The file as a table: only ``columns`` if given, without the ``skip`` columns (whichever of
-    them the file has: older partitions may lack a newer column)."""
+    them the file has: older partitions may lack a newer column). Decoded in batches of
+    ``READ_BATCH_ROWS`` rows, so the table comes back in chunks of that size."""
     if isinstance(path, Path):
-        return pq.read_table(path, columns=_kept(pq.read_schema(path), columns, skip) if skip else columns)
+        return _read_batched(pq.ParquetFile(path), columns, skip)
     with path.open("rb") as f:
-        if skip:
-            columns = _kept(pq.read_schema(f), columns, skip)
-            f.seek(0)
-        return pq.read_table(f, columns=columns)
+        return _read_batched(pq.ParquetFile(f), columns, skip)
+
+
+def _read_batched(file: pq.ParquetFile, columns: list[str] | None, skip: Collection[str]) -> pa.Table:
+    schema = file.schema_arrow
+    wanted = _kept(schema, columns, skip) if skip else columns
+    if wanted is not None:
+        missing = [name for name in wanted if schema.get_field_index(name) < 0]
+        if missing:
+            raise pa.ArrowInvalid(f"the Parquet file has no column(s) {missing}")
+        schema = pa.schema([schema.field(name) for name in wanted], metadata=schema.metadata)
+    batches = file.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted, use_threads=True)
+    return pa.Table.from_batches(list(batches), schema=schema)
 
 
 def _kept(schema: pa.Schema, columns: list[str] | None, skip: Collection[str]) -> list[str]:
@@ -450,10 +467,16 @@ class Warehouse:
         return path
 
     def read_dataset(
-        self, name: str, *, columns: list[str] | None = None, domain: str | None = None
+        self,
+        name: str,
+        *,
+        columns: list[str] | None = None,
+        domain: str | None = None,
+        skip: Collection[str] = (),
     ) -> pa.Table | None:
         """Every part of a dataset (hive-partitioned by domain) as one table, or None when empty;
-        with ``domain``, only that domain's parts are read.
+        with ``domain``, only that domain's parts are read; without the ``skip`` columns (whichever
+        the parts have).
 
         Reads Parquet only: it never waits on the DuckDB mirror's lock."""
         import pyarrow.dataset as pds
@@ -487,7 +510,13 @@ class Warehouse:
                 files, schema=unified, format="parquet", partitioning=pds.partitioning(flavor="hive"),
                 partition_base_dir=base, filesystem=filesystem,
             )  # fmt: skip
-        return dataset.to_table(columns=columns)
+        if skip:
+            columns = _kept(dataset.schema, columns, skip)
+        # In batches, as ``read_parquet`` (a whole part decoded at once costs several times its size).
+        return pa.Table.from_batches(
+            list(dataset.to_batches(columns=columns, batch_size=READ_BATCH_ROWS)),
+            schema=pa.schema([dataset.schema.field(c) for c in columns]) if columns else dataset.schema,
+        )
 
     def sync_mirror(self, name: str, domains: Iterable[str]) -> None:
         """Make the DuckDB table ``name`` hold exactly the dataset's rows for ``domains`` (idempotent:
