@@ -194,6 +194,26 @@ def _kept(schema: pa.Schema, columns: list[str] | None, skip: Collection[str]) -
     return [name for name in (columns or schema.names) if name not in skip]
 
 
+def _read_part(fragment: Any, schema: pa.Schema) -> pa.Table:
+    """One part of a hive-partitioned dataset in ``schema``: its own columns read in batches, the
+    partition's key (``domain``) from its path, and nulls for a column the part predates."""
+    import pyarrow.dataset as pds
+
+    keys = pds.get_partition_keys(fragment.partition_expression)
+    have = set(fragment.physical_schema.names)
+    with fragment.filesystem.open_input_file(fragment.path) as f:
+        table = _read_batched(pq.ParquetFile(f), [n for n in schema.names if n in have], ())
+    columns = []
+    for field in schema:
+        if field.name in have:
+            columns.append(table.column(field.name).cast(field.type))
+        elif field.name in keys:
+            columns.append(pa.array([keys[field.name]] * table.num_rows).cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def read_rows_file(path: StoragePath) -> list[dict[str, Any]]:
     """Rows of a ``.jsonl`` or ``.parquet`` file. A malformed JSON line becomes a row holding
     ``_error`` so that callers can reject it with a reason instead of failing the whole file."""
@@ -510,13 +530,12 @@ class Warehouse:
                 files, schema=unified, format="parquet", partitioning=pds.partitioning(flavor="hive"),
                 partition_base_dir=base, filesystem=filesystem,
             )  # fmt: skip
-        if skip:
-            columns = _kept(dataset.schema, columns, skip)
-        # In batches, as ``read_parquet`` (a whole part decoded at once costs several times its size).
-        return pa.Table.from_batches(
-            list(dataset.to_batches(columns=columns, batch_size=READ_BATCH_ROWS)),
-            schema=pa.schema([dataset.schema.field(c) for c in columns]) if columns else dataset.schema,
-        )
+        schema = dataset.schema
+        wanted = _kept(schema, columns, skip)
+        out = pa.schema([schema.field(name) for name in wanted])
+        # Each part through ``_read_batched``, as ``read_parquet``: the dataset scanner decodes a
+        # part's row group whole (a 100,000-row memory part of 159 MB peaked at ~930 MB RSS).
+        return pa.concat_tables([_read_part(fragment, out) for fragment in dataset.get_fragments()])
 
     def sync_mirror(self, name: str, domains: Iterable[str]) -> None:
         """Make the DuckDB table ``name`` hold exactly the dataset's rows for ``domains`` (idempotent:
