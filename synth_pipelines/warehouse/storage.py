@@ -451,11 +451,11 @@ class Warehouse:
         wait_s = DUCKDB_LOCK_WAIT_S if wait_s is None else wait_s
         deadline = time.monotonic() + wait_s
         delay = 0.05
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {"memory_limit": memory_limit} if memory_limit else {}
+        )
         while True:
             try:
-                config: dict[str, str | bool | int | float | list[str]] = (
-                    {"memory_limit": memory_limit} if memory_limit else {}
-                )
                 conn = duckdb.connect(str(self.duckdb_path), config=config)
                 break
             except duckdb.IOException as e:
