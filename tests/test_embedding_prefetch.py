@@ -107,7 +107,12 @@ def test_generation_prefetches_exactly_what_validation_and_embeddings_look_up(
     from synth_pipelines.generation.matrix import build_matrix
     from synth_pipelines.generation.seeds import build_seed_problems
     from synth_pipelines.llm.client import LLMClient
-    from synth_pipelines.llm.embeddings import EmbeddingCache, bundled_model_dir, cache_identity
+    from synth_pipelines.llm.embeddings import (
+        DEFAULT_BACKEND,
+        EmbeddingCache,
+        bundled_model_dir,
+        cache_identity,
+    )
     from synth_pipelines.resources import EmbedderResource
     from synth_pipelines.spec.loading import load_spec
     from synth_pipelines.spec.text import example_text
@@ -152,7 +157,7 @@ def test_generation_prefetches_exactly_what_validation_and_embeddings_look_up(
         assert example is not None
         wanted.add(example_text(example))
         wanted.update(field_texts(example).values())
-    identity = cache_identity(bundled_model_dir(), "torch")
+    identity = cache_identity(bundled_model_dir(), DEFAULT_BACKEND)
     found = EmbeddingCache(cache_path).get_many(EmbeddingCache.keys(sorted(wanted), identity))
     assert len(found) == len(wanted) == prefetch.stats()["embedded"]
 
@@ -161,6 +166,7 @@ def test_only_what_the_cache_lacks_is_worth_prefetching(tmp_path: Path) -> None:
     """Validation hands the prefetcher only uncached texts: a queue filled with texts embedded
     during generation would drop the ones still missing (the 100,000-row run did)."""
     from synth_pipelines.llm.embeddings import (
+        DEFAULT_BACKEND,
         EmbeddingCache,
         bundled_model_dir,
         cache_identity,
@@ -172,12 +178,12 @@ def test_only_what_the_cache_lacks_is_worth_prefetching(tmp_path: Path) -> None:
     cache = EmbeddingCache(path)
     held = [f"held {i}" for i in range(1200)]  # more than one SQL batch of keys
     cache.put_many(
-        EmbeddingCache.keys(held, cache_identity(bundled_model_dir(), "torch")),
+        EmbeddingCache.keys(held, cache_identity(bundled_model_dir(), DEFAULT_BACKEND)),
         np.zeros((len(held), 384), dtype=np.float32),
     )
     texts = ["new 1", *held[::7], "new 2", "new 1", held[-1]]
     assert uncached_texts(texts, path) == ["new 1", "new 2"]
-    assert uncached_texts(texts, path, backend="onnx") == list(dict.fromkeys(texts))  # another backend
+    assert uncached_texts(texts, path, backend="torch") == list(dict.fromkeys(texts))  # another backend
 
 
 def test_texts_already_embedded_are_not_kept_alive() -> None:
