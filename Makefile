@@ -12,6 +12,11 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 export NO_MKDOCS_2_WARNING := 1
+# Bytecode caches on, whatever the calling shell says: with PYTHONDONTWRITEBYTECODE set, every
+# process (each pytest worker, run, daemon and Celery worker) compiles the package from source and
+# pytest re-rewrites the assertions of every test module and plugin: collecting the suite took 17.1 s
+# of CPU per process instead of 9.4 s.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-celery bench-embed bench-backfill bench-rerun bench-judges bench-text bench-decon clean-warehouse
 
