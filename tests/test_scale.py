@@ -188,18 +188,15 @@ def test_aimd_backs_off_on_429s_and_finishes_every_item(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- ONNX embeddings
 
 
-def test_the_default_backend_is_onnx_and_an_unwritable_export_folder_is_a_clear_error(
+def test_an_unwritable_onnx_export_folder_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from synth_pipelines.resources import EmbedderResource
-
-    assert embeddings.DEFAULT_BACKEND == "onnx" == EmbedderResource().backend
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the export folder would go")
     monkeypatch.setenv("SYNTH_CACHE_DIR", str(blocker))
     monkeypatch.setattr(embeddings, "_ENCODERS", {})
     with pytest.raises(embeddings.EmbedderUnavailable, match="SYNTH_CACHE_DIR") as caught:
-        embeddings.embed_texts(["one text"])
+        embeddings.embed_texts(["one text"], backend="onnx")
     assert str(blocker) in str(caught.value) and "backend to torch" in str(caught.value)
 
 

