@@ -6,7 +6,13 @@ matrix condition), repeated to ``--texts``. Every backend embeds the same texts 
 the figures are ratios to torch (sentence-transformers) measured right before. For the ONNX
 backends the cosine to torch is reported, and whether int8 meets the 0.99 bar that gates it.
 
-The last line is ``embed_speedup_best=<fastest backend's texts/s / torch's>``.
+Then long texts, each backend in a fresh process so its peak memory (``ru_maxrss``) is its own:
+chunks of real source code (this Python's standard library, about 1,500 characters each, most at
+the 256-token limit), the length of the code and logs users embed; the ONNX backend once with its
+token cap per batch and once without (``MAX_BATCH_TOKENS`` unbounded: 64 texts per batch).
+
+The last lines are ``embed_speedup_best=<fastest backend's texts/s / torch's>``,
+``embed_long_onnx_speed_vs_torch=`` and ``embed_long_onnx_peak_vs_torch=``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ import argparse
 import itertools
 import json
 import os
+import resource
+import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +64,48 @@ def demo_texts() -> list[str]:
     return texts
 
 
+def long_texts(n: int) -> list[str]:
+    """``n`` chunks of about 1,500 characters of the standard library's own source: human-written code."""
+    chunks: list[str] = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        source = path.read_text(encoding="utf-8", errors="replace")
+        chunks += [source[i : i + 1500] for i in range(0, len(source) - 1500, 1500)]
+        if len(chunks) >= n:
+            break
+    return chunks[:n]
+
+
+def child(backend: str, uncapped: bool, count: int) -> None:
+    """One backend on the long texts in this (fresh) process: prints texts/s and peak RSS as JSON."""
+    from synth_pipelines.llm import embeddings
+
+    if uncapped:
+        embeddings.MAX_BATCH_TOKENS = 10**9
+    texts = long_texts(count)
+    _, rate = timed_embed(texts, backend)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "peak_mb": peak_mb}))
+
+
+def long_text_table(count: int) -> None:
+    print(f"\n{count} long texts (stdlib source, 1,500 characters each), each backend in a fresh process")
+    results = {}
+    for name, backend, uncapped in (
+        ("torch (sentence-transformers)", "torch", False),
+        ("onnx (token-capped batches)", "onnx", False),
+        ("onnx, 64 texts per batch", "onnx", True),
+    ):
+        argv = [sys.executable, "-m", "bench.embeddings", "--child", backend, "--texts", str(count)]
+        out = subprocess.run(
+            [*argv, *(["--uncapped"] if uncapped else [])], capture_output=True, text=True, check=True
+        ).stdout
+        results[name] = result = json.loads(out.strip().splitlines()[-1])
+        print(f"{name:<30} {result['rate']:7.1f} texts/s  peak {result['peak_mb']:6.0f} MB")
+    torch, onnx = results["torch (sentence-transformers)"], results["onnx (token-capped batches)"]
+    print(f"embed_long_onnx_speed_vs_torch={onnx['rate'] / torch['rate']:.2f}")
+    print(f"embed_long_onnx_peak_vs_torch={onnx['peak_mb'] / torch['peak_mb']:.2f}")
+
+
 def timed_embed(texts: list[str], backend: str) -> tuple[np.ndarray, float]:
     embed_texts(texts[:32], backend=backend)  # load (and for ONNX export/quantize) outside the timing
     started = time.perf_counter()
@@ -64,7 +116,13 @@ def timed_embed(texts: list[str], backend: str) -> tuple[np.ndarray, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--long-texts", type=int, default=1000)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--uncapped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child, args.uncapped, args.texts)
+        return
     base = demo_texts()
     texts = list(itertools.islice(itertools.cycle(base), args.texts))
     # A fresh export folder: the int8 verdict is taken on these texts, not remembered from elsewhere.
@@ -110,6 +168,7 @@ def main() -> None:
     rate = len(texts) / (time.perf_counter() - started)
     print(f"{'onnx, one session (1 thread)':<30} {rate:7.1f} texts/s  {rate / torch_rate:.2f}x")
     print(f"embed_speedup_best={best:.2f}")
+    long_text_table(args.long_texts)
 
 
 if __name__ == "__main__":

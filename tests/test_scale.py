@@ -200,10 +200,33 @@ def test_an_unwritable_onnx_export_folder_is_a_clear_error(
     assert str(blocker) in str(caught.value) and "backend to torch" in str(caught.value)
 
 
+def test_onnx_batches_are_capped_by_texts_and_by_padded_tokens() -> None:
+    lengths = [5, 256, 30, 256, 100, 7, 256, 31, 700]
+    batches = embeddings.token_batches(lengths, batch_size=3, max_tokens=600)
+    assert sorted(j for batch in batches for j in batch) == list(range(len(lengths)))  # each text once
+    assert [[lengths[j] for j in batch] for batch in batches] == [
+        [700],  # longer than the cap on its own: still a batch
+        [256, 256],  # a third 256 would pad to 768 tokens
+        [256, 100],
+        [31, 30, 7],  # three texts: the batch_size cap
+        [5],
+    ]
+    assert embeddings.token_batches([], 64, 2048) == []
+
+
 def test_onnx_backends_match_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNTH_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(embeddings, "_ENCODERS", {})
-    texts = [*embeddings.PROBE_SENTENCES, "a short one", "x " * 400]  # the last is truncated at 256
+    # Texts up to the 256-token limit and past it (truncated) fill several token-capped batches;
+    # "[PAD]" typed in a text is a token like any other, not padding.
+    long_texts = [" ".join(f"word{i}" for i in range(n)) for n in range(40, 300, 20)]
+    texts = [
+        *embeddings.PROBE_SENTENCES,
+        "a short one",
+        "x " * 400,
+        "[PAD] [PAD] a text with pads",
+        *long_texts,
+    ]
     reference = embeddings.embed_texts(texts, backend="torch")
     onnx = embeddings.embed_texts(texts, backend="onnx")
     assert float(np.einsum("ij,ij->i", reference, onnx).min()) > 0.9999

@@ -17,7 +17,8 @@ sentence-transformers' own ``backend="onnx"`` needs optimum-onnx, which requires
 (this project runs transformers 5), so the ONNX path runs ONNX Runtime directly, exactly as
 sentence-transformers does for this model (Transformer -> mean pooling -> normalize).
 
-Every backend sorts the texts by length and encodes ``batch_size`` at a time, so a batch pads little.
+Every backend sorts the texts by length and encodes ``batch_size`` at a time, so a batch pads little;
+the ONNX backends also cap a batch's padded tokens (``MAX_BATCH_TOKENS``), which bounds their memory.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,11 @@ EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH = 256
 INT8_MIN_COSINE = 0.99
 PROBE_TEXTS = 48
+# Padded tokens per ONNX batch (see OnnxEncoder._batches): 64 texts of 32 tokens, or 8 at the
+# 256-token limit. On 2,000 texts at the limit, 2,048 peaked at 0.83 GB RSS, 4,096 at 1.25 GB, 8,192
+# at 2.2 GB and no cap at 3.7 GB, at the same texts/s within noise (make bench-embed, 2026-12-05).
+MAX_BATCH_TOKENS = 2048
+TOKENIZE_CHUNK = 4096
 # Realistic sentences of the kinds this project embeds; with a sample of the first texts embedded
 # they are the probe on which int8 must stay within INT8_MIN_COSINE of torch.
 PROBE_SENTENCES = [
@@ -60,12 +67,12 @@ PROBE_SENTENCES = [
 ]
 
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
-# torch by default. ONNX gives the same vectors and starts far cheaper (0.7 s of CPU to embed 60
-# texts in a fresh process against 9.5 s for sentence-transformers), and is 1.1x faster on short
-# texts; but on 2,000 texts at the 256-token limit (the length of real code or logs) it peaked at
-# 3.6 GB RSS against torch's 1.3 GB and ran at 27 texts/s against 32 (2026-12-05). Not the
-# default until its memory on long texts is bounded.
-DEFAULT_BACKEND: EmbeddingBackend = "torch"
+# onnx by default: the same vectors as torch (cosine >= 0.9999), 0.7 s of CPU to embed 60 texts in a
+# fresh process against 9.5 s for sentence-transformers (which imports transformers' BERT and
+# torch), 1.1x torch's texts/s, and about 0.6x its peak memory, short texts and texts at the
+# 256-token limit alike, once batches are capped by tokens (MAX_BATCH_TOKENS). Uncapped, 64 texts
+# at the limit took ONNX Runtime to 3.6 GB (torch: 1.3 GB).
+DEFAULT_BACKEND: EmbeddingBackend = "onnx"
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -229,6 +236,20 @@ def quantize_int8(fp32: Path) -> Path:
     return target
 
 
+def token_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Positions in ``lengths`` grouped into batches, longest first, each of at most ``batch_size``
+    texts and at most ``max_tokens`` tokens once padded to its longest (a text longer than
+    ``max_tokens`` on its own still gets a batch)."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for j in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * lengths[batch[0]] > max_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(j)
+    return [*batches, batch] if batch else batches
+
+
 class OnnxEncoder:
     """Tokenize with the bundled fast tokenizer, run the ONNX graph, mean-pool, normalize.
 
@@ -243,7 +264,7 @@ class OnnxEncoder:
 
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer.no_padding()  # tokenizer.json pads to a fixed 128; _pack pads per batch
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -255,10 +276,36 @@ class OnnxEncoder:
         ]
         self.inputs = {i.name for i in self.sessions[0].get_inputs()}
 
-    def _encode_batch(self, session: Any, batch: list[str]) -> np.ndarray:
-        encoded = self.tokenizer.encode_batch(batch)
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+    def _batches(
+        self, texts: list[str], batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(positions in ``texts``, token ids padded with 0, attention mask) per batch, longest texts first.
+
+        A batch holds at most ``batch_size`` texts and at most MAX_BATCH_TOKENS padded tokens: ONNX
+        Runtime keeps the memory of its largest batch, and attention's memory grows with the
+        square of the length, so 64 texts at the 256-token limit would cost gigabytes.
+        Texts are tokenized a chunk at a time so the ids of 100,000 texts never sit in memory at once.
+        """
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in range(0, len(order), TOKENIZE_CHUNK):
+            chunk = order[start : start + TOKENIZE_CHUNK]
+            ids = [e.ids for e in self.tokenizer.encode_batch([texts[i] for i in chunk])]
+            for batch in token_batches([len(i) for i in ids], batch_size, MAX_BATCH_TOKENS):
+                yield self._pack(chunk, ids, batch)
+
+    @staticmethod
+    def _pack(
+        chunk: np.ndarray, ids: list[list[int]], batch: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # The mask comes from the lengths, not from id 0: a text may contain "[PAD]" itself.
+        padded = np.zeros((len(batch), len(ids[batch[0]])), dtype=np.int64)  # [PAD] is id 0
+        mask = np.zeros_like(padded)
+        for row, j in enumerate(batch):
+            padded[row, : len(ids[j])] = ids[j]
+            mask[row, : len(ids[j])] = 1
+        return chunk[batch], padded, mask
+
+    def _encode_batch(self, session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         hidden = session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
         weights = mask[..., None].astype(np.float32)
@@ -268,18 +315,23 @@ class OnnxEncoder:
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         from concurrent.futures import ThreadPoolExecutor
 
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+        batches = self._batches(texts, batch_size)
+        take = threading.Lock()
 
         def run(worker: int) -> None:
-            # Worker w takes batches w, w + workers, ...: sessions are never shared between threads.
-            for index in batches[worker :: self.workers]:
-                out[index] = self._encode_batch(self.sessions[worker], [texts[i] for i in index])
+            # Each worker owns one session (sessions are never shared between threads) and pulls
+            # the next batch when it is free, so batches of unequal cost still spread evenly.
+            while True:
+                with take:
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                index, ids, mask = batch
+                out[index] = self._encode_batch(self.sessions[worker], ids, mask)
 
-        if self.workers == 1 or len(batches) == 1:
-            for index in batches:
-                out[index] = self._encode_batch(self.sessions[0], [texts[i] for i in index])
+        if self.workers == 1 or len(texts) <= batch_size:
+            run(0)
             return out
         with ThreadPoolExecutor(self.workers, thread_name_prefix="synth-onnx") as pool:
             list(pool.map(run, range(self.workers)))

