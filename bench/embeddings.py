@@ -6,7 +6,7 @@ matrix condition), repeated to ``--texts``. Every backend embeds the same texts 
 the figures are ratios to torch (sentence-transformers) measured right before. For the ONNX
 backends the cosine to torch is reported, and whether int8 meets the 0.99 bar that gates it.
 
-Then long texts, each backend in a fresh process so its peak memory (``ru_maxrss``) is its own:
+Then long texts, each backend in a fresh process so its peak memory (``VmHWM``) is its own:
 chunks of real source code (this Python's standard library, about 1,500 characters each, most at
 the 256-token limit), the length of the code and logs users embed; the ONNX backend once with its
 token cap per batch and once without (``MAX_BATCH_TOKENS`` unbounded: 64 texts per batch).
@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import sysconfig
@@ -83,7 +82,9 @@ def child(backend: str, uncapped: bool, count: int) -> None:
         embeddings.MAX_BATCH_TOKENS = 10**9
     texts = long_texts(count)
     _, rate = timed_embed(texts, backend)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak across fork and exec into ru_maxrss.
+    status = Path("/proc/self/status").read_text()
+    peak_mb = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024
     print(json.dumps({"rate": rate, "peak_mb": peak_mb}))
 
 
