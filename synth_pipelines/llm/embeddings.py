@@ -41,8 +41,9 @@ MAX_SEQ_LENGTH = 256
 INT8_MIN_COSINE = 0.99
 PROBE_TEXTS = 48
 # Padded tokens per ONNX batch (see OnnxEncoder._batches): 64 texts of 32 tokens, or 8 at the
-# 256-token limit. On 2,000 texts at the limit, 2,048 peaked at 0.83 GB RSS, 4,096 at 1.25 GB, 8,192
-# at 2.2 GB and no cap at 3.7 GB, at the same texts/s within noise (make bench-embed, 2026-12-05).
+# 256-token limit. On 2,000 synthetic texts of up to 256 tokens (an ad-hoc run, 2026-12-05), 2,048
+# peaked at 0.83 GB RSS, 4,096 at 1.25 GB, 8,192 at 2.2 GB and no cap at 3.7 GB, at the same
+# texts/s within noise; make bench-embed's long-text table has the figures on real code.
 MAX_BATCH_TOKENS = 2048
 TOKENIZE_CHUNK = 4096
 # Realistic sentences of the kinds this project embeds; with a sample of the first texts embedded
@@ -69,9 +70,9 @@ PROBE_SENTENCES = [
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
 # onnx by default: the same vectors as torch (cosine >= 0.9999), 0.7 s of CPU to embed 60 texts in a
 # fresh process against 9.5 s for sentence-transformers (which imports transformers' BERT and
-# torch), 1.1x torch's texts/s, and about 0.6x its peak memory, short texts and texts at the
-# 256-token limit alike, once batches are capped by tokens (MAX_BATCH_TOKENS). Uncapped, 64 texts
-# at the limit took ONNX Runtime to 3.6 GB (torch: 1.3 GB).
+# torch), and 0.58x torch's peak memory on long code once batches are capped by tokens
+# (MAX_BATCH_TOKENS; uncapped, 2.9x). Its texts/s: 1.3x torch's on short texts, 0.88x on code at
+# the 256-token limit, where torch's fused attention kernel wins (make bench-embed, 2026-12-05).
 DEFAULT_BACKEND: EmbeddingBackend = "onnx"
 
 
