@@ -12,7 +12,9 @@ the 256-token limit), the length of the code and logs users embed; the ONNX back
 token cap per batch and once without (``MAX_BATCH_TOKENS`` unbounded: 64 texts per batch).
 
 The last lines are ``embed_speedup_best=<fastest backend's texts/s / torch's>``,
-``embed_long_onnx_speed_vs_torch=`` and ``embed_long_onnx_peak_vs_torch=``.
+``embed_long_onnx_speed_vs_torch=``, ``embed_long_onnx_peak_vs_torch=`` and
+``embed_long_bf16_speed_vs_torch=``. ``torch-bf16`` serves bf16 only on CPUs with AMX tiles (its
+report line says which); elsewhere its row is torch fp32 again.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def long_text_table(count: int) -> None:
         ("torch (sentence-transformers)", "torch", False),
         ("onnx (token-capped batches)", "onnx", False),
         ("onnx, 64 texts per batch", "onnx", True),
+        ("torch-bf16", "torch-bf16", False),
     ):
         argv = [sys.executable, "-m", "bench.embeddings", "--child", backend, "--texts", str(count)]
         out = subprocess.run(
@@ -105,6 +108,7 @@ def long_text_table(count: int) -> None:
     torch, onnx = results["torch (sentence-transformers)"], results["onnx (token-capped batches)"]
     print(f"embed_long_onnx_speed_vs_torch={onnx['rate'] / torch['rate']:.2f}")
     print(f"embed_long_onnx_peak_vs_torch={onnx['peak_mb'] / torch['peak_mb']:.2f}")
+    print(f"embed_long_bf16_speed_vs_torch={results['torch-bf16']['rate'] / torch['rate']:.2f}")
 
 
 def timed_embed(texts: list[str], backend: str) -> tuple[np.ndarray, float]:
@@ -133,7 +137,7 @@ def main() -> None:
     reference, torch_rate = timed_embed(texts, "torch")
     print(f"torch (sentence-transformers)  {torch_rate:7.1f} texts/s  1.00x")
     best = 1.0
-    for backend in ("onnx", "onnx-int8"):
+    for backend in ("onnx", "onnx-int8", "torch-bf16"):
         vectors, rate = timed_embed(texts, backend)
         report = backend_report(None, backend)  # type: ignore[arg-type]
         cos = np.einsum("ij,ij->i", vectors, reference)
@@ -160,6 +164,8 @@ def main() -> None:
                 f"  the int8 graph itself: {rate:.1f} texts/s ({rate / torch_rate:.2f}x), cosine to torch "
                 f"min {cos.min():.4f} mean {cos.mean():.4f}"
             )
+        if backend == "torch-bf16":
+            print(f"  {report.get('bf16_reason') or 'AMX tiles present, cosine bar met: serves bf16'}")
     # The thread layout: the same fp32 graph on one single-threaded session instead of one per core.
     model_dir = bundled_model_dir()
     single = OnnxEncoder(export_dir(model_dir) / "model.onnx", model_dir, workers=1)

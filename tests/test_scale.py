@@ -251,6 +251,51 @@ def test_onnx_backends_match_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values()) >= 30
 
 
+def test_bf16_serves_only_with_amx_and_within_the_cosine_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embeddings, "_BF16_VERDICTS", {})
+    texts = [*embeddings.PROBE_SENTENCES, "a short one", " ".join(f"word{i}" for i in range(300))]
+    reference = embeddings.embed_texts(texts, backend="torch")
+    bf16 = embeddings.embed_texts(texts, backend="torch-bf16")
+    report = embeddings.backend_report(None, "torch-bf16")
+    # Whatever this machine is, the gate is honest: bf16 serves only with AMX and the cosine bar met.
+    if embeddings.amx_unavailable_reason() is None:
+        assert report["bf16_min_cosine"] >= 0.999  # measured 0.9999 on MiniLM
+        assert report["serving"] == "torch-bf16" and report["bf16_ok"]
+        assert not np.array_equal(bf16, reference)  # really a different precision
+    else:
+        assert report["serving"] == "torch" and "AMX" in report["bf16_reason"]
+    assert float(np.einsum("ij,ij->i", reference, bf16).min()) > 0.999
+    assert np.allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
+
+
+def test_bf16_falls_back_to_fp32_where_onednn_is_capped_below_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embeddings, "_BF16_VERDICTS", {})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in (embeddings.amx_unavailable_reason() or "")
+    texts = ["one text", "another, a little longer text"]
+    served = embeddings.embed_texts(texts, backend="torch-bf16")
+    assert np.array_equal(served, embeddings.embed_texts(texts, backend="torch"))  # fp32 exactly
+    report = embeddings.backend_report(None, "torch-bf16")
+    assert report["serving"] == "torch" and report["bf16_ok"] is False
+
+
+def test_bf16_below_the_cosine_bar_is_not_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embeddings, "_BF16_VERDICTS", {})
+    monkeypatch.setattr(embeddings, "amx_unavailable_reason", lambda: None)
+
+    def drifted(texts, model_dir, batch_size):  # a bf16 that lost accuracy: every vector rotated
+        vectors = embeddings._torch_embed(texts, model_dir, batch_size)
+        return np.roll(vectors, 1, axis=1)
+
+    monkeypatch.setattr(embeddings, "_bf16_embed", drifted)
+    texts = ["one text", "another, a little longer text"]
+    served = embeddings.embed_texts(texts, backend="torch-bf16")
+    assert np.array_equal(served, embeddings.embed_texts(texts, backend="torch"))
+    report = embeddings.backend_report(None, "torch-bf16")
+    assert report["serving"] == "torch" and report["bf16_min_cosine"] < 0.99
+    assert "under 0.99" in report["bf16_reason"]
+
+
 def test_status_shows_what_is_running(tmp_path: Path) -> None:
     import os
     import time
