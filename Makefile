@@ -18,7 +18,7 @@ export NO_MKDOCS_2_WARNING := 1
 # of CPU per process instead of 9.4 s.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-celery bench-embed bench-backfill bench-rerun bench-judges bench-text bench-decon bench-grammar clean-warehouse
+.PHONY: setup demo test test-fast dev docs partitions dbt lint format bench bench-llm bench-quality bench-scale bench-celery bench-embed bench-backfill bench-rerun bench-judges bench-text bench-decon clean-warehouse
 
 setup: $(STAMP)
 
@@ -128,11 +128,7 @@ bench-text: setup
 bench-decon: setup
 	$(BIN)/python -m bench.decontamination
 
-# Grammar-constrained generation on SmolLM2: the grammar checked after sampling against before.
-bench-grammar: setup
-	$(BIN)/python -m bench.grammar_sampling
-
-bench: bench-llm bench-quality bench-embed bench-text bench-decon bench-grammar
+bench: bench-llm bench-quality bench-embed bench-text bench-decon
 
 clean-warehouse:
 	rm -rf warehouse

@@ -149,17 +149,14 @@ class LlamaCppBackend:
         return (
             f"gguf:{file_fingerprint(self.path)}:template={c.chat_template}:n_ctx={c.n_ctx}"
             f":repeat_penalty={REPEAT_PENALTY}"
-            # The sampling order changes which reply a seed draws (not their distribution).
-            ":grammar=after-sampling"
         )
 
     def _model(self) -> Any:
         if self._llm is None:
             import llama_cpp
+            from llama_cpp import Llama
 
-            from synth_pipelines.llm.lazy_grammar import LazyGrammarLlama
-
-            llm = LazyGrammarLlama(
+            llm = Llama(
                 model_path=str(self.path),
                 n_ctx=self.config.n_ctx,
                 n_threads=self.config.n_threads or max(1, os.cpu_count() or 1),
