@@ -27,7 +27,7 @@ class EmbedderResource(dg.ConfigurableResource):
     torch, a process embeds without importing torch, batches capped by padded tokens so memory
     stays bounded on long texts), ``torch`` (sentence-transformers, the reference),
     ``onnx-int8`` (int8 weights, used only where they stay within cosine 0.99 of torch) or
-    ``torch-bf16`` (bfloat16 weights, about 2.2x torch's texts/s on CPUs with AMX tiles; elsewhere
+    ``torch-bf16`` (bfloat16 weights, 2.7-3.1x torch's texts/s on CPUs with AMX tiles; elsewhere
     bf16 is emulated and slower, so torch serves)."""
 
     model_dir: str | None = None
