@@ -137,6 +137,11 @@ def _torch_embed(texts: list[str], model_dir: str, batch_size: int) -> np.ndarra
     return np.asarray(vectors, dtype=np.float32)
 
 
+def l2_normalized(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (a zero row stays zero)."""
+    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+
 # ------------------------------------------------------------------------------------------- bf16
 
 
@@ -167,9 +172,7 @@ def _bf16_embed(texts: list[str], model_dir: str, batch_size: int) -> np.ndarray
     vectors = _load_torch_bf16(model_dir).encode(
         texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False
     )
-    # Pooled and normalized in fp32: a bf16 norm is only good to ~3 digits.
-    pooled = vectors.float().numpy()
-    return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return l2_normalized(vectors.float().numpy())  # in fp32: a bf16 norm is only good to ~3 digits
 
 
 _BF16_VERDICTS: dict[str, dict[str, Any]] = {}
@@ -382,7 +385,7 @@ class OnnxEncoder:
         hidden = session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return l2_normalized(pooled)
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         from concurrent.futures import ThreadPoolExecutor
@@ -461,17 +464,18 @@ def _int8_verdict(model_dir: Path, fp32: Path, probe: list[str], batch_size: int
 
 
 def backend_report(model_dir: str | None, backend: EmbeddingBackend) -> dict[str, Any]:
-    """Which backend served, and for int8 the cosine check that decided (after the first embed)."""
+    """Which backend served, and for int8 and bf16 the check that decided (after the first embed)."""
     if backend == "torch":
         return {"requested": "torch", "serving": "torch"}
+    folder = str(Path(model_dir) if model_dir else bundled_model_dir())
+    not_loaded = {"requested": backend, "serving": "not loaded yet"}
     if backend == "torch-bf16":
-        key = str(Path(model_dir) if model_dir else bundled_model_dir())
-        verdict = _BF16_VERDICTS.get(key)
+        verdict = _BF16_VERDICTS.get(folder)
         if verdict is None:
-            return {"requested": backend, "serving": "not loaded yet"}
+            return not_loaded
         return {"requested": backend, "serving": "torch-bf16" if verdict["bf16_ok"] else "torch", **verdict}
-    entry = _ENCODERS.get((str(Path(model_dir) if model_dir else bundled_model_dir()), backend))
-    return entry[1] if entry else {"requested": backend, "serving": "not loaded yet"}
+    entry = _ENCODERS.get((folder, backend))
+    return entry[1] if entry else not_loaded
 
 
 def cache_identity(model_dir: Path, backend: EmbeddingBackend) -> str:
