@@ -13,7 +13,10 @@ token cap per batch and once without (``MAX_BATCH_TOKENS`` unbounded: 64 texts p
 
 The last lines are ``embed_speedup_best=<fastest backend's texts/s / torch's>``,
 ``embed_long_onnx_speed_vs_torch=``, ``embed_long_onnx_peak_vs_torch=`` and
-``embed_long_bf16_speed_vs_torch=``. ``torch-bf16`` serves bf16 only on CPUs with AMX tiles (its
+``embed_long_bf16_speed_vs_torch=``, ``embed_long_int8_speed_vs_torch=`` and
+``embed_int8_min_cosine_varied=``: the int8 graph's worst cosine to torch on human-written text of
+kinds the gate's probe does not hold (code, Debian copyright files, configuration files; the
+table before the long texts shows each kind). ``torch-bf16`` serves bf16 only on CPUs with AMX tiles (its
 report line says which); elsewhere its row is torch fp32 again.
 """
 
@@ -76,6 +79,59 @@ def long_texts(n: int) -> list[str]:
     return chunks[:n]
 
 
+def varied_texts(per_kind: int = 150) -> dict[str, list[str]]:
+    """Human-written text of kinds the probe sentences are not, from this machine, by kind: code (the
+    standard library from its middle on, not the files ``long_texts`` reads first), Debian's
+    copyright files (names, addresses, licence prose) and configuration files. A kind this machine
+    lacks is left out."""
+    stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    sources = {
+        "code": stdlib[len(stdlib) // 2 :],
+        "copyright": sorted(Path("/usr/share/doc").glob("*/copyright")),
+        "config": sorted(Path("/etc").glob("**/*.conf")),
+    }
+    kinds: dict[str, list[str]] = {}
+    for kind, paths in sources.items():
+        chunks: list[str] = []
+        for path in paths:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:  # unreadable to this user: skipped
+                continue
+            chunks += [
+                text[i : i + 600] for i in range(0, min(len(text), 6000), 600) if text[i : i + 600].strip()
+            ]
+            if len(chunks) >= 4 * per_kind:
+                break
+        if chunks:
+            kinds[kind] = chunks[:: max(1, len(chunks) // per_kind)][:per_kind]
+    return kinds
+
+
+def varied_text_table() -> None:
+    """Cosine to torch, by kind of text, of the ONNX graphs themselves (fp32, and int8 ungated)."""
+    kinds = varied_texts()
+    sizes = ", ".join(f"{kind} {len(texts)}" for kind, texts in kinds.items())
+    print(f"\ncosine to torch on human-written text the probe does not hold ({sizes})")
+    model_dir = bundled_model_dir()
+    fp32 = export_dir(model_dir) / "model.onnx"
+    graphs = {
+        "onnx": OnnxEncoder(fp32, model_dir),
+        "onnx-int8 graph": OnnxEncoder(quantize_int8(fp32), model_dir),
+    }
+    worst: dict[str, float] = {}
+    for kind, texts in kinds.items():
+        reference = embed_texts(texts, backend="torch")
+        for name, encoder in graphs.items():
+            cos = np.einsum("ij,ij->i", encoder.encode(texts, 64), reference)
+            worst[name] = min(worst.get(name, 1.0), float(cos.min()))
+            print(
+                f"  {kind:<10} {name:<16} min {cos.min():.4f}  1st percentile "
+                f"{np.percentile(cos, 1):.4f}  mean {cos.mean():.4f}"
+            )
+    print(f"embed_int8_min_cosine_varied={worst['onnx-int8 graph']:.4f}")
+
+
 def child(backend: str, uncapped: bool, count: int) -> None:
     """One backend on the long texts in this (fresh) process: prints texts/s and peak RSS as JSON."""
     from synth_pipelines.llm import embeddings
@@ -97,6 +153,7 @@ def long_text_table(count: int) -> None:
         ("torch (sentence-transformers)", "torch", False),
         ("onnx (token-capped batches)", "onnx", False),
         ("onnx, 64 texts per batch", "onnx", True),
+        ("onnx-int8", "onnx-int8", False),
         ("torch-bf16", "torch-bf16", False),
     ):
         argv = [sys.executable, "-m", "bench.embeddings", "--child", backend, "--texts", str(count)]
@@ -109,6 +166,7 @@ def long_text_table(count: int) -> None:
     print(f"embed_long_onnx_speed_vs_torch={onnx['rate'] / torch['rate']:.2f}")
     print(f"embed_long_onnx_peak_vs_torch={onnx['peak_mb'] / torch['peak_mb']:.2f}")
     print(f"embed_long_bf16_speed_vs_torch={results['torch-bf16']['rate'] / torch['rate']:.2f}")
+    print(f"embed_long_int8_speed_vs_torch={results['onnx-int8']['rate'] / torch['rate']:.2f}")
 
 
 def timed_embed(texts: list[str], backend: str) -> tuple[np.ndarray, float]:
@@ -175,6 +233,7 @@ def main() -> None:
     rate = len(texts) / (time.perf_counter() - started)
     print(f"{'onnx, one session (1 thread)':<30} {rate:7.1f} texts/s  {rate / torch_rate:.2f}x")
     print(f"embed_speedup_best={best:.2f}")
+    varied_text_table()
     long_text_table(args.long_texts)
 
 
