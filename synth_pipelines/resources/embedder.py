@@ -26,7 +26,8 @@ class EmbedderResource(dg.ConfigurableResource):
     Runtime on a graph exported once per machine from the bundled weights, the same vectors as
     torch, a process embeds without importing torch, batches capped by padded tokens so memory
     stays bounded on long texts), ``torch`` (sentence-transformers, the reference),
-    ``onnx-int8`` (int8 weights, used only where they stay within cosine 0.99 of torch) or
+    ``onnx-int8`` (int8 weights, used only where they stay within cosine 0.99 of torch on a probe;
+    other kinds of text can fall to about 0.98) or
     ``torch-bf16`` (bfloat16 weights, 2.7-3.1x torch's texts/s on CPUs with AMX tiles; elsewhere
     bf16 is emulated and slower, so torch serves)."""
 
