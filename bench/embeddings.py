@@ -16,8 +16,8 @@ The last lines are ``embed_speedup_best=<fastest backend's texts/s / torch's>``,
 ``embed_long_bf16_speed_vs_torch=``, ``embed_long_int8_speed_vs_torch=`` and
 ``embed_int8_min_cosine_varied=``: the int8 graph's worst cosine to torch on human-written text of
 kinds the gate's probe does not hold (code, Debian copyright files, configuration files; the
-table before the long texts shows each kind). ``torch-bf16`` serves bf16 only on CPUs with AMX tiles (its
-report line says which); elsewhere its row is torch fp32 again.
+table before the long texts shows each kind). ``torch-bf16`` serves bf16 only on CPUs with AMX
+tiles (its report line says which); elsewhere its row is torch fp32 again.
 """
 
 from __future__ import annotations
