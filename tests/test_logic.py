@@ -123,6 +123,41 @@ def test_repetition_and_echo() -> None:
     assert any("echoes the prompt" in r for r in reasons)
 
 
+def test_a_value_that_repeats_the_generation_prompts_scaffolding_is_rejected() -> None:
+    """Seen on domains written for the check (sql_review, 2026-12-06): SmolLM2 filled a query field
+    with the prompt's own lines, and nothing else caught it."""
+    from synth_pipelines.generation.generate_rows import PlannedItem, build_messages
+    from synth_pipelines.spec.text import normalize_text
+    from synth_pipelines.validation.rule_checks import scaffold_patterns
+
+    spec = spec_with()
+    cell = {"size": "s", "quality": "messy"}
+    leaked = (
+        '{"q": "test1, row1234567890,\\nConditions: quality=messy, size=s, Complexity: simple, '
+        'Fields to fill: a, Query:", "a": "Add an index on the customer column first."}'
+    )
+    _, reasons = rule_check(spec, leaked, prompt_text="Invoices load slowly", conditions=cell)
+    assert reasons == ["q: repeats the generation prompt's scaffolding"]
+    # An external row has no prompt: nothing to have echoed.
+    assert rule_check(spec, leaked)[1] == []
+    # Only this row's own rendering counts, and the bare labels a real text may use do not.
+    _, reasons = rule_check(spec, leaked, prompt_text="Invoices load slowly", conditions={"quality": "clean"})
+    assert any("scaffolding" in r for r in reasons)  # still "Fields to fill: a"
+    fine = (
+        '{"q": "Ticket 42. Complexity: medium. Conditions: quality=unknown until the audit.", '
+        '"a": "The fields to fill in the form are name and email; a good example follows."}'
+    )
+    assert rule_check(spec, fine, prompt_text="Invoices load slowly", conditions=cell)[1] == []
+    # The patterns are the prompt's: each one is found in the prompt the generator was sent.
+    item = PlannedItem(
+        example_id="e", cell_id="c", seed_id="s", problem="Invoices load slowly", conditions=cell,
+        complexity="simple", sample_index=0, seed=1,
+    )  # fmt: skip
+    with_hint = spec_with(hints={"examples": [{"q": "How do I page?", "a": "Use a cursor."}]})
+    prompt = normalize_text(build_messages(with_hint, item)[1].content)
+    assert all(p.search(prompt) for p in scaffold_patterns(list(spec.fields), cell))
+
+
 def test_pii_detection() -> None:
     assert pii_reasons({"a": "mail bob@example.com"}) == ["contains email"]
     assert "contains ip_address" in pii_reasons({"a": "host 10.1.2.3"})

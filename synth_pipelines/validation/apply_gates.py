@@ -227,7 +227,12 @@ def screen_examples(spec: DomainSpec, raw: pa.Table, eval_index: NgramIndex | No
         if cols["status"][i] != "ok":
             stage[i], reasons[i] = "generation", [cols["error"][i] or "generation failed"]
             continue
-        example, found = rule_check(spec, cols["example_json"][i], prompt_text=cols["problem"][i])
+        example, found = rule_check(
+            spec,
+            cols["example_json"][i],
+            prompt_text=cols["problem"][i],
+            conditions=json.loads(cols["conditions_json"][i] or "{}"),
+        )
         examples[i] = example
         if example is None or found:
             stage[i], reasons[i] = "rules", found

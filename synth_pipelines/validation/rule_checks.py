@@ -40,15 +40,38 @@ def check_compliance(spec: DomainSpec, example_json: str | None) -> tuple[dict[s
     return obj.model_dump(mode="json"), None
 
 
+# The generation prompt's own scaffolding (``generation_prompts.GENERATE_USER`` and
+# ``EXAMPLE_BLOCK``), normalized: a value holding it repeats the prompt instead of answering it.
+# Only phrases no field value has a reason to contain: the bare labels "Problem:" or "Complexity:"
+# are left out, since a ticket or a review may well write them.
+SCAFFOLD_PHRASES = ("write the example for this problem", "a good example looks like:")
+
+
+def scaffold_patterns(field_names: list[str], conditions: dict[str, Any] | None) -> list[re.Pattern[str]]:
+    """Patterns of the generation prompt's scaffolding as it was rendered for one row: its fixed
+    phrases, its "Fields to fill:" label followed by one of the spec's field names, and its
+    "Conditions:" label followed by the row's first condition as the prompt wrote it (``k=v``)."""
+    patterns = [re.compile(re.escape(phrase)) for phrase in SCAFFOLD_PHRASES]
+    names = "|".join(re.escape(n.lower()) for n in field_names)
+    if names:
+        patterns.append(re.compile(rf"fields to fill:\s*[-*]?\s*(?:{names})\b"))
+    if conditions:
+        key, value = sorted(conditions.items())[0]
+        patterns.append(re.compile(re.escape(normalize_text(f"conditions: {key}={value}"))))
+    return patterns
+
+
 def degenerate_reasons(
     example: dict[str, Any],
     *,
     prompt_text: str = "",
     hint_examples: list[dict[str, Any]] | None = None,
+    scaffold: list[re.Pattern[str]] | None = None,
 ) -> list[str]:
     """Reasons an example is degenerate: an empty or boilerplate value, derailed text (repetition
     loops, runaways, placeholders, lorem ipsum, random tokens, truncation; see ``text_checks``),
-    an echo of the prompt, a copy of the spec's hint examples."""
+    an echo of the prompt or of its scaffolding (``scaffold``, from :func:`scaffold_patterns`), a
+    copy of the spec's hint examples."""
     reasons: list[str] = []
     prompt_norm = normalize_text(prompt_text)
     hint_values = {normalize_text(flatten_value(v)) for h in (hint_examples or []) for v in h.values()}
@@ -61,6 +84,8 @@ def degenerate_reasons(
         reasons += [f"{name}: {reason}" for reason in degenerate_text(text)]
         if prompt_norm and len(norm) >= 40 and norm in prompt_norm:
             reasons.append(f"{name}: echoes the prompt")
+        elif any(p.search(norm) for p in scaffold or ()):
+            reasons.append(f"{name}: repeats the generation prompt's scaffolding")
         if len(norm) >= 20 and norm in hint_values:
             reasons.append(f"{name}: copies the spec's hint example")
     return reasons
@@ -72,13 +97,22 @@ def pii_reasons(example: dict[str, Any]) -> list[str]:
 
 
 def rule_check(
-    spec: DomainSpec, example_json: str | None, *, prompt_text: str = ""
+    spec: DomainSpec,
+    example_json: str | None,
+    *,
+    prompt_text: str = "",
+    conditions: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """All rule-based checks. Returns the parsed example (if compliant) and every failure reason."""
+    """All rule-based checks. Returns the parsed example (if compliant) and every failure reason.
+    ``prompt_text`` is the row's problem and ``conditions`` its matrix cell: with them, echoes of
+    the generation prompt are caught (an external row has neither)."""
     example, reason = check_compliance(spec, example_json)
     if example is None:
         return None, [reason or "schema: invalid"]
-    reasons = degenerate_reasons(example, prompt_text=prompt_text, hint_examples=spec.hints.examples)
+    scaffold = scaffold_patterns(list(spec.fields), conditions) if prompt_text else None
+    reasons = degenerate_reasons(
+        example, prompt_text=prompt_text, hint_examples=spec.hints.examples, scaffold=scaffold
+    )
     if spec.privacy.no_pii:
         reasons += pii_reasons(example)
     return example, reasons
