@@ -98,6 +98,13 @@ def test_duplicates_target_and_diversity_gates() -> None:
     assert gates.target_reached(10, 10).passed and not gates.target_reached(9, 10).passed
     assert gates.diversity(0.6, 0.5).passed and not gates.diversity(0.4, 0.5).passed
     assert not gates.diversity(None, 0.5).passed
+    # One example has no pair: the gate fails saying so, not claiming a distance of 0.
+    single = gates.diversity(None, 0.3, examples=1)
+    assert not single.passed and single.not_measured is not None
+    assert single.describe("diversity") == (
+        "diversity not measured: 1 stored example, and diversity needs at least two to compare: FAILS"
+    )
+    assert "no stored examples" in str(gates.diversity(None, 0.3, examples=0).not_measured)
 
 
 def test_near_duplicates_found_and_best_kept() -> None:

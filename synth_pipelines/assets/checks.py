@@ -249,7 +249,7 @@ def embedding_diversity(
     threshold = (
         spec.validation.min_diversity if config.diversity_threshold is None else config.diversity_threshold
     )
-    gate = gates.diversity(stats.get("mean_pairwise_cosine_distance"), threshold)
+    gate = gates.diversity(stats.get("mean_pairwise_cosine_distance"), threshold, examples=stats.get("n"))
     gate.detail = stats
     return _result(
         "mean pairwise cosine distance",

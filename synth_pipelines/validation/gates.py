@@ -121,8 +121,19 @@ def target_reached(n_validated: int, target: int) -> GateResult:
     return GateResult(passed=n_validated >= target, value=float(n_validated), threshold=float(target))
 
 
-def diversity(mean_pairwise_distance: float | None, threshold: float) -> GateResult:
-    value = mean_pairwise_distance if mean_pairwise_distance is not None else 0.0
+def diversity(
+    mean_pairwise_distance: float | None, threshold: float, *, examples: int | None = None
+) -> GateResult:
+    """Mean pairwise cosine distance of the stored examples against ``threshold``. Under two
+    examples there is no pair to measure: the gate fails and says so (not "0.000 < threshold")."""
+    if mean_pairwise_distance is None:
+        count = "no stored examples" if not examples else f"{examples} stored example"
+        return GateResult(
+            passed=False,
+            value=0.0,
+            threshold=threshold,
+            not_measured=f"{count}, and diversity needs at least two to compare",
+        )
     return GateResult(
-        passed=mean_pairwise_distance is not None and value >= threshold, value=value, threshold=threshold
+        passed=mean_pairwise_distance >= threshold, value=mean_pairwise_distance, threshold=threshold
     )
