@@ -101,7 +101,7 @@ bench-scale: setup
 bench-celery: setup
 	$(BIN)/python -m bench.celery_workers
 
-# Embedding throughput per backend (torch, ONNX, ONNX int8) next to sentence-transformers, same run.
+# Embedding throughput per backend (torch, ONNX, ONNX int8, torch bf16, OpenVINO) next to sentence-transformers, same run.
 bench-embed: setup
 	$(BIN)/python -m bench.embeddings
 

@@ -13,11 +13,14 @@ token cap per batch and once without (``MAX_BATCH_TOKENS`` unbounded: 64 texts p
 
 The last lines are ``embed_speedup_best=<fastest backend's texts/s / torch's>``,
 ``embed_long_onnx_speed_vs_torch=``, ``embed_long_onnx_peak_vs_torch=`` and
-``embed_long_bf16_speed_vs_torch=``, ``embed_long_int8_speed_vs_torch=`` and
-``embed_int8_min_cosine_varied=``: the int8 graph's worst cosine to torch on human-written text of
-kinds the gate's probe does not hold (code, Debian copyright files, configuration files; the
-table before the long texts shows each kind). ``torch-bf16`` serves bf16 only on CPUs with AMX
-tiles (its report line says which); elsewhere its row is torch fp32 again.
+``embed_long_bf16_speed_vs_torch=``, ``embed_long_int8_speed_vs_torch=``,
+``embed_long_openvino_speed_vs_torch=``, ``embed_int8_min_cosine_varied=`` and
+``embed_openvino_min_cosine_varied=``: the int8 graph's and OpenVINO's worst cosine to torch on
+human-written text of kinds the gates' probe does not hold (code, Debian copyright files,
+configuration files; the table before the long texts shows each kind). ``torch-bf16`` serves bf16
+only on CPUs with AMX tiles (its report line says which); elsewhere its row is torch fp32 again.
+``openvino`` computes in bf16 on CPUs with AVX512-BF16 or AMX and in fp32 elsewhere (its report
+line says which).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import yaml
 from synth_pipelines.llm.embeddings import (
     INT8_MIN_COSINE,
     OnnxEncoder,
+    OpenVinoEncoder,
     backend_report,
     bundled_model_dir,
     embed_texts,
@@ -109,7 +113,8 @@ def varied_texts(per_kind: int = 150) -> dict[str, list[str]]:
 
 
 def varied_text_table() -> None:
-    """Cosine to torch, by kind of text, of the ONNX graphs themselves (fp32, and int8 ungated)."""
+    """Cosine to torch, by kind of text, of the ONNX graphs themselves (fp32, int8 ungated, and
+    OpenVINO at this CPU's default precision, ungated)."""
     kinds = varied_texts()
     sizes = ", ".join(f"{kind} {len(texts)}" for kind, texts in kinds.items())
     print(f"\ncosine to torch on human-written text the probe does not hold ({sizes})")
@@ -118,6 +123,7 @@ def varied_text_table() -> None:
     graphs = {
         "onnx": OnnxEncoder(fp32, model_dir),
         "onnx-int8 graph": OnnxEncoder(quantize_int8(fp32), model_dir),
+        "openvino": OpenVinoEncoder(fp32, model_dir),
     }
     worst: dict[str, float] = {}
     for kind, texts in kinds.items():
@@ -130,6 +136,7 @@ def varied_text_table() -> None:
                 f"{np.percentile(cos, 1):.4f}  mean {cos.mean():.4f}"
             )
     print(f"embed_int8_min_cosine_varied={worst['onnx-int8 graph']:.4f}")
+    print(f"embed_openvino_min_cosine_varied={worst['openvino']:.4f}")
 
 
 def child(backend: str, uncapped: bool, count: int) -> None:
@@ -155,6 +162,7 @@ def long_text_table(count: int) -> None:
         ("onnx, 64 texts per batch", "onnx", True),
         ("onnx-int8", "onnx-int8", False),
         ("torch-bf16", "torch-bf16", False),
+        ("openvino", "openvino", False),
     ):
         argv = [sys.executable, "-m", "bench.embeddings", "--child", backend, "--texts", str(count)]
         out = subprocess.run(
@@ -167,6 +175,7 @@ def long_text_table(count: int) -> None:
     print(f"embed_long_onnx_peak_vs_torch={onnx['peak_mb'] / torch['peak_mb']:.2f}")
     print(f"embed_long_bf16_speed_vs_torch={results['torch-bf16']['rate'] / torch['rate']:.2f}")
     print(f"embed_long_int8_speed_vs_torch={results['onnx-int8']['rate'] / torch['rate']:.2f}")
+    print(f"embed_long_openvino_speed_vs_torch={results['openvino']['rate'] / torch['rate']:.2f}")
 
 
 def timed_embed(texts: list[str], backend: str) -> tuple[np.ndarray, float]:
@@ -195,7 +204,7 @@ def main() -> None:
     reference, torch_rate = timed_embed(texts, "torch")
     print(f"torch (sentence-transformers)  {torch_rate:7.1f} texts/s  1.00x")
     best = 1.0
-    for backend in ("onnx", "onnx-int8", "torch-bf16"):
+    for backend in ("onnx", "onnx-int8", "torch-bf16", "openvino"):
         vectors, rate = timed_embed(texts, backend)
         report = backend_report(None, backend)  # type: ignore[arg-type]
         cos = np.einsum("ij,ij->i", vectors, reference)
@@ -224,6 +233,13 @@ def main() -> None:
             )
         if backend == "torch-bf16":
             print(f"  {report.get('bf16_reason') or 'AMX tiles present, cosine bar met: serves bf16'}")
+        if backend == "openvino":
+            print(
+                f"  OpenVINO {report.get('openvino_version')} computes in {report.get('openvino_precision')} "
+                f"on {report.get('openvino_device')}; min cosine {report.get('openvino_min_cosine')} on "
+                f"{report.get('openvino_probe_texts')} probe texts"
+                + (f" ({report['openvino_reason']})" if report.get("openvino_reason") else "")
+            )
     # The thread layout: the same fp32 graph on one single-threaded session instead of one per core.
     model_dir = bundled_model_dir()
     single = OnnxEncoder(export_dir(model_dir) / "model.onnx", model_dir, workers=1)

@@ -251,6 +251,74 @@ def test_onnx_backends_match_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values()) >= 30
 
 
+def _export_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh SYNTH_CACHE_DIR holding a copy of the shared ONNX export: verdicts written here stay here."""
+    import shutil
+
+    model_dir = embeddings.bundled_model_dir()
+    shared = embeddings.export_onnx(model_dir, embeddings.export_dir(model_dir))
+    monkeypatch.setenv("SYNTH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(embeddings, "_ENCODERS", {})
+    folder = embeddings.export_dir(model_dir)
+    folder.mkdir(parents=True)
+    shutil.copy(shared, folder / "model.onnx")
+    return folder
+
+
+def test_openvino_serves_within_the_cosine_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _export_copy(tmp_path, monkeypatch)
+    texts = [*embeddings.PROBE_SENTENCES, "a short one", "[PAD] typed", " ".join(f"w{i}" for i in range(300))]
+    reference = embeddings.embed_texts(texts, backend="torch")
+    served = embeddings.embed_texts(texts, backend="openvino")
+    report = embeddings.backend_report(None, "openvino")
+    assert report["serving"] == "openvino" and report["openvino_ok"]
+    assert report["openvino_precision"] in ("bf16", "f32", "f16")  # what this CPU computes in
+    assert report["openvino_min_cosine"] >= 0.999  # measured 0.99995 in bf16, 1.0 in f32
+    assert float(np.einsum("ij,ij->i", reference, served).min()) > 0.999
+    assert np.allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    if report["openvino_precision"] != "f32":  # really another precision, not fp32 under a new name
+        assert not np.allclose(served, embeddings.embed_texts(texts, backend="onnx"), atol=1e-6)
+    # Decided once per OpenVINO version, device and precision, and kept beside the export.
+    [verdict_file] = folder.glob(f"openvino-{report['openvino_precision']}-*.verdict.json")
+    assert json.loads(verdict_file.read_text())["openvino_probe_texts"] >= len(embeddings.PROBE_SENTENCES)
+
+
+def test_openvino_below_the_cosine_bar_falls_back_to_onnx(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _export_copy(tmp_path, monkeypatch)
+    real_encode = embeddings.OpenVinoEncoder.encode
+
+    def drifted(self, texts, batch_size):  # an OpenVINO that lost accuracy: every vector rotated
+        return np.roll(real_encode(self, texts, batch_size), 1, axis=1)
+
+    monkeypatch.setattr(embeddings.OpenVinoEncoder, "encode", drifted)
+    texts = ["one text", "another, a little longer text"]
+    served = embeddings.embed_texts(texts, backend="openvino")
+    assert np.array_equal(served, embeddings.embed_texts(texts, backend="onnx"))  # onnx fp32 served
+    report = embeddings.backend_report(None, "openvino")
+    assert report["serving"] == "onnx" and report["openvino_ok"] is False
+    assert report["openvino_min_cosine"] < 0.99 and "under 0.99" in report["openvino_reason"]
+    # The failed verdict is remembered: a new process does not probe again, and does not serve it.
+    monkeypatch.setattr(embeddings, "_ENCODERS", {})
+    monkeypatch.setattr(embeddings.OpenVinoEncoder, "encode", real_encode)
+    embeddings.embed_texts(texts, backend="openvino")
+    assert embeddings.backend_report(None, "openvino")["serving"] == "onnx"
+    assert len(list(folder.glob("openvino-*.verdict.json"))) == 1
+
+
+def test_openvino_that_cannot_be_imported_falls_back_to_onnx(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(embeddings, "_ENCODERS", {})
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    texts = ["one text", "another, a little longer text"]
+    served = embeddings.embed_texts(texts, backend="openvino")
+    assert np.array_equal(served, embeddings.embed_texts(texts, backend="onnx"))
+    report = embeddings.backend_report(None, "openvino")
+    assert report["serving"] == "onnx" and "pip install openvino" in report["openvino_reason"]
+
+
 def test_bf16_serves_only_with_amx_and_within_the_cosine_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embeddings, "_BF16_VERDICTS", {})
     texts = [*embeddings.PROBE_SENTENCES, "a short one", " ".join(f"word{i}" for i in range(300))]
