@@ -319,6 +319,45 @@ def test_openvino_that_cannot_be_imported_falls_back_to_onnx(monkeypatch: pytest
     assert report["serving"] == "onnx" and "pip install openvino" in report["openvino_reason"]
 
 
+def test_openvino_that_cannot_compile_falls_back_to_onnx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embeddings, "_ENCODERS", {})
+
+    def cannot_compile(self, *args, **kwargs):  # as OpenVINO reports a CPU its plugin does not support
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nthe CPU plugin needs SSE4.2")
+
+    monkeypatch.setattr(embeddings.OpenVinoEncoder, "__init__", cannot_compile)
+    texts = ["one text", "another, a little longer text"]
+    served = embeddings.embed_texts(texts, backend="openvino")
+    assert np.array_equal(served, embeddings.embed_texts(texts, backend="onnx"))
+    report = embeddings.backend_report(None, "openvino")
+    assert report["serving"] == "onnx"
+    assert (
+        report["openvino_reason"]
+        == "OpenVINO could not compile the exported graph here: the CPU plugin needs SSE4.2"
+    )
+
+
+def test_a_verdict_that_cannot_be_saved_holds_for_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    folder = _export_copy(tmp_path, monkeypatch)
+    real_replace = os.replace
+
+    def read_only_verdicts(src, dst):  # a cache folder that can be read but not written
+        if str(dst).endswith(".verdict.json"):
+            raise PermissionError(13, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only_verdicts)
+    embeddings.embed_texts(["one text", "another, a little longer text"], backend="openvino")
+    report = embeddings.backend_report(None, "openvino")
+    assert report["serving"] == "openvino" and report["openvino_ok"]
+    assert "Permission denied" in report["verdict_not_saved"]
+    assert not list(folder.glob("*verdict.json*"))  # neither the verdict nor a stray temporary file
+
+
 def test_bf16_serves_only_with_amx_and_within_the_cosine_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embeddings, "_BF16_VERDICTS", {})
     texts = [*embeddings.PROBE_SENTENCES, "a short one", " ".join(f"word{i}" for i in range(300))]
