@@ -180,6 +180,8 @@ SLOW_TESTS = {
     "test_within_30_seconds_of_an_edit_the_running_daemon_shows_the_domain_stale",
     "test_mcp_tools_generate_and_search",
     "test_onnx_backends_match_torch",
+    "test_openvino_serves_within_the_cosine_bar",
+    "test_openvino_whose_default_precision_cannot_compile_serves_f32",
     "test_dbt_models_and_tests_run_as_dagster_assets",
     "test_auto_finds_the_mode_the_server_takes_and_reuses_it",
     "test_validation_rejects_an_erroring_row_at_stage_rules_through_the_service",

@@ -331,10 +331,37 @@ def test_openvino_that_cannot_compile_falls_back_to_onnx(monkeypatch: pytest.Mon
     assert np.array_equal(served, embeddings.embed_texts(texts, backend="onnx"))
     report = embeddings.backend_report(None, "openvino")
     assert report["serving"] == "onnx"
-    assert (
-        report["openvino_reason"]
-        == "OpenVINO could not compile the exported graph here: the CPU plugin needs SSE4.2"
+    assert report["openvino_reason"] == (
+        "OpenVINO could not compile the exported graph here: the CPU plugin needs SSE4.2"
     )
+
+
+def test_openvino_whose_default_precision_cannot_compile_serves_f32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    folder = _export_copy(tmp_path, monkeypatch)
+    # oneDNN capped at AVX2: OpenVINO still picks bf16 on this CPU and cannot compile it (seen on an
+    # AMD EPYC with AVX512-BF16), or picks f32 by itself on a CPU without bf16. Either way f32 serves.
+    code = (
+        "import json, numpy as np\n"
+        "from synth_pipelines.llm import embeddings as e\n"
+        "texts = [*e.PROBE_SENTENCES, 'a short one']\n"
+        "served = e.embed_texts(texts, backend='openvino')\n"
+        "cos = float(np.einsum('ij,ij->i', served, e.embed_texts(texts, backend='torch')).min())\n"
+        "print(json.dumps({**e.backend_report(None, 'openvino'), 'cos': cos}))\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "SYNTH_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["serving"] == "openvino" and report["openvino_precision"] == "f32"
+    assert report["cos"] > 0.9999  # f32: the reference's own arithmetic
+    if "openvino_note" in report:  # this CPU's default was a reduced precision that failed
+        assert report["openvino_note"].startswith("its default precision did not compile here (")
+    assert list(folder.glob("openvino-f32-*.verdict.json"))
 
 
 def test_a_verdict_that_cannot_be_saved_holds_for_the_process(

@@ -564,6 +564,12 @@ def _save_verdict(path: Path, verdict: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _last_line(error: Exception) -> str:
+    """The line of an OpenVINO error that says what failed (the lines before it name source files)."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
 def _openvino_encoder(
     model_dir: Path, fp32: Path, probe: list[str], batch_size: int, report: dict[str, Any]
 ) -> OpenVinoEncoder | None:
@@ -572,12 +578,20 @@ def _openvino_encoder(
     if reason:
         report["openvino_reason"] = reason
         return None
+    # OpenVINO raises RuntimeError for a CPU or graph its plugin cannot compile. Its default precision
+    # can be the one that fails: with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA) it still picks bf16
+    # and has no bf16 Softmax to run, so f32 is tried before giving up on OpenVINO.
     try:
         candidate = OpenVinoEncoder(fp32, model_dir)
-    except RuntimeError as e:  # OpenVINO's errors, e.g. a CPU or graph its plugin cannot compile for
-        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        report["openvino_reason"] = f"OpenVINO could not compile the exported graph here: {detail}"
-        return None
+    except RuntimeError as default_failed:
+        try:
+            candidate = OpenVinoEncoder(fp32, model_dir, precision="f32")
+        except RuntimeError as e:
+            report["openvino_reason"] = f"OpenVINO could not compile the exported graph here: {_last_line(e)}"
+            return None
+        report["openvino_note"] = (
+            f"its default precision did not compile here ({_last_line(default_failed)}), so f32 serves"
+        )
     verdict = _openvino_verdict(model_dir, fp32, candidate, probe, batch_size)
     report.update(verdict)
     if not verdict["openvino_ok"]:
