@@ -349,28 +349,21 @@ def _tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-class OnnxEncoder:
-    """Tokenize with the bundled fast tokenizer, run the ONNX graph, mean-pool, normalize.
+class GraphEncoder:
+    """Tokenize with the bundled fast tokenizer, run the exported graph, mean-pool, normalize.
 
-    One single-threaded session per core, each encoding whole batches in parallel: on 2 cores this
-    beats one session with two intra-op threads by about 1.1x (``make bench-embed``), because a
-    batch of short texts is too small a GEMM to split well across threads.
+    The runtime (ONNX Runtime, OpenVINO) is the subclass's: it sets ``tokenizer``, ``workers`` and
+    ``inputs`` and runs one batch on one worker's own session in :meth:`_hidden`. Here are the parts
+    every runtime shares: length-sorted, token-capped batches spread over the workers, and pooling.
     """
 
-    def __init__(self, model_path: Path, model_dir: Path, *, workers: int | None = None):
-        import onnxruntime as ort
+    tokenizer: Any
+    workers: int
+    inputs: set[str]
 
-        self.tokenizer = _tokenizer(model_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.workers = max(1, workers or os.cpu_count() or 1)
-        self.sessions = [
-            ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-            for _ in range(self.workers)
-        ]
-        self.inputs = {i.name for i in self.sessions[0].get_inputs()}
+    def _hidden(self, worker: int, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's last hidden states for one batch, on ``worker``'s own session."""
+        raise NotImplementedError
 
     def _batches(
         self, texts: list[str], batch_size: int
@@ -400,10 +393,6 @@ class OnnxEncoder:
             padded[row, : len(ids[j])] = ids[j]
             mask[row, : len(ids[j])] = 1
         return chunk[batch], padded, mask
-
-    def _hidden(self, worker: int, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """The graph's last hidden states for one batch, on ``worker``'s own session."""
-        return np.asarray(self.sessions[worker].run(None, feed)[0])
 
     def _encode_batch(self, worker: int, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
@@ -438,10 +427,36 @@ class OnnxEncoder:
         return out
 
 
-class OpenVinoEncoder(OnnxEncoder):
-    """The same exported graph, tokenization, batching and pooling as :class:`OnnxEncoder`, run by
-    OpenVINO's CPU plugin at ``precision`` (None: the plugin's default for this CPU, bf16 where it
-    has AVX512-BF16 or AMX, f32 elsewhere).
+class OnnxEncoder(GraphEncoder):
+    """The exported graph on ONNX Runtime.
+
+    One single-threaded session per core, each encoding whole batches in parallel: on 2 cores this
+    beats one session with two intra-op threads by about 1.1x (``make bench-embed``), because a
+    batch of short texts is too small a GEMM to split well across threads.
+    """
+
+    def __init__(self, model_path: Path, model_dir: Path, *, workers: int | None = None):
+        import onnxruntime as ort
+
+        self.tokenizer = _tokenizer(model_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.sessions = [
+            ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+            for _ in range(self.workers)
+        ]
+        self.inputs = {i.name for i in self.sessions[0].get_inputs()}
+
+    def _hidden(self, worker: int, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.sessions[worker].run(None, feed)[0])
+
+
+class OpenVinoEncoder(GraphEncoder):
+    """The exported graph on OpenVINO's CPU plugin at ``precision`` (None: the plugin's default for
+    this CPU, bf16 where it has AVX512-BF16 or AMX, f32 elsewhere).
 
     One compiled model with a stream per core, each worker thread driving its own infer request:
     on 2 cores that was 1.08x (short texts) and 1.27x (long code) one stream on both threads.
@@ -518,12 +533,12 @@ def _openvino_verdict(
     return verdict
 
 
-_ENCODERS: dict[tuple[str, str], tuple[OnnxEncoder, dict[str, Any]]] = {}
+_ENCODERS: dict[tuple[str, str], tuple[GraphEncoder, dict[str, Any]]] = {}
 
 
 def _onnx_encoder(
     model_dir: Path, backend: EmbeddingBackend, probe: list[str], batch_size: int
-) -> tuple[OnnxEncoder, dict[str, Any]]:
+) -> tuple[GraphEncoder, dict[str, Any]]:
     key = (str(model_dir), backend)
     if key in _ENCODERS:
         return _ENCODERS[key]
@@ -536,7 +551,7 @@ def _onnx_encoder(
             "point SYNTH_CACHE_DIR at a writable folder, or set the embedder resource's backend to torch"
         ) from e
     report: dict[str, Any] = {"requested": backend, "serving": "onnx", "path": str(fp32)}
-    encoder: OnnxEncoder | None = None
+    encoder: GraphEncoder | None = None
     if backend == "onnx-int8":
         verdict = _int8_verdict(model_dir, fp32, probe, batch_size)
         report.update(verdict)
