@@ -48,6 +48,7 @@ import json
 import os
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -349,7 +350,7 @@ def _tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-class GraphEncoder:
+class GraphEncoder(ABC):
     """Tokenize with the bundled fast tokenizer, run the exported graph, mean-pool, normalize.
 
     The runtime (ONNX Runtime, OpenVINO) is the subclass's: it sets ``tokenizer``, ``workers`` and
@@ -361,9 +362,9 @@ class GraphEncoder:
     workers: int
     inputs: set[str]
 
+    @abstractmethod
     def _hidden(self, worker: int, feed: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's last hidden states for one batch, on ``worker``'s own session."""
-        raise NotImplementedError
 
     def _batches(
         self, texts: list[str], batch_size: int
