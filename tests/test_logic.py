@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -156,6 +158,51 @@ def test_a_value_that_repeats_the_generation_prompts_scaffolding_is_rejected() -
     with_hint = spec_with(hints={"examples": [{"q": "How do I page?", "a": "Use a cursor."}]})
     prompt = normalize_text(build_messages(with_hint, item)[1].content)
     assert all(p.search(prompt) for p in scaffold_patterns(list(spec.fields), cell))
+
+
+def test_a_value_that_names_the_domains_identifier_repeats_the_system_prompt() -> None:
+    """Seen on the git_recovery, unit_conversion and sql_review runs (2026-12-06): SmolLM2 wrote the
+    domain's identifier from its system prompt into a value (``"commands": ["git_recovery", ...]``,
+    ``.../unit_conversion.json``). The snake_case identifier is the prompt's; the words are not."""
+    from synth_pipelines.generation.generate_rows import PlannedItem, build_messages
+    from synth_pipelines.spec.text import normalize_text
+    from synth_pipelines.validation.rule_checks import SCAFFOLD_PHRASES, scaffold_patterns
+
+    spec = spec_with(domain="git_recovery")
+    cell = {"size": "s", "quality": "messy"}
+
+    def reasons(q: str, **kwargs: object) -> list[str]:
+        example = json.dumps({"q": q, "a": "Reset the branch to the commit before the merge."})
+        return rule_check(spec, example, **kwargs)[1]  # type: ignore[arg-type]
+
+    pipeline = {"prompt_text": "Undo a merge", "conditions": cell}
+    for leaked in ("git_recovery", "see ./GIT_RECOVERY.json for the list", "git_recovery.remote: local"):
+        assert reasons(leaked, **pipeline) == ["q: repeats the generation prompt's scaffolding"], leaked
+    for fine in ("git recovery after a bad rebase", "a git-recovery cheat sheet", "my_git_recovery_tool"):
+        assert reasons(fine, **pipeline) == [], fine
+    assert reasons("git_recovery") == []  # an external row was never sent the prompt
+    # A one-word domain is an ordinary word: never taken for the identifier.
+    assert scaffold_patterns(["q", "a"], cell, "logs") == scaffold_patterns(["q", "a"], cell)
+    # The pattern is the prompt's: the system message the generator was sent names the domain so.
+    item = PlannedItem(
+        example_id="e", cell_id="c", seed_id="s", problem="Undo a merge", conditions=cell,
+        complexity="simple", sample_index=0, seed=1,
+    )  # fmt: skip
+    system = normalize_text(build_messages(spec, item)[0].content)
+    [domain_pattern] = scaffold_patterns([], None, spec.domain)[len(SCAFFOLD_PHRASES) :]
+    assert domain_pattern.search(system)
+
+
+def test_a_value_that_starts_with_a_comma_is_the_tail_of_other_text() -> None:
+    """Seen on unit_conversion, git_recovery and cron_failures (2026-12-06): ``",170.8395,2,"``,
+    ``", in the context of git, ..."``; no window of the two real-text corpora starts so."""
+    from synth_pipelines.validation.text_checks import degenerate_text
+
+    tail = "starts with a comma (the tail of other text, not a value)"
+    assert tail in degenerate_text(",170.8395,2,")
+    assert tail in degenerate_text("  \n, in the context of git, it means the branch moved")
+    for fine in ("1,574.83 kg", "a, b and c", ";; shell case arm", "x = [1,\n 2]"):
+        assert tail not in degenerate_text(fine), fine
 
 
 def test_pii_detection() -> None:

@@ -47,11 +47,18 @@ def check_compliance(spec: DomainSpec, example_json: str | None) -> tuple[dict[s
 SCAFFOLD_PHRASES = ("write the example for this problem", "a good example looks like:")
 
 
-def scaffold_patterns(field_names: list[str], conditions: dict[str, Any] | None) -> list[re.Pattern[str]]:
+def scaffold_patterns(
+    field_names: list[str], conditions: dict[str, Any] | None, domain: str | None = None
+) -> list[re.Pattern[str]]:
     """Patterns of the generation prompt's scaffolding as it was rendered for one row: its fixed
-    phrases, its "Fields to fill:" label followed by one of the spec's field names, and its
-    "Conditions:" label followed by the row's first condition as the prompt wrote it (``k=v``)."""
+    phrases, its "Fields to fill:" label followed by one of the spec's field names, its
+    "Conditions:" label followed by the row's first condition as the prompt wrote it (``k=v``),
+    and the ``domain``'s identifier as the system prompt names it (``git_recovery``), when it
+    has an underscore: a bare word (``logs``) or its hyphenated form (``unit-conversion``) is
+    ordinary prose, the snake_case identifier is not."""
     patterns = [re.compile(re.escape(phrase)) for phrase in SCAFFOLD_PHRASES]
+    if domain and "_" in domain:
+        patterns.append(re.compile(rf"(?<![a-z0-9_]){re.escape(domain.lower())}(?![a-z0-9_])"))
     names = "|".join(re.escape(n.lower()) for n in field_names)
     if names:
         patterns.append(re.compile(rf"fields to fill:\s*[-*]?\s*(?:{names})\b"))
@@ -109,7 +116,7 @@ def rule_check(
     example, reason = check_compliance(spec, example_json)
     if example is None:
         return None, [reason or "schema: invalid"]
-    scaffold = scaffold_patterns(list(spec.fields), conditions) if prompt_text else None
+    scaffold = scaffold_patterns(list(spec.fields), conditions, spec.domain) if prompt_text else None
     reasons = degenerate_reasons(
         example, prompt_text=prompt_text, hint_examples=spec.hints.examples, scaffold=scaffold
     )

@@ -223,6 +223,13 @@ def truncated(text: str) -> bool:
     return last in FUNCTION_WORDS or (last in PARTICLES and before not in PARTICLE_VERBS)
 
 
+def starts_mid_structure(text: str) -> bool:
+    """The value begins with a comma: the rest of something else (a JSON object or a list the
+    model was still writing), not a value of its own. Real text starts a line with one in none of
+    the 2,887 windows of both corpora; a leading ";" is left alone (ini comments, shell ``case``)."""
+    return text.lstrip().startswith(",")
+
+
 def degenerate_text(text: str) -> list[str]:
     """Every reason ``text`` looks like derailed output (empty list: it does not)."""
     reasons = []
@@ -242,4 +249,6 @@ def degenerate_text(text: str) -> list[str]:
         reasons.append("random characters")
     if truncated(text):
         reasons.append("cut off mid-sentence")
+    if starts_mid_structure(text):
+        reasons.append("starts with a comma (the tail of other text, not a value)")
     return reasons
