@@ -271,6 +271,34 @@ def test_failing_blocking_check_stops_downstream(
     assert "example_embeddings" not in written
 
 
+def test_great_expectations_suite_compares_array_fields_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spec without ``constraints.uniqueness`` and with an array field (seen on a regular-expression
+    domain nobody here had tuned for): GE cannot hash lists, so its compound uniqueness failed on
+    two distinct rows, and the failure said nothing. Lists are compared as canonical JSON."""
+    from synth_pipelines.validation import ge_suite
+
+    spec = parse_spec(
+        {
+            "name": "t", "version": 1, "domain": "demo", "type": "skill-demonstration", "description": "d",
+            "fields": {
+                "pattern": {"type": "string", "max_length": 40},
+                "matches": {"type": "array", "items": {"type": "string", "max_length": 20}, "max_items": 3},
+            },
+        }
+    )  # fmt: skip
+    rows = ['{"pattern": "a+", "matches": ["a", "aa"]}', '{"pattern": "a+", "matches": ["aaa"]}']
+    assert ge_suite.run_suite(spec, rows)["success"]
+    repeated = ge_suite.run_suite(spec, [*rows, rows[0]])
+    [failing] = [r for r in repeated["results"] if not r["success"]]
+    assert failing["column"] == "uniqueness key (pattern, matches)" and failing["unexpected"] == 2
+    # What GE did before: it raises inside the expectation and reports a bare failure. The
+    # exception's message is now part of the result, so a failure always says why.
+    monkeypatch.setattr(ge_suite, "uniqueness_key_column", lambda spec: None)
+    [raised] = [r for r in ge_suite.run_suite(spec, rows)["results"] if not r["success"]]
+    assert raised["expectation"] == "expect_compound_columns_to_be_unique"
+    assert "unhashable" in raised["error"]
+
+
 def test_great_expectations_suite_from_spec() -> None:
     from synth_pipelines.validation.ge_suite import run_suite
 

@@ -294,7 +294,8 @@ def great_expectations_suite(
                 "| expectation | column | ok | unexpected |\n|---|---|---|---|\n"
                 + "\n".join(
                     f"| {r['expectation']} | {r['column']} | {'✓' if r['success'] else '✗'} | "
-                    f"{r['unexpected'] if r['unexpected'] is not None else ''} |"
+                    f"{r['unexpected'] if r['unexpected'] is not None else ''}"
+                    f"{' (' + r['error'] + ')' if r.get('error') else ''} |"
                     for r in outcome["results"]
                 )
             ),

@@ -42,11 +42,28 @@ def expectations_for(spec: DomainSpec) -> list[Any]:
         out.append(exp.ExpectColumnValuesToBeInTypeList(column=name, type_list=_PY_TYPES[field.type]))
         out += _bounds(name, field)
     unique = spec.uniqueness_fields()
-    if len(unique) == 1:
+    key = uniqueness_key_column(spec)
+    if key is not None:
+        out.append(exp.ExpectColumnValuesToBeUnique(column=key))
+    elif len(unique) == 1:
         out.append(exp.ExpectColumnValuesToBeUnique(column=unique[0]))
     else:
         out.append(exp.ExpectCompoundColumnsToBeUnique(column_list=unique))
     return out
+
+
+def uniqueness_key_column(spec: DomainSpec) -> str | None:
+    """The column that stands for the uniqueness fields when one of them is an array or an object.
+
+    GE compares column values by hashing them, and a list or a dict cannot be hashed: on a spec
+    without ``constraints.uniqueness`` (every field counts) and with an array field, the suite
+    failed on two distinct rows (seen on a regular-expression domain, 2026-12-06). Such values are
+    compared as their canonical JSON in one derived column; a spec field cannot be named so (field
+    names are identifiers)."""
+    unique = spec.uniqueness_fields()
+    if all(spec.fields[name].type not in ("array", "object") for name in unique if name in spec.fields):
+        return None
+    return f"uniqueness key ({', '.join(unique)})"
 
 
 def _bounds(name: str, field: FieldSpec) -> list[Any]:
@@ -72,13 +89,18 @@ def _bounds(name: str, field: FieldSpec) -> list[Any]:
 def examples_frame(spec: DomainSpec, example_json: list[str]) -> pd.DataFrame:
     """One column per spec field, object dtype so GE checks each value's Python type."""
     examples = [json.loads(text) for text in example_json]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {name: pd.Series([e.get(name) for e in examples], dtype=object) for name in spec.fields}
     )
+    key = uniqueness_key_column(spec)
+    if key is not None:
+        unique = spec.uniqueness_fields()
+        frame[key] = [json.dumps([e.get(n) for n in unique], sort_keys=True) for e in examples]
+    return frame
 
 
 # Bump when expectations_for or examples_frame change what the suite checks.
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 
 
 def suite_input_digest(spec: DomainSpec, example_json: list[str]) -> str:
@@ -144,7 +166,23 @@ def run_suite(spec: DomainSpec, example_json: list[str]) -> dict[str, Any]:
                 "success": bool(r.success),
                 "unexpected": r.result.get("unexpected_count"),
                 "examples": [str(v)[:60] for v in (r.result.get("partial_unexpected_list") or [])[:3]],
+                **({"error": error} if (error := _raised(r.exception_info)) else {}),
             }
         )
     stats = dict(result.statistics)
     return {"success": bool(result.success), "statistics": stats, "results": summary, "suite": suite.name}
+
+
+def _raised(exception_info: Any) -> str | None:
+    """The message of an exception GE caught while evaluating an expectation (it then reports the
+    expectation as failed with nothing unexpected): without it a failure would not say why. GE
+    keeps it flat, or per metric."""
+    infos = (
+        exception_info.values()
+        if isinstance(exception_info, dict) and "raised_exception" not in exception_info
+        else [exception_info]
+    )
+    for info in infos:
+        if isinstance(info, dict) and info.get("raised_exception"):
+            return str(info.get("exception_message") or "an exception")[:300]
+    return None
