@@ -379,6 +379,39 @@ def _rows(answers: list[str]) -> list[dict]:
     ]
 
 
+def test_output_fields_named_like_a_predictions_methods_are_scored_as_fields() -> None:
+    """A spec nobody here wrote had a boolean field ``copy``: reading predictions by attribute
+    returned ``Prediction.copy`` (a method) and the compile crashed serializing it. Fields named
+    ``copy`` and ``items`` are read as fields and scored like any other."""
+    import json
+
+    from synth_pipelines.learning.program import build_metric, evaluate_program, make_lm, to_dspy_examples
+    from synth_pipelines.llm.client import LLMClient
+    from synth_pipelines.spec.loading import parse_spec
+    from tests.scripted import scripted_profile
+
+    spec = parse_spec(
+        {
+            "name": "t", "version": 1, "domain": "demo", "type": "test-case", "description": "d",
+            "fields": {
+                "q": {"type": "string", "max_length": 20},
+                "copy": {"type": "boolean"},
+                "items": {"type": "string", "enum": ["one", "two"]},
+            },
+            "program": {"inputs": ["q"], "outputs": ["copy", "items"], "metric": "exact_match"},
+        }
+    ).with_panel(None, "uncalibrated")[0]  # fmt: skip
+    answer = json.dumps({"copy": True, "items": "two"})
+    client = LLMClient(scripted_profile(), {n: ScriptedBackend(n, lambda r, c: answer) for n in _MODELS})
+    program = spec.program_or_default()
+    rows = [{"example": {"q": f"q{i}", "copy": i != 2, "items": "two"}} for i in range(4)]
+    scores, failures = evaluate_program(
+        _compiled(spec), to_dspy_examples(rows, program), make_lm(spec, client, "gen-a"), program,
+        build_metric(spec, program, None, None),
+    )  # fmt: skip
+    assert failures == 0 and scores == [1.0, 1.0, 0.0, 1.0]
+
+
 @pytest.mark.parametrize(("answer", "expected"), [("GET", 0.75), ("POST", 0.25)])
 def test_exact_match_scores_the_share_of_right_answers(answer: str, expected: float) -> None:
     from synth_pipelines.learning.program import build_metric, evaluate_program, make_lm, to_dspy_examples

@@ -170,6 +170,13 @@ def to_dspy_examples(rows: list[dict[str, Any]], program: ProgramSpec) -> list[d
     return out
 
 
+def predicted_fields(prediction: Any, fields: Sequence[str]) -> dict[str, Any]:
+    """The predicted value of each field, read from the prediction's own store: an attribute lookup
+    would return the Prediction's method for a field named ``copy``, ``items``, ``keys``, ``get`` or
+    ``values`` (seen: a spec with a ``copy`` field crashed the compile on serializing a method)."""
+    return {f: prediction.get(f, None) for f in fields}
+
+
 def _outputs_text(values: dict[str, Any], outputs: list[str]) -> str:
     return example_text(values, outputs)
 
@@ -258,9 +265,7 @@ def compile_program(
         one = single(metric)
 
         def dspy_metric(example: Any, pred: Any, trace: Any = None) -> float:
-            return one(
-                {f: example.get(f) for f in outs}, _jsonable({f: getattr(pred, f, None) for f in outs})
-            )
+            return one({f: example.get(f) for f in outs}, _jsonable(predicted_fields(pred, outs)))
 
         if program_spec.optimizer == "bootstrap_few_shot":
             prefetch_bootstrap(student, train[: 2 * max(1, k) + threads], lm, max_labeled=k, threads=threads)
@@ -340,7 +345,7 @@ def predict_all(
                 raise
             except Exception:  # DSPy raises AdapterParseError etc. on an unusable reply
                 return None
-        values = _jsonable({f: getattr(prediction, f, None) for f in outputs})
+        values = _jsonable(predicted_fields(prediction, outputs))
         if on_prediction is not None:
             on_prediction(values)
         return values
