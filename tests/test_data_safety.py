@@ -412,6 +412,46 @@ def test_output_fields_named_like_a_predictions_methods_are_scored_as_fields() -
     assert failures == 0 and scores == [1.0, 1.0, 0.0, 1.0]
 
 
+def test_predicted_arrays_of_objects_are_plain_json_when_scored() -> None:
+    """The conversation template's ``turns`` is an array of objects: DSPy parses it into a list of
+    pydantic models, and scoring crashed serializing them (seen on the template, not on our specs).
+    Nested models reach the metric as plain JSON and score like the gold rows they equal."""
+    import json
+
+    from synth_pipelines.learning.program import build_metric, evaluate_program, make_lm, to_dspy_examples
+    from synth_pipelines.llm.client import LLMClient
+    from synth_pipelines.spec.loading import parse_spec
+    from tests.scripted import scripted_profile
+
+    turn = {
+        "type": "object",
+        "properties": {
+            "role": {"type": "string", "enum": ["user", "assistant"]},
+            "text": {"type": "string", "max_length": 40},
+        },
+    }
+    spec = parse_spec(
+        {
+            "name": "t", "version": 1, "domain": "demo", "type": "conversation", "description": "d",
+            "fields": {
+                "topic": {"type": "string", "max_length": 20},
+                "turns": {"type": "array", "items": turn, "min_items": 1, "max_items": 4},
+            },
+            "program": {"inputs": ["topic"], "outputs": ["turns"], "metric": "exact_match"},
+        }
+    ).with_panel(None, "uncalibrated")[0]  # fmt: skip
+    turns = [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}]
+    answer = json.dumps({"turns": turns})
+    client = LLMClient(scripted_profile(), {n: ScriptedBackend(n, lambda r, c: answer) for n in _MODELS})
+    program = spec.program_or_default()
+    rows = [{"example": {"topic": f"t{i}", "turns": turns if i else turns[:1]}} for i in range(3)]
+    scores, failures = evaluate_program(
+        _compiled(spec), to_dspy_examples(rows, program), make_lm(spec, client, "gen-a"), program,
+        build_metric(spec, program, None, None),
+    )  # fmt: skip
+    assert failures == 0 and scores == [0.0, 1.0, 1.0]
+
+
 @pytest.mark.parametrize(("answer", "expected"), [("GET", 0.75), ("POST", 0.25)])
 def test_exact_match_scores_the_share_of_right_answers(answer: str, expected: float) -> None:
     from synth_pipelines.learning.program import build_metric, evaluate_program, make_lm, to_dspy_examples

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from synth_pipelines.learning.dspy_lm import ProviderLM, dspy
 from synth_pipelines.llm.backends import ProviderConfigError
@@ -58,6 +59,13 @@ class ProgramScore(BaseModel):
     per_example: list[float]
     parse_failures: int
     lm_calls: int
+
+
+# The program's inputs are fields of validated examples, already checked against the same pydantic
+# model its signature is built from; they arrive as JSON values (a nested object as a dict), which
+# DSPy's type check takes for a mismatch and warns about on every call (seen on a spec with an
+# array of objects). The check is off where this module calls the program, nowhere else.
+VALIDATED_INPUTS: dict[str, Any] = {"warn_on_type_mismatch": False}
 
 
 def make_signature(spec: DomainSpec, program: ProgramSpec) -> type[dspy.Signature]:
@@ -258,7 +266,7 @@ def compile_program(
     if student is None:
         student = DomainProgram(make_signature(spec, program_spec))
     k = min(program_spec.max_demos, len(train))
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), **VALIDATED_INPUTS):
         if program_spec.optimizer == "labeled_few_shot":
             return dspy.LabeledFewShot(k=k).compile(student, trainset=train)
         outs = program_spec.outputs
@@ -311,7 +319,7 @@ def prefetch_bootstrap(
         mine = teacher.deepcopy()
         for _, predictor in mine.named_predictors():
             predictor.demos = [d for d in predictor.demos if d != example]
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), trace=[]):
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), trace=[], **VALIDATED_INPUTS):
             try:
                 mine(**example.inputs())
             except PROVIDER_ERRORS:
@@ -338,7 +346,7 @@ def predict_all(
 
     def predict(example: dspy.Example) -> dict[str, Any] | None:
         # dspy.context is per thread: each worker sets its own LM and adapter.
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), **VALIDATED_INPUTS):
             try:
                 prediction = compiled(**example.inputs().toDict())
             except PROVIDER_ERRORS:
@@ -397,7 +405,9 @@ def evaluate_program(
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in values.items()}
+    # DSPy parses an object field into a pydantic model, and an array of objects into a list of
+    # them (the conversation template's turns): the metric and the stored predictions take JSON.
+    return {k: to_jsonable_python(v) for k, v in values.items()}
 
 
 def program_threads(client: LLMClient) -> int:
