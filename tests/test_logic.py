@@ -205,6 +205,69 @@ def test_a_value_that_starts_with_a_comma_is_the_tail_of_other_text() -> None:
         assert tail not in degenerate_text(fine), fine
 
 
+def test_an_arrays_items_are_checked_as_values_of_their_own() -> None:
+    """Seen on the skill-demonstration template (2026-12-06, a spec not used to write the checks):
+    ``steps`` of ``["1, 3; 0.5,", "\\n    ", ...]`` passed: on the flattened array the comma
+    check sees only the first item."""
+    from synth_pipelines.validation.rule_checks import degenerate_reasons
+
+    reasons = degenerate_reasons({"steps": ["open the file", "\n    ", "TODO", ", then save it"]})
+    # The blank item 2 is held to the spec's bound (below); TODO in a list is left alone.
+    assert reasons == ["steps: item 4 starts with a comma (the tail of other text)"]
+    filled = {"steps": ["open the file", "add 1,2 to the list", "save it"], "tags": ["a", "b"], "n": [1, 2]}
+    assert degenerate_reasons(filled) == []
+
+
+def test_whitespace_does_not_count_toward_the_specs_min_length() -> None:
+    """The skill-demonstration template's steps (``min_length: 5``) held ``"\\n    "`` and
+    ``"\\n  #1\\n    "``; without a bound a string must hold a character, as the schema says."""
+    import json
+
+    from synth_pipelines.validation.rule_checks import rule_check
+
+    spec = spec_with(
+        fields={
+            "goal": {"type": "string", "min_length": 5, "max_length": 80},
+            "steps": {"type": "array", "items": {"type": "string", "min_length": 5, "max_length": 80}},
+            "lines": {"type": "array", "items": {"type": "string", "max_length": 80}},
+        }
+    )
+    row = {"goal": "   ok   ", "steps": ["open the file", "\n    ", "\n  #1\n    "], "lines": ["x = 1", "  "]}
+    _, reasons = rule_check(spec, json.dumps(row))
+    assert reasons == [
+        "goal: shorter than min_length 5 without its whitespace",
+        "steps: item 2 shorter than min_length 5 without its whitespace",
+        "steps: item 3 shorter than min_length 5 without its whitespace",
+        "lines: item 2 shorter than min_length 1 without its whitespace",
+    ]
+    good = {
+        "goal": "ship it",
+        "steps": ["open the file", "save it"],
+        "lines": ["x = 1", "    return x", "y = 2"],
+    }
+    assert rule_check(spec, json.dumps(good))[1] == []
+
+
+def test_a_value_the_spec_offers_in_an_enum_is_not_boilerplate() -> None:
+    """``none`` is boilerplate in free text but an answer where the spec's enum offers it (a
+    severity of none, low, high), for a field and for an array's items alike."""
+    import json
+
+    from synth_pipelines.validation.rule_checks import rule_check
+
+    spec = spec_with(
+        fields={
+            "q": {"type": "string", "max_length": 200},
+            "severity": {"type": "string", "enum": ["none", "low", "high"]},
+            "flags": {"type": "array", "items": {"type": "string", "enum": ["none", "tbd", "ok"]}},
+            "note": {"type": "string", "max_length": 50},
+        }
+    )
+    row = {"q": "is the log rotated weekly?", "severity": "none", "flags": ["none"], "note": "none"}
+    _, reasons = rule_check(spec, json.dumps(row))
+    assert reasons == ["note: empty or boilerplate value"]
+
+
 def test_pii_detection() -> None:
     assert pii_reasons({"a": "mail bob@example.com"}) == ["contains email"]
     assert "contains ip_address" in pii_reasons({"a": "host 10.1.2.3"})

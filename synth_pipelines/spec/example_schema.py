@@ -22,6 +22,11 @@ DEFAULT_INTEGER_RANGE = (-1_000_000, 1_000_000)
 DEFAULT_NUMBER_RANGE = (-1_000_000.0, 1_000_000.0)
 
 
+def string_min_length(field: FieldSpec) -> int:
+    """A string field's lower bound: the spec's ``min_length``, else 1 (a value is not empty)."""
+    return field.min_length if field.min_length is not None else 1
+
+
 def _python_type(name: str, field: FieldSpec) -> tuple[Any, dict[str, Any]]:
     """Python annotation and pydantic Field kwargs for one spec field (bounds always applied)."""
     kwargs: dict[str, Any] = {"description": field.description or None}
@@ -29,7 +34,7 @@ def _python_type(name: str, field: FieldSpec) -> tuple[Any, dict[str, Any]]:
         return Literal[tuple(field.enum)], kwargs
     if field.type == "string":
         kwargs["max_length"] = field.max_length or DEFAULT_MAX_STRING
-        kwargs["min_length"] = field.min_length if field.min_length is not None else 1
+        kwargs["min_length"] = string_min_length(field)
         if field.pattern:
             kwargs["pattern"] = field.pattern
         return str, kwargs

@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from synth_pipelines.spec.example_schema import example_model
+from synth_pipelines.spec.example_schema import example_model, string_min_length
 from synth_pipelines.spec.model import DomainSpec
 from synth_pipelines.spec.text import flatten_value, normalize_text, stable_hash
-from synth_pipelines.validation.text_checks import degenerate_text
+from synth_pipelines.validation.text_checks import degenerate_text, starts_mid_structure
 
 BOILERPLATE = {"", "n/a", "na", "none", "null", "todo", "tbd", "string", "example", "lorem ipsum", "..."}
 PII_PATTERNS = {
@@ -74,21 +74,26 @@ def degenerate_reasons(
     prompt_text: str = "",
     hint_examples: list[dict[str, Any]] | None = None,
     scaffold: list[re.Pattern[str]] | None = None,
+    choices: dict[str, set[str]] | None = None,
 ) -> list[str]:
     """Reasons an example is degenerate: an empty or boilerplate value, derailed text (repetition
     loops, runaways, placeholders, lorem ipsum, random tokens, truncation; see ``text_checks``),
     an echo of the prompt or of its scaffolding (``scaffold``, from :func:`scaffold_patterns`), a
-    copy of the spec's hint examples."""
+    copy of the spec's hint examples. ``choices`` (from :func:`enum_choices`) exempts a value
+    the spec itself offers: an enum of ``none``, ``low``, ``high`` makes ``none`` an answer."""
     reasons: list[str] = []
     prompt_norm = normalize_text(prompt_text)
     hint_values = {normalize_text(flatten_value(v)) for h in (hint_examples or []) for v in h.values()}
     for name, value in example.items():
         text = flatten_value(value)
         norm = normalize_text(text)
-        if isinstance(value, str | list) and norm in BOILERPLATE:
+        offered = (choices or {}).get(name, set())
+        if isinstance(value, str | list) and norm in BOILERPLATE and norm not in offered:
             reasons.append(f"{name}: empty or boilerplate value")
             continue
         reasons += [f"{name}: {reason}" for reason in degenerate_text(text)]
+        if isinstance(value, list):
+            reasons += _item_reasons(name, value)
         if prompt_norm and len(norm) >= 40 and norm in prompt_norm:
             reasons.append(f"{name}: echoes the prompt")
         elif any(p.search(norm) for p in scaffold or ()):
@@ -96,6 +101,53 @@ def degenerate_reasons(
         if len(norm) >= 20 and norm in hint_values:
             reasons.append(f"{name}: copies the spec's hint example")
     return reasons
+
+
+def _item_reasons(name: str, items: list[Any]) -> list[str]:
+    """An array's string items as values of their own for the comma check, which on the flattened
+    array sees only the first item. (Boilerplate words are left alone in items: ``["none"]`` is
+    an answer to a list of side effects; a blank item is held to the spec's bound by
+    :func:`padded_below_min_length`.)"""
+    return [
+        f"{name}: item {position} starts with a comma (the tail of other text)"
+        for position, item in enumerate(items, start=1)
+        if position > 1 and isinstance(item, str) and starts_mid_structure(item)
+    ]
+
+
+def padded_below_min_length(spec: DomainSpec, example: dict[str, Any]) -> list[str]:
+    """Strings that meet their ``min_length`` (the spec's, else 1) only with their surrounding
+    whitespace (seen: the skill-demonstration template's steps, ``min_length: 5``, held
+    ``"\\n    "``), for a string field and for an array's string items. Free-form fields only: an
+    enum's values are the spec's own."""
+    reasons = []
+    for name, field in spec.fields.items():
+        value = example.get(name)
+        if field.type == "string" and field.enum is None and isinstance(value, str):
+            bound = string_min_length(field)
+            if value.strip() and len(value.strip()) < bound:
+                reasons.append(f"{name}: shorter than min_length {bound} without its whitespace")
+        elif field.type == "array" and isinstance(value, list) and field.items is not None:
+            if field.items.type != "string" or field.items.enum is not None:
+                continue
+            bound = string_min_length(field.items)
+            for position, item in enumerate(value, start=1):
+                if isinstance(item, str) and len(item.strip()) < bound:
+                    reasons.append(
+                        f"{name}: item {position} shorter than min_length {bound} without its whitespace"
+                    )
+    return reasons
+
+
+def enum_choices(spec: DomainSpec) -> dict[str, set[str]]:
+    """Each field's enum values (an array's: its items'), normalized as the boilerplate check
+    compares them."""
+    choices = {}
+    for name, field in spec.fields.items():
+        enum = field.items.enum if field.type == "array" and field.items is not None else field.enum
+        if enum:
+            choices[name] = {normalize_text(str(v)) for v in enum}
+    return choices
 
 
 def pii_reasons(example: dict[str, Any]) -> list[str]:
@@ -118,8 +170,13 @@ def rule_check(
         return None, [reason or "schema: invalid"]
     scaffold = scaffold_patterns(list(spec.fields), conditions, spec.domain) if prompt_text else None
     reasons = degenerate_reasons(
-        example, prompt_text=prompt_text, hint_examples=spec.hints.examples, scaffold=scaffold
+        example,
+        prompt_text=prompt_text,
+        hint_examples=spec.hints.examples,
+        scaffold=scaffold,
+        choices=enum_choices(spec),
     )
+    reasons += padded_below_min_length(spec, example)
     if spec.privacy.no_pii:
         reasons += pii_reasons(example)
     return example, reasons
