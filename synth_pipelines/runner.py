@@ -371,6 +371,25 @@ def sync_partitions(instance: dg.DagsterInstance, schemas_dir: str | Path) -> li
     return plan.new_partitions
 
 
+class DagsterHomeError(RuntimeError):
+    """DAGSTER_HOME names no directory: Dagster would refuse it with a traceback."""
+
+
+def current_instance() -> dg.DagsterInstance:
+    """The instance at ``$DAGSTER_HOME`` (so the UI shows the run), or a throwaway one without it.
+    A DAGSTER_HOME that is not a directory is a clear error, not created: a typo would otherwise
+    start a fresh instance the UI never reads."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    if not Path(home).is_dir():
+        raise DagsterHomeError(
+            f"DAGSTER_HOME={home} is not a directory: create it (mkdir -p {home}) or unset "
+            "DAGSTER_HOME to run on a throwaway instance"
+        )
+    return dg.DagsterInstance.get()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Materialize the whole synth graph for one domain.")
     parser.add_argument("--domain", default="api_development")
@@ -381,9 +400,18 @@ def main(argv: list[str] | None = None) -> int:
         help="only add a partition for every valid spec in the schemas folder, then exit",
     )
     args = parser.parse_args(argv)
+    try:
+        instance = current_instance()
+    except DagsterHomeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.sync_partitions:
+        if not os.environ.get("DAGSTER_HOME"):
+            print(
+                "error: --sync-partitions adds them to the instance at DAGSTER_HOME: set it", file=sys.stderr
+            )
+            return 2
         resources = default_resources()
-        instance = dg.DagsterInstance.get()
         added = sync_partitions(instance, resources["warehouse"].schemas_dir)
         print(
             f"domain partitions: {sorted(instance.get_dynamic_partitions(DOMAIN_PARTITIONS_NAME))} "
@@ -398,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     resources = default_resources()
     warehouse = resources["warehouse"].get()
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     started = time.perf_counter()
     result = materialize_domain(
         args.domain, instance=instance, target_count=args.target_count, resources=resources

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
 from synth_pipelines.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from synth_pipelines.warehouse.inflight import InflightRows
@@ -136,3 +137,25 @@ def test_an_outage_keeps_the_previous_partition_and_the_rerun_asks_nothing_twice
 def _raw_ids(warehouse: Path) -> list[str]:
     path = warehouse / "raw_generations" / f"domain={DOMAIN}" / "part-0.parquet"
     return sorted(r[0] for r in duckdb.sql(f"select example_id from read_parquet('{path}')").fetchall())
+
+
+def test_a_dagster_home_that_is_not_a_directory_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster refuses such a DAGSTER_HOME with a traceback; the main job says what to do in one
+    line, creates nothing (a typo would start an instance the UI never reads), and
+    ``--sync-partitions`` without DAGSTER_HOME is refused, not run on a throwaway instance."""
+    from synth_pipelines.runner import main
+
+    missing = tmp_path / "no_such_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(missing))
+    assert main(["--domain", "api_development", "--target-count", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: DAGSTER_HOME={missing} is not a directory: create it (mkdir -p {missing}) or unset "
+        "DAGSTER_HOME to run on a throwaway instance\n"
+    )
+    assert not missing.exists()
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert main(["--sync-partitions"]) == 2
+    assert "set it" in capsys.readouterr().err

@@ -236,10 +236,15 @@ class LocalOperations:
     def generate(self, domain: str, *, count: int | None = None, report: Path | None = None) -> Generated:
         """Materialize the whole graph for ``domain`` in this process (on the instance of
         ``DAGSTER_HOME`` when set, so the UI shows the run; an ephemeral one otherwise)."""
-        import dagster as dg
 
         from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
-        from synth_pipelines.runner import failure_messages, materialize_domain, run_report, summarize
+        from synth_pipelines.runner import (
+            current_instance,
+            failure_messages,
+            materialize_domain,
+            run_report,
+            summarize,
+        )
 
         domain = self.domain_name(domain)
         wh = self.warehouse
@@ -250,9 +255,7 @@ class LocalOperations:
             "llm": LLMResource(profile=self.settings.profile),
             "embedder": EmbedderResource(),
         }
-        instance = (
-            dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-        )
+        instance = current_instance()
         started = datetime.now(UTC).timestamp()
         result = materialize_domain(domain, instance=instance, target_count=count, resources=resources)
         elapsed = datetime.now(UTC).timestamp() - started
