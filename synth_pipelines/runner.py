@@ -400,17 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         help="only add a partition for every valid spec in the schemas folder, then exit",
     )
     args = parser.parse_args(argv)
+    if args.sync_partitions and not os.environ.get("DAGSTER_HOME"):
+        print("error: --sync-partitions adds partitions to DAGSTER_HOME's instance: set it", file=sys.stderr)
+        return 2
     try:
         instance = current_instance()
     except DagsterHomeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.sync_partitions:
-        if not os.environ.get("DAGSTER_HOME"):
-            print(
-                "error: --sync-partitions adds them to the instance at DAGSTER_HOME: set it", file=sys.stderr
-            )
-            return 2
         resources = default_resources()
         added = sync_partitions(instance, resources["warehouse"].schemas_dir)
         print(

@@ -236,7 +236,6 @@ class LocalOperations:
     def generate(self, domain: str, *, count: int | None = None, report: Path | None = None) -> Generated:
         """Materialize the whole graph for ``domain`` in this process (on the instance of
         ``DAGSTER_HOME`` when set, so the UI shows the run; an ephemeral one otherwise)."""
-
         from synth_pipelines.resources import EmbedderResource, LLMResource, WarehouseResource
         from synth_pipelines.runner import (
             current_instance,
